@@ -1,0 +1,33 @@
+# Every target sets up .venv on first use, so a fresh clone needs nothing else.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+CONFIG ?= configs/adult.yaml
+STAMP  := $(VENV)/.installed
+
+.PHONY: audit test bench lint validate clean-venv
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+audit: $(STAMP)
+	$(PY) -m audit run $(CONFIG) $(ARGS)
+
+validate: $(STAMP)
+	$(PY) -m audit validate $(CONFIG)
+
+test: $(STAMP)
+	$(PY) -m ruff check audit tests bench
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) bench/run.py $(ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check audit tests bench
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,322 @@
+"""Audit configuration: typed pydantic models, validated once on load.
+
+Every section forbids unknown keys; :func:`load_config` turns pydantic's errors into one line per problem that
+names the key path, the bad value, what is allowed and, for a misspelt key, the closest valid key.
+
+Relative paths in a config (data files, model artifacts, the output folder) are resolved against the folder
+that holds the config file, so an audit gives the same result whatever the working directory.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from audit.errors import ConfigError
+
+__all__ = [
+    "AuditConfig",
+    "load_config",
+    "config_from_dict",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+PosInt = Annotated[int, Field(gt=0)]
+Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class CsvOptions(_Section):
+    """How to parse a CSV (or gzip CSV) file; passed to :func:`pandas.read_csv`."""
+
+    sep: str = ","
+    header: Literal["infer", "none"] = "infer"
+    names: list[str] | None = None
+    na_values: list[str] = Field(default_factory=list)
+    skipinitialspace: bool = False
+    encoding: str = "utf-8"
+
+
+class DataFile(_Section):
+    """One data file. ``sha256`` is verified before parsing when given."""
+
+    path: str
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    format: Literal["auto", "csv", "parquet"] = "auto"
+    skiprows: Annotated[int, Field(ge=0)] = 0
+
+
+class SplitConfig(_Section):
+    """Seeded stratified split, used when the dataset has no separate test file."""
+
+    test_size: Fraction = 0.25
+    stratify: bool = True
+
+
+class FeatureTypes(_Section):
+    """Overrides for inferred feature types (numeric dtypes are numeric, everything else categorical)."""
+
+    numeric: list[str] = Field(default_factory=list)
+    categorical: list[str] = Field(default_factory=list)
+
+
+class DatasetConfig(_Section):
+    """Where the data is and how to read it."""
+
+    name: str | None = None
+    train: DataFile
+    test: DataFile | None = None
+    csv: CsvOptions = CsvOptions()
+    target: str
+    positive_label: str | int | float | bool
+    label_map: dict[str, str] = Field(default_factory=dict)
+    features: FeatureTypes = FeatureTypes()
+    drop: list[str] = Field(default_factory=list)
+    split: SplitConfig = SplitConfig()
+    validation_size: Fraction = 0.15
+    max_categories: PosInt = 1000
+
+
+class ModelConfig(_Section):
+    """Train the built-in tabular net, or load a saved artifact."""
+
+    source: Literal["train", "load"] = "train"
+    path: str | None = None
+    hidden: list[PosInt] = Field(default_factory=lambda: [64, 64])
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    embedding_dim: PosInt | None = None
+    max_epochs: PosInt = 30
+    batch_size: PosInt = 512
+    learning_rate: Annotated[float, Field(gt=0.0)] = 2e-3
+    weight_decay: Annotated[float, Field(ge=0.0)] = 1e-5
+    patience: PosInt = 3
+    threshold: Probability = 0.5
+    predict_batch_size: PosInt = 65536
+
+    @model_validator(mode="after")
+    def _path_for_load(self) -> ModelConfig:
+        if self.source == "load" and not self.path:
+            raise ValueError("model.source is 'load' but model.path is missing; set model.path to a saved model folder")
+        return self
+
+
+class PerformanceConfig(_Section):
+    enabled: bool = True
+    n_bins: PosInt = 10
+    min_roc_auc: Probability | None = None
+    max_overfit_gap: Probability = 0.05
+
+
+class PermutationConfig(_Section):
+    enabled: bool = True
+    metric: str = "roc_auc"
+    n_repeats: PosInt = 5
+    max_rows: PosInt | None = None
+    groups: dict[str, list[str]] = Field(default_factory=dict)
+    top_k: PosInt = 3
+    proxies: list[str] = Field(default_factory=list)
+
+
+class PartialDependenceConfig(_Section):
+    enabled: bool = True
+    features: list[str] | None = None
+    grid_resolution: Annotated[int, Field(ge=2)] = 20
+    sample_size: PosInt = 1000
+    ice_curves: PosInt = 50
+    centered: bool = True
+    max_levels: Annotated[int, Field(ge=2)] = 12
+    pairs: list[tuple[str, str]] = Field(default_factory=list)
+
+
+class AleConfig(_Section):
+    enabled: bool = True
+    features: list[str] | None = None
+    n_bins: Annotated[int, Field(ge=2)] = 20
+    min_rows_per_bin: PosInt = 10
+    sample_size: PosInt = 2000
+    n_bootstrap: Annotated[int, Field(ge=0)] = 50
+    pairs: list[tuple[str, str]] = Field(default_factory=list)
+
+
+class InteractionConfig(_Section):
+    enabled: bool = True
+    top_features: Annotated[int, Field(ge=2)] = 5
+    sample_size: PosInt = 150
+    flag_above: Probability = 0.2
+
+
+class ModulesConfig(_Section):
+    """Each audit module, on or off, with its own settings."""
+
+    performance: PerformanceConfig = PerformanceConfig()
+    permutation_importance: PermutationConfig = PermutationConfig()
+    partial_dependence: PartialDependenceConfig = PartialDependenceConfig()
+    ale: AleConfig = AleConfig()
+    interactions: InteractionConfig = InteractionConfig()
+
+
+class FairnessConfig(_Section):
+    sensitive_features: list[str] = Field(default_factory=list)
+
+
+class ReportConfig(_Section):
+    output_dir: str = "reports"
+    title: str | None = None
+    formats: list[Literal["json", "html"]] = Field(default_factory=lambda: ["json", "html"])
+
+
+class AuditConfig(_Section):
+    """The whole audit. ``name`` defaults to the config file's stem."""
+
+    name: str = Field(default="audit", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    seed: Annotated[int, Field(ge=0)] = 0
+    dataset: DatasetConfig
+    model: ModelConfig = ModelConfig()
+    modules: ModulesConfig = ModulesConfig()
+    fairness: FairnessConfig = FairnessConfig()
+    report: ReportConfig = ReportConfig()
+    base_dir: str = Field(default=".", exclude=True)
+
+    @field_validator("base_dir")
+    @classmethod
+    def _abs(cls, v: str) -> str:
+        return str(Path(v).resolve())
+
+    def resolve(self, path: str) -> Path:
+        """Resolve a path from the config against the config file's folder."""
+        p = Path(path).expanduser()
+        return (p if p.is_absolute() else Path(self.base_dir) / p).resolve()
+
+    def config_hash(self) -> str:
+        """sha256 of the resolved config (canonical JSON, without ``base_dir``)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------- errors
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """Walk the config models along an error location to the model that owns the last key."""
+    model: Any = AuditConfig
+    for part in loc[:-1]:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        ann = field.annotation
+        nxt = None
+        for cand in (ann, *getattr(ann, "__args__", ())):
+            if isinstance(cand, type) and issubclass(cand, BaseModel):
+                nxt = cand
+                break
+        model = nxt
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _format_error(err: dict[str, Any]) -> str:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    path = ".".join(str(p) for p in loc) or "<top level>"
+    kind = err["type"]
+    value = err.get("input")
+    if kind == "extra_forbidden":
+        owner = _model_at(loc)
+        allowed = sorted(k for k in (owner.model_fields if owner else {}) if k != "base_dir")
+        key = str(loc[-1])
+        close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        return f"{path}: unknown key '{key}'; {hint}allowed keys: {', '.join(allowed)}"
+    if kind == "missing":
+        return f"{path}: required key is missing"
+    shown = repr(value) if not isinstance(value, dict) else "a mapping"
+    msg = err["msg"]
+    if kind == "literal_error":
+        return f"{path}: {shown} is not allowed; {msg[0].lower()}{msg[1:]}"
+    if kind == "value_error":
+        return f"{path}: {msg.removeprefix('Value error, ')}"
+    return f"{path}: got {shown}; {msg[0].lower()}{msg[1:]}"
+
+
+def config_from_dict(data: Any, *, base_dir: str | Path = ".", name: str | None = None) -> AuditConfig:
+    """Validate a parsed config mapping.
+
+    Parameters
+    ----------
+    data : mapping
+        The parsed YAML.
+    base_dir : path-like, default "."
+        Folder against which relative paths are resolved.
+    name : str, optional
+        Default audit name when the mapping has none.
+
+    Returns
+    -------
+    AuditConfig
+
+    Raises
+    ------
+    ConfigError
+        With one line per problem (key path, bad value, what is allowed).
+
+    Examples
+    --------
+    >>> cfg = config_from_dict({"dataset": {"train": {"path": "d.csv"}, "target": "y", "positive_label": 1}})
+    >>> cfg.model.source, cfg.seed
+    ('train', 0)
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: expected a mapping of sections at the top level, got {type(data).__name__}")
+    data = dict(data)
+    if "base_dir" in data:
+        raise ConfigError("base_dir: unknown key 'base_dir'; it is set from the config file's location")
+    data["base_dir"] = str(base_dir)
+    if name is not None and "name" not in data:
+        data["name"] = name
+    try:
+        return AuditConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [_format_error(e) for e in exc.errors()]
+        raise ConfigError("invalid config: " + " | ".join(lines)) from None
+
+
+def load_config(path: str | Path) -> AuditConfig:
+    """Read and validate a YAML audit config.
+
+    Parameters
+    ----------
+    path : path-like
+        The YAML file. Its stem is the default audit ``name``; its folder anchors relative paths.
+
+    Returns
+    -------
+    AuditConfig
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file '{p}' does not exist; pass the path of a YAML file such as configs/adult.yaml")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file '{p}' cannot be read ({exc.__class__.__name__}: {exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"config file '{p}' is not valid YAML{at}: {problem}") from None
+    if data is None:
+        raise ConfigError(f"config file '{p}' is empty; see configs/README.md for the keys")
+    stem = "".join(c if (c.isalnum() or c in "_.-") else "_" for c in p.stem)
+    return config_from_dict(data, base_dir=p.resolve().parent, name=stem)

@@ -1,0 +1,80 @@
+"""The module contract: a named unit of the audit that reads the shared context and returns a result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from audit.config import AuditConfig
+from audit.data import Dataset
+from audit.findings import Finding
+from audit.model.adapter import Predictor
+
+
+@dataclass
+class Figure:
+    """A rendered figure: PNG bytes plus a caption."""
+
+    name: str
+    caption: str
+    png: bytes
+
+
+@dataclass
+class Table:
+    """A table for the report: a title and a DataFrame (rendered as HTML, stored as records in JSON)."""
+
+    name: str
+    title: str
+    frame: pd.DataFrame
+    caption: str = ""
+
+
+@dataclass
+class ModuleResult:
+    """What a module returns: headline numbers, tables, figures and findings."""
+
+    summary: dict[str, Any] = field(default_factory=dict)
+    tables: list[Table] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)  # full numeric results for report.json
+
+
+@dataclass
+class AuditContext:
+    """Everything a module may read. Modules share results only through ``results``.
+
+    ``X_audit`` / ``y_audit`` are the audit rows (the test split), ``codes_audit`` the same rows in code space.
+    ``seed_for(name)`` gives each module its own child seed of the config's seed.
+    """
+
+    config: AuditConfig
+    dataset: Dataset
+    predictor: Predictor
+    X_audit: pd.DataFrame
+    y_audit: np.ndarray
+    codes_audit: np.ndarray
+    proba_audit: np.ndarray
+    proba_train: np.ndarray
+    model_info: dict[str, Any] = field(default_factory=dict)
+    results: dict[str, ModuleResult] = field(default_factory=dict)
+
+    def seed_for(self, name: str) -> int:
+        """A child seed, stable per module name, derived from the config's seed."""
+        key = [ord(c) for c in name]
+        return int(np.random.SeedSequence([self.config.seed, *key]).generate_state(1)[0])
+
+
+class AuditModule(Protocol):
+    """What the pipeline needs from a module."""
+
+    name: str
+    title: str
+
+    def enabled(self, config: AuditConfig) -> bool: ...
+
+    def run(self, ctx: AuditContext) -> ModuleResult: ...

@@ -1,0 +1,285 @@
+"""The audit pipeline: the only place that knows the order of stages.
+
+config -> data -> model -> scores -> modules -> findings -> report (json + html) -> exit code.
+
+A module that raises is recorded as failed with its error and the others still run. The report is written into
+a temporary folder beside its final place and renamed at the end; ``latest`` moves only after that succeeded, so
+an interrupted run leaves no half-written report behind.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from audit.config import AuditConfig
+from audit.data import Dataset, dataset_fingerprint, load_dataset
+from audit.errors import EXIT_GATE_FAILED, EXIT_MODULE_ERROR, EXIT_OK, ModelLoadError
+from audit.model.adapter import NetPredictor, Predictor
+from audit.modules.base import AuditContext, AuditModule, ModuleResult
+
+
+def default_modules() -> list[AuditModule]:
+    """The modules in the order they run."""
+    from audit.modules.global_explain import AleModule, InteractionModule, PartialDependenceModule, PermutationModule
+    from audit.modules.performance import PerformanceModule
+
+    return [PerformanceModule(), PermutationModule(), PartialDependenceModule(), AleModule(), InteractionModule()]
+
+
+class Progress:
+    """Stage progress on stderr. Silent with ``quiet``; timings are always recorded."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.durations: dict[str, float] = {}
+
+    def stage(self, name: str):
+        progress = self
+
+        class _Stage:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+                if not progress.quiet and sys.stderr.isatty():
+                    print(f"[audit] {name} ...", file=sys.stderr, flush=True)
+                return self
+
+            def __exit__(self, exc_type, exc, tb):
+                dt_ = time.perf_counter() - self.t0
+                progress.durations[name] = round(dt_, 3)
+                if not progress.quiet:
+                    state = "done" if exc_type is None else "FAILED"
+                    print(f"[audit] {name}: {state} in {dt_:.1f}s", file=sys.stderr, flush=True)
+                return False
+
+        return _Stage()
+
+
+@dataclass
+class ModuleRecord:
+    name: str
+    title: str
+    status: str  # "ok" | "error" | "skipped"
+    duration_s: float = 0.0
+    error: str | None = None
+    traceback: str | None = None
+    result: ModuleResult | None = None
+
+
+@dataclass
+class AuditRun:
+    """Everything a run produced, before it is written out."""
+
+    config: AuditConfig
+    run_id: str
+    started: dt.datetime
+    finished: dt.datetime | None = None
+    dataset: Dataset | None = None
+    model_info: dict[str, Any] = field(default_factory=dict)
+    modules: list[ModuleRecord] = field(default_factory=list)
+    stages: dict[str, float] = field(default_factory=dict)
+    exit_code: int = EXIT_OK
+    run_dir: Path | None = None
+
+    @property
+    def findings(self):
+        return [f for m in self.modules if m.result for f in m.result.findings]
+
+
+def _new_run_id(now: dt.datetime) -> str:
+    return now.strftime("%Y%m%dT%H%M%S") + f"-{now.microsecond // 1000:03d}Z"
+
+
+def prepare_model(cfg: AuditConfig, ds: Dataset, run_tmp: Path | None, progress: Progress) -> tuple[Predictor, dict]:
+    """Train or load the model; returns the predictor and its provenance."""
+    from audit.model.artifact import load_model, model_hash, read_model_meta, save_model
+
+    if cfg.model.source == "load":
+        path = cfg.resolve(cfg.model.path or "")
+        predictor = load_model(path, batch_size=cfg.model.predict_batch_size)
+        _check_model_fits_data(predictor, ds)
+        meta = read_model_meta(path)
+        # Encode audit data with the model's own levels, not the ones re-learnt from this data.
+        ds.schema = _with_sensitive(predictor.schema, ds.schema.sensitive)
+        predictor.schema = ds.schema
+        return predictor, {"source": "load", "path": str(path), "hash": model_hash(path), **_meta_info(meta)}
+
+    from audit.model.training import train_model
+
+    codes = ds.schema.to_codes(ds.X_train)
+    res = train_model(ds.schema, codes, ds.y_train, cfg.model, validation_size=cfg.dataset.validation_size, seed=cfg.seed)
+    predictor = NetPredictor(res.net, res.preprocessing, ds.schema, batch_size=cfg.model.predict_batch_size)
+    info = {"source": "train", "architecture": res.architecture, "history": res.history, "best_epoch": res.best_epoch}
+    if run_tmp is not None:
+        mh = save_model(run_tmp / "model", predictor, architecture=res.architecture, history=res.history,
+                        best_epoch=res.best_epoch)
+        info.update(path="model", hash=mh)
+    return predictor, info
+
+
+def _meta_info(meta: dict) -> dict:
+    return {k: meta.get(k) for k in ("architecture", "history", "best_epoch")}
+
+
+def _with_sensitive(schema, sensitive):
+    from dataclasses import replace
+
+    return replace(schema, sensitive=tuple(sensitive))
+
+
+def _check_model_fits_data(predictor: Predictor, ds: Dataset) -> None:
+    want = {f.name: f.kind for f in predictor.schema.features}
+    have = {f.name: f.kind for f in ds.schema.features}
+    missing = [n for n in want if n not in ds.X_train.columns]
+    if missing:
+        raise ModelLoadError(f"model.path: the saved model needs column(s) {missing}, which the dataset lacks; "
+                             "audit it with the data it was trained on")
+    extra = [n for n in have if n not in want]
+    if extra:
+        raise ModelLoadError(f"model.path: the dataset has feature column(s) {extra} the saved model does not use; "
+                             "add them to dataset.drop or retrain")
+    kinds = [n for n in want if have.get(n) != want[n]]
+    if kinds:
+        raise ModelLoadError(f"model.path: column(s) {kinds} have another type than when the model was trained; "
+                             "set dataset.features to match")
+    if predictor.schema.positive_label != ds.schema.positive_label:
+        raise ModelLoadError(f"model.path: the model predicts {predictor.schema.positive_label!r}, the config's "
+                             f"dataset.positive_label is {ds.schema.positive_label!r}")
+
+
+def run_audit(cfg: AuditConfig, *, quiet: bool = False, modules: list[AuditModule] | None = None,
+              write: bool = True, on_stage: Callable[[str], None] | None = None) -> AuditRun:
+    """Run a whole audit and write its report.
+
+    Parameters
+    ----------
+    cfg : AuditConfig
+        The validated config.
+    quiet : bool
+        No progress lines on stderr.
+    modules : list, optional
+        Modules to run instead of :func:`default_modules` (tests use this).
+    write : bool
+        Write ``report.json``/``report.html`` and move ``latest``.
+    on_stage : callable, optional
+        Called with each stage name as it starts (tests use it to interrupt a run).
+
+    Returns
+    -------
+    AuditRun
+        With ``exit_code`` 0 (all gates passed), 1 (a gating finding failed) or 3 (a module errored).
+
+    Raises
+    ------
+    AuditInputError
+        Bad data or model input (exit code 2); nothing is left under the output folder.
+    """
+    progress = Progress(quiet)
+    started = dt.datetime.now(dt.UTC)
+    run = AuditRun(cfg, _new_run_id(started), started)
+    out_root = cfg.resolve(cfg.report.output_dir) / cfg.name
+    tmp_dir = out_root / f".tmp-{run.run_id}"
+    step = on_stage or (lambda name: None)
+    try:
+        step("load data")
+        with progress.stage("load data"):
+            ds = load_dataset(cfg)
+        run.dataset = ds
+        if write:
+            tmp_dir.mkdir(parents=True, exist_ok=False)
+        step("model")
+        with progress.stage("train model" if cfg.model.source == "train" else "load model"):
+            predictor, run.model_info = prepare_model(cfg, ds, tmp_dir if write else None, progress)
+        step("score")
+        with progress.stage("score"):
+            codes_audit = ds.schema.to_codes(ds.X_test)
+            proba_audit = predictor.predict_codes(codes_audit)
+            proba_train = predictor.predict_proba(ds.X_train)
+        ctx = AuditContext(cfg, ds, predictor, ds.X_test, ds.y_test, codes_audit, proba_audit, proba_train,
+                           model_info=run.model_info)
+        for module in modules if modules is not None else default_modules():
+            if not module.enabled(cfg):
+                run.modules.append(ModuleRecord(module.name, module.title, "skipped"))
+                continue
+            step(module.name)
+            t0 = time.perf_counter()
+            try:
+                with progress.stage(module.name):
+                    result = module.run(ctx)
+                ctx.results[module.name] = result
+                run.modules.append(ModuleRecord(module.name, module.title, "ok", time.perf_counter() - t0, result=result))
+            except Exception as exc:  # noqa: BLE001 - isolation is the point: record and go on
+                msg = f"{exc.__class__.__name__}: {exc}"
+                run.modules.append(ModuleRecord(module.name, module.title, "error", time.perf_counter() - t0, msg,
+                                                traceback.format_exc(limit=8)))
+        run.stages = dict(progress.durations)
+        run.finished = dt.datetime.now(dt.UTC)
+        run.exit_code = _exit_code(run)
+        if write:
+            step("report")
+            with progress.stage("write report"):
+                _write(run, ds, tmp_dir, out_root)
+        return run
+    except BaseException:
+        if write and tmp_dir.exists():
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+        if write and out_root.exists() and not any(out_root.iterdir()):
+            out_root.rmdir()
+        raise
+
+
+def _exit_code(run: AuditRun) -> int:
+    if any(m.status == "error" for m in run.modules):
+        return EXIT_MODULE_ERROR
+    if any(f.gating and f.status == "fail" for f in run.findings):
+        return EXIT_GATE_FAILED
+    return EXIT_OK
+
+
+def _write(run: AuditRun, ds: Dataset, tmp_dir: Path, out_root: Path) -> None:
+    from audit.report.writer import build_report_json, render_html, write_json
+
+    t0 = time.perf_counter()
+    report = build_report_json(run, ds, dataset_fingerprint(ds))
+    formats = run.config.report.formats
+    if "json" in formats:
+        write_json(report, tmp_dir / "report.json")
+    if "html" in formats:
+        (tmp_dir / "report.html").write_text(render_html(report, run), encoding="utf-8")
+    final = out_root / run.run_id
+    os.replace(tmp_dir, final)
+    link_tmp = out_root / ".latest.tmp"
+    if link_tmp.is_symlink() or link_tmp.exists():
+        link_tmp.unlink()
+    link_tmp.symlink_to(run.run_id, target_is_directory=True)
+    os.replace(link_tmp, out_root / "latest")
+    run.run_dir = final
+    run.stages["write report"] = round(time.perf_counter() - t0, 3)
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Plain JSON types; NaN and infinities become null."""
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, np.integer | np.bool_):
+        return obj.item()
+    if isinstance(obj, float | np.floating):
+        f = float(obj)
+        return f if np.isfinite(f) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj

@@ -1,0 +1,146 @@
+"""report.json and the self-contained report.html."""
+
+from __future__ import annotations
+
+import base64
+import json
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from audit import __version__
+from audit.data import Dataset
+
+SCHEMA_VERSION = "1.0"
+_PACKAGES = ("numpy", "pandas", "scikit-learn", "torch", "pytorch-lightning", "shap", "lime", "fairlearn",
+             "pydantic", "matplotlib", "seaborn", "jinja2")
+
+
+def package_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version(), "audit": __version__}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_commit(path: Path) -> str | None:
+    try:
+        res = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return res.stdout.strip() or None if res.returncode == 0 else None
+
+
+def _table_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return frame.to_dict(orient="records")
+
+
+def build_report_json(run, ds: Dataset, fingerprint: str) -> dict[str, Any]:
+    """Every number of the run, its findings, and provenance, as plain JSON types."""
+    from audit.pipeline import to_jsonable
+
+    cfg = run.config
+    findings = [f.to_json() for f in run.findings]
+    failed = [f for f in run.findings if f.status == "fail"]
+    verdict = {0: "pass", 1: "fail", 3: "error"}.get(run.exit_code, "error")
+    modules = {}
+    for m in run.modules:
+        entry: dict[str, Any] = {"title": m.title, "status": m.status, "duration_s": round(m.duration_s, 3)}
+        if m.error:
+            entry["error"] = m.error
+        if m.result is not None:
+            entry["summary"] = m.result.summary
+            entry["tables"] = {t.name: {"title": t.title, "rows": _table_records(t.frame)} for t in m.result.tables}
+            entry["data"] = m.result.data
+            entry["figures"] = [f.name for f in m.result.figures]
+        modules[m.name] = entry
+    duration = (run.finished - run.started).total_seconds() if run.finished else None
+    report = {
+        "schema_version": SCHEMA_VERSION,
+        "audit": {
+            "name": cfg.name,
+            "title": cfg.report.title or f"Audit of {cfg.name}",
+            "run_id": run.run_id,
+            "verdict": verdict,
+            "exit_code": run.exit_code,
+            "n_findings": len(findings),
+            "n_failed": len(failed),
+            "n_gating_failed": sum(f.gating for f in failed),
+            "modules_failed": [m.name for m in run.modules if m.status == "error"],
+        },
+        "findings": findings,
+        "modules": modules,
+        "provenance": {
+            "config": cfg.model_dump(mode="json"),
+            "config_hash": cfg.config_hash(),
+            "seed": cfg.seed,
+            "dataset": {
+                "name": cfg.dataset.name or cfg.name,
+                "files": ds.files,
+                "fingerprint": fingerprint,
+                "rows": {"train": len(ds.X_train), "test": len(ds.X_test)},
+                "features": ds.schema.to_json()["features"],
+                "target": ds.schema.target,
+                "positive_label": ds.schema.positive_label,
+                "notes": ds.notes,
+            },
+            "model": run.model_info,
+            "versions": package_versions(),
+            "git_commit": git_commit(Path(cfg.base_dir)),
+            "started": run.started.isoformat(),
+            "finished": run.finished.isoformat() if run.finished else None,
+            "duration_s": round(duration, 3) if duration is not None else None,
+            "stages_s": run.stages,
+        },
+    }
+    return to_jsonable(report)
+
+
+def write_json(report: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(report, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        if v != v:
+            return "–"
+        if v == 0:
+            return "0"
+        return f"{v:.4g}" if abs(v) < 1e5 else f"{v:,.0f}"
+    return str(v)
+
+
+def render_html(report: dict[str, Any], run) -> str:
+    """One self-contained HTML page: CSS inline, figures as base64 PNG, no external requests."""
+    env = Environment(loader=PackageLoader("audit", "report/templates"), autoescape=select_autoescape(["html", "j2"]))
+    env.filters["fmt"] = _fmt
+    sections = []
+    for m in run.modules:
+        sec = {"name": m.name, "title": m.title, "status": m.status, "duration": m.duration_s, "error": m.error,
+               "traceback": m.traceback, "tables": [], "figures": [], "findings": [], "summary": {}}
+        if m.result is not None:
+            sec["summary"] = m.result.summary
+            sec["findings"] = m.result.findings
+            for t in m.result.tables:
+                sec["tables"].append({"title": t.title, "caption": t.caption, "columns": [str(c) for c in t.frame.columns],
+                                      "rows": t.frame.itertuples(index=False, name=None)})
+            for f in m.result.figures:
+                sec["figures"].append({"caption": f.caption, "name": f.name,
+                                       "src": "data:image/png;base64," + base64.b64encode(f.png).decode("ascii")})
+        sections.append(sec)
+    order = {"fail": 0, "inconclusive": 1, "pass": 2, "info": 3}
+    sev = {"high": 0, "medium": 1, "low": 2, "info": 3}
+    findings = sorted(run.findings, key=lambda f: (order[f.status], sev[f.severity]))
+    template = env.get_template("report.html.j2")
+    return template.render(report=report, sections=sections, findings=findings,
+                           provenance_json=json.dumps(report["provenance"], indent=1))
