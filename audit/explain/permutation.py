@@ -1,0 +1,164 @@
+"""Permutation importance in the raw feature space, with feature groups and 95% intervals."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from audit.explain._common import PredictFn, as_generator, make_scorer
+
+
+@dataclass(frozen=True)
+class PermutationImportance:
+    """Result of :func:`permutation_importance`.
+
+    Attributes
+    ----------
+    names : list of str
+        One entry per permuted unit: a feature, or a group of features permuted together.
+    members : list of list of str
+        The features in each unit.
+    importances : ndarray of shape (n_units, n_repeats)
+        Score drop (baseline - permuted) per repeat; greater means more important.
+    baseline_score : float
+    metric : str
+    n_rows : int
+        Rows scored per repeat.
+    rows_evaluated : int
+        Model evaluations, all repeats and units together.
+    """
+
+    names: list[str]
+    members: list[list[str]]
+    importances: np.ndarray
+    baseline_score: float
+    metric: str
+    n_rows: int
+    rows_evaluated: int
+
+    @property
+    def importances_mean(self) -> np.ndarray:
+        return self.importances.mean(axis=1)
+
+    @property
+    def importances_std(self) -> np.ndarray:
+        return self.importances.std(axis=1)
+
+    def interval(self, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+        """Student-t interval for the mean importance over repeats (permutation noise, not data sampling)."""
+        r = self.importances.shape[1]
+        if r < 2:
+            m = self.importances_mean
+            return m, m
+        half = stats.t.ppf(0.5 + level / 2, r - 1) * self.importances.std(axis=1, ddof=1) / np.sqrt(r)
+        return self.importances_mean - half, self.importances_mean + half
+
+    def to_frame(self) -> pd.DataFrame:
+        """Ranked table: feature, mean, std, 95% interval, rank."""
+        lo, hi = self.interval()
+        df = pd.DataFrame({"feature": self.names, "importance": self.importances_mean, "std": self.importances_std,
+                           "ci_low": lo, "ci_high": hi, "members": [", ".join(m) for m in self.members]})
+        df = df.sort_values("importance", ascending=False, kind="stable").reset_index(drop=True)
+        df.insert(0, "rank", np.arange(1, len(df) + 1))
+        return df
+
+
+def permutation_importance(
+    predict: PredictFn,
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    feature_names: list[str],
+    groups: dict[str, list[str]] | None = None,
+    metric: str = "roc_auc",
+    n_repeats: int = 5,
+    max_rows: int | None = None,
+    threshold: float = 0.5,
+    random_state: int | np.random.Generator | None = None,
+) -> PermutationImportance:
+    """Score drop when each feature (or group of features) is shuffled.
+
+    All repeats of one unit are evaluated in one call of ``predict`` on a stacked array, so the model sees large
+    batches and no DataFrame is rebuilt.
+
+    Parameters
+    ----------
+    predict : callable
+        ``predict(X) -> scores`` on arrays shaped like ``X``.
+    X : ndarray of shape (n_rows, n_features)
+        Rows in code space (one column per raw feature).
+    y : ndarray of shape (n_rows,)
+        True labels (0/1), or targets for regression metrics.
+    feature_names : list of str
+        Column names of ``X``.
+    groups : dict, optional
+        ``{name: [feature, ...]}``: features shuffled together (with one row permutation) and reported as one unit.
+    metric : str, default "roc_auc"
+        See :func:`audit.explain._common.make_scorer`.
+    n_repeats : int, default 5
+    max_rows : int, optional
+        Score on a seeded sample of this many rows.
+    threshold : float, default 0.5
+        For threshold metrics (accuracy, f1).
+    random_state : int, Generator or None
+
+    Returns
+    -------
+    PermutationImportance
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(2000, 2))
+    >>> res = permutation_importance(lambda A: 3 * A[:, 0], X, 3 * X[:, 0], feature_names=["a", "b"],
+    ...                              metric="neg_mean_squared_error", random_state=0)
+    >>> bool(res.importances_mean[0] > 15 and res.importances_mean[1] == 0)
+    True
+    """
+    if n_repeats < 1:
+        raise ValueError(f"n_repeats must be >= 1, got {n_repeats}")
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y)
+    rng = as_generator(random_state)
+    if max_rows is not None and max_rows < len(X):
+        idx = np.sort(rng.choice(len(X), size=max_rows, replace=False))
+        X, y = X[idx], y[idx]
+    n = len(X)
+    score = make_scorer(metric, threshold=threshold)
+    col = {name: j for j, name in enumerate(feature_names)}
+    groups = groups or {}
+    for g, members in groups.items():
+        unknown = [m for m in members if m not in col]
+        if unknown:
+            raise ValueError(f"group {g!r} names unknown feature(s) {unknown}")
+    grouped = {m for members in groups.values() for m in members}
+    units: list[tuple[str, list[str]]] = []
+    seen_groups: set[str] = set()
+    for name in feature_names:
+        if name in grouped:
+            g = next(g for g, members in groups.items() if name in members)
+            if g not in seen_groups:
+                seen_groups.add(g)
+                units.append((g, list(groups[g])))
+        else:
+            units.append((name, [name]))
+
+    baseline = score(y, predict(X))
+    rows = n
+    imp = np.empty((len(units), n_repeats))
+    stacked = np.tile(X, (n_repeats, 1))  # one copy, reused: each unit's columns are shuffled, then restored
+    for u, (_, members) in enumerate(units):
+        cols = [col[m] for m in members]
+        perms = np.stack([rng.permutation(n) for _ in range(n_repeats)])  # (n_repeats, n), shared by the group
+        for c in cols:
+            stacked[:, c] = X[perms, c].reshape(-1)
+        p = predict(stacked)
+        rows += len(stacked)
+        for c in cols:
+            stacked[:, c] = np.tile(X[:, c], n_repeats)
+        for r in range(n_repeats):
+            imp[u, r] = baseline - score(y, p[r * n : (r + 1) * n])
+    return PermutationImportance([u[0] for u in units], [u[1] for u in units], imp, float(baseline), metric, n, rows)
