@@ -1,0 +1,78 @@
+"""Shared fixtures: a synthetic dataset of known structure, small configs, one tiny trained model."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+warnings.filterwarnings("ignore")
+logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+
+
+def synthetic_frame(n: int = 800, seed: int = 0) -> pd.DataFrame:
+    """y depends on x1 (strongly), colour (moderately) and x1*x2; 'group' is a sensitive column."""
+    rng = np.random.default_rng(seed)
+    x1 = rng.normal(size=n)
+    x2 = rng.uniform(-1, 1, size=n)
+    colour = rng.choice(["red", "green", "blue"], size=n, p=[0.5, 0.3, 0.2])
+    group = rng.choice(["A", "B"], size=n)
+    logit = 2.0 * x1 + np.select([colour == "red", colour == "green"], [1.0, -1.0], 0.0) + 1.5 * x1 * x2
+    y = np.where(rng.uniform(size=n) < 1 / (1 + np.exp(-logit)), "yes", "no")
+    return pd.DataFrame({"x1": x1.round(4), "x2": x2.round(4), "colour": colour, "group": group, "y": y})
+
+
+SMALL_MODULES = {
+    "permutation_importance": {"n_repeats": 2},
+    "partial_dependence": {"sample_size": 100, "grid_resolution": 5, "ice_curves": 10, "pairs": [["x1", "x2"]]},
+    "ale": {"sample_size": 200, "n_bins": 5, "n_bootstrap": 5, "pairs": [["x1", "x2"]]},
+    "interactions": {"top_features": 3, "sample_size": 30},
+}
+
+
+def base_config(data_path: str = "data.csv") -> dict:
+    return {
+        "seed": 0,
+        "dataset": {"train": {"path": data_path}, "target": "y", "positive_label": "yes",
+                    "split": {"test_size": 0.3}},
+        "model": {"hidden": [16], "max_epochs": 4, "batch_size": 64, "patience": 2},
+        "modules": copy.deepcopy(SMALL_MODULES),
+        "fairness": {"sensitive_features": ["group"]},
+        "report": {"output_dir": "reports"},
+    }
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A folder with data.csv (synthetic) and a writer for config files."""
+    synthetic_frame().to_csv(tmp_path / "data.csv", index=False)
+    return tmp_path
+
+
+def write_config(folder: Path, cfg: dict, name: str = "small.yaml") -> Path:
+    path = folder / name
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """(dataset, predictor, train result) trained once on the synthetic data."""
+    from audit.config import config_from_dict
+    from audit.data import load_dataset
+    from audit.model.adapter import NetPredictor
+    from audit.model.training import train_model
+
+    folder = tmp_path_factory.mktemp("tiny")
+    synthetic_frame().to_csv(folder / "data.csv", index=False)
+    cfg = config_from_dict(base_config(), base_dir=folder, name="tiny")
+    ds = load_dataset(cfg)
+    res = train_model(ds.schema, ds.schema.to_codes(ds.X_train), ds.y_train, cfg.model, validation_size=0.2, seed=0)
+    return cfg, ds, NetPredictor(res.net, res.preprocessing, ds.schema), res
