@@ -1,0 +1,89 @@
+"""The tabular net: determinism, artifact round trip, and the encoded fast path."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from audit.model import CallablePredictor, NetPredictor, load_model, model_hash, save_model
+from audit.model.training import train_model
+
+
+def test_training_is_deterministic(tiny_model):
+    cfg, ds, predictor, _ = tiny_model
+    res = train_model(ds.schema, ds.schema.to_codes(ds.X_train), ds.y_train, cfg.model, validation_size=0.2, seed=0)
+    again = NetPredictor(res.net, res.preprocessing, ds.schema)
+    np.testing.assert_array_equal(again.predict_proba(ds.X_test), predictor.predict_proba(ds.X_test))
+    other = train_model(ds.schema, ds.schema.to_codes(ds.X_train), ds.y_train, cfg.model, validation_size=0.2, seed=1)
+    assert not np.array_equal(NetPredictor(other.net, other.preprocessing, ds.schema).predict_proba(ds.X_test),
+                              predictor.predict_proba(ds.X_test))
+
+
+def test_model_learns_signal(tiny_model):
+    from sklearn.metrics import roc_auc_score
+
+    _, ds, predictor, res = tiny_model
+    assert roc_auc_score(ds.y_test, predictor.predict_proba(ds.X_test)) > 0.8
+    assert res.history and {"train_loss", "val_loss", "val_auc"} <= set(res.history[-1])
+
+
+def test_encoded_path_agrees_exactly_with_dataframe_path(tiny_model):
+    _, ds, predictor, _ = tiny_model
+    codes = ds.schema.to_codes(ds.X_test)
+    np.testing.assert_array_equal(predictor.predict_codes(codes), predictor.predict_proba(ds.X_test))
+    small = NetPredictor(predictor.net, predictor.preprocessing, ds.schema, batch_size=7)  # chunking changes nothing
+    np.testing.assert_allclose(small.predict_codes(codes), predictor.predict_codes(codes), rtol=0, atol=1e-7)
+    # a black-box wrapper around the DataFrame path gives the same numbers through from_codes
+    wrapped = CallablePredictor(predictor.predict_proba, ds.schema)
+    np.testing.assert_array_equal(wrapped.predict_codes(codes), predictor.predict_codes(codes))
+
+
+def test_unseen_category_and_missing_numeric_are_scored(tiny_model):
+    _, ds, predictor, _ = tiny_model
+    df = ds.X_test.head(3).copy()
+    df["colour"] = ["purple", "red", None]
+    df.loc[0, "x1"] = np.nan
+    p = predictor.predict_proba(df)
+    assert p.shape == (3,) and np.isfinite(p).all()
+
+
+def test_save_load_round_trip(tiny_model, tmp_path):
+    _, ds, predictor, res = tiny_model
+    h = save_model(tmp_path / "m", predictor, architecture=res.architecture, history=res.history,
+                   best_epoch=res.best_epoch)
+    assert h == model_hash(tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    np.testing.assert_array_equal(loaded.predict_proba(ds.X_test), predictor.predict_proba(ds.X_test))
+    assert loaded.schema == ds.schema
+    for name in ("schema.json", "preprocessing.json", "model.json"):
+        json.loads((tmp_path / "m" / name).read_text())  # plain JSON, no pickle
+
+
+def test_corrupt_or_incomplete_artifacts_fail_clearly(tiny_model, tmp_path):
+    from audit.errors import ModelLoadError
+
+    _, _, predictor, res = tiny_model
+    save_model(tmp_path / "m", predictor, architecture=res.architecture, history=res.history, best_epoch=0)
+    (tmp_path / "m" / "weights.pt").write_bytes(b"not a torch file")
+    with pytest.raises(ModelLoadError, match=r"weights\.pt' cannot be loaded"):
+        load_model(tmp_path / "m")
+    (tmp_path / "m" / "schema.json").unlink()
+    with pytest.raises(ModelLoadError, match=r"lacks \['schema\.json'\]"):
+        load_model(tmp_path / "m")
+    with pytest.raises(ModelLoadError, match="is not a model folder"):
+        load_model(tmp_path / "nowhere")
+
+
+def test_weights_are_loaded_without_pickle(tiny_model, tmp_path):
+    """A weights file carrying an arbitrary pickled object is refused (weights_only=True)."""
+    from audit.errors import ModelLoadError
+
+    _, _, predictor, res = tiny_model
+    save_model(tmp_path / "m", predictor, architecture=res.architecture, history=res.history, best_epoch=0)
+    torch.save({"evil": pd.DataFrame({"a": [1]})}, tmp_path / "m" / "weights.pt")
+    with pytest.raises(ModelLoadError, match="cannot be loaded"):
+        load_model(tmp_path / "m")

@@ -1,0 +1,152 @@
+"""The pipeline and CLI end to end: report files, exit codes, failure isolation, nothing written on bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from audit.cli import main
+from audit.config import load_config
+from audit.modules.base import ModuleResult
+from audit.modules.performance import PerformanceModule
+from audit.pipeline import run_audit
+from tests.conftest import ROOT, base_config, write_config
+
+
+def test_end_to_end_cli_run_writes_report(workdir, capsys):
+    path = write_config(workdir, base_config())
+    code = main(["run", str(path), "--quiet"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    latest = workdir / "reports" / "small" / "latest"
+    assert latest.is_symlink()
+    report = json.loads((latest / "report.json").read_text())
+    html = (latest / "report.html").read_text()
+    assert report["audit"]["verdict"] == "pass" and report["schema_version"] == "1.0"
+    assert set(report["modules"]) == {"performance", "permutation_importance", "partial_dependence", "ale",
+                                      "interactions"}
+    assert all(m["status"] == "ok" for m in report["modules"].values())
+    prov = report["provenance"]
+    assert prov["seed"] == 0 and len(prov["config_hash"]) == 64 and len(prov["model"]["hash"]) == 64
+    assert prov["dataset"]["files"]["data.csv"] and prov["versions"]["torch"]
+    assert {"load data", "train model", "score", "performance"} <= set(prov["stages_s"])
+    # self-contained: no external resources
+    assert "http://" not in html.replace("http://www.w3.org", "") and "https://" not in html
+    assert html.index("Summary of findings") < html.index("Model performance") < html.index('id="provenance"')
+    assert "data:image/png;base64," in html
+    assert (latest / "model" / "weights.pt").is_file()
+    assert "PASS" in out.out
+
+
+def test_saved_model_is_reused_with_source_load(workdir):
+    cfg = base_config()
+    first = run_audit(load_config(write_config(workdir, cfg)), quiet=True)
+    cfg["model"] = {"source": "load", "path": "reports/small/latest/model"}
+    second = run_audit(load_config(write_config(workdir, cfg)), quiet=True)
+    auc = [json.loads((r.run_dir / "report.json").read_text())["modules"]["performance"]["summary"]["test_roc_auc"]
+           for r in (first, second)]
+    assert auc[0] == auc[1]
+    assert second.model_info["source"] == "load" and second.model_info["hash"] == first.model_info["hash"]
+
+
+def test_loaded_model_must_fit_the_data(workdir, capsys):
+    run_audit(load_config(write_config(workdir, base_config())), quiet=True)
+    cfg = base_config()
+    cfg["model"] = {"source": "load", "path": "reports/small/latest/model"}
+    cfg["dataset"]["drop"] = ["x2"]
+    assert main(["run", str(write_config(workdir, cfg, "other.yaml")), "-q"]) == 2
+    assert "needs column(s) ['x2']" in capsys.readouterr().err
+    assert not (workdir / "reports" / "other").exists()
+
+
+class Boom:
+    name = "boom"
+    title = "A module that fails"
+
+    def enabled(self, config):
+        return True
+
+    def run(self, ctx):
+        raise RuntimeError("kaboom")
+
+
+def test_failing_module_is_isolated_and_exit_code_3(workdir):
+    cfg = load_config(write_config(workdir, base_config()))
+    run = run_audit(cfg, quiet=True, modules=[Boom(), PerformanceModule()])
+    assert run.exit_code == 3
+    status = {m.name: m.status for m in run.modules}
+    assert status == {"boom": "error", "performance": "ok"}
+    report = json.loads((run.run_dir / "report.json").read_text())
+    assert report["audit"]["verdict"] == "error" and report["audit"]["modules_failed"] == ["boom"]
+    assert report["modules"]["boom"]["error"] == "RuntimeError: kaboom"
+    assert "This module failed" in (run.run_dir / "report.html").read_text()
+
+
+def test_failed_gate_gives_exit_code_1(workdir):
+    cfg = base_config()
+    cfg["modules"]["performance"] = {"min_roc_auc": 0.9999}
+    run = run_audit(load_config(write_config(workdir, cfg)), quiet=True, modules=[PerformanceModule()])
+    assert run.exit_code == 1
+    failed = [f for f in run.findings if f.status == "fail" and f.gating]
+    assert failed and "ROC AUC" in failed[0].title
+
+
+@pytest.mark.parametrize(("mutate", "message"), [
+    (lambda c: c["dataset"].update(target="nope"), "dataset.target: column 'nope' not found"),
+    (lambda c: c["dataset"]["train"].update(path="missing.csv"), "does not exist"),
+    (lambda c: c.update(sead=1), "did you mean 'seed'?"),
+    (lambda c: c["dataset"].update(positive_label="maybe"), "does not occur"),
+])
+def test_bad_input_exit_2_one_line_nothing_written(workdir, capsys, mutate, message):
+    cfg = base_config()
+    mutate(cfg)
+    code = main(["run", str(write_config(workdir, cfg))])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert len([ln for ln in err.splitlines() if ln.startswith("error:")]) == 1
+    assert not (workdir / "reports").exists()
+
+
+def test_module_sees_same_numbers_for_same_seed(workdir):
+    cfg = load_config(write_config(workdir, base_config()))
+    a = run_audit(cfg, quiet=True, write=False)
+    b = run_audit(cfg, quiet=True, write=False)
+    for ma, mb in zip(a.modules, b.modules, strict=True):
+        assert isinstance(ma.result, ModuleResult)
+        for ta, tb in zip(ma.result.tables, mb.result.tables, strict=True):
+            assert ta.frame.equals(tb.frame), (ma.name, ta.name)
+
+
+def test_validate_and_help_commands(capsys):
+    assert main(["validate", str(ROOT / "configs" / "german_credit.yaml")]) == 0
+    assert "valid (700 train rows" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--help"])
+    assert exc.value.code == 0
+    assert "exit codes" in capsys.readouterr().out
+
+
+def test_python_m_audit_subprocess(workdir):
+    path = write_config(workdir, base_config() | {"sead": 3})
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run([sys.executable, "-m", "audit", "validate", str(path)], capture_output=True, text=True, env=env)
+    assert res.returncode == 2 and "did you mean 'seed'" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_german_credit_end_to_end(tmp_path):
+    """A shipped config runs end to end (German Credit is small enough for the default suite)."""
+    import yaml
+
+    data = yaml.safe_load((ROOT / "configs" / "german_credit.yaml").read_text())
+    data["dataset"]["train"]["path"] = str(ROOT / "datasets" / "german_credit" / "german_credit_readable.csv")
+    data["report"]["output_dir"] = str(tmp_path / "out")
+    run = run_audit(load_config(write_config(tmp_path, data, "german_credit.yaml")), quiet=True)
+    assert run.exit_code in (0, 1)
+    assert all(m.status == "ok" for m in run.modules)
+    report = json.loads((run.run_dir / "report.json").read_text())
+    assert report["modules"]["performance"]["summary"]["test_roc_auc"] > 0.7
