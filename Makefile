@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 CONFIG ?= configs/adult.yaml
 STAMP  := $(VENV)/.installed
 
-.PHONY: audit test bench lint validate clean-venv
+.PHONY: audit test bench lint format validate clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,7 @@ validate: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check audit tests bench
+	$(PY) -m ruff format --check audit tests bench
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
@@ -28,6 +29,10 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check audit tests bench
+	$(PY) -m ruff format --check audit tests bench
+
+format: $(STAMP)
+	$(PY) -m ruff format audit tests bench
 
 clean-venv:
 	rm -rf $(VENV)

@@ -21,18 +21,29 @@ EPILOG = """exit codes:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m audit", description="Audit a tabular model from one YAML config.",
-                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m audit",
+        description="Audit a tabular model from one YAML config.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="{run,validate}")
-    run = sub.add_parser("run", help="run an audit and write its report", epilog=EPILOG,
-                         formatter_class=argparse.RawDescriptionHelpFormatter,
-                         description="Train or load the model, run every enabled module, write report.json and "
-                                     "report.html under report.output_dir/<name>/<run id>/.")
+    run = sub.add_parser(
+        "run",
+        help="run an audit and write its report",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train or load the model, run every enabled module, write report.json and "
+        "report.html under report.output_dir/<name>/<run id>/.",
+    )
     run.add_argument("config", help="path of the YAML config, e.g. configs/adult.yaml")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
-    val = sub.add_parser("validate", help="validate a config (and its data files) without running anything",
-                         description="Check the config's keys and types, then load the data and check columns, "
-                                     "labels and checksums. Exit 0 if valid, 2 otherwise.")
+    val = sub.add_parser(
+        "validate",
+        help="validate a config (and its data files) without running anything",
+        description="Check the config's keys and types, then load the data and check columns, "
+        "labels and checksums. Exit 0 if valid, 2 otherwise.",
+    )
     val.add_argument("config", help="path of the YAML config")
     val.add_argument("--no-data", action="store_true", help="check the config only, do not read the data")
     return p
@@ -53,8 +64,10 @@ def main(argv: list[str] | None = None) -> int:
                 from audit.data import load_dataset
 
                 ds = load_dataset(cfg)
-                print(f"{args.config}: valid ({len(ds.X_train)} train rows, {len(ds.X_test)} test rows, "
-                      f"{len(ds.schema.features)} features)")
+                print(
+                    f"{args.config}: valid ({len(ds.X_train)} train rows, {len(ds.X_test)} test rows, "
+                    f"{len(ds.schema.features)} features)"
+                )
             else:
                 print(f"{args.config}: valid config")
             return 0

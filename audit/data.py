@@ -140,7 +140,9 @@ def sha256_file(path: Path) -> str:
 def _read_file(cfg: AuditConfig, spec: DataFile, key: str) -> tuple[pd.DataFrame, str]:
     path = cfg.resolve(spec.path)
     if not path.exists():
-        raise DataError(f"{key}.path: file '{path}' does not exist; fix the path (relative paths start at the config's folder)")
+        raise DataError(
+            f"{key}.path: file '{path}' does not exist; fix the path (relative paths start at the config's folder)"
+        )
     if not path.is_file():
         raise DataError(f"{key}.path: '{path}' is not a file")
     try:
@@ -201,7 +203,9 @@ def _labels(df: pd.DataFrame, cfg: AuditConfig, where: str) -> np.ndarray:
     y = df[ds.target]
     if y.isna().any():
         n = int(y.isna().sum())
-        raise DataError(f"dataset.target: column '{ds.target}' has {n} missing value(s) in the {where} data; drop or fill them")
+        raise DataError(
+            f"dataset.target: column '{ds.target}' has {n} missing value(s) in the {where} data; drop or fill them"
+        )
     ys = y.astype(str).str.strip()
     if ds.label_map:
         ys = ys.replace(ds.label_map)
@@ -257,7 +261,9 @@ def load_dataset(cfg: AuditConfig) -> Dataset:
         try:
             tr_idx, te_idx = train_test_split(idx, test_size=ds.split.test_size, random_state=cfg.seed, stratify=strat)
         except ValueError as exc:
-            raise DataError(f"dataset.split: cannot split {len(idx)} rows ({exc}); lower test_size or add rows") from None
+            raise DataError(
+                f"dataset.split: cannot split {len(idx)} rows ({exc}); lower test_size or add rows"
+            ) from None
         tr_idx.sort()
         te_idx.sort()
         test_df = train_df.iloc[te_idx].reset_index(drop=True)
@@ -308,7 +314,11 @@ def load_dataset(cfg: AuditConfig) -> Dataset:
                     "list it under dataset.features.categorical"
                 )
         else:
-            kind = "numeric" if (pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)) else "categorical"
+            kind = (
+                "numeric"
+                if (pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col))
+                else "categorical"
+            )
         if kind == "numeric":
             values = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
             if np.isinf(values).any():

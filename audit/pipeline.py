@@ -117,12 +117,15 @@ def prepare_model(cfg: AuditConfig, ds: Dataset, run_tmp: Path | None, progress:
     from audit.model.training import train_model
 
     codes = ds.schema.to_codes(ds.X_train)
-    res = train_model(ds.schema, codes, ds.y_train, cfg.model, validation_size=cfg.dataset.validation_size, seed=cfg.seed)
+    res = train_model(
+        ds.schema, codes, ds.y_train, cfg.model, validation_size=cfg.dataset.validation_size, seed=cfg.seed
+    )
     predictor = NetPredictor(res.net, res.preprocessing, ds.schema, batch_size=cfg.model.predict_batch_size)
     info = {"source": "train", "architecture": res.architecture, "history": res.history, "best_epoch": res.best_epoch}
     if run_tmp is not None:
-        mh = save_model(run_tmp / "model", predictor, architecture=res.architecture, history=res.history,
-                        best_epoch=res.best_epoch)
+        mh = save_model(
+            run_tmp / "model", predictor, architecture=res.architecture, history=res.history, best_epoch=res.best_epoch
+        )
         info.update(path="model", hash=mh)
     return predictor, info
 
@@ -142,23 +145,37 @@ def _check_model_fits_data(predictor: Predictor, ds: Dataset) -> None:
     have = {f.name: f.kind for f in ds.schema.features}
     missing = [n for n in want if n not in ds.X_train.columns]
     if missing:
-        raise ModelLoadError(f"model.path: the saved model needs column(s) {missing}, which the dataset lacks; "
-                             "audit it with the data it was trained on")
+        raise ModelLoadError(
+            f"model.path: the saved model needs column(s) {missing}, which the dataset lacks; "
+            "audit it with the data it was trained on"
+        )
     extra = [n for n in have if n not in want]
     if extra:
-        raise ModelLoadError(f"model.path: the dataset has feature column(s) {extra} the saved model does not use; "
-                             "add them to dataset.drop or retrain")
+        raise ModelLoadError(
+            f"model.path: the dataset has feature column(s) {extra} the saved model does not use; "
+            "add them to dataset.drop or retrain"
+        )
     kinds = [n for n in want if have.get(n) != want[n]]
     if kinds:
-        raise ModelLoadError(f"model.path: column(s) {kinds} have another type than when the model was trained; "
-                             "set dataset.features to match")
+        raise ModelLoadError(
+            f"model.path: column(s) {kinds} have another type than when the model was trained; "
+            "set dataset.features to match"
+        )
     if predictor.schema.positive_label != ds.schema.positive_label:
-        raise ModelLoadError(f"model.path: the model predicts {predictor.schema.positive_label!r}, the config's "
-                             f"dataset.positive_label is {ds.schema.positive_label!r}")
+        raise ModelLoadError(
+            f"model.path: the model predicts {predictor.schema.positive_label!r}, the config's "
+            f"dataset.positive_label is {ds.schema.positive_label!r}"
+        )
 
 
-def run_audit(cfg: AuditConfig, *, quiet: bool = False, modules: list[AuditModule] | None = None,
-              write: bool = True, on_stage: Callable[[str], None] | None = None) -> AuditRun:
+def run_audit(
+    cfg: AuditConfig,
+    *,
+    quiet: bool = False,
+    modules: list[AuditModule] | None = None,
+    write: bool = True,
+    on_stage: Callable[[str], None] | None = None,
+) -> AuditRun:
     """Run a whole audit and write its report.
 
     Parameters
@@ -205,8 +222,9 @@ def run_audit(cfg: AuditConfig, *, quiet: bool = False, modules: list[AuditModul
             codes_audit = ds.schema.to_codes(ds.X_test)
             proba_audit = predictor.predict_codes(codes_audit)
             proba_train = predictor.predict_proba(ds.X_train)
-        ctx = AuditContext(cfg, ds, predictor, ds.X_test, ds.y_test, codes_audit, proba_audit, proba_train,
-                           model_info=run.model_info)
+        ctx = AuditContext(
+            cfg, ds, predictor, ds.X_test, ds.y_test, codes_audit, proba_audit, proba_train, model_info=run.model_info
+        )
         for module in modules if modules is not None else default_modules():
             if not module.enabled(cfg):
                 run.modules.append(ModuleRecord(module.name, module.title, "skipped"))
@@ -217,11 +235,16 @@ def run_audit(cfg: AuditConfig, *, quiet: bool = False, modules: list[AuditModul
                 with progress.stage(module.name):
                     result = module.run(ctx)
                 ctx.results[module.name] = result
-                run.modules.append(ModuleRecord(module.name, module.title, "ok", time.perf_counter() - t0, result=result))
+                run.modules.append(
+                    ModuleRecord(module.name, module.title, "ok", time.perf_counter() - t0, result=result)
+                )
             except Exception as exc:  # noqa: BLE001 - isolation is the point: record and go on
                 msg = f"{exc.__class__.__name__}: {exc}"
-                run.modules.append(ModuleRecord(module.name, module.title, "error", time.perf_counter() - t0, msg,
-                                                traceback.format_exc(limit=8)))
+                run.modules.append(
+                    ModuleRecord(
+                        module.name, module.title, "error", time.perf_counter() - t0, msg, traceback.format_exc(limit=8)
+                    )
+                )
         run.stages = dict(progress.durations)
         run.finished = dt.datetime.now(dt.UTC)
         run.exit_code = _exit_code(run)

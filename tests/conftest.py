@@ -40,8 +40,7 @@ SMALL_MODULES = {
 def base_config(data_path: str = "data.csv") -> dict:
     return {
         "seed": 0,
-        "dataset": {"train": {"path": data_path}, "target": "y", "positive_label": "yes",
-                    "split": {"test_size": 0.3}},
+        "dataset": {"train": {"path": data_path}, "target": "y", "positive_label": "yes", "split": {"test_size": 0.3}},
         "model": {"hidden": [16], "max_epochs": 4, "batch_size": 64, "patience": 2},
         "modules": copy.deepcopy(SMALL_MODULES),
         "fairness": {"sensitive_features": ["group"]},

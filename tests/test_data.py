@@ -14,11 +14,14 @@ from audit.errors import DataError
 from tests.conftest import ROOT, base_config, synthetic_frame
 
 
-@pytest.mark.parametrize(("name", "n_train", "n_test", "n_features", "pos_rate"), [
-    ("adult", 32561, 16281, 14, 0.2408),
-    ("german_credit", 700, 300, 20, 0.70),
-    ("bank_marketing", 33908, 11303, 15, 0.117),
-])
+@pytest.mark.parametrize(
+    ("name", "n_train", "n_test", "n_features", "pos_rate"),
+    [
+        ("adult", 32561, 16281, 14, 0.2408),
+        ("german_credit", 700, 300, 20, 0.70),
+        ("bank_marketing", 33908, 11303, 15, 0.117),
+    ],
+)
 def test_shipped_datasets_load_with_checksums(name, n_train, n_test, n_features, pos_rate):
     ds = load_dataset(load_config(ROOT / "configs" / f"{name}.yaml"))
     assert (len(ds.X_train), len(ds.X_test)) == (n_train, n_test)
@@ -52,36 +55,92 @@ def _write(tmp_path, frame: pd.DataFrame, name="data.csv", **kw):
 
 BAD_DATA = [
     ("missing file", lambda p: None, {}, r"dataset\.train\.path: file '.*data\.csv' does not exist"),
-    ("checksum mismatch", lambda p: _write(p, synthetic_frame()), {"dataset__train__sha256": "0" * 64},
-     r"dataset\.train\.sha256: checksum mismatch"),
-    ("target absent", lambda p: _write(p, synthetic_frame()), {"dataset__target": "yy"},
-     r"dataset\.target: column 'yy' not found \(did you mean 'y'\?\)"),
-    ("positive label absent", lambda p: _write(p, synthetic_frame()), {"dataset__positive_label": "maybe"},
-     r"dataset\.positive_label: 'maybe' does not occur in column 'y'"),
-    ("single class", lambda p: _write(p, synthetic_frame().assign(y="yes")), {},
-     r"dataset\.target: column 'y' has a single class"),
-    ("NaN in target", lambda p: _write(p, synthetic_frame().assign(y=lambda d: d.y.where(d.index > 3))), {},
-     r"column 'y' has 4 missing value\(s\)"),
+    (
+        "checksum mismatch",
+        lambda p: _write(p, synthetic_frame()),
+        {"dataset__train__sha256": "0" * 64},
+        r"dataset\.train\.sha256: checksum mismatch",
+    ),
+    (
+        "target absent",
+        lambda p: _write(p, synthetic_frame()),
+        {"dataset__target": "yy"},
+        r"dataset\.target: column 'yy' not found \(did you mean 'y'\?\)",
+    ),
+    (
+        "positive label absent",
+        lambda p: _write(p, synthetic_frame()),
+        {"dataset__positive_label": "maybe"},
+        r"dataset\.positive_label: 'maybe' does not occur in column 'y'",
+    ),
+    (
+        "single class",
+        lambda p: _write(p, synthetic_frame().assign(y="yes")),
+        {},
+        r"dataset\.target: column 'y' has a single class",
+    ),
+    (
+        "NaN in target",
+        lambda p: _write(p, synthetic_frame().assign(y=lambda d: d.y.where(d.index > 3))),
+        {},
+        r"column 'y' has 4 missing value\(s\)",
+    ),
     ("empty file", lambda p: (p / "data.csv").write_text(""), {}, r"is empty"),
     ("header only", lambda p: (p / "data.csv").write_text("x1,x2,y\n"), {}, r"has a header but no rows"),
-    ("non-utf8", lambda p: (p / "data.csv").write_bytes("x1,c,y\n1,caf\xe9,yes\n".encode("latin-1")), {},
-     r"not valid utf-8 text; set dataset\.csv\.encoding"),
-    ("wrong separator", lambda p: _write(p, synthetic_frame(), sep=";"), {},
-     r"single column with dataset\.csv\.sep=','; set the right separator"),
-    ("duplicate columns", lambda p: (p / "data.csv").write_text("a,a,y\n1,2,yes\n3,4,no\n"), {},
-     r"duplicate column name"),
-    ("all-NaN feature", lambda p: _write(p, synthetic_frame().assign(x2=np.nan)), {},
-     r"column 'x2': every value is missing"),
-    ("infinite values", lambda p: _write(p, synthetic_frame().assign(x2=np.inf)), {},
-     r"column 'x2': contains infinite values"),
-    ("sensitive feature absent", lambda p: _write(p, synthetic_frame()),
-     {"fairness__sensitive_features": ["gender"]}, r"fairness\.sensitive_features: column 'gender' not found"),
-    ("drop absent column", lambda p: _write(p, synthetic_frame()), {"dataset__drop": ["nope"]},
-     r"dataset\.drop: column 'nope' not found"),
-    ("numeric override on text", lambda p: _write(p, synthetic_frame()),
-     {"dataset__features": {"numeric": ["colour"]}}, r"column 'colour' has non-numeric values"),
-    ("too many levels", lambda p: _write(p, synthetic_frame().assign(x2=lambda d: [f"id{i}" for i in range(len(d))])),
-     {"dataset__max_categories": 50}, r"column 'x2': 560 distinct levels exceed dataset\.max_categories=50"),
+    (
+        "non-utf8",
+        lambda p: (p / "data.csv").write_bytes("x1,c,y\n1,caf\xe9,yes\n".encode("latin-1")),
+        {},
+        r"not valid utf-8 text; set dataset\.csv\.encoding",
+    ),
+    (
+        "wrong separator",
+        lambda p: _write(p, synthetic_frame(), sep=";"),
+        {},
+        r"single column with dataset\.csv\.sep=','; set the right separator",
+    ),
+    (
+        "duplicate columns",
+        lambda p: (p / "data.csv").write_text("a,a,y\n1,2,yes\n3,4,no\n"),
+        {},
+        r"duplicate column name",
+    ),
+    (
+        "all-NaN feature",
+        lambda p: _write(p, synthetic_frame().assign(x2=np.nan)),
+        {},
+        r"column 'x2': every value is missing",
+    ),
+    (
+        "infinite values",
+        lambda p: _write(p, synthetic_frame().assign(x2=np.inf)),
+        {},
+        r"column 'x2': contains infinite values",
+    ),
+    (
+        "sensitive feature absent",
+        lambda p: _write(p, synthetic_frame()),
+        {"fairness__sensitive_features": ["gender"]},
+        r"fairness\.sensitive_features: column 'gender' not found",
+    ),
+    (
+        "drop absent column",
+        lambda p: _write(p, synthetic_frame()),
+        {"dataset__drop": ["nope"]},
+        r"dataset\.drop: column 'nope' not found",
+    ),
+    (
+        "numeric override on text",
+        lambda p: _write(p, synthetic_frame()),
+        {"dataset__features": {"numeric": ["colour"]}},
+        r"column 'colour' has non-numeric values",
+    ),
+    (
+        "too many levels",
+        lambda p: _write(p, synthetic_frame().assign(x2=lambda d: [f"id{i}" for i in range(len(d))])),
+        {"dataset__max_categories": 50},
+        r"column 'x2': 560 distinct levels exceed dataset\.max_categories=50",
+    ),
 ]
 
 

@@ -19,8 +19,10 @@ def test_training_is_deterministic(tiny_model):
     again = NetPredictor(res.net, res.preprocessing, ds.schema)
     np.testing.assert_array_equal(again.predict_proba(ds.X_test), predictor.predict_proba(ds.X_test))
     other = train_model(ds.schema, ds.schema.to_codes(ds.X_train), ds.y_train, cfg.model, validation_size=0.2, seed=1)
-    assert not np.array_equal(NetPredictor(other.net, other.preprocessing, ds.schema).predict_proba(ds.X_test),
-                              predictor.predict_proba(ds.X_test))
+    assert not np.array_equal(
+        NetPredictor(other.net, other.preprocessing, ds.schema).predict_proba(ds.X_test),
+        predictor.predict_proba(ds.X_test),
+    )
 
 
 def test_model_learns_signal(tiny_model):
@@ -53,8 +55,9 @@ def test_unseen_category_and_missing_numeric_are_scored(tiny_model):
 
 def test_save_load_round_trip(tiny_model, tmp_path):
     _, ds, predictor, res = tiny_model
-    h = save_model(tmp_path / "m", predictor, architecture=res.architecture, history=res.history,
-                   best_epoch=res.best_epoch)
+    h = save_model(
+        tmp_path / "m", predictor, architecture=res.architecture, history=res.history, best_epoch=res.best_epoch
+    )
     assert h == model_hash(tmp_path / "m")
     loaded = load_model(tmp_path / "m")
     np.testing.assert_array_equal(loaded.predict_proba(ds.X_test), predictor.predict_proba(ds.X_test))

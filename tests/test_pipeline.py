@@ -27,8 +27,13 @@ def test_end_to_end_cli_run_writes_report(workdir, capsys):
     report = json.loads((latest / "report.json").read_text())
     html = (latest / "report.html").read_text()
     assert report["audit"]["verdict"] == "pass" and report["schema_version"] == "1.0"
-    assert set(report["modules"]) == {"performance", "permutation_importance", "partial_dependence", "ale",
-                                      "interactions"}
+    assert set(report["modules"]) == {
+        "performance",
+        "permutation_importance",
+        "partial_dependence",
+        "ale",
+        "interactions",
+    }
     assert all(m["status"] == "ok" for m in report["modules"].values())
     prov = report["provenance"]
     assert prov["seed"] == 0 and len(prov["config_hash"]) == 64 and len(prov["model"]["hash"]) == 64
@@ -47,8 +52,10 @@ def test_saved_model_is_reused_with_source_load(workdir):
     first = run_audit(load_config(write_config(workdir, cfg)), quiet=True)
     cfg["model"] = {"source": "load", "path": "reports/small/latest/model"}
     second = run_audit(load_config(write_config(workdir, cfg)), quiet=True)
-    auc = [json.loads((r.run_dir / "report.json").read_text())["modules"]["performance"]["summary"]["test_roc_auc"]
-           for r in (first, second)]
+    auc = [
+        json.loads((r.run_dir / "report.json").read_text())["modules"]["performance"]["summary"]["test_roc_auc"]
+        for r in (first, second)
+    ]
     assert auc[0] == auc[1]
     assert second.model_info["source"] == "load" and second.model_info["hash"] == first.model_info["hash"]
 
@@ -95,12 +102,15 @@ def test_failed_gate_gives_exit_code_1(workdir):
     assert failed and "ROC AUC" in failed[0].title
 
 
-@pytest.mark.parametrize(("mutate", "message"), [
-    (lambda c: c["dataset"].update(target="nope"), "dataset.target: column 'nope' not found"),
-    (lambda c: c["dataset"]["train"].update(path="missing.csv"), "does not exist"),
-    (lambda c: c.update(sead=1), "did you mean 'seed'?"),
-    (lambda c: c["dataset"].update(positive_label="maybe"), "does not occur"),
-])
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda c: c["dataset"].update(target="nope"), "dataset.target: column 'nope' not found"),
+        (lambda c: c["dataset"]["train"].update(path="missing.csv"), "does not exist"),
+        (lambda c: c.update(sead=1), "did you mean 'seed'?"),
+        (lambda c: c["dataset"].update(positive_label="maybe"), "does not occur"),
+    ],
+)
 def test_bad_input_exit_2_one_line_nothing_written(workdir, capsys, mutate, message):
     cfg = base_config()
     mutate(cfg)
@@ -134,7 +144,9 @@ def test_validate_and_help_commands(capsys):
 def test_python_m_audit_subprocess(workdir):
     path = write_config(workdir, base_config() | {"sead": 3})
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    res = subprocess.run([sys.executable, "-m", "audit", "validate", str(path)], capture_output=True, text=True, env=env)
+    res = subprocess.run(
+        [sys.executable, "-m", "audit", "validate", str(path)], capture_output=True, text=True, env=env
+    )
     assert res.returncode == 2 and "did you mean 'seed'" in res.stderr and "Traceback" not in res.stderr
 
 

@@ -72,9 +72,17 @@ def _accumulate_center(delta_mean: np.ndarray, counts: np.ndarray) -> np.ndarray
     return f - (counts * mid).sum() / counts.sum()
 
 
-def ale_numeric(predict: PredictFn, X: np.ndarray, j: int, *, n_bins: int = 20, min_rows: int = 10,
-                n_bootstrap: int = 0, random_state: int | np.random.Generator | None = None,
-                feature: str = "") -> ALE:
+def ale_numeric(
+    predict: PredictFn,
+    X: np.ndarray,
+    j: int,
+    *,
+    n_bins: int = 20,
+    min_rows: int = 10,
+    n_bootstrap: int = 0,
+    random_state: int | np.random.Generator | None = None,
+    feature: str = "",
+) -> ALE:
     """First-order ALE of numeric column ``j``.
 
     Examples
@@ -158,9 +166,18 @@ def category_order(X: np.ndarray, j: int, levels: np.ndarray, categorical: np.nd
     return np.asarray(levels)[np.argsort(axis, kind="stable")]
 
 
-def ale_categorical(predict: PredictFn, X: np.ndarray, j: int, *, categorical: np.ndarray, min_rows: int = 10,
-                    n_bootstrap: int = 0, random_state: int | np.random.Generator | None = None,
-                    order: np.ndarray | None = None, feature: str = "") -> ALE:
+def ale_categorical(
+    predict: PredictFn,
+    X: np.ndarray,
+    j: int,
+    *,
+    categorical: np.ndarray,
+    min_rows: int = 10,
+    n_bootstrap: int = 0,
+    random_state: int | np.random.Generator | None = None,
+    order: np.ndarray | None = None,
+    feature: str = "",
+) -> ALE:
     """First-order ALE of categorical column ``j`` over the levels present in ``X``.
 
     The effect of moving from level ``k`` to ``k+1`` (in the chosen order) is averaged over the rows of both levels:
@@ -206,8 +223,9 @@ def ale_categorical(predict: PredictFn, X: np.ndarray, j: int, *, categorical: n
     lower = upper = None
     if n_bootstrap > 0:
         rng = as_generator(random_state)
-        curves = np.stack([curve(np.bincount(rng.integers(0, n, n), minlength=n).astype(float))
-                           for _ in range(n_bootstrap)])
+        curves = np.stack(
+            [curve(np.bincount(rng.integers(0, n, n), minlength=n).astype(float)) for _ in range(n_bootstrap)]
+        )
         lower, upper = np.percentile(curves, [2.5, 97.5], axis=0)
     return ALE(feature, "categorical", levels, values, counts.astype(int), lower, upper, min_rows, len(batch))
 
@@ -225,8 +243,9 @@ class ALE2D:
     meta: dict = field(default_factory=dict)
 
 
-def ale_2d(predict: PredictFn, X: np.ndarray, j: int, k: int, *, n_bins: int = 10,
-           features: tuple[str, str] = ("", "")) -> ALE2D:
+def ale_2d(
+    predict: PredictFn, X: np.ndarray, j: int, k: int, *, n_bins: int = 10, features: tuple[str, str] = ("", "")
+) -> ALE2D:
     """Second-order ALE of numeric columns ``j`` and ``k`` (Apley & Zhu, eq. 13; ALEPlot's estimator).
 
     Each row is moved to the four corners of its cell; the second differences are averaged per cell (empty cells

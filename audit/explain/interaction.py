@@ -29,8 +29,10 @@ class HStatistic:
 
     def pairs(self) -> list[tuple[str, str, float]]:
         """Pairs sorted by H, strongest first."""
-        out = [(self.features[a], self.features[b], float(self.h[a, b]))
-               for a, b in combinations(range(len(self.features)), 2)]
+        out = [
+            (self.features[a], self.features[b], float(self.h[a, b]))
+            for a, b in combinations(range(len(self.features)), 2)
+        ]
         return sorted(out, key=lambda t: -t[2])
 
 
@@ -44,8 +46,15 @@ def _pd_at_data(predict: PredictFn, S: np.ndarray, cols: list[int]) -> np.ndarra
     return pd_ - pd_.mean()
 
 
-def h_statistic(predict: PredictFn, X: np.ndarray, features: list[int], *, feature_names: list[str] | None = None,
-                sample_size: int = 150, random_state: int | np.random.Generator | None = None) -> HStatistic:
+def h_statistic(
+    predict: PredictFn,
+    X: np.ndarray,
+    features: list[int],
+    *,
+    feature_names: list[str] | None = None,
+    sample_size: int = 150,
+    random_state: int | np.random.Generator | None = None,
+) -> HStatistic:
     """Pairwise H-statistic among ``features`` (column indices), on a seeded sample of ``sample_size`` rows.
 
     Examples

@@ -72,7 +72,9 @@ class PartialDependence:
         return {"ice_spread": spread, "pd_range": rng, "opposite_share": opposite}
 
 
-def partial_dependence(predict: PredictFn, X: np.ndarray, j: int, grid: np.ndarray, *, feature: str = "") -> PartialDependence:
+def partial_dependence(
+    predict: PredictFn, X: np.ndarray, j: int, grid: np.ndarray, *, feature: str = ""
+) -> PartialDependence:
     """PD and ICE of column ``j`` over ``grid``: for every grid value, set column ``j`` of every row to it.
 
     Parameters
@@ -112,8 +114,16 @@ class PartialDependence2D:
     average: np.ndarray
 
 
-def partial_dependence_2d(predict: PredictFn, X: np.ndarray, j: int, k: int, grid_1: np.ndarray, grid_2: np.ndarray,
-                          *, features: tuple[str, str] = ("", "")) -> PartialDependence2D:
+def partial_dependence_2d(
+    predict: PredictFn,
+    X: np.ndarray,
+    j: int,
+    k: int,
+    grid_1: np.ndarray,
+    grid_2: np.ndarray,
+    *,
+    features: tuple[str, str] = ("", ""),
+) -> PartialDependence2D:
     """Two-way PD of columns ``j`` and ``k`` on the product grid, in one batch of ``n * len(grid_1) * len(grid_2)``."""
     X = np.asarray(X, dtype=np.float64)
     g1, g2 = np.asarray(grid_1, dtype=np.float64), np.asarray(grid_2, dtype=np.float64)

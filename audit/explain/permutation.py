@@ -59,8 +59,16 @@ class PermutationImportance:
     def to_frame(self) -> pd.DataFrame:
         """Ranked table: feature, mean, std, 95% interval, rank."""
         lo, hi = self.interval()
-        df = pd.DataFrame({"feature": self.names, "importance": self.importances_mean, "std": self.importances_std,
-                           "ci_low": lo, "ci_high": hi, "members": [", ".join(m) for m in self.members]})
+        df = pd.DataFrame(
+            {
+                "feature": self.names,
+                "importance": self.importances_mean,
+                "std": self.importances_std,
+                "ci_low": lo,
+                "ci_high": hi,
+                "members": [", ".join(m) for m in self.members],
+            }
+        )
         df = df.sort_values("importance", ascending=False, kind="stable").reset_index(drop=True)
         df.insert(0, "rank", np.arange(1, len(df) + 1))
         return df

@@ -42,7 +42,9 @@ class Predictor:
         self.rows_evaluated += len(X)
         if len(X) <= self.batch_size:
             return self._predict_codes(X)
-        return np.concatenate([self._predict_codes(X[i : i + self.batch_size]) for i in range(0, len(X), self.batch_size)])
+        return np.concatenate(
+            [self._predict_codes(X[i : i + self.batch_size]) for i in range(0, len(X), self.batch_size)]
+        )
 
     def predict_proba(self, df: pd.DataFrame) -> np.ndarray:
         """Positive-class probabilities for a DataFrame of raw feature columns, shape (n_rows,)."""
@@ -64,7 +66,9 @@ class NetPredictor(Predictor):
         Rows per forward pass.
     """
 
-    def __init__(self, net: TabularNet, preprocessing: Preprocessing, schema: Schema, *, batch_size: int = 65536) -> None:
+    def __init__(
+        self, net: TabularNet, preprocessing: Preprocessing, schema: Schema, *, batch_size: int = 65536
+    ) -> None:
         super().__init__()
         self.net = net.eval()
         self.preprocessing = preprocessing

@@ -32,16 +32,25 @@ FORMAT_VERSION = 1
 FILES = ("weights.pt", "preprocessing.json", "schema.json", "model.json")
 
 
-def save_model(path: str | Path, predictor: NetPredictor, *, architecture: dict, history: list[dict],
-               best_epoch: int) -> str:
+def save_model(
+    path: str | Path, predictor: NetPredictor, *, architecture: dict, history: list[dict], best_epoch: int
+) -> str:
     """Write ``predictor`` to folder ``path`` and return the model hash (see :func:`model_hash`)."""
     p = Path(path)
     p.mkdir(parents=True, exist_ok=True)
     torch.save(predictor.net.state_dict(), p / "weights.pt")
     _dump(p / "preprocessing.json", predictor.preprocessing.to_json())
     _dump(p / "schema.json", predictor.schema.to_json())
-    _dump(p / "model.json", {"format_version": FORMAT_VERSION, "kind": "audit.TabularNet",
-                             "architecture": architecture, "history": history, "best_epoch": best_epoch})
+    _dump(
+        p / "model.json",
+        {
+            "format_version": FORMAT_VERSION,
+            "kind": "audit.TabularNet",
+            "architecture": architecture,
+            "history": history,
+            "best_epoch": best_epoch,
+        },
+    )
     return model_hash(p)
 
 
@@ -89,7 +98,9 @@ def load_model(path: str | Path, *, batch_size: int = 65536) -> NetPredictor:
         schema = Schema.from_json(json.loads((p / "schema.json").read_text(encoding="utf-8")))
         pre = Preprocessing.from_json(json.loads((p / "preprocessing.json").read_text(encoding="utf-8")))
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ModelLoadError(f"model.path: '{p}' has an unreadable JSON file ({exc.__class__.__name__}: {exc})") from None
+        raise ModelLoadError(
+            f"model.path: '{p}' has an unreadable JSON file ({exc.__class__.__name__}: {exc})"
+        ) from None
     if meta.get("format_version") != FORMAT_VERSION:
         raise ModelLoadError(
             f"model.path: '{p}' has format_version {meta.get('format_version')!r}; this audit reads {FORMAT_VERSION}"
@@ -100,7 +111,9 @@ def load_model(path: str | Path, *, batch_size: int = 65536) -> NetPredictor:
         net.load_state_dict(state)
     except Exception as exc:  # noqa: BLE001 - any failure here means a corrupt or foreign weights file
         first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
-        raise ModelLoadError(f"model.path: '{p / 'weights.pt'}' cannot be loaded ({first}); retrain the model") from None
+        raise ModelLoadError(
+            f"model.path: '{p / 'weights.pt'}' cannot be loaded ({first}); retrain the model"
+        ) from None
     return NetPredictor(net, pre, schema, batch_size=batch_size)
 
 

@@ -28,8 +28,9 @@ warnings.filterwarnings("ignore", message=".*`isinstance\\(treespec, LeafSpec\\)
 class TabularDataModule(pl.LightningDataModule):
     """Splits training codes into fit and validation rows and fits preprocessing on the fit rows only."""
 
-    def __init__(self, schema: Schema, codes: np.ndarray, y: np.ndarray, *, validation_size: float,
-                 batch_size: int, seed: int) -> None:
+    def __init__(
+        self, schema: Schema, codes: np.ndarray, y: np.ndarray, *, validation_size: float, batch_size: int, seed: int
+    ) -> None:
         super().__init__()
         self.schema, self.codes, self.y = schema, codes, y
         self.validation_size, self.batch_size, self.seed = validation_size, batch_size, seed
@@ -89,7 +90,9 @@ class TabularLitModule(pl.LightningModule):
         self.log("val_auc", float(auc))
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay)
+        return torch.optim.Adam(
+            self.parameters(), lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay
+        )
 
 
 class _History(pl.Callback):
@@ -104,8 +107,12 @@ class _History(pl.Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         # Lightning runs validation inside the training epoch, so both losses are logged by now.
         m = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        row = {"epoch": trainer.current_epoch, "train_loss": m.get("train_loss", float("nan")),
-               "val_loss": m["val_loss"], "val_auc": m.get("val_auc", float("nan"))}
+        row = {
+            "epoch": trainer.current_epoch,
+            "train_loss": m.get("train_loss", float("nan")),
+            "val_loss": m["val_loss"],
+            "val_auc": m.get("val_auc", float("nan")),
+        }
         self.epochs.append(row)
         if row["val_loss"] < self.best_loss - 1e-6:
             self.best_loss, self.best_epoch = row["val_loss"], row["epoch"]
@@ -131,8 +138,9 @@ def build_net(preprocessing: Preprocessing, architecture: dict) -> TabularNet:
     )
 
 
-def train_model(schema: Schema, codes: np.ndarray, y: np.ndarray, cfg: ModelConfig, *, validation_size: float,
-                seed: int) -> TrainResult:
+def train_model(
+    schema: Schema, codes: np.ndarray, y: np.ndarray, cfg: ModelConfig, *, validation_size: float, seed: int
+) -> TrainResult:
     """Train a :class:`TabularNet` on code-space training rows, with early stopping on validation loss.
 
     Deterministic on CPU for a given ``seed``: the weights, the shuffling and the validation split derive from it.

@@ -52,9 +52,17 @@ class PermutationModule:
         cfg = ctx.config.modules.permutation_importance
         schema = ctx.dataset.schema
         res = permutation_importance(
-            ctx.predictor.predict_codes, ctx.codes_audit, ctx.y_audit, feature_names=schema.feature_names,
-            groups=cfg.groups, metric=cfg.metric, n_repeats=cfg.n_repeats, max_rows=cfg.max_rows,
-            threshold=ctx.config.model.threshold, random_state=ctx.seed_for(self.name))
+            ctx.predictor.predict_codes,
+            ctx.codes_audit,
+            ctx.y_audit,
+            feature_names=schema.feature_names,
+            groups=cfg.groups,
+            metric=cfg.metric,
+            n_repeats=cfg.n_repeats,
+            max_rows=cfg.max_rows,
+            threshold=ctx.config.model.threshold,
+            random_state=ctx.seed_for(self.name),
+        )
         table = res.to_frame()
         findings = []
         watch = {s: "sensitive" for s in schema.sensitive} | {p: "proxy" for p in cfg.proxies}
@@ -64,22 +72,46 @@ class PermutationModule:
                 continue
             top = row["rank"] <= cfg.top_k
             what = ", ".join(f"{h} ({watch[h]})" for h in hits)
-            findings.append(Finding(
-                self.name, f"{what} ranks #{row['rank']} of {len(table)} in importance",
-                "fail" if top else "pass", "medium" if top else "info",
-                {"importance": row["importance"], "ci_low": row["ci_low"], "ci_high": row["ci_high"],
-                 "rank": int(row["rank"])},
-                f"sensitive/proxy feature not in the top {cfg.top_k}"))
+            findings.append(
+                Finding(
+                    self.name,
+                    f"{what} ranks #{row['rank']} of {len(table)} in importance",
+                    "fail" if top else "pass",
+                    "medium" if top else "info",
+                    {
+                        "importance": row["importance"],
+                        "ci_low": row["ci_low"],
+                        "ci_high": row["ci_high"],
+                        "rank": int(row["rank"]),
+                    },
+                    f"sensitive/proxy feature not in the top {cfg.top_k}",
+                )
+            )
         return ModuleResult(
-            summary={"metric": cfg.metric, "baseline_score": res.baseline_score, "top_feature": table["feature"][0],
-                     "rows_evaluated": res.rows_evaluated},
-            tables=[Table("importance", f"Permutation importance (drop in {cfg.metric})", table,
-                          f"{cfg.n_repeats} repeats on {res.n_rows} test rows; interval: 95% Student-t over repeats "
-                          "(permutation noise only).")],
+            summary={
+                "metric": cfg.metric,
+                "baseline_score": res.baseline_score,
+                "top_feature": table["feature"][0],
+                "rows_evaluated": res.rows_evaluated,
+            },
+            tables=[
+                Table(
+                    "importance",
+                    f"Permutation importance (drop in {cfg.metric})",
+                    table,
+                    f"{cfg.n_repeats} repeats on {res.n_rows} test rows; interval: 95% Student-t over repeats "
+                    "(permutation noise only).",
+                )
+            ],
             figures=[self._figure(table, cfg.metric, set(watch))],
             findings=findings,
-            data={"names": res.names, "members": res.members, "importances": res.importances,
-                  "baseline_score": res.baseline_score, "metric": res.metric},
+            data={
+                "names": res.names,
+                "members": res.members,
+                "importances": res.importances,
+                "baseline_score": res.baseline_score,
+                "metric": res.metric,
+            },
         )
 
     @staticmethod
@@ -91,8 +123,11 @@ class PermutationModule:
         ax.barh([_short(f, 30) for f in t["feature"]], t["importance"], xerr=err, color=colors, capsize=2)
         ax.axvline(0, color="black", lw=0.8)
         ax.set(xlabel=f"drop in {metric} when shuffled", title="Permutation importance (red: sensitive or proxy)")
-        return Figure("permutation_importance", "Mean score drop with 95% interval bars; red bars are sensitive or "
-                      "proxy features.", to_png(fig))
+        return Figure(
+            "permutation_importance",
+            "Mean score drop with 95% interval bars; red bars are sensitive or proxy features.",
+            to_png(fig),
+        )
 
 
 class PartialDependenceModule:
@@ -123,16 +158,30 @@ class PartialDependenceModule:
             labels, avg, ice = self._display(pd_, feat, X[:, j], cfg.max_levels)
             het = pd_.heterogeneity()
             results.append((name, feat, labels, avg, ice[ice_rows], het))
-            rows.append({"feature": name, "kind": feat.kind, "grid_points": len(grid), "pd_min": float(avg.min()),
-                         "pd_max": float(avg.max()), **het})
+            rows.append(
+                {
+                    "feature": name,
+                    "kind": feat.kind,
+                    "grid_points": len(grid),
+                    "pd_min": float(avg.min()),
+                    "pd_max": float(avg.max()),
+                    **het,
+                }
+            )
         table = pd.DataFrame(rows).sort_values("pd_range", ascending=False, kind="stable")
         findings = []
         for r in table.itertuples():
             if r.opposite_share >= 0.2 and r.ice_spread > 0.5 * max(r.pd_range, 1e-9):
-                findings.append(Finding(
-                    self.name, f"PD of {r.feature} hides opposite effects: {r.opposite_share:.0%} of rows move "
-                    "against the average", "info", "low",
-                    {"opposite_share": r.opposite_share, "ice_spread": r.ice_spread, "pd_range": r.pd_range}))
+                findings.append(
+                    Finding(
+                        self.name,
+                        f"PD of {r.feature} hides opposite effects: {r.opposite_share:.0%} of rows move "
+                        "against the average",
+                        "info",
+                        "low",
+                        {"opposite_share": r.opposite_share, "ice_spread": r.ice_spread, "pd_range": r.pd_range},
+                    )
+                )
         figures = self._figures(results, cfg.centered)
         data = {"features": {n: {"labels": lab, "average": avg} for n, _, lab, avg, _, _ in results}}
         for a, b in cfg.pairs:
@@ -140,10 +189,19 @@ class PartialDependenceModule:
             figures.append(self._pair(predict, X, schema, a, b, min(cfg.grid_resolution, 12), data))
         return ModuleResult(
             summary={"features": len(names), "rows": len(X), "ice_curves_shown": len(ice_rows)},
-            tables=[Table("heterogeneity", "PD range and ICE heterogeneity per feature", table,
-                          "ice_spread: mean std of mean-centred ICE curves; opposite_share: rows whose ICE moves "
-                          "against the PD's direction.")],
-            figures=figures, findings=findings, data=data)
+            tables=[
+                Table(
+                    "heterogeneity",
+                    "PD range and ICE heterogeneity per feature",
+                    table,
+                    "ice_spread: mean std of mean-centred ICE curves; opposite_share: rows whose ICE moves "
+                    "against the PD's direction.",
+                )
+            ],
+            figures=figures,
+            findings=findings,
+            data=data,
+        )
 
     @staticmethod
     def _display(pd_, feat, column: np.ndarray, max_levels: int):
@@ -183,19 +241,30 @@ class PartialDependenceModule:
                 ax.plot(x, avg, color="#c0392b", lw=2.2, label="PD")
                 ax.set(xlabel=name, ylabel="P(positive)")
                 ax.tick_params(axis="x", labelsize=8)
-            for ax in list(axes.flat)[len(num):]:
+            for ax in list(axes.flat)[len(num) :]:
                 ax.axis("off")
             fig.suptitle("Partial dependence (red) with " + ("centred " if centered else "") + "ICE curves (grey)")
             fig.tight_layout()
-            figs.append(Figure("pd_numeric", "Numeric features: PD on a quantile grid (with observed min/max); grey "
-                               "lines are ICE curves of sampled rows" + (", anchored at the PD's first point (c-ICE)."
-                                                                         if centered else "."), to_png(fig)))
+            figs.append(
+                Figure(
+                    "pd_numeric",
+                    "Numeric features: PD on a quantile grid (with observed min/max); grey "
+                    "lines are ICE curves of sampled rows"
+                    + (", anchored at the PD's first point (c-ICE)." if centered else "."),
+                    to_png(fig),
+                )
+            )
         if cat:
             cols = 2
             nrows = math.ceil(len(cat) / cols)
             heights = [max(len(r[2]) for r in cat[i * cols : (i + 1) * cols]) for i in range(nrows)]
-            fig, axes = subplots(nrows, cols, figsize=(11, sum(0.24 * h + 1.0 for h in heights)), squeeze=False,
-                                 gridspec_kw={"height_ratios": heights})
+            fig, axes = subplots(
+                nrows,
+                cols,
+                figsize=(11, sum(0.24 * h + 1.0 for h in heights)),
+                squeeze=False,
+                gridspec_kw={"height_ratios": heights},
+            )
             for ax, (name, _, labels, avg, ice, _) in zip(axes.flat, cat, strict=False):
                 y = np.arange(len(labels))
                 lo, hi = np.percentile(ice, [10, 90], axis=0)
@@ -204,11 +273,17 @@ class PartialDependenceModule:
                 ax.set_yticks(y, [_short(lab) for lab in labels], fontsize=8)
                 ax.invert_yaxis()
                 ax.set(xlabel="P(positive)", title=name)
-            for ax in list(axes.flat)[len(cat):]:
+            for ax in list(axes.flat)[len(cat) :]:
                 ax.axis("off")
             fig.tight_layout()
-            figs.append(Figure("pd_categorical", "Categorical features: PD per level (red) and the 10–90% range of "
-                               "ICE values (grey); rare levels pooled as 'other'.", to_png(fig)))
+            figs.append(
+                Figure(
+                    "pd_categorical",
+                    "Categorical features: PD per level (red) and the 10–90% range of "
+                    "ICE values (grey); rare levels pooled as 'other'.",
+                    to_png(fig),
+                )
+            )
         return figs
 
     @staticmethod
@@ -217,9 +292,15 @@ class PartialDependenceModule:
         grids = []
         for c, name in ((j, a), (k, b)):
             f = schema.feature(name)
-            grids.append(np.unique(X[:, c]) if f.is_categorical else quantile_grid(X[:, c], res, include_extremes=False))
+            grids.append(
+                np.unique(X[:, c]) if f.is_categorical else quantile_grid(X[:, c], res, include_extremes=False)
+            )
         pd2 = partial_dependence_2d(predict, X, j, k, grids[0], grids[1], features=(a, b))
-        data.setdefault("pairs", {})[f"{a} x {b}"] = {"grid_1": pd2.grid_1, "grid_2": pd2.grid_2, "average": pd2.average}
+        data.setdefault("pairs", {})[f"{a} x {b}"] = {
+            "grid_1": pd2.grid_1,
+            "grid_2": pd2.grid_2,
+            "average": pd2.average,
+        }
         fig, ax = subplots(figsize=(6.5, 5))
         lab = [[_tick(schema, name, v) for v in g] for name, g in ((a, grids[0]), (b, grids[1]))]
         im = ax.imshow(pd2.average.T, origin="lower", aspect="auto", cmap="viridis")
@@ -257,19 +338,52 @@ class AleModule:
         for name in names:
             j = schema.feature_names.index(name)
             if mask[j]:
-                a = ale_categorical(predict, X, j, categorical=mask, min_rows=cfg.min_rows_per_bin,
-                                    n_bootstrap=cfg.n_bootstrap, random_state=rng, feature=name)
+                a = ale_categorical(
+                    predict,
+                    X,
+                    j,
+                    categorical=mask,
+                    min_rows=cfg.min_rows_per_bin,
+                    n_bootstrap=cfg.n_bootstrap,
+                    random_state=rng,
+                    feature=name,
+                )
             else:
-                a = ale_numeric(predict, X, j, n_bins=cfg.n_bins, min_rows=cfg.min_rows_per_bin,
-                                n_bootstrap=cfg.n_bootstrap, random_state=rng, feature=name)
+                a = ale_numeric(
+                    predict,
+                    X,
+                    j,
+                    n_bins=cfg.n_bins,
+                    min_rows=cfg.min_rows_per_bin,
+                    n_bootstrap=cfg.n_bootstrap,
+                    random_state=rng,
+                    feature=name,
+                )
             results.append(a)
-            rows.append({"feature": name, "kind": a.kind, "points": len(a.grid),
-                         "ale_range": float(a.values.max() - a.values.min()),
-                         "low_support_bins": int(a.low_support.sum())})
+            rows.append(
+                {
+                    "feature": name,
+                    "kind": a.kind,
+                    "points": len(a.grid),
+                    "ale_range": float(a.values.max() - a.values.min()),
+                    "low_support_bins": int(a.low_support.sum()),
+                }
+            )
         table = pd.DataFrame(rows).sort_values("ale_range", ascending=False, kind="stable")
         figures = self._figures(results, schema)
-        data = {"features": {a.feature: {"kind": a.kind, "grid": a.grid, "values": a.values, "counts": a.counts,
-                                         "lower": a.lower, "upper": a.upper} for a in results}}
+        data = {
+            "features": {
+                a.feature: {
+                    "kind": a.kind,
+                    "grid": a.grid,
+                    "values": a.values,
+                    "counts": a.counts,
+                    "lower": a.lower,
+                    "upper": a.upper,
+                }
+                for a in results
+            }
+        }
         notes = []
         for a_name, b_name in cfg.pairs:
             _check_features([a_name, b_name], schema, "modules.ale.pairs")
@@ -278,15 +392,26 @@ class AleModule:
                 notes.append(f"2-D ALE of {a_name} x {b_name} skipped: implemented for numeric pairs only")
                 continue
             a2 = ale_2d(predict, X, j, k, n_bins=min(cfg.n_bins, 10), features=(a_name, b_name))
-            data.setdefault("pairs", {})[f"{a_name} x {b_name}"] = {"edges_1": a2.edges_1, "edges_2": a2.edges_2,
-                                                                     "values": a2.values}
+            data.setdefault("pairs", {})[f"{a_name} x {b_name}"] = {
+                "edges_1": a2.edges_1,
+                "edges_2": a2.edges_2,
+                "values": a2.values,
+            }
             figures.append(self._pair(a2))
         return ModuleResult(
             summary={"features": len(names), "rows": len(X), "bootstrap": cfg.n_bootstrap},
-            tables=[Table("ale_range", "ALE range per feature", table,
-                          "Categorical levels ordered by similarity on the other features (1-D MDS of KS / "
-                          "total-variation distances, as in ALEPlot/iml). " + " ".join(notes))],
-            figures=figures, data=data)
+            tables=[
+                Table(
+                    "ale_range",
+                    "ALE range per feature",
+                    table,
+                    "Categorical levels ordered by similarity on the other features (1-D MDS of KS / "
+                    "total-variation distances, as in ALEPlot/iml). " + " ".join(notes),
+                )
+            ],
+            figures=figures,
+            data=data,
+        )
 
     @staticmethod
     def _figures(results, schema: Schema) -> list[Figure]:
@@ -308,18 +433,29 @@ class AleModule:
                 ax.axhline(0, color="grey", lw=0.7)
                 ax.set(xlabel=a.feature, ylabel="ALE (Δ P(positive))")
                 ax.tick_params(axis="x", labelsize=8)
-            for ax in list(axes.flat)[len(num):]:
+            for ax in list(axes.flat)[len(num) :]:
                 ax.axis("off")
             fig.suptitle("Accumulated local effects with 95% bootstrap bands (red ×: bins with few rows)")
             fig.tight_layout()
-            figs.append(Figure("ale_numeric", "Numeric features: centred ALE over quantile bins; shaded: 95% "
-                               "bootstrap band; red ×: bins below the minimum rows per bin.", to_png(fig)))
+            figs.append(
+                Figure(
+                    "ale_numeric",
+                    "Numeric features: centred ALE over quantile bins; shaded: 95% "
+                    "bootstrap band; red ×: bins below the minimum rows per bin.",
+                    to_png(fig),
+                )
+            )
         if cat:
             cols = 2
             nrows = math.ceil(len(cat) / cols)
             heights = [max(len(a.grid) for a in cat[i * cols : (i + 1) * cols]) for i in range(nrows)]
-            fig, axes = subplots(nrows, cols, figsize=(11, sum(0.22 * h + 1.0 for h in heights)), squeeze=False,
-                                 gridspec_kw={"height_ratios": heights})
+            fig, axes = subplots(
+                nrows,
+                cols,
+                figsize=(11, sum(0.22 * h + 1.0 for h in heights)),
+                squeeze=False,
+                gridspec_kw={"height_ratios": heights},
+            )
             for ax, a in zip(axes.flat, cat, strict=False):
                 f = schema.feature(a.feature)
                 labels = [_short(f.levels[int(c)] if int(c) < len(f.levels) else "<unknown>") for c in a.grid]
@@ -332,11 +468,17 @@ class AleModule:
                 ax.set_yticks(y, labels, fontsize=8)
                 ax.invert_yaxis()
                 ax.set(xlabel="ALE (Δ P(positive))", title=a.feature)
-            for ax in list(axes.flat)[len(cat):]:
+            for ax in list(axes.flat)[len(cat) :]:
                 ax.axis("off")
             fig.tight_layout()
-            figs.append(Figure("ale_categorical", "Categorical features: ALE per level in similarity order, 95% "
-                               "bootstrap interval; red points: levels with few rows.", to_png(fig)))
+            figs.append(
+                Figure(
+                    "ale_categorical",
+                    "Categorical features: ALE per level in similarity order, 95% "
+                    "bootstrap interval; red points: levels with few rows.",
+                    to_png(fig),
+                )
+            )
         return figs
 
     @staticmethod
@@ -344,10 +486,16 @@ class AleModule:
         fig, ax = subplots(figsize=(6.5, 5))
         lim = float(np.abs(a2.values).max()) or 1e-9
         mesh = ax.pcolormesh(a2.edges_1, a2.edges_2, a2.values.T, cmap="RdBu_r", vmin=-lim, vmax=lim, shading="gouraud")
-        ax.set(xlabel=a2.features[0], ylabel=a2.features[1], title=f"Second-order ALE: {a2.features[0]} × {a2.features[1]}")
+        ax.set(
+            xlabel=a2.features[0], ylabel=a2.features[1], title=f"Second-order ALE: {a2.features[0]} × {a2.features[1]}"
+        )
         fig.colorbar(mesh, ax=ax, label="interaction effect on P(positive)")
-        return Figure(f"ale2_{a2.features[0]}_{a2.features[1]}", "Second-order ALE: the pure interaction of the pair "
-                      "(main effects removed); 0 everywhere means no interaction.", to_png(fig))
+        return Figure(
+            f"ale2_{a2.features[0]}_{a2.features[1]}",
+            "Second-order ALE: the pure interaction of the pair "
+            "(main effects removed); 0 everywhere means no interaction.",
+            to_png(fig),
+        )
 
 
 class InteractionModule:
@@ -362,33 +510,65 @@ class InteractionModule:
         schema = ctx.dataset.schema
         pi = ctx.results.get("permutation_importance")
         if pi is not None:
-            ranked = [m for members in
-                      (pi.tables[0].frame.sort_values("rank")["members"].str.split(", ")) for m in members]
+            ranked = [
+                m for members in (pi.tables[0].frame.sort_values("rank")["members"].str.split(", ")) for m in members
+            ]
             source = "permutation importance"
         else:
             ranked = schema.feature_names
             source = "feature order (permutation importance was not run)"
         top = list(dict.fromkeys(ranked))[: cfg.top_features]
         idx = [schema.feature_names.index(n) for n in top]
-        res = h_statistic(ctx.predictor.predict_codes, ctx.codes_audit, idx, feature_names=top,
-                          sample_size=cfg.sample_size, random_state=ctx.seed_for(self.name))
+        res = h_statistic(
+            ctx.predictor.predict_codes,
+            ctx.codes_audit,
+            idx,
+            feature_names=top,
+            sample_size=cfg.sample_size,
+            random_state=ctx.seed_for(self.name),
+        )
         pairs = pd.DataFrame(res.pairs(), columns=["feature_1", "feature_2", "H"])
-        findings = [Finding(self.name, f"Strong interaction {a} × {b} (H = {h:.2f}); see a 2-D PD/ALE plot",
-                            "info", "low", {"H": h}, f"H > {cfg.flag_above} flagged")
-                    for a, b, h in res.pairs() if h > cfg.flag_above]
+        findings = [
+            Finding(
+                self.name,
+                f"Strong interaction {a} × {b} (H = {h:.2f}); see a 2-D PD/ALE plot",
+                "info",
+                "low",
+                {"H": h},
+                f"H > {cfg.flag_above} flagged",
+            )
+            for a, b, h in res.pairs()
+            if h > cfg.flag_above
+        ]
         fig, ax = subplots(figsize=(5.8, 4.8))
         import seaborn as sns
 
-        sns.heatmap(pd.DataFrame(res.h, index=top, columns=top), annot=True, fmt=".2f", cmap="Reds", vmin=0,
-                    vmax=max(0.5, float(np.nanmax(res.h)) if np.isfinite(res.h).any() else 0.5), ax=ax,
-                    cbar_kws={"label": "H"})
+        sns.heatmap(
+            pd.DataFrame(res.h, index=top, columns=top),
+            annot=True,
+            fmt=".2f",
+            cmap="Reds",
+            vmin=0,
+            vmax=max(0.5, float(np.nanmax(res.h)) if np.isfinite(res.h).any() else 0.5),
+            ax=ax,
+            cbar_kws={"label": "H"},
+        )
         ax.set_title("Pairwise H-statistic (top features)")
         ax.tick_params(axis="x", rotation=45)
         return ModuleResult(
             summary={"features": len(top), "sample_size": res.sample_size, "rows_evaluated": res.rows_evaluated},
-            tables=[Table("h", "Pairwise interaction strength", pairs,
-                          f"Top {len(top)} features by {source}; H = sqrt(H²) of Friedman & Popescu on a seeded "
-                          f"sample of {res.sample_size} rows (cost {res.rows_evaluated} model evaluations).")],
-            figures=[Figure("h_statistic", "Friedman's H for each pair of the top features: 0 means additive.",
-                            to_png(fig))],
-            findings=findings, data={"features": top, "h": res.h})
+            tables=[
+                Table(
+                    "h",
+                    "Pairwise interaction strength",
+                    pairs,
+                    f"Top {len(top)} features by {source}; H = sqrt(H²) of Friedman & Popescu on a seeded "
+                    f"sample of {res.sample_size} rows (cost {res.rows_evaluated} model evaluations).",
+                )
+            ],
+            figures=[
+                Figure("h_statistic", "Friedman's H for each pair of the top features: 0 means additive.", to_png(fig))
+            ],
+            findings=findings,
+            data={"features": top, "h": res.h},
+        )

@@ -40,8 +40,15 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, *, n_bins: int = 10
         mean_p, mean_y = sum_p / counts, sum_y / counts
     gap = np.where(counts > 0, np.abs(mean_y - mean_p), 0.0)
     ece = float((counts * gap).sum() / max(len(y), 1))
-    table = pd.DataFrame({"bin_low": edges[:-1], "bin_high": edges[1:], "rows": counts,
-                          "mean_predicted": mean_p, "observed_rate": mean_y})
+    table = pd.DataFrame(
+        {
+            "bin_low": edges[:-1],
+            "bin_high": edges[1:],
+            "rows": counts,
+            "mean_predicted": mean_p,
+            "observed_rate": mean_y,
+        }
+    )
     return ece, table
 
 
@@ -80,33 +87,64 @@ class PerformanceModule:
         metrics.index.name = "metric"
         cm = confusion_matrix(ctx.y_audit, (ctx.proba_audit >= thr).astype(int), labels=[0, 1])
         schema = ctx.dataset.schema
-        cm_frame = pd.DataFrame(cm, index=[f"actual {schema.negative_label}", f"actual {schema.positive_label}"],
-                                columns=[f"predicted {schema.negative_label}", f"predicted {schema.positive_label}"])
+        cm_frame = pd.DataFrame(
+            cm,
+            index=[f"actual {schema.negative_label}", f"actual {schema.positive_label}"],
+            columns=[f"predicted {schema.negative_label}", f"predicted {schema.positive_label}"],
+        )
         ece, bins = expected_calibration_error(ctx.y_audit, ctx.proba_audit, n_bins=cfg.n_bins)
 
         findings = []
         if cfg.min_roc_auc is not None:
             ok = test["roc_auc"] >= cfg.min_roc_auc
-            findings.append(Finding(self.name, f"Test ROC AUC {test['roc_auc']:.3f}", "pass" if ok else "fail",
-                                    "high", {"roc_auc": test["roc_auc"]}, f"ROC AUC >= {cfg.min_roc_auc}", gating=True))
+            findings.append(
+                Finding(
+                    self.name,
+                    f"Test ROC AUC {test['roc_auc']:.3f}",
+                    "pass" if ok else "fail",
+                    "high",
+                    {"roc_auc": test["roc_auc"]},
+                    f"ROC AUC >= {cfg.min_roc_auc}",
+                    gating=True,
+                )
+            )
         gap = train["roc_auc"] - test["roc_auc"]
-        findings.append(Finding(
-            self.name, f"Train-test ROC AUC gap {gap:+.3f}", "pass" if gap <= cfg.max_overfit_gap else "fail",
-            "medium", {"train_roc_auc": train["roc_auc"], "test_roc_auc": test["roc_auc"]},
-            f"gap <= {cfg.max_overfit_gap}"))
+        findings.append(
+            Finding(
+                self.name,
+                f"Train-test ROC AUC gap {gap:+.3f}",
+                "pass" if gap <= cfg.max_overfit_gap else "fail",
+                "medium",
+                {"train_roc_auc": train["roc_auc"], "test_roc_auc": test["roc_auc"]},
+                f"gap <= {cfg.max_overfit_gap}",
+            )
+        )
         findings.append(Finding(self.name, f"Expected calibration error {ece:.3f}", "info", "info", {"ece": ece}))
 
         return ModuleResult(
             summary={"test_roc_auc": test["roc_auc"], "test_accuracy": test["accuracy"], "test_ece": ece},
             tables=[
-                Table("metrics", "Metrics on the test and training splits", metrics.reset_index(),
-                      f"Threshold {thr} for accuracy, F1 and the confusion matrix."),
-                Table("confusion", f"Confusion matrix on the test split at threshold {thr}", cm_frame.reset_index(names="")),
+                Table(
+                    "metrics",
+                    "Metrics on the test and training splits",
+                    metrics.reset_index(),
+                    f"Threshold {thr} for accuracy, F1 and the confusion matrix.",
+                ),
+                Table(
+                    "confusion",
+                    f"Confusion matrix on the test split at threshold {thr}",
+                    cm_frame.reset_index(names=""),
+                ),
                 Table("calibration", "Reliability table (test split)", bins),
             ],
             figures=[self._reliability(bins, ece), self._roc(ctx)],
             findings=findings,
-            data={"test": test, "train": train, "confusion_matrix": cm.tolist(), "calibration_bins": bins.to_dict("list")},
+            data={
+                "test": test,
+                "train": train,
+                "confusion_matrix": cm.tolist(),
+                "calibration_bins": bins.to_dict("list"),
+            },
         )
 
     @staticmethod
@@ -115,8 +153,13 @@ class PerformanceModule:
         ok = bins["rows"] > 0
         ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
         ax.plot(bins.loc[ok, "mean_predicted"], bins.loc[ok, "observed_rate"], marker="o", label="model")
-        ax.set(xlabel="mean predicted probability", ylabel="observed positive rate", xlim=(0, 1), ylim=(0, 1),
-               title=f"Reliability diagram (ECE {ece:.3f})")
+        ax.set(
+            xlabel="mean predicted probability",
+            ylabel="observed positive rate",
+            xlim=(0, 1),
+            ylim=(0, 1),
+            title=f"Reliability diagram (ECE {ece:.3f})",
+        )
         ax.legend(loc="upper left", fontsize=8)
         return Figure("reliability", "Reliability diagram on the test split; points are equal-width bins.", to_png(fig))
 

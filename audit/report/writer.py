@@ -17,8 +17,20 @@ from audit import __version__
 from audit.data import Dataset
 
 SCHEMA_VERSION = "1.0"
-_PACKAGES = ("numpy", "pandas", "scikit-learn", "torch", "pytorch-lightning", "shap", "lime", "fairlearn",
-             "pydantic", "matplotlib", "seaborn", "jinja2")
+_PACKAGES = (
+    "numpy",
+    "pandas",
+    "scikit-learn",
+    "torch",
+    "pytorch-lightning",
+    "shap",
+    "lime",
+    "fairlearn",
+    "pydantic",
+    "matplotlib",
+    "seaborn",
+    "jinja2",
+)
 
 
 def package_versions() -> dict[str, str | None]:
@@ -126,21 +138,43 @@ def render_html(report: dict[str, Any], run) -> str:
     env.filters["fmt"] = _fmt
     sections = []
     for m in run.modules:
-        sec = {"name": m.name, "title": m.title, "status": m.status, "duration": m.duration_s, "error": m.error,
-               "traceback": m.traceback, "tables": [], "figures": [], "findings": [], "summary": {}}
+        sec = {
+            "name": m.name,
+            "title": m.title,
+            "status": m.status,
+            "duration": m.duration_s,
+            "error": m.error,
+            "traceback": m.traceback,
+            "tables": [],
+            "figures": [],
+            "findings": [],
+            "summary": {},
+        }
         if m.result is not None:
             sec["summary"] = m.result.summary
             sec["findings"] = m.result.findings
             for t in m.result.tables:
-                sec["tables"].append({"title": t.title, "caption": t.caption, "columns": [str(c) for c in t.frame.columns],
-                                      "rows": t.frame.itertuples(index=False, name=None)})
+                sec["tables"].append(
+                    {
+                        "title": t.title,
+                        "caption": t.caption,
+                        "columns": [str(c) for c in t.frame.columns],
+                        "rows": t.frame.itertuples(index=False, name=None),
+                    }
+                )
             for f in m.result.figures:
-                sec["figures"].append({"caption": f.caption, "name": f.name,
-                                       "src": "data:image/png;base64," + base64.b64encode(f.png).decode("ascii")})
+                sec["figures"].append(
+                    {
+                        "caption": f.caption,
+                        "name": f.name,
+                        "src": "data:image/png;base64," + base64.b64encode(f.png).decode("ascii"),
+                    }
+                )
         sections.append(sec)
     order = {"fail": 0, "inconclusive": 1, "pass": 2, "info": 3}
     sev = {"high": 0, "medium": 1, "low": 2, "info": 3}
     findings = sorted(run.findings, key=lambda f: (order[f.status], sev[f.severity]))
     template = env.get_template("report.html.j2")
-    return template.render(report=report, sections=sections, findings=findings,
-                           provenance_json=json.dumps(report["provenance"], indent=1))
+    return template.render(
+        report=report, sections=sections, findings=findings, provenance_json=json.dumps(report["provenance"], indent=1)
+    )
