@@ -101,7 +101,7 @@ class ModelConfig(_Section):
     weight_decay: Annotated[float, Field(ge=0.0)] = 1e-5
     patience: PosInt = 3
     threshold: Probability = 0.5
-    predict_batch_size: PosInt = 65536
+    predict_batch_size: PosInt = 16384
 
     @model_validator(mode="after")
     def _path_for_load(self) -> ModelConfig:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from scipy.stats import rankdata
 
 # A black-box predictor over the code space: (n_rows, n_features) float array -> (n_rows,) scores.
 PredictFn = Callable[[np.ndarray], np.ndarray]
@@ -19,20 +18,23 @@ def as_generator(random_state: int | np.random.Generator | None) -> np.random.Ge
 
 
 def roc_auc_fast(y: np.ndarray, p: np.ndarray) -> float:
-    """ROC AUC by the rank-sum (Mann-Whitney) formula, ties averaged; equals sklearn's ``roc_auc_score``.
+    """ROC AUC as P(score of a positive > score of a negative), ties counted 1/2; equals sklearn's ``roc_auc_score``.
+
+    Sorts the negatives' scores once and counts with ``searchsorted``, which is faster than ranking all scores.
 
     Examples
     --------
     >>> roc_auc_fast(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8]))
     0.75
     """
-    y = np.asarray(y)
-    n_pos = int(y.sum())
-    n_neg = len(y) - n_pos
-    if n_pos == 0 or n_neg == 0:
+    y = np.asarray(y).astype(bool)
+    p = np.asarray(p)
+    pos, neg = np.sort(p[y]), np.sort(p[~y])  # sorted queries make searchsorted cache-friendly
+    if len(pos) == 0 or len(neg) == 0:
         return float("nan")
-    ranks = rankdata(p)
-    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    below = np.searchsorted(neg, pos, side="left").sum()
+    not_above = np.searchsorted(neg, pos, side="right").sum()
+    return float((below + not_above) / 2 / (len(pos) * len(neg)))
 
 
 def make_scorer(metric: str, *, threshold: float = 0.5) -> Callable[[np.ndarray, np.ndarray], float]:

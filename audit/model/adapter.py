@@ -29,7 +29,7 @@ class Predictor:
     """Base class: subclasses implement :meth:`_predict_codes`."""
 
     schema: Schema
-    batch_size: int = 65536
+    batch_size: int = 16384
 
     def __init__(self) -> None:
         self.rows_evaluated = 0
@@ -67,7 +67,7 @@ class NetPredictor(Predictor):
     """
 
     def __init__(
-        self, net: TabularNet, preprocessing: Preprocessing, schema: Schema, *, batch_size: int = 65536
+        self, net: TabularNet, preprocessing: Preprocessing, schema: Schema, *, batch_size: int = 16384
     ) -> None:
         super().__init__()
         self.net = net.eval()
@@ -89,7 +89,7 @@ class NetPredictor(Predictor):
 class CallablePredictor(Predictor):
     """Wraps any ``predict(df) -> positive-class probabilities`` function (slow path: rebuilds DataFrames)."""
 
-    def __init__(self, fn: Callable[[pd.DataFrame], np.ndarray], schema: Schema, *, batch_size: int = 65536) -> None:
+    def __init__(self, fn: Callable[[pd.DataFrame], np.ndarray], schema: Schema, *, batch_size: int = 16384) -> None:
         super().__init__()
         self.fn = fn
         self.schema = schema

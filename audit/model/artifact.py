@@ -67,7 +67,7 @@ def model_hash(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def load_model(path: str | Path, *, batch_size: int = 65536) -> NetPredictor:
+def load_model(path: str | Path, *, batch_size: int = 16384) -> NetPredictor:
     """Load a model folder written by :func:`save_model`.
 
     Parameters

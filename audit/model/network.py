@@ -47,22 +47,27 @@ class Preprocessing:
         return cls(tuple(num), tuple(cat), tuple(logs), tuple(means), tuple(stds), tuple(cards))
 
     def transform(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Code-space array -> (standardised float32 numerics, int64 categorical codes)."""
-        x = codes[:, list(self.numeric_idx)]
-        if any(self.log1p):
-            logs = np.asarray(self.log1p)
-            x = x.copy()
-            x[:, logs] = np.log1p(np.maximum(x[:, logs], 0.0))
-        x = (x - np.asarray(self.mean)) / np.asarray(self.std)
-        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
-        c = codes[:, list(self.categorical_idx)]
-        c = np.nan_to_num(c, nan=0.0).astype(np.int64)
+        """Code-space array -> (standardised float32 numerics, int64 categorical codes).
+
+        Missing numerics become 0 (the training mean); a categorical code outside the table (unseen, negative,
+        NaN) becomes the "unknown" slot.
+        """
+        # float32 throughout (the network's precision); the cast copies, so the in-place steps below are safe
+        x = codes[:, list(self.numeric_idx)].astype(np.float32)
+        logs = np.flatnonzero(self.log1p)
+        if logs.size:
+            x[:, logs] = np.log1p(np.maximum(x[:, logs], np.float32(0.0)))
+        x -= np.asarray(self.mean, dtype=np.float32)
+        x /= np.asarray(self.std, dtype=np.float32)
+        x[~np.isfinite(x)] = 0.0
         cards = np.asarray(self.cardinalities, dtype=np.int64)
+        with np.errstate(invalid="ignore"):
+            c = codes[:, list(self.categorical_idx)].astype(np.int64)
         if c.size:
             bad = (c < 0) | (c >= cards)
             if bad.any():
                 c = np.where(bad, cards - 1, c)
-        return np.ascontiguousarray(x), np.ascontiguousarray(c)
+        return x, np.ascontiguousarray(c)
 
     def to_json(self) -> dict:
         return asdict(self)
