@@ -165,8 +165,76 @@ class ModulesConfig(_Section):
     interactions: InteractionConfig = InteractionConfig()
 
 
+class DerivedFeature(_Section):
+    """A sensitive feature derived from another column by a regular expression (its first group)."""
+
+    source: str
+    regex: str
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, v: str) -> str:
+        import re
+
+        try:
+            pat = re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"regex {v!r} does not compile: {exc}") from None
+        if pat.groups < 1:
+            raise ValueError(f"regex {v!r} needs one capturing group, e.g. '^(male|female)'")
+        return v
+
+
+class FairnessThresholds(_Section):
+    """Limits per headline measure; None turns a measure's verdict off."""
+
+    demographic_parity_difference: Probability | None = 0.10
+    disparate_impact_ratio: Probability | None = 0.80
+    equalized_odds_difference: Probability | None = 0.10
+    equal_opportunity_difference: Probability | None = 0.10
+    calibration_gap: Probability | None = 0.05
+
+
 class FairnessConfig(_Section):
+    """Sensitive features and how their groups are audited."""
+
+    enabled: bool = True
     sensitive_features: list[str] = Field(default_factory=list)
+    derived: dict[str, DerivedFeature] = Field(default_factory=dict)
+    bins: dict[str, list[float]] = Field(default_factory=dict)
+    quantiles: Annotated[int, Field(ge=2)] = 4
+    intersections: list[list[str]] = Field(default_factory=list)
+    min_group_size: PosInt = 30
+    n_bootstrap: Annotated[int, Field(ge=0)] = 200
+    confidence: Fraction = 0.95
+    thresholds: FairnessThresholds = FairnessThresholds()
+    gate: list[
+        Literal[
+            "demographic_parity_difference",
+            "disparate_impact_ratio",
+            "equalized_odds_difference",
+            "equal_opportunity_difference",
+            "calibration_gap",
+        ]
+    ] = Field(default_factory=list)
+    proxy_association: Probability = 0.3
+
+    @model_validator(mode="after")
+    def _intersections_known(self) -> FairnessConfig:
+        known = set(self.sensitive_features) | set(self.derived)
+        for combo in self.intersections:
+            if len(combo) < 2:
+                raise ValueError(f"fairness.intersections: {combo} needs at least two features")
+            unknown = [c for c in combo if c not in known]
+            if unknown:
+                raise ValueError(
+                    f"fairness.intersections: {unknown} are not sensitive features; list them in "
+                    "fairness.sensitive_features or fairness.derived"
+                )
+        for name, edges in self.bins.items():
+            if sorted(edges) != list(edges) or len(set(edges)) != len(edges):
+                raise ValueError(f"fairness.bins.{name}: edges {edges} must be strictly increasing")
+        return self
 
 
 class ReportConfig(_Section):

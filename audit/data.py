@@ -234,6 +234,25 @@ def load_dataset(cfg: AuditConfig) -> Dataset:
             )
 
     columns = list(train_df.columns)
+    derived = cfg.fairness.derived
+    for name, spec in derived.items():
+        key = f"fairness.derived.{name}"
+        if spec.source not in columns:
+            raise DataError(f"{key}.source: column '{spec.source}' not found{_closest(spec.source, columns)}")
+        if name in columns:
+            raise DataError(f"{key}: '{name}' already is a column; pick another name")
+        for frame in (train_df, test_df):
+            if frame is not None:
+                frame[name] = frame[spec.source].astype(str).str.extract(spec.regex, expand=False)
+        unmatched = train_df[name].isna()
+        if unmatched.any():
+            example = train_df.loc[unmatched, spec.source].iloc[0]
+            raise DataError(
+                f"{key}.regex: {spec.regex!r} does not match {int(unmatched.sum())} value(s) of "
+                f"'{spec.source}', e.g. {example!r}; widen the pattern"
+            )
+    derived_names = list(derived)
+    columns = [c for c in columns if c not in derived_names] + derived_names
     if ds.target not in columns:
         close = _closest(ds.target, columns)
         raise DataError(f"dataset.target: column '{ds.target}' not found{close}; columns are {columns}")
@@ -294,7 +313,7 @@ def load_dataset(cfg: AuditConfig) -> Dataset:
     negative_label = next(v for v in present if v != pos) if len(present) == 2 else f"not {pos}"
 
     # ------------------------------------------------------------------ features
-    feature_cols = [c for c in columns if c != ds.target and c not in ds.drop]
+    feature_cols = [c for c in columns if c != ds.target and c not in ds.drop and c not in derived]
     if not feature_cols:
         raise DataError("dataset.drop: no feature columns are left; drop fewer columns")
     features: list[Feature] = []
@@ -333,8 +352,9 @@ def load_dataset(cfg: AuditConfig) -> Dataset:
                 )
             features.append(Feature(c, "categorical", levels))
 
-    schema = Schema(tuple(features), ds.target, pos, negative_label, tuple(cfg.fairness.sensitive_features))
-    keep = feature_cols + [s for s in cfg.fairness.sensitive_features if s not in feature_cols]
+    sensitive = list(dict.fromkeys([*cfg.fairness.sensitive_features, *derived_names]))  # derived ones are sensitive
+    schema = Schema(tuple(features), ds.target, pos, negative_label, tuple(sensitive))
+    keep = feature_cols + [s for s in sensitive if s not in feature_cols]
     y_train = (y_train_raw == pos).astype(np.int64)
     y_test = (y_test_raw == pos).astype(np.int64)
     if len(train_df) < 10 or len(test_df) < 2:

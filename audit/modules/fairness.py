@@ -1,0 +1,258 @@
+"""Fairness audit: group metrics for every sensitive feature and intersection, measures with intervals, verdicts."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from audit.config import AuditConfig
+from audit.fairness import MEASURES, cramers_v, group_fairness, group_labels, verdict
+from audit.findings import Finding
+from audit.modules.base import AuditContext, Figure, ModuleResult, Table
+from audit.plotting import subplots, to_png
+
+_SEVERITY = {
+    "disparate_impact_ratio": "high",
+    "equalized_odds_difference": "high",
+    "demographic_parity_difference": "medium",
+    "equal_opportunity_difference": "medium",
+    "calibration_gap": "medium",
+}
+
+
+def groupings(frame: pd.DataFrame, cfg: AuditConfig, sensitive: list[str]) -> dict[str, np.ndarray]:
+    """Group labels per sensitive feature (numeric ones binned) and per configured intersection."""
+    fc = cfg.fairness
+    out = {s: group_labels(frame[s], edges=fc.bins.get(s), quantiles=fc.quantiles) for s in sensitive}
+    for combo in fc.intersections:
+        labels = out[combo[0]].astype(str)
+        for c in combo[1:]:
+            labels = np.char.add(np.char.add(labels.astype(str), " & "), out[c].astype(str))
+        out[" x ".join(combo)] = labels.astype(object)
+    return out
+
+
+class FairnessModule:
+    name = "fairness"
+    title = "Fairness and bias"
+
+    def enabled(self, config: AuditConfig) -> bool:
+        return config.fairness.enabled and bool(config.fairness.sensitive_features or config.fairness.derived)
+
+    def run(self, ctx: AuditContext) -> ModuleResult:
+        cfg = ctx.config
+        fc = cfg.fairness
+        schema = ctx.dataset.schema
+        sensitive = list(schema.sensitive)
+        seed = ctx.seed_for(self.name)
+        results = []
+        for i, (name, labels) in enumerate(groupings(ctx.X_audit, cfg, sensitive).items()):
+            results.append(
+                group_fairness(
+                    ctx.y_audit,
+                    ctx.proba_audit,
+                    labels,
+                    name=name,
+                    threshold=cfg.model.threshold,
+                    min_group_size=fc.min_group_size,
+                    n_bootstrap=fc.n_bootstrap,
+                    confidence=fc.confidence,
+                    random_state=np.random.default_rng([seed, i]),
+                )
+            )
+        findings, rows = [], []
+        thresholds = fc.thresholds.model_dump()
+        for res in results:
+            for m in res.measures.itertuples():
+                limit = thresholds[m.measure]
+                status = verdict(m.value, m.ci_low, m.ci_high, limit, m.kind) if limit is not None else "info"
+                rows.append({"grouping": res.name, **m._asdict()} | {"threshold": limit, "verdict": status})
+                if limit is None:
+                    continue
+                sign = "<=" if m.kind == "max" else ">="
+                findings.append(
+                    Finding(
+                        self.name,
+                        f"{m.measure.replace('_', ' ')} by {res.name}: {m.value:.3f} [{m.ci_low:.3f}, {m.ci_high:.3f}]",
+                        status,
+                        _SEVERITY[m.measure] if status != "pass" else "info",
+                        {
+                            "value": m.value,
+                            "ci_low": m.ci_low,
+                            "ci_high": m.ci_high,
+                            "insufficient_groups": res.insufficient,
+                        },
+                        f"{sign} {limit} ({int(fc.confidence * 100)}% bootstrap interval)",
+                        gating=m.measure in fc.gate,
+                    )
+                )
+            if res.insufficient:
+                findings.append(
+                    Finding(
+                        self.name,
+                        f"{res.name}: {len(res.insufficient)} group(s) below {fc.min_group_size} rows reported as "
+                        "insufficient data",
+                        "info",
+                        "low",
+                        {"groups": res.insufficient},
+                    )
+                )
+        proxies = self._proxies(ctx, sensitive)
+        findings += [
+            Finding(
+                self.name,
+                f"{r.feature} is a likely proxy for {r.sensitive} (Cramér's V {r.cramers_v:.2f}"
+                + (f", importance rank {int(r.importance_rank)})" if not math.isnan(r.importance_rank) else ")"),
+                "fail",
+                "medium",
+                {"cramers_v": r.cramers_v, "importance_rank": r.importance_rank},
+                f"Cramér's V < {fc.proxy_association}",
+            )
+            for r in proxies.itertuples()
+            if r.cramers_v >= fc.proxy_association
+        ]
+        measures = pd.DataFrame(rows)
+        tables = [
+            Table(
+                "measures",
+                "Headline fairness measures",
+                measures[["grouping", "measure", "value", "ci_low", "ci_high", "threshold", "verdict"]],
+                f"Over groups with at least {fc.min_group_size} rows; {int(fc.confidence * 100)}% percentile "
+                f"bootstrap intervals from {fc.n_bootstrap} resamples of the test rows; 'inconclusive' when the "
+                "interval straddles the threshold.",
+            )
+        ]
+        for res in results:
+            cols = [
+                "group",
+                "count",
+                "eligible",
+                "base_rate",
+                "selection_rate",
+                "accuracy",
+                "tpr",
+                "fpr",
+                "fnr",
+                "precision",
+                "roc_auc",
+                "ece",
+            ]
+            tables.append(Table(f"groups_{res.name}", f"Group metrics by {res.name}", res.table[cols]))
+        tables.append(
+            Table(
+                "proxies",
+                "Association of each feature with each sensitive feature",
+                proxies,
+                "Cramér's V (numeric features in quintiles); importance rank from permutation importance when it ran.",
+            )
+        )
+        figures = [self._rates_figure(res) for res in results] + [self._roc_figure(ctx, sensitive, cfg)]
+        return ModuleResult(
+            summary={
+                "groupings": len(results),
+                "fail": sum(f.status == "fail" for f in findings),
+                "inconclusive": sum(f.status == "inconclusive" for f in findings),
+                "bootstrap": fc.n_bootstrap,
+            },
+            tables=tables,
+            figures=figures,
+            findings=findings,
+            data={
+                res.name: {
+                    "groups": res.table.to_dict("list"),
+                    "measures": res.measures.to_dict("list"),
+                    "insufficient": res.insufficient,
+                }
+                for res in results
+            },
+        )
+
+    @staticmethod
+    def _proxies(ctx: AuditContext, sensitive: list[str]) -> pd.DataFrame:
+        schema = ctx.dataset.schema
+        ranks: dict[str, float] = {}
+        pi = ctx.results.get("permutation_importance")
+        if pi is not None:
+            frame = pi.tables[0].frame
+            for r in frame.itertuples():
+                for m in r.members.split(", "):
+                    ranks[m] = float(r.rank)
+        X = ctx.X_audit
+        rows = []
+        for s in sensitive:
+            s_lab = group_labels(X[s], quantiles=5)
+            for f in schema.feature_names:
+                if f == s:
+                    continue
+                f_lab = group_labels(X[f], quantiles=5)
+                rows.append(
+                    {
+                        "sensitive": s,
+                        "feature": f,
+                        "cramers_v": cramers_v(f_lab, s_lab),
+                        "importance_rank": ranks.get(f, np.nan),
+                    }
+                )
+        return pd.DataFrame(rows).sort_values("cramers_v", ascending=False, kind="stable").reset_index(drop=True)
+
+    @staticmethod
+    def _rates_figure(res) -> Figure:
+        t = res.table
+        labels = [g if len(g) <= 28 else g[:27] + "…" for g in t["group"]]
+        y = np.arange(len(t))
+        fig, axes = subplots(1, 3, figsize=(11, 0.3 * len(t) + 1.6), sharey=True)
+        for ax, key, title in zip(
+            axes,
+            ("selection_rate", "tpr", "fpr"),
+            ("selection rate", "true positive rate", "false positive rate"),
+            strict=True,
+        ):
+            v = t[key].to_numpy(dtype=float)
+            if f"{key}_low" in t:
+                err = np.vstack([v - t[f"{key}_low"], t[f"{key}_high"] - v])
+                ax.errorbar(v, y, xerr=np.nan_to_num(np.abs(err)), fmt="none", ecolor="#7f8c8d", capsize=2)
+            colors = np.where(t["eligible"], "#2e6db4", "#bdc3c7")
+            ax.scatter(v, y, c=colors, zorder=3, s=22)
+            ax.set(xlabel=title, xlim=(0, 1))
+            if key == "selection_rate":
+                eligible = t.loc[t["eligible"], key]
+                if len(eligible):
+                    line = 0.8 * eligible.max()
+                    ax.axvline(line, color="#c0392b", ls="--", lw=1)
+                    ax.text(line, -0.9, " 4/5 of max", color="#c0392b", fontsize=7, va="bottom")
+        axes[0].set_yticks(y, labels, fontsize=8)
+        axes[0].invert_yaxis()
+        fig.suptitle(f"Rates by {res.name} (grey: below the minimum group size)")
+        fig.tight_layout()
+        return Figure(
+            f"fairness_{res.name}",
+            f"Selection rate, TPR and FPR by {res.name} with bootstrap intervals; dashed red: four-fifths of the highest selection rate.",
+            to_png(fig),
+        )
+
+    @staticmethod
+    def _roc_figure(ctx: AuditContext, sensitive: list[str], cfg: AuditConfig) -> Figure:
+        from sklearn.metrics import roc_curve
+
+        groups = groupings(ctx.X_audit, cfg, sensitive)
+        cols = min(3, len(sensitive))
+        nrows = math.ceil(len(sensitive) / cols)
+        fig, axes = subplots(nrows, cols, figsize=(3.8 * cols, 3.5 * nrows), squeeze=False)
+        for ax, s in zip(axes.flat, sensitive, strict=False):
+            lab = groups[s]
+            for g in pd.unique(lab):
+                m = lab == g
+                yg = ctx.y_audit[m]
+                if m.sum() < cfg.fairness.min_group_size or yg.min() == yg.max():
+                    continue
+                fpr, tpr, _ = roc_curve(yg, ctx.proba_audit[m])
+                ax.plot(fpr, tpr, lw=1.2, label=str(g)[:20])
+            ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
+            ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC by {s}")
+            ax.legend(fontsize=7, loc="lower right")
+        for ax in list(axes.flat)[len(sensitive) :]:
+            ax.axis("off")
+        fig.tight_layout()
+        return Figure("fairness_roc", "ROC curve per group (groups below the minimum size omitted).", to_png(fig))

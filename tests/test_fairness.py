@@ -1,0 +1,140 @@
+"""Fairness numbers against fairlearn's MetricFrame and hand-computed masks; verdicts; small groups."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from fairlearn.metrics import (
+    MetricFrame,
+    demographic_parity_difference,
+    equalized_odds_difference,
+    false_positive_rate,
+    selection_rate,
+    true_positive_rate,
+)
+from sklearn.metrics import accuracy_score, precision_score, recall_score
+
+from audit.config import load_config
+from audit.data import load_dataset
+from audit.fairness import cramers_v, group_fairness, group_labels, verdict
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def known():
+    """Two attributes with known, different rates, plus a tiny group 'C' that must not drive anything."""
+    rng = np.random.default_rng(0)
+    n = 6000
+    sex = rng.choice(["F", "M"], n)
+    race = rng.choice(["A", "B"], n)
+    sex[:12] = "C"  # a group far below the minimum size
+    y = (rng.uniform(size=n) < np.where(sex == "M", 0.4, 0.2)).astype(int)
+    p = np.clip(0.5 * y + rng.uniform(0, 0.6, n) + np.where(race == "B", 0.1, 0.0), 0, 1)
+    p[:12] = 0.99  # the tiny group is always selected
+    return y, p, sex, race
+
+
+def test_group_table_equals_fairlearn_metricframe(known):
+    y, p, sex, race = known
+    inter = np.char.add(np.char.add(sex.astype(str), " & "), race.astype(str))
+    for groups in (sex, race, inter):
+        res = group_fairness(y, p, groups, n_bootstrap=0, min_group_size=30)
+        d = (p >= 0.5).astype(int)
+        mf = MetricFrame(
+            metrics={
+                "accuracy": accuracy_score,
+                "selection_rate": selection_rate,
+                "tpr": true_positive_rate,
+                "fpr": false_positive_rate,
+                "precision": precision_score,
+            },
+            y_true=y,
+            y_pred=d,
+            sensitive_features=pd.Series(groups, name="g"),
+        )
+        t = res.table.set_index("group")
+        for metric in ("accuracy", "selection_rate", "tpr", "fpr", "precision"):
+            np.testing.assert_allclose(t[metric].to_numpy(), mf.by_group[metric].to_numpy(dtype=float), atol=1e-12)
+
+
+def test_group_metrics_by_hand_from_masks(known):
+    y, p, sex, _ = known
+    res = group_fairness(y, p, sex, n_bootstrap=0, min_group_size=30, threshold=0.6)
+    d = p >= 0.6
+    for g in ("F", "M"):
+        m = sex == g
+        row = res.table.set_index("group").loc[g]
+        assert row["count"] == m.sum()
+        assert row["base_rate"] == pytest.approx(y[m].mean())
+        assert row["selection_rate"] == pytest.approx(d[m].mean())
+        assert row["tpr"] == pytest.approx(recall_score(y[m], d[m]))
+        assert row["fnr"] == pytest.approx(1 - recall_score(y[m], d[m]))
+        assert row["fpr"] == pytest.approx(d[m][y[m] == 0].mean())
+        bins = np.clip((p[m] * 10).astype(int), 0, 9)
+        ece = sum(abs(y[m][bins == b].sum() - p[m][bins == b].sum()) for b in range(10)) / m.sum()
+        assert row["ece"] == pytest.approx(ece)
+
+
+def test_small_group_is_reported_but_never_drives_a_measure(known):
+    y, p, sex, _ = known
+    res = group_fairness(y, p, sex, n_bootstrap=0, min_group_size=30)
+    assert res.insufficient == ["C"]
+    assert not res.table.set_index("group").loc["C", "eligible"]
+    big = sex != "C"
+    expected_dp = demographic_parity_difference(y[big], (p[big] >= 0.5).astype(int), sensitive_features=sex[big])
+    expected_eo = equalized_odds_difference(y[big], (p[big] >= 0.5).astype(int), sensitive_features=sex[big])
+    m = res.measures.set_index("measure")["value"]
+    assert m["demographic_parity_difference"] == pytest.approx(expected_dp)
+    assert m["equalized_odds_difference"] == pytest.approx(expected_eo)
+    sel = res.table.set_index("group")["selection_rate"]
+    assert m["disparate_impact_ratio"] == pytest.approx(sel[["F", "M"]].min() / sel[["F", "M"]].max())
+
+
+def test_bootstrap_intervals_are_seeded_and_cover_the_estimate(known):
+    y, p, sex, _ = known
+    a = group_fairness(y, p, sex, n_bootstrap=100, random_state=3, threshold=0.6)
+    b = group_fairness(y, p, sex, n_bootstrap=100, random_state=3, threshold=0.6)
+    pd.testing.assert_frame_equal(a.measures, b.measures)
+    m = a.measures
+    assert (m["ci_low"] <= m["value"] + 1e-12).all() and (m["value"] <= m["ci_high"] + 1e-12).all()
+    assert (m["ci_high"] - m["ci_low"] > 0).all()
+
+
+def test_fewer_than_two_eligible_groups_gives_no_measure():
+    y = np.array([0, 1] * 20)
+    res = group_fairness(y, np.full(40, 0.7), np.array(["A"] * 38 + ["B"] * 2), min_group_size=10)
+    assert res.measures["value"].isna().all()
+
+
+@pytest.mark.parametrize(
+    ("value", "low", "high", "threshold", "kind", "expected"),
+    [
+        (0.05, 0.03, 0.07, 0.10, "max", "pass"),
+        (0.15, 0.12, 0.18, 0.10, "max", "fail"),
+        (0.09, 0.06, 0.13, 0.10, "max", "inconclusive"),
+        (0.90, 0.85, 0.95, 0.80, "min", "pass"),
+        (0.60, 0.50, 0.70, 0.80, "min", "fail"),
+        (0.82, 0.75, 0.88, 0.80, "min", "inconclusive"),
+        (0.05, np.nan, np.nan, 0.10, "max", "pass"),
+        (np.nan, np.nan, np.nan, 0.10, "max", "inconclusive"),
+    ],
+)
+def test_verdicts(value, low, high, threshold, kind, expected):
+    assert verdict(value, low, high, threshold, kind) == expected
+
+
+def test_age_binning_and_cramers_v():
+    labels = group_labels(pd.Series([17, 25, 44.5, 65, 90, np.nan]), edges=[25, 45, 65])
+    assert list(labels) == ["< 25", "25–45", "25–45", ">= 65", ">= 65", "missing"]
+    rng = np.random.default_rng(0)
+    a = rng.choice(list("xyz"), 5000)
+    assert cramers_v(a, rng.choice(list("uv"), 5000)) < 0.05
+    assert cramers_v(a, a) == pytest.approx(1.0)
+
+
+def test_german_credit_sex_is_derived_from_personal_status():
+    ds = load_dataset(load_config(ROOT / "configs" / "german_credit.yaml"))
+    both = pd.concat([ds.X_train, ds.X_test])
+    assert both["sex"].value_counts().to_dict() == {"male": 690, "female": 310}
+    assert "sex" in ds.schema.sensitive and "sex" not in ds.schema.feature_names
