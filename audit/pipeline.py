@@ -31,8 +31,8 @@ from audit.modules.base import AuditContext, AuditModule, ModuleResult
 
 def default_modules() -> list[AuditModule]:
     """The modules in the order they run."""
-    from audit.modules.global_explain import AleModule, InteractionModule, PartialDependenceModule, PermutationModule
     from audit.modules.fairness import FairnessModule
+    from audit.modules.global_explain import AleModule, InteractionModule, PartialDependenceModule, PermutationModule
     from audit.modules.performance import PerformanceModule
 
     return [

@@ -226,8 +226,14 @@ def main() -> None:
     record("W3", "audit", ours_ale, ours_count)
 
     # W7: fairness by sex, race and sex x race on all rows; ours with 200 bootstrap resamples, fairlearn without
-    from fairlearn.metrics import MetricFrame, demographic_parity_difference, equalized_odds_difference
-    from fairlearn.metrics import false_positive_rate, selection_rate, true_positive_rate
+    from fairlearn.metrics import (
+        MetricFrame,
+        demographic_parity_difference,
+        equalized_odds_difference,
+        false_positive_rate,
+        selection_rate,
+        true_positive_rate,
+    )
     from sklearn.metrics import accuracy_score
 
     from audit.fairness import group_fairness

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from audit.config import AuditConfig
-from audit.fairness import MEASURES, cramers_v, group_fairness, group_labels, verdict
+from audit.fairness import cramers_v, group_fairness, group_labels, verdict
 from audit.findings import Finding
 from audit.modules.base import AuditContext, Figure, ModuleResult, Table
 from audit.plotting import subplots, to_png
