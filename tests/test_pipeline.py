@@ -33,6 +33,7 @@ def test_end_to_end_cli_run_writes_report(workdir, capsys):
         "partial_dependence",
         "ale",
         "interactions",
+        "fairness",
     }
     assert all(m["status"] == "ok" for m in report["modules"].values())
     prov = report["provenance"]
