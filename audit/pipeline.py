@@ -221,7 +221,9 @@ def run_audit(
             ds = load_dataset(cfg)
         run.dataset = ds
         if write:
+            _remove_stale_runs(out_root)
             tmp_dir.mkdir(parents=True, exist_ok=False)
+            (tmp_dir / ".pid").write_text(str(os.getpid()))
         step("model")
         with progress.stage("train model" if cfg.model.source == "train" else "load model"):
             predictor, run.model_info = prepare_model(cfg, ds, tmp_dir if write else None, progress)
@@ -269,6 +271,18 @@ def run_audit(
         raise
 
 
+def _remove_stale_runs(out_root: Path) -> None:
+    """Delete the temporary folders of runs that were killed (their process no longer exists)."""
+    if not out_root.is_dir():
+        return
+    for tmp in out_root.glob(".tmp-*"):
+        try:
+            pid = int((tmp / ".pid").read_text())
+            os.kill(pid, 0)  # raises if no such process
+        except (OSError, ValueError):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _exit_code(run: AuditRun) -> int:
     if any(m.status == "error" for m in run.modules):
         return EXIT_MODULE_ERROR
@@ -288,6 +302,7 @@ def _write(run: AuditRun, ds: Dataset, tmp_dir: Path, out_root: Path) -> None:
     if "html" in formats:
         (tmp_dir / "report.html").write_text(render_html(report, run), encoding="utf-8")
     final = out_root / run.run_id
+    (tmp_dir / ".pid").unlink(missing_ok=True)
     os.replace(tmp_dir, final)
     link_tmp = out_root / ".latest.tmp"
     if link_tmp.is_symlink() or link_tmp.exists():

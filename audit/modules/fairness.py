@@ -202,7 +202,7 @@ class FairnessModule:
         t = res.table
         labels = [g if len(g) <= 28 else g[:27] + "…" for g in t["group"]]
         y = np.arange(len(t))
-        fig, axes = subplots(1, 3, figsize=(11, 0.3 * len(t) + 1.6), sharey=True)
+        fig, axes = subplots(1, 3, figsize=(11, max(2.8, 0.3 * len(t) + 1.6)), sharey=True)
         for ax, key, title in zip(
             axes,
             ("selection_rate", "tpr", "fpr"),
@@ -220,8 +220,8 @@ class FairnessModule:
                 eligible = t.loc[t["eligible"], key]
                 if len(eligible):
                     line = 0.8 * eligible.max()
-                    ax.axvline(line, color="#c0392b", ls="--", lw=1)
-                    ax.text(line, -0.9, " 4/5 of max", color="#c0392b", fontsize=7, va="bottom")
+                    ax.axvline(line, color="#c0392b", ls="--", lw=1, label="4/5 of the highest")
+                    ax.legend(fontsize=7, loc="lower right")
         axes[0].set_yticks(y, labels, fontsize=8)
         axes[0].invert_yaxis()
         fig.suptitle(f"Rates by {res.name} (grey: below the minimum group size)")

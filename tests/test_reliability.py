@@ -1,0 +1,80 @@
+"""Reproducibility and interruption: same config, same report; a killed run never moves `latest`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from audit.config import load_config
+from audit.pipeline import run_audit
+from tests.conftest import ROOT, base_config, write_config
+
+VOLATILE = {"run_id", "started", "finished", "duration_s", "stages_s", "git_commit"}
+
+
+def _strip(obj):
+    if isinstance(obj, dict):
+        return {k: _strip(v) for k, v in obj.items() if k not in VOLATILE}
+    if isinstance(obj, list):
+        return [_strip(v) for v in obj]
+    return obj
+
+
+def test_same_config_gives_identical_report_json(workdir):
+    cfg = load_config(write_config(workdir, base_config()))
+    a = run_audit(cfg, quiet=True)
+    b = run_audit(cfg, quiet=True)
+    ra = json.loads((a.run_dir / "report.json").read_text())
+    rb = json.loads((b.run_dir / "report.json").read_text())
+    assert ra["audit"]["run_id"] != rb["audit"]["run_id"]
+    assert _strip(ra) == _strip(rb)
+    assert ra["provenance"]["model"]["hash"] == rb["provenance"]["model"]["hash"]
+
+
+def test_changing_the_seed_changes_the_numbers(workdir):
+    a = run_audit(load_config(write_config(workdir, base_config())), quiet=True)
+    b = run_audit(load_config(write_config(workdir, base_config() | {"seed": 1})), quiet=True)
+    ra, rb = (json.loads((r.run_dir / "report.json").read_text()) for r in (a, b))
+    assert ra["modules"]["permutation_importance"]["data"] != rb["modules"]["permutation_importance"]["data"]
+
+
+def test_interrupt_leaves_latest_on_previous_run(workdir):
+    cfg = load_config(write_config(workdir, base_config()))
+    first = run_audit(cfg, quiet=True)
+    latest = workdir / "reports" / "small" / "latest"
+    assert latest.resolve() == first.run_dir.resolve()
+
+    def interrupt(stage):
+        if stage == "ale":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_audit(cfg, quiet=True, on_stage=interrupt)
+    assert latest.resolve() == first.run_dir.resolve()
+    assert sorted(p.name for p in (workdir / "reports" / "small").iterdir()) == sorted([first.run_id, "latest"])
+
+
+def test_killed_process_leaves_no_report_and_latest_unmoved(workdir):
+    cfg_path = write_config(workdir, base_config() | {"model": {"hidden": [16], "max_epochs": 200, "patience": 200}})
+    first = run_audit(load_config(cfg_path), quiet=True)
+    out = workdir / "reports" / "small"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "audit", "run", str(cfg_path), "-q"], env=env)
+    deadline = time.time() + 60
+    while not list(out.glob(".tmp-*")) and time.time() < deadline:  # the run has started writing
+        time.sleep(0.05)
+    assert list(out.glob(".tmp-*")), "the run never started"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (out / "latest").resolve() == first.run_dir.resolve()
+    complete = [p for p in out.iterdir() if not p.name.startswith(".") and p.name != "latest"]
+    assert complete == [first.run_dir]
+    # the next run clears the killed run's temporary folder
+    run_audit(load_config(write_config(workdir, base_config())), quiet=True)
+    assert not list(out.glob(".tmp-*"))
