@@ -85,6 +85,8 @@ class DatasetConfig(_Section):
     split: SplitConfig = SplitConfig()
     validation_size: Fraction = 0.15
     max_categories: PosInt = 1000
+    max_rows: PosInt | None = None
+    unseen_categories: Literal["unknown", "error"] = "unknown"
 
 
 class ModelConfig(_Section):
@@ -102,6 +104,7 @@ class ModelConfig(_Section):
     patience: PosInt = 3
     threshold: Probability = 0.5
     predict_batch_size: PosInt = 16384
+    trust: bool = False
 
     @model_validator(mode="after")
     def _path_for_load(self) -> ModelConfig:

@@ -184,6 +184,11 @@ def _read_file(cfg: AuditConfig, spec: DataFile, key: str) -> tuple[pd.DataFrame
         raise DataError(f"{key}.path: '{path}' cannot be parsed as {fmt}: {first}; check dataset.csv options") from None
     if len(df) == 0:
         raise DataError(f"{key}.path: '{path}' has a header but no rows")
+    if cfg.dataset.max_rows is not None and len(df) > cfg.dataset.max_rows:
+        raise DataError(
+            f"{key}.path: '{path}' has {len(df)} rows, more than dataset.max_rows={cfg.dataset.max_rows}; "
+            "sample the file or raise the cap"
+        )
     cols = [str(c) for c in df.columns]
     dupes = sorted({c for c in cols if cols.count(c) > 1})
     mangled = [c for c in cols if "." in c and c.rsplit(".", 1)[0] in cols and c.rsplit(".", 1)[1].isdigit()]
@@ -313,6 +318,7 @@ def load_dataset(cfg: AuditConfig) -> Dataset:
     negative_label = next(v for v in present if v != pos) if len(present) == 2 else f"not {pos}"
 
     # ------------------------------------------------------------------ features
+    notes_unseen: list[str] = []
     feature_cols = [c for c in columns if c != ds.target and c not in ds.drop and c not in derived]
     if not feature_cols:
         raise DataError("dataset.drop: no feature columns are left; drop fewer columns")
@@ -338,6 +344,11 @@ def load_dataset(cfg: AuditConfig) -> Dataset:
                 if (pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col))
                 else "categorical"
             )
+        if col.nunique(dropna=True) < 2:
+            raise DataError(
+                f"column '{c}': constant in the training data (every value is {col.dropna().iloc[0]!r}); "
+                "it carries no information, add it to dataset.drop"
+            )
         if kind == "numeric":
             values = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
             if np.isinf(values).any():
@@ -353,6 +364,26 @@ def load_dataset(cfg: AuditConfig) -> Dataset:
             features.append(Feature(c, "categorical", levels))
 
     sensitive = list(dict.fromkeys([*cfg.fairness.sensitive_features, *derived_names]))  # derived ones are sensitive
+    for s in sensitive:
+        if test_df[s].nunique(dropna=False) < 2:
+            raise DataError(
+                f"fairness.sensitive_features: column '{s}' has a single group in the audit rows "
+                f"({test_df[s].iloc[0]!r}); there is nothing to compare, remove it"
+            )
+    for f in features:
+        if f.is_categorical:
+            unseen = sorted(set(_as_category_strings(test_df[f.name])) - set(f.levels))
+            if not unseen:
+                continue
+            n_rows = int(np.isin(_as_category_strings(test_df[f.name]), unseen).sum())
+            if ds.unseen_categories == "error":
+                raise DataError(
+                    f"column '{f.name}': {n_rows} audit row(s) have level(s) {unseen[:5]} never seen in training; "
+                    "set dataset.unseen_categories: unknown to score them through the model's unknown slot"
+                )
+            notes_unseen.append(
+                f"column '{f.name}': {n_rows} audit row(s) with unseen level(s) {unseen[:5]} scored as unknown"
+            )
     schema = Schema(tuple(features), ds.target, pos, negative_label, tuple(sensitive))
     keep = feature_cols + [s for s in sensitive if s not in feature_cols]
     y_train = (y_train_raw == pos).astype(np.int64)
@@ -369,6 +400,7 @@ def load_dataset(cfg: AuditConfig) -> Dataset:
     )
     if note:
         out.notes.append(note)
+    out.notes += notes_unseen
     return out
 
 

@@ -22,6 +22,10 @@ class ModelLoadError(AuditInputError):
     """A saved model artifact cannot be loaded or does not fit the dataset."""
 
 
+class ModelRuntimeError(Exception):
+    """A model that passed validation failed when loaded or run (exit code 3, and the report says so)."""
+
+
 EXIT_OK = 0
 EXIT_GATE_FAILED = 1
 EXIT_BAD_INPUT = 2

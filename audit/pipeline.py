@@ -24,7 +24,14 @@ import numpy as np
 
 from audit.config import AuditConfig
 from audit.data import Dataset, dataset_fingerprint, load_dataset
-from audit.errors import EXIT_GATE_FAILED, EXIT_MODULE_ERROR, EXIT_OK, ModelLoadError
+from audit.errors import (
+    EXIT_GATE_FAILED,
+    EXIT_MODULE_ERROR,
+    EXIT_OK,
+    AuditInputError,
+    ModelLoadError,
+    ModelRuntimeError,
+)
 from audit.model.adapter import NetPredictor, Predictor
 from audit.modules.base import AuditContext, AuditModule, ModuleResult
 
@@ -114,6 +121,8 @@ def prepare_model(cfg: AuditConfig, ds: Dataset, run_tmp: Path | None, progress:
 
     if cfg.model.source == "load":
         path = cfg.resolve(cfg.model.path or "")
+        if path.is_file() and path.suffix.lower() in PICKLE_SUFFIXES:
+            return _load_trusted_pickle(cfg, path, ds)
         predictor = load_model(path, batch_size=cfg.model.predict_batch_size)
         _check_model_fits_data(predictor, ds)
         meta = read_model_meta(path)
@@ -135,6 +144,48 @@ def prepare_model(cfg: AuditConfig, ds: Dataset, run_tmp: Path | None, progress:
             run_tmp / "model", predictor, architecture=res.architecture, history=res.history, best_epoch=res.best_epoch
         )
         info.update(path="model", hash=mh)
+    return predictor, info
+
+
+PICKLE_SUFFIXES = {".pkl", ".pickle", ".joblib"}
+
+
+def _load_trusted_pickle(cfg: AuditConfig, path: Path, ds: Dataset) -> tuple[Predictor, dict]:
+    """Load a pickled model with ``predict_proba(df)`` (e.g. a scikit-learn pipeline), only when trusted."""
+    from audit.data import sha256_file
+    from audit.model.adapter import CallablePredictor
+
+    if not cfg.model.trust:
+        raise ModelLoadError(
+            f"model.path: '{path}' is a pickle, and unpickling runs arbitrary code; it is refused unless the config "
+            "sets model.trust: true (only for files you produced or verified)"
+        )
+    import joblib
+
+    try:
+        obj = joblib.load(path)
+    except Exception as exc:  # noqa: BLE001 - the trusted file itself is broken: a model failure, not bad config
+        raise ModelRuntimeError(f"trusted model '{path}' failed to load: {exc.__class__.__name__}: {exc}") from exc
+    if not hasattr(obj, "predict_proba"):
+        raise ModelRuntimeError(f"trusted model '{path}' ({type(obj).__name__}) has no predict_proba method")
+    classes = [str(c) for c in getattr(obj, "classes_", [0, 1])]
+    pos = ds.schema.positive_label
+    col = classes.index(pos) if pos in classes else classes.index("1") if set(classes) == {"0", "1"} else None
+    if col is None:
+        raise ModelRuntimeError(f"trusted model '{path}' predicts classes {classes}, none of them {pos!r}")
+    names = ds.schema.feature_names
+
+    def predict(df):
+        return np.asarray(obj.predict_proba(df[names]))[:, col]
+
+    predictor = CallablePredictor(predict, ds.schema, batch_size=cfg.model.predict_batch_size)
+    info = {
+        "source": "load",
+        "path": str(path),
+        "hash": sha256_file(path),
+        "trusted_pickle": True,
+        "kind": f"{type(obj).__module__}.{type(obj).__name__}",
+    }
     return predictor, info
 
 
@@ -215,6 +266,7 @@ def run_audit(
     out_root = cfg.resolve(cfg.report.output_dir) / cfg.name
     tmp_dir = out_root / f".tmp-{run.run_id}"
     step = on_stage or (lambda name: None)
+    created: list[Path] = []
     try:
         step("load data")
         with progress.stage("load data"):
@@ -222,16 +274,33 @@ def run_audit(
         run.dataset = ds
         if write:
             _remove_stale_runs(out_root)
+            created = [d for d in (out_root.parent, out_root) if not d.exists()]  # removed again on failure
             tmp_dir.mkdir(parents=True, exist_ok=False)
             (tmp_dir / ".pid").write_text(str(os.getpid()))
         step("model")
-        with progress.stage("train model" if cfg.model.source == "train" else "load model"):
-            predictor, run.model_info = prepare_model(cfg, ds, tmp_dir if write else None, progress)
-        step("score")
-        with progress.stage("score"):
-            codes_audit = ds.schema.to_codes(ds.X_test)
-            proba_audit = predictor.predict_codes(codes_audit)
-            proba_train = predictor.predict_proba(ds.X_train)
+        t0 = time.perf_counter()
+        try:
+            with progress.stage("train model" if cfg.model.source == "train" else "load model"):
+                predictor, run.model_info = prepare_model(cfg, ds, tmp_dir if write else None, progress)
+            step("score")
+            with progress.stage("score"):
+                codes_audit = ds.schema.to_codes(ds.X_test)
+                try:
+                    proba_audit = _checked_scores(predictor.predict_codes(codes_audit), len(codes_audit))
+                    proba_train = _checked_scores(predictor.predict_proba(ds.X_train), len(ds.X_train))
+                except (AuditInputError, ModelScoringError):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a black-box model raising on the audit data
+                    raise ModelScoringError(f"scoring the data failed: {exc.__class__.__name__}: {exc}") from exc
+        except (ModelRuntimeError, ModelScoringError) as exc:
+            # The model itself failed: no module can run, but the report records what happened (exit code 3).
+            run.modules.append(
+                ModuleRecord(
+                    "model", "Model", "error", time.perf_counter() - t0, str(exc), traceback.format_exc(limit=8)
+                )
+            )
+            run.modules += [ModuleRecord(m.name, m.title, "not_run") for m in (modules or default_modules())]
+            return _finish(run, ds, progress, write, tmp_dir, out_root, step)
         ctx = AuditContext(
             cfg, ds, predictor, ds.X_test, ds.y_test, codes_audit, proba_audit, proba_train, model_info=run.model_info
         )
@@ -255,20 +324,40 @@ def run_audit(
                         module.name, module.title, "error", time.perf_counter() - t0, msg, traceback.format_exc(limit=8)
                     )
                 )
-        run.stages = dict(progress.durations)
-        run.finished = dt.datetime.now(dt.UTC)
-        run.exit_code = _exit_code(run)
-        if write:
-            step("report")
-            with progress.stage("write report"):
-                _write(run, ds, tmp_dir, out_root)
-        return run
+        return _finish(run, ds, progress, write, tmp_dir, out_root, step)
     except BaseException:
         if write and tmp_dir.exists():
             shutil.rmtree(tmp_dir, ignore_errors=True)
-        if write and out_root.exists() and not any(out_root.iterdir()):
-            out_root.rmdir()
+        for d in reversed(created):
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
         raise
+
+
+class ModelScoringError(Exception):
+    """The model's predictions on the audit data are unusable."""
+
+
+def _checked_scores(p, n: int) -> np.ndarray:
+    p = np.asarray(p, dtype=float).reshape(-1)
+    if p.shape != (n,) or not np.isfinite(p).all() or p.min() < 0 or p.max() > 1:
+        raise ModelScoringError(
+            f"the model returned unusable scores (shape {p.shape} for {n} rows, or values outside [0, 1] or NaN)"
+        )
+    return p
+
+
+def _finish(
+    run: AuditRun, ds: Dataset, progress: Progress, write: bool, tmp_dir: Path, out_root: Path, step
+) -> AuditRun:
+    run.stages = dict(progress.durations)
+    run.finished = dt.datetime.now(dt.UTC)
+    run.exit_code = _exit_code(run)
+    if write:
+        step("report")
+        with progress.stage("write report"):
+            _write(run, ds, tmp_dir, out_root)
+    return run
 
 
 def _remove_stale_runs(out_root: Path) -> None:
