@@ -78,3 +78,32 @@ def test_killed_process_leaves_no_report_and_latest_unmoved(workdir):
     # the next run clears the killed run's temporary folder
     run_audit(load_config(write_config(workdir, base_config())), quiet=True)
     assert not list(out.glob(".tmp-*"))
+
+
+def test_results_do_not_depend_on_thread_count(tiny_model):
+    import numpy as np
+    import torch
+
+    from audit.explain.permutation import permutation_importance
+    from audit.model.adapter import NetPredictor
+    from audit.model.training import train_model
+
+    cfg, ds, predictor, _ = tiny_model
+    codes = ds.schema.to_codes(ds.X_test)
+    before = torch.get_num_threads()
+    out = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            res = train_model(
+                ds.schema, ds.schema.to_codes(ds.X_train), ds.y_train, cfg.model, validation_size=0.2, seed=0
+            )
+            pred = NetPredictor(res.net, res.preprocessing, ds.schema)
+            pi = permutation_importance(
+                pred.predict_codes, codes, ds.y_test, feature_names=ds.schema.feature_names, n_repeats=2, random_state=0
+            )
+            out.append((pred.predict_codes(np.tile(codes, (20, 1))), pi.importances))
+    finally:
+        torch.set_num_threads(before)
+    np.testing.assert_array_equal(out[0][0], out[1][0])
+    np.testing.assert_array_equal(out[0][1], out[1][1])
