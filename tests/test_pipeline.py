@@ -163,3 +163,20 @@ def test_german_credit_end_to_end(tmp_path):
     assert all(m.status == "ok" for m in run.modules)
     report = json.loads((run.run_dir / "report.json").read_text())
     assert report["modules"]["performance"]["summary"]["test_roc_auc"] > 0.7
+
+
+def test_strings_from_data_and_config_are_escaped(tmp_path):
+    """Feature names, category values and the title carry markup; none of it reaches the HTML unescaped."""
+    from tests.conftest import synthetic_frame
+
+    evil = '<script>alert("x")</script>'
+    frame = synthetic_frame().rename(columns={"colour": evil + "'col"})
+    frame[evil + "'col"] = frame[evil + "'col"].replace({"red": '"><img src=x onerror=alert(1)>'})
+    frame.to_csv(tmp_path / "data.csv", index=False)
+    cfg = base_config()
+    cfg["report"]["title"] = "<b>title</b>"
+    cfg["modules"]["partial_dependence"]["pairs"] = []
+    run = run_audit(load_config(write_config(tmp_path, cfg)), quiet=True)
+    html = (run.run_dir / "report.html").read_text()
+    assert "<script>" not in html and "<img src=x" not in html and "<b>title</b>" not in html
+    assert "&lt;script&gt;" in html
