@@ -172,13 +172,8 @@ class FairnessModule:
     @staticmethod
     def _proxies(ctx: AuditContext, sensitive: list[str]) -> pd.DataFrame:
         schema = ctx.dataset.schema
-        ranks: dict[str, float] = {}
         pi = ctx.results.get("permutation_importance")
-        if pi is not None:
-            frame = pi.tables[0].frame
-            for r in frame.itertuples():
-                for m in r.members.split(", "):
-                    ranks[m] = float(r.rank)
+        ranks = pi.data["rank_by_feature"] if pi is not None else {}
         X = ctx.X_audit
         rows = []
         for s in sensitive:

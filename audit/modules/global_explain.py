@@ -41,6 +41,30 @@ def _check_features(names: list[str] | None, schema: Schema, key: str) -> list[s
     return list(names)
 
 
+def _panel_grid(count: int, cols: int, *, levels: list[int] | None = None):
+    """A figure of ``count`` panels in ``cols`` columns; unused axes are hidden.
+
+    Numeric panels get a fixed height; with ``levels`` (one count per panel), each row is as tall as its panel with
+    the most category levels, so level labels never overlap.
+    """
+    nrows = math.ceil(count / cols)
+    if levels is None:
+        fig, axes = subplots(nrows, cols, figsize=(11, 3.0 * nrows), squeeze=False)
+    else:
+        heights = [max(levels[i * cols : (i + 1) * cols]) for i in range(nrows)]
+        fig, axes = subplots(
+            nrows,
+            cols,
+            figsize=(11, sum(0.23 * h + 1.0 for h in heights)),
+            squeeze=False,
+            gridspec_kw={"height_ratios": heights},
+        )
+    flat = list(axes.flat)
+    for ax in flat[count:]:
+        ax.axis("off")
+    return fig, flat[:count]
+
+
 class PermutationModule:
     name = "permutation_importance"
     title = "Permutation importance"
@@ -106,6 +130,7 @@ class PermutationModule:
             figures=[self._figure(table, cfg.metric, set(watch))],
             findings=findings,
             data={
+                "rank_by_feature": {m: int(r.rank) for r in table.itertuples() for m in r.members.split(", ")},
                 "names": res.names,
                 "members": res.members,
                 "importances": res.importances,
@@ -231,18 +256,14 @@ class PartialDependenceModule:
         num = [r for r in results if not r[1].is_categorical]
         cat = [r for r in results if r[1].is_categorical]
         if num:
-            cols = 3
-            nrows = math.ceil(len(num) / cols)
-            fig, axes = subplots(nrows, cols, figsize=(11, 3.0 * nrows), squeeze=False)
-            for ax, (name, _, labels, avg, ice, _) in zip(axes.flat, num, strict=False):
+            fig, axes = _panel_grid(len(num), 3)
+            for ax, (name, _, labels, avg, ice, _) in zip(axes, num, strict=True):
                 x = np.asarray(labels)
                 ice_plot = ice - ice[:, :1] + avg[0] if centered else ice
                 ax.plot(x, ice_plot.T, color="#7f8c8d", alpha=0.25, lw=0.7)
                 ax.plot(x, avg, color="#c0392b", lw=2.2, label="PD")
                 ax.set(xlabel=name, ylabel="P(positive)")
                 ax.tick_params(axis="x", labelsize=8)
-            for ax in list(axes.flat)[len(num) :]:
-                ax.axis("off")
             fig.suptitle("Partial dependence (red) with " + ("centred " if centered else "") + "ICE curves (grey)")
             fig.tight_layout()
             figs.append(
@@ -255,17 +276,8 @@ class PartialDependenceModule:
                 )
             )
         if cat:
-            cols = 2
-            nrows = math.ceil(len(cat) / cols)
-            heights = [max(len(r[2]) for r in cat[i * cols : (i + 1) * cols]) for i in range(nrows)]
-            fig, axes = subplots(
-                nrows,
-                cols,
-                figsize=(11, sum(0.24 * h + 1.0 for h in heights)),
-                squeeze=False,
-                gridspec_kw={"height_ratios": heights},
-            )
-            for ax, (name, _, labels, avg, ice, _) in zip(axes.flat, cat, strict=False):
+            fig, axes = _panel_grid(len(cat), 2, levels=[len(r[2]) for r in cat])
+            for ax, (name, _, labels, avg, ice, _) in zip(axes, cat, strict=True):
                 y = np.arange(len(labels))
                 lo, hi = np.percentile(ice, [10, 90], axis=0)
                 ax.hlines(y, lo, hi, color="#95a5a6", lw=3, label="ICE 10–90%")
@@ -273,8 +285,6 @@ class PartialDependenceModule:
                 ax.set_yticks(y, [_short(lab) for lab in labels], fontsize=8)
                 ax.invert_yaxis()
                 ax.set(xlabel="P(positive)", title=name)
-            for ax in list(axes.flat)[len(cat) :]:
-                ax.axis("off")
             fig.tight_layout()
             figs.append(
                 Figure(
@@ -419,10 +429,8 @@ class AleModule:
         num = [a for a in results if a.kind == "numeric"]
         cat = [a for a in results if a.kind == "categorical"]
         if num:
-            cols = 3
-            nrows = math.ceil(len(num) / cols)
-            fig, axes = subplots(nrows, cols, figsize=(11, 3.0 * nrows), squeeze=False)
-            for ax, a in zip(axes.flat, num, strict=False):
+            fig, axes = _panel_grid(len(num), 3)
+            for ax, a in zip(axes, num, strict=True):
                 if a.lower is not None:
                     ax.fill_between(a.grid, a.lower, a.upper, color="#2e6db4", alpha=0.2, lw=0)
                 ax.plot(a.grid, a.values, color="#2e6db4", lw=2)
@@ -433,8 +441,6 @@ class AleModule:
                 ax.axhline(0, color="grey", lw=0.7)
                 ax.set(xlabel=a.feature, ylabel="ALE (Δ P(positive))")
                 ax.tick_params(axis="x", labelsize=8)
-            for ax in list(axes.flat)[len(num) :]:
-                ax.axis("off")
             fig.suptitle("Accumulated local effects with 95% bootstrap bands (red ×: bins with few rows)")
             fig.tight_layout()
             figs.append(
@@ -446,17 +452,8 @@ class AleModule:
                 )
             )
         if cat:
-            cols = 2
-            nrows = math.ceil(len(cat) / cols)
-            heights = [max(len(a.grid) for a in cat[i * cols : (i + 1) * cols]) for i in range(nrows)]
-            fig, axes = subplots(
-                nrows,
-                cols,
-                figsize=(11, sum(0.22 * h + 1.0 for h in heights)),
-                squeeze=False,
-                gridspec_kw={"height_ratios": heights},
-            )
-            for ax, a in zip(axes.flat, cat, strict=False):
+            fig, axes = _panel_grid(len(cat), 2, levels=[len(a.grid) for a in cat])
+            for ax, a in zip(axes, cat, strict=True):
                 f = schema.feature(a.feature)
                 labels = [_short(f.levels[int(c)] if int(c) < len(f.levels) else "<unknown>") for c in a.grid]
                 y = np.arange(len(labels))
@@ -468,8 +465,6 @@ class AleModule:
                 ax.set_yticks(y, labels, fontsize=8)
                 ax.invert_yaxis()
                 ax.set(xlabel="ALE (Δ P(positive))", title=a.feature)
-            for ax in list(axes.flat)[len(cat) :]:
-                ax.axis("off")
             fig.tight_layout()
             figs.append(
                 Figure(
@@ -510,14 +505,13 @@ class InteractionModule:
         schema = ctx.dataset.schema
         pi = ctx.results.get("permutation_importance")
         if pi is not None:
-            ranked = [
-                m for members in (pi.tables[0].frame.sort_values("rank")["members"].str.split(", ")) for m in members
-            ]
+            rank = pi.data["rank_by_feature"]
+            ranked = sorted(rank, key=rank.__getitem__)
             source = "permutation importance"
         else:
             ranked = schema.feature_names
             source = "feature order (permutation importance was not run)"
-        top = list(dict.fromkeys(ranked))[: cfg.top_features]
+        top = ranked[: cfg.top_features]
         idx = [schema.feature_names.index(n) for n in top]
         res = h_statistic(
             ctx.predictor.predict_codes,
