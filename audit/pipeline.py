@@ -72,7 +72,8 @@ class Progress:
             def __exit__(self, exc_type, exc, tb):
                 dt_ = time.perf_counter() - self.t0
                 progress.durations[name] = round(dt_, 3)
-                if not progress.quiet:
+                # bad input is reported by the CLI's one error line, so the stage stays silent then
+                if not progress.quiet and not (exc_type and issubclass(exc_type, AuditInputError | KeyboardInterrupt)):
                     state = "done" if exc_type is None else "FAILED"
                     print(f"[audit] {name}: {state} in {dt_:.1f}s", file=sys.stderr, flush=True)
                 return False
