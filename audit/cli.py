@@ -38,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("config", help="path of the YAML config, e.g. configs/adult.yaml")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    run.add_argument(
+        "--baseline",
+        metavar="PATH",
+        help="run folder or report.json to compare with (default: the previous run of this config)",
+    )
     val = sub.add_parser(
         "validate",
         help="validate a config (and its data files) without running anything",
@@ -73,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from audit.pipeline import run_audit
 
-        run = run_audit(cfg, quiet=args.quiet)
+        run = run_audit(cfg, quiet=args.quiet, baseline=args.baseline)
     except AuditInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

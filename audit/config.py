@@ -240,8 +240,19 @@ class FairnessConfig(_Section):
         return self
 
 
+class CompareConfig(_Section):
+    """Comparison with a baseline run (by default the previous run of the same config)."""
+
+    enabled: bool = True
+    max_metric_change: Probability = 0.02
+    max_fairness_change: Probability = 0.05
+    min_rank_correlation: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.8
+    gate: bool = False
+
+
 class ReportConfig(_Section):
     output_dir: str = "reports"
+    compare: CompareConfig = CompareConfig()
     title: str | None = None
     formats: list[Literal["json", "html"]] = Field(default_factory=lambda: ["json", "html"])
 

@@ -38,6 +38,7 @@ from audit.modules.base import AuditContext, AuditModule, ModuleResult
 
 def default_modules() -> list[AuditModule]:
     """The modules in the order they run."""
+    from audit.modules.comparison import ComparisonModule
     from audit.modules.fairness import FairnessModule
     from audit.modules.global_explain import AleModule, InteractionModule, PartialDependenceModule, PermutationModule
     from audit.modules.performance import PerformanceModule
@@ -49,6 +50,7 @@ def default_modules() -> list[AuditModule]:
         AleModule(),
         InteractionModule(),
         FairnessModule(),
+        ComparisonModule(),
     ]
 
 
@@ -235,6 +237,7 @@ def run_audit(
     modules: list[AuditModule] | None = None,
     write: bool = True,
     on_stage: Callable[[str], None] | None = None,
+    baseline: str | Path | None = None,
 ) -> AuditRun:
     """Run a whole audit and write its report.
 
@@ -250,6 +253,8 @@ def run_audit(
         Write ``report.json``/``report.html`` and move ``latest``.
     on_stage : callable, optional
         Called with each stage name as it starts (tests use it to interrupt a run).
+    baseline : path-like, optional
+        A run folder or report.json to compare with; by default the previous run of this config (``latest``).
 
     Returns
     -------
@@ -268,6 +273,7 @@ def run_audit(
     tmp_dir = out_root / f".tmp-{run.run_id}"
     step = on_stage or (lambda name: None)
     created: list[Path] = []
+    base_report, base_path = load_baseline(baseline, out_root)
     try:
         step("load data")
         with progress.stage("load data"):
@@ -303,7 +309,17 @@ def run_audit(
             run.modules += [ModuleRecord(m.name, m.title, "not_run") for m in (modules or default_modules())]
             return _finish(run, ds, progress, write, tmp_dir, out_root, step)
         ctx = AuditContext(
-            cfg, ds, predictor, ds.X_test, ds.y_test, codes_audit, proba_audit, proba_train, model_info=run.model_info
+            cfg,
+            ds,
+            predictor,
+            ds.X_test,
+            ds.y_test,
+            codes_audit,
+            proba_audit,
+            proba_train,
+            model_info=run.model_info,
+            baseline=base_report,
+            baseline_path=base_path,
         )
         for module in modules if modules is not None else default_modules():
             if not module.enabled(cfg):
@@ -333,6 +349,34 @@ def run_audit(
             if d.is_dir() and not any(d.iterdir()):
                 d.rmdir()
         raise
+
+
+def load_baseline(baseline: str | Path | None, out_root: Path) -> tuple[dict | None, str | None]:
+    """The baseline report: an explicit run folder or report.json, else the config's ``latest`` run if any."""
+    import json
+
+    from audit.errors import ConfigError
+
+    if baseline is None:
+        path = out_root / "latest" / "report.json"
+        if not path.is_file():
+            return None, None
+        try:
+            return json.loads(path.read_text(encoding="utf-8")), str(path.resolve())
+        except (OSError, ValueError):
+            return None, None  # an unreadable previous run is no reason to stop this one
+    path = Path(baseline)
+    if path.is_dir():
+        path = path / "report.json"
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+        report["audit"]["run_id"], report["provenance"]["config"]  # noqa: B018 - the keys a comparison reads
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(
+            f"--baseline: '{path}' is not a readable audit report.json ({exc.__class__.__name__}); "
+            "pass a run folder such as reports/adult/latest"
+        ) from None
+    return report, str(path.resolve())
 
 
 class ModelScoringError(Exception):

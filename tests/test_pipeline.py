@@ -34,6 +34,7 @@ def test_end_to_end_cli_run_writes_report(workdir, capsys):
         "ale",
         "interactions",
         "fairness",
+        "comparison",
     }
     assert all(m["status"] == "ok" for m in report["modules"].values())
     prov = report["provenance"]

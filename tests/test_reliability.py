@@ -15,7 +15,8 @@ from audit.config import load_config
 from audit.pipeline import run_audit
 from tests.conftest import ROOT, base_config, write_config
 
-VOLATILE = {"run_id", "started", "finished", "duration_s", "stages_s", "git_commit"}
+# run identity and timing; a comparison section names its baseline run, which is another run each time
+VOLATILE = {"run_id", "started", "finished", "duration_s", "stages_s", "git_commit", "baseline_run", "baseline_path"}
 
 
 def _strip(obj):
@@ -28,6 +29,7 @@ def _strip(obj):
 
 def test_same_config_gives_identical_report_json(workdir):
     cfg = load_config(write_config(workdir, base_config()))
+    run_audit(cfg, quiet=True)  # so that both runs below compare with a previous run
     a = run_audit(cfg, quiet=True)
     b = run_audit(cfg, quiet=True)
     ra = json.loads((a.run_dir / "report.json").read_text())
@@ -107,3 +109,26 @@ def test_results_do_not_depend_on_thread_count(tiny_model):
         torch.set_num_threads(before)
     np.testing.assert_array_equal(out[0][0], out[1][0])
     np.testing.assert_array_equal(out[0][1], out[1][1])
+
+
+def test_second_run_compares_with_the_first(workdir, capsys):
+    from audit.cli import main
+
+    first = run_audit(load_config(write_config(workdir, base_config())), quiet=True)
+    solo = json.loads((first.run_dir / "report.json").read_text())["modules"]["comparison"]
+    assert solo["summary"]["baseline"].startswith("none")
+    cfg = base_config() | {"seed": 7}
+    cfg["fairness"] = {"sensitive_features": ["group"], "thresholds": {"demographic_parity_difference": 0.2}}
+    second = run_audit(load_config(write_config(workdir, cfg)), quiet=True)
+    comp = json.loads((second.run_dir / "report.json").read_text())["modules"]["comparison"]
+    assert comp["data"]["baseline_run"] == first.run_id
+    keys = {c["key"] for c in comp["data"]["config_changes"]}
+    assert {"seed", "fairness.thresholds.demographic_parity_difference"} <= keys
+    assert comp["tables"]["performance"]["rows"] and comp["tables"]["fairness"]["rows"]
+    assert comp["data"]["rank_correlation"] is not None
+    html = (second.run_dir / "report.html").read_text()
+    assert "Comparison with the baseline run" in html and first.run_id in html
+    # an explicit baseline, and a bad one
+    assert main(["run", str(write_config(workdir, cfg)), "-q", "--baseline", str(first.run_dir)]) in (0, 1)
+    assert main(["run", str(write_config(workdir, cfg)), "-q", "--baseline", str(workdir / "nope")]) == 2
+    assert "--baseline: " in capsys.readouterr().err

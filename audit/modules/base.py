@@ -62,6 +62,8 @@ class AuditContext:
     proba_train: np.ndarray
     model_info: dict[str, Any] = field(default_factory=dict)
     results: dict[str, ModuleResult] = field(default_factory=dict)
+    baseline: dict[str, Any] | None = None  # a previous report.json to compare with
+    baseline_path: str | None = None
 
     def seed_for(self, name: str) -> int:
         """A child seed, stable per module name, derived from the config's seed."""
