@@ -32,6 +32,11 @@ def finding_key(f: dict[str, Any]) -> str:
     return f"{f['module']}: " + re.sub(r"[-+]?\d[\d.,]*(e[-+]?\d+)?", "#", f["title"])
 
 
+def _drift(title: str, evidence: dict[str, Any], rule: str, gate: bool) -> Finding:
+    """A change beyond its tolerance since the baseline."""
+    return Finding(ComparisonModule.name, title, "fail", "medium", evidence, rule, gating=gate)
+
+
 def _current_findings(ctx: AuditContext) -> list[dict[str, Any]]:
     return [f.to_json() for r in ctx.results.values() for f in r.findings]
 
@@ -88,14 +93,11 @@ class ComparisonModule:
                 rows.append({"metric": m, "baseline": a, "current": b, "change": b - a})
                 if m in ("roc_auc", "accuracy") and abs(b - a) > cfg.max_metric_change:
                     findings.append(
-                        Finding(
-                            self.name,
+                        _drift(
                             f"Test {m} moved {b - a:+.3f} since the baseline ({a:.3f} -> {b:.3f})",
-                            "fail",
-                            "medium",
                             {"baseline": a, "current": b},
                             f"|change| <= {cfg.max_metric_change}",
-                            gating=cfg.gate,
+                            cfg.gate,
                         )
                     )
             tables.append(Table("performance", "Test metrics: baseline and current", pd.DataFrame(rows)))
@@ -118,14 +120,11 @@ class ComparisonModule:
                     rows.append({"grouping": grouping, "measure": m, "baseline": a, "current": v, "change": v - a})
                     if abs(v - a) > cfg.max_fairness_change:
                         findings.append(
-                            Finding(
-                                self.name,
+                            _drift(
                                 f"{m.replace('_', ' ')} by {grouping} moved {v - a:+.3f} since the baseline",
-                                "fail",
-                                "medium",
                                 {"baseline": a, "current": v},
                                 f"|change| <= {cfg.max_fairness_change}",
-                                gating=cfg.gate,
+                                cfg.gate,
                             )
                         )
             tables.append(Table("fairness", "Fairness measures: baseline and current", pd.DataFrame(rows)))
@@ -151,14 +150,11 @@ class ComparisonModule:
             )
             if rho is not None and rho < cfg.min_rank_correlation:
                 findings.append(
-                    Finding(
-                        self.name,
+                    _drift(
                         f"Importance ranking changed: Spearman {rho:.2f} against the baseline",
-                        "fail",
-                        "medium",
                         {"spearman": rho},
                         f"Spearman >= {cfg.min_rank_correlation}",
-                        gating=cfg.gate,
+                        cfg.gate,
                     )
                 )
 
