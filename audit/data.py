@@ -372,10 +372,11 @@ def load_dataset(cfg: AuditConfig) -> Dataset:
             )
     for f in features:
         if f.is_categorical:
-            unseen = sorted(set(_as_category_strings(test_df[f.name])) - set(f.levels))
+            values = _as_category_strings(test_df[f.name])
+            unseen = sorted(set(values) - set(f.levels))
             if not unseen:
                 continue
-            n_rows = int(np.isin(_as_category_strings(test_df[f.name]), unseen).sum())
+            n_rows = int(np.isin(values, unseen).sum())
             if ds.unseen_categories == "error":
                 raise DataError(
                     f"column '{f.name}': {n_rows} audit row(s) have level(s) {unseen[:5]} never seen in training; "

@@ -118,7 +118,7 @@ def _new_run_id(now: dt.datetime) -> str:
     return now.strftime("%Y%m%dT%H%M%S") + f"-{now.microsecond // 1000:03d}Z"
 
 
-def prepare_model(cfg: AuditConfig, ds: Dataset, run_tmp: Path | None, progress: Progress) -> tuple[Predictor, dict]:
+def prepare_model(cfg: AuditConfig, ds: Dataset, run_tmp: Path | None) -> tuple[Predictor, dict]:
     """Train or load the model; returns the predictor and its provenance."""
     from audit.model.artifact import load_model, model_hash, read_model_meta, save_model
 
@@ -288,7 +288,7 @@ def run_audit(
         t0 = time.perf_counter()
         try:
             with progress.stage("train model" if cfg.model.source == "train" else "load model"):
-                predictor, run.model_info = prepare_model(cfg, ds, tmp_dir if write else None, progress)
+                predictor, run.model_info = prepare_model(cfg, ds, tmp_dir if write else None)
             step("score")
             with progress.stage("score"):
                 codes_audit = ds.schema.to_codes(ds.X_test)

@@ -48,7 +48,8 @@ class FairnessModule:
         sensitive = list(schema.sensitive)
         seed = ctx.seed_for(self.name)
         results = []
-        for i, (name, labels) in enumerate(groupings(ctx.X_audit, cfg, sensitive).items()):
+        groups = groupings(ctx.X_audit, cfg, sensitive)
+        for i, (name, labels) in enumerate(groups.items()):
             results.append(
                 group_fairness(
                     ctx.y_audit,
@@ -148,7 +149,7 @@ class FairnessModule:
                 "Cramér's V (numeric features in quintiles); importance rank from permutation importance when it ran.",
             )
         )
-        figures = [self._rates_figure(res) for res in results] + [self._roc_figure(ctx, sensitive, cfg)]
+        figures = [self._rates_figure(res) for res in results] + [self._roc_figure(ctx, sensitive, groups, cfg)]
         return ModuleResult(
             summary={
                 "groupings": len(results),
@@ -228,10 +229,9 @@ class FairnessModule:
         )
 
     @staticmethod
-    def _roc_figure(ctx: AuditContext, sensitive: list[str], cfg: AuditConfig) -> Figure:
+    def _roc_figure(ctx: AuditContext, sensitive: list[str], groups: dict[str, np.ndarray], cfg: AuditConfig) -> Figure:
         from sklearn.metrics import roc_curve
 
-        groups = groupings(ctx.X_audit, cfg, sensitive)
         cols = min(3, len(sensitive))
         nrows = math.ceil(len(sensitive) / cols)
         fig, axes = subplots(nrows, cols, figsize=(3.8 * cols, 3.5 * nrows), squeeze=False)

@@ -174,13 +174,13 @@ class PartialDependenceModule:
         for name in names:
             j = schema.feature_names.index(name)
             feat = schema.feature(name)
+            freq = None
             if feat.is_categorical:
-                present, freq = np.unique(X[:, j], return_counts=True)
-                grid = present
+                grid, freq = np.unique(X[:, j], return_counts=True)
             else:
                 grid = quantile_grid(X[:, j], cfg.grid_resolution)
             pd_ = partial_dependence(predict, X, j, grid, feature=name)
-            labels, avg, ice = self._display(pd_, feat, X[:, j], cfg.max_levels)
+            labels, avg, ice = self._display(pd_, feat, freq, cfg.max_levels)
             het = pd_.heterogeneity()
             results.append((name, feat, labels, avg, ice[ice_rows], het))
             rows.append(
@@ -229,12 +229,15 @@ class PartialDependenceModule:
         )
 
     @staticmethod
-    def _display(pd_, feat, column: np.ndarray, max_levels: int):
-        """Labels, PD and ICE for plotting; rare categorical levels beyond ``max_levels`` are pooled by frequency."""
+    def _display(pd_, feat, counts: np.ndarray | None, max_levels: int):
+        """Labels, PD and ICE for plotting; rare categorical levels beyond ``max_levels`` are pooled by frequency.
+
+        ``counts`` holds the rows per grid level (categoricals only).
+        """
         if not feat.is_categorical:
             return [float(g) for g in pd_.grid], pd_.average, pd_.individual
         codes = pd_.grid.astype(int)
-        freq = np.array([(column == c).sum() for c in codes], dtype=float)
+        freq = np.asarray(counts, dtype=float)
         names = [feat.levels[c] if c < len(feat.levels) else "<unknown>" for c in codes]
         order = np.argsort(-freq, kind="stable")
         keep, rest = order[: max_levels - 1], order[max_levels - 1 :]
