@@ -67,8 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "validate":
             if not args.no_data:
                 from audit.data import load_dataset
+                from audit.modules.local_explain import check_local_config
 
                 ds = load_dataset(cfg)
+                check_local_config(cfg, ds)
                 print(
                     f"{args.config}: valid ({len(ds.X_train)} train rows, {len(ds.X_test)} test rows, "
                     f"{len(ds.schema.features)} features)"

@@ -168,6 +168,71 @@ class ModulesConfig(_Section):
     interactions: InteractionConfig = InteractionConfig()
 
 
+class InstanceSelection(_Section):
+    """Which audit (test) rows get local explanations; the selections are combined and capped at ``max_instances``."""
+
+    ids: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
+    random: Annotated[int, Field(ge=0)] = 10
+    declined: Annotated[int, Field(ge=0)] = 20
+    borderline: Annotated[int, Field(ge=0)] = 10
+    per_group: Annotated[int, Field(ge=0)] = 5
+    max_instances: PosInt = 200
+
+
+class BackgroundConfig(_Section):
+    """Reference rows for SHAP, drawn from the training split."""
+
+    size: PosInt = 100
+    method: Literal["sample", "kmeans"] = "sample"
+
+
+class ShapConfig(_Section):
+    enabled: bool = True
+    method: Literal["auto", "exact", "permutation"] = "auto"
+    exact_max_features: Annotated[int, Field(ge=1, le=16)] = 10
+    n_permutations: PosInt = 10
+    additivity_tolerance: Annotated[float, Field(gt=0.0)] = 1e-6
+    reason_codes: PosInt = 4
+    waterfalls: Annotated[int, Field(ge=0)] = 3
+
+
+class LimeConfig(_Section):
+    enabled: bool = True
+    num_samples: Annotated[int, Field(ge=100)] = 5000
+    num_features: PosInt | None = None
+    kernel_width: Annotated[float, Field(gt=0.0)] | None = None
+    stability_runs: Annotated[int, Field(ge=0)] = 2
+    top_k: PosInt = 5
+    min_stability: Probability = 0.6
+    min_fidelity: Probability = 0.3
+
+
+class CounterfactualConfig(_Section):
+    enabled: bool = True
+    per_instance: Annotated[int, Field(ge=1, le=10)] = 1
+    immutable: list[str] = Field(default_factory=list)
+    ranges: dict[str, tuple[float | None, float | None]] = Field(default_factory=dict)
+    monotone: dict[str, Literal["increase", "decrease"]] = Field(default_factory=dict)
+    transitions: dict[str, dict[str, list[str]]] = Field(default_factory=dict)
+    integer: list[str] | None = None
+    max_changes: PosInt = 5
+    sparsity_weight: Annotated[float, Field(ge=0.0)] = 1.0
+    n_random: Annotated[int, Field(ge=0)] = 300
+    plausibility_quantile: Probability | None = 0.99
+    max_not_found: Probability = 0.2
+
+
+class LocalConfig(_Section):
+    """Local explanations: SHAP values and reason codes, LIME surrogates, counterfactuals, for selected rows."""
+
+    enabled: bool = True
+    instances: InstanceSelection = InstanceSelection()
+    background: BackgroundConfig = BackgroundConfig()
+    shap: ShapConfig = ShapConfig()
+    lime: LimeConfig = LimeConfig()
+    counterfactuals: CounterfactualConfig = CounterfactualConfig()
+
+
 class DerivedFeature(_Section):
     """A sensitive feature derived from another column by a regular expression (its first group)."""
 
@@ -266,6 +331,7 @@ class AuditConfig(_Section):
     model: ModelConfig = ModelConfig()
     modules: ModulesConfig = ModulesConfig()
     fairness: FairnessConfig = FairnessConfig()
+    local: LocalConfig = LocalConfig()
     report: ReportConfig = ReportConfig()
     base_dir: str = Field(default=".", exclude=True)
 

@@ -41,6 +41,7 @@ def default_modules() -> list[AuditModule]:
     from audit.modules.comparison import ComparisonModule
     from audit.modules.fairness import FairnessModule
     from audit.modules.global_explain import AleModule, InteractionModule, PartialDependenceModule, PermutationModule
+    from audit.modules.local_explain import CounterfactualModule, LimeModule, ShapModule
     from audit.modules.performance import PerformanceModule
 
     return [
@@ -49,6 +50,9 @@ def default_modules() -> list[AuditModule]:
         PartialDependenceModule(),
         AleModule(),
         InteractionModule(),
+        ShapModule(),
+        LimeModule(),
+        CounterfactualModule(),
         FairnessModule(),
         ComparisonModule(),
     ]
@@ -278,6 +282,9 @@ def run_audit(
         step("load data")
         with progress.stage("load data"):
             ds = load_dataset(cfg)
+            from audit.modules.local_explain import check_local_config
+
+            check_local_config(cfg, ds)
         run.dataset = ds
         if write:
             _remove_stale_runs(out_root)

@@ -62,6 +62,7 @@ class AuditContext:
     proba_train: np.ndarray
     model_info: dict[str, Any] = field(default_factory=dict)
     results: dict[str, ModuleResult] = field(default_factory=dict)
+    cache: dict[str, Any] = field(default_factory=dict)  # shared intermediate values (e.g. selected instances)
     baseline: dict[str, Any] | None = None  # a previous report.json to compare with
     baseline_path: str | None = None
 

@@ -1,0 +1,581 @@
+"""Counterfactual search: the nearest changes that flip a model's decision, under constraints, for many rows at once.
+
+Works in the code space (one column per raw feature, a categorical as its level code) and scores every candidate of
+every instance in large batched model calls; nothing loops over rows in Python.
+
+Search, per instance (all instances advance together):
+
+1. **Greedy**: from the instance, try every allowed single-feature move (numerics on a quantile grid of the training
+   values, categoricals on every allowed level); stop at the cheapest move that flips the decision, else take the move
+   with the best gain in log-odds per unit of cost and repeat, up to ``max_changes`` features.
+2. **Random**: ``n_random`` candidates changing 1..``max_changes`` random features to random allowed values (the
+   search DiCE's "random" method does), which finds other, often sparser, solutions.
+3. **Refine** the ``n_refine`` cheapest valid candidates: drop every change that is not needed, then move each
+   changed numeric back towards the instance by bisection while the decision stays flipped.
+4. **Plausibility**: drop candidates farther from their nearest training row than ``plausibility_quantile`` of the
+   training rows' own nearest-neighbour distances.
+
+Objective: validity first (only candidates re-scored as flipped are kept), then ``cost + sparsity_weight *
+n_changed``, where ``cost`` (proximity) is the L1 distance with each numeric scaled by its median absolute deviation
+on the training rows (its standard deviation where the MAD is 0), plus 1 per changed categorical, and ``n_changed``
+(sparsity) counts the changed features; ties go to the sparser candidate.
+
+Constraints (:class:`Constraints`): immutable features, allowed ranges, monotone directions, allowed category
+transitions, integer features (detected from the training values unless given), and the training support (numerics
+within the training min/max, categoricals on levels seen in training). :func:`constraint_violations` checks a
+result against them independently of the search.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from audit.data import Schema
+from audit.explain._common import PredictFn, as_generator
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """What a counterfactual may change.
+
+    Parameters
+    ----------
+    immutable : tuple of str
+        Features that never change.
+    ranges : dict
+        ``{numeric feature: (low, high)}`` (either may be None): allowed values of a changed numeric.
+    monotone : dict
+        ``{feature: "increase" | "decrease"}`` (numerics).
+    transitions : dict
+        ``{categorical: {from_level: [to_level, ...]}}``: the levels a categorical may change to, per current level.
+        A level that is not listed may not change.
+    integer : tuple of str, optional
+        Numerics that stay integer; by default the numerics whose training values are all integers.
+    """
+
+    immutable: tuple[str, ...] = ()
+    ranges: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    monotone: dict[str, Literal["increase", "decrease"]] = field(default_factory=dict)
+    transitions: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    integer: tuple[str, ...] | None = None
+
+    def validate(self, schema: Schema) -> None:
+        """Raise ValueError naming any unknown feature or level, or a constraint on the wrong kind of feature."""
+        names = schema.feature_names
+        for key, feats in (
+            ("immutable", self.immutable),
+            ("ranges", self.ranges),
+            ("monotone", self.monotone),
+            ("transitions", self.transitions),
+            ("integer", self.integer or ()),
+        ):
+            unknown = [f for f in feats if f not in names]
+            if unknown:
+                raise ValueError(f"{key}: unknown feature(s) {unknown}; features are {names}")
+        for key, feats in (("ranges", self.ranges), ("monotone", self.monotone), ("integer", self.integer or ())):
+            cats = [f for f in feats if schema.feature(f).is_categorical]
+            if cats:
+                raise ValueError(f"{key}: {cats} are categorical; {key} applies to numeric features")
+        for f, d in self.monotone.items():
+            if d not in ("increase", "decrease"):
+                raise ValueError(f"monotone.{f}: {d!r} must be 'increase' or 'decrease'")
+        for f, (lo, hi) in self.ranges.items():
+            if lo is not None and hi is not None and lo > hi:
+                raise ValueError(f"ranges.{f}: low {lo} is above high {hi}")
+        for f, table in self.transitions.items():
+            feat = schema.feature(f)
+            if not feat.is_categorical:
+                raise ValueError(f"transitions: {f} is numeric; use ranges or monotone for numerics")
+            for a, targets in table.items():
+                bad = [lv for lv in [a, *targets] if lv not in feat.levels]
+                if bad:
+                    raise ValueError(f"transitions.{f}: unknown level(s) {bad}; levels are {list(feat.levels)}")
+
+
+@dataclass(frozen=True)
+class Counterfactuals:
+    """Result of :func:`counterfactuals`.
+
+    Attributes
+    ----------
+    instances : ndarray of shape (n, n_features)
+    original_prediction : ndarray of shape (n,)
+    counterfactuals : ndarray of shape (n, k, n_features)
+        NaN rows where fewer than ``k`` were found.
+    prediction : ndarray of shape (n, k)
+        The model's score of each counterfactual (NaN where none).
+    cost : ndarray of shape (n, k)
+        Proximity: scaled L1 distance (numerics / scale, 1 per changed categorical).
+    n_changed : ndarray of shape (n, k)
+    neighbour_distance : ndarray of shape (n, k)
+        Distance to the nearest training row (same metric as ``cost``).
+    scale : ndarray of shape (n_features,)
+        Per numeric feature, the scale of ``cost`` (MAD, or standard deviation where the MAD is 0).
+    feature_names : list of str
+    categorical_mask : ndarray of bool
+    threshold : float
+    plausibility_threshold : float
+        Neighbour distance above which a candidate was rejected (inf when plausibility is off).
+    rows_evaluated : int
+    """
+
+    instances: np.ndarray
+    original_prediction: np.ndarray
+    counterfactuals: np.ndarray
+    prediction: np.ndarray
+    cost: np.ndarray
+    n_changed: np.ndarray
+    neighbour_distance: np.ndarray
+    scale: np.ndarray
+    feature_names: list[str]
+    categorical_mask: np.ndarray
+    threshold: float
+    plausibility_threshold: float
+    rows_evaluated: int
+
+    @property
+    def found(self) -> np.ndarray:
+        """(n,) bool: at least one counterfactual found."""
+        return ~np.isnan(self.cost[:, 0])
+
+    def changes(self, i: int, r: int = 0) -> list[tuple[str, float, float]]:
+        """``(feature, from, to)`` in code space for counterfactual ``r`` of instance ``i``."""
+        x, c = self.instances[i], self.counterfactuals[i, r]
+        if np.isnan(c).any():
+            return []
+        return [(self.feature_names[j], float(x[j]), float(c[j])) for j in np.flatnonzero(x != c)]
+
+
+def mad_scale(training: np.ndarray, categorical_mask: np.ndarray) -> np.ndarray:
+    """Median absolute deviation per numeric column (standard deviation where it is 0, then 1); 1 for categoricals."""
+    t = np.asarray(training, dtype=np.float64)
+    med = np.median(t, axis=0)
+    mad = np.median(np.abs(t - med), axis=0)
+    sd = t.std(axis=0)
+    scale = np.where(mad > 0, mad, np.where(sd > 0, sd, 1.0))
+    scale[np.asarray(categorical_mask, dtype=bool)] = 1.0
+    return scale
+
+
+def distance(a: np.ndarray, b: np.ndarray, scale: np.ndarray, categorical_mask: np.ndarray) -> np.ndarray:
+    """Mixed L1 distance, broadcast over leading axes: sum |a - b| / scale over numerics + count of changed categoricals."""
+    diff = np.abs(a - b)
+    cat = np.asarray(categorical_mask, dtype=bool)
+    return (diff[..., ~cat] / scale[~cat]).sum(axis=-1) + (diff[..., cat] > 0).sum(axis=-1)
+
+
+def _integer_features(training: np.ndarray, categorical_mask: np.ndarray) -> np.ndarray:
+    t = np.asarray(training)
+    return ~np.asarray(categorical_mask, dtype=bool) & np.all(np.isfinite(t) & (t == np.round(t)), axis=0)
+
+
+def _first_per_group(group: np.ndarray, *keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For rows tagged with ``group``, the index of the row with the smallest ``keys`` (lexicographic) per group."""
+    order = np.lexsort((*keys[::-1], group))
+    g = group[order]
+    first = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    return g[first], order[first]
+
+
+class _Space:
+    """Candidate values and per-instance allowed moves, built once from the training rows and the constraints."""
+
+    def __init__(self, X, training, schema: Schema, constraints: Constraints, grid_size: int):
+        self.m = X.shape[1]
+        self.cat = schema.categorical_mask
+        names = schema.feature_names
+        integer = (
+            np.array([n in constraints.integer for n in names])
+            if constraints.integer is not None
+            else _integer_features(training, self.cat)
+        )
+        self.integer = integer
+        self.values: list[np.ndarray] = []
+        self.allowed: list[np.ndarray] = []  # (n, V_j) per feature
+        self.lo = np.full(self.m, -np.inf)
+        self.hi = np.full(self.m, np.inf)
+        for j, f in enumerate(schema.features):
+            col = training[:, j]
+            x = X[:, j]
+            if f.is_categorical:
+                vals = np.unique(col[col < len(f.levels)])  # levels seen in training
+                ok = vals[None, :] != x[:, None]
+                if f.name in constraints.transitions:
+                    table = constraints.transitions[f.name]
+                    lv = {name: i for i, name in enumerate(f.levels)}
+                    allow = np.zeros((len(f.levels) + 1, len(vals)), dtype=bool)
+                    for a, targets in table.items():
+                        allow[lv[a]] = np.isin(vals, [lv[t] for t in targets])
+                    ok &= allow[x.astype(np.int64)]
+            else:
+                q = np.quantile(col, np.linspace(0, 1, grid_size))
+                vals = np.unique(np.round(q) if integer[j] else q)
+                lo, hi = col.min(), col.max()
+                rlo, rhi = constraints.ranges.get(f.name, (None, None))
+                lo = lo if rlo is None else max(lo, rlo)
+                hi = hi if rhi is None else min(hi, rhi)
+                self.lo[j], self.hi[j] = lo, hi
+                vals = vals[(vals >= lo) & (vals <= hi)]
+                ok = vals[None, :] != x[:, None]
+                direction = constraints.monotone.get(f.name)
+                if direction == "increase":
+                    ok &= vals[None, :] > x[:, None]
+                elif direction == "decrease":
+                    ok &= vals[None, :] < x[:, None]
+            if f.name in constraints.immutable:
+                ok &= False
+            self.values.append(vals.astype(np.float64))
+            self.allowed.append(ok)
+        self.eligible = np.column_stack([a.any(axis=1) for a in self.allowed])  # (n, m)
+
+
+def counterfactuals(
+    predict: PredictFn,
+    X: np.ndarray,
+    training: np.ndarray,
+    *,
+    schema: Schema,
+    constraints: Constraints | None = None,
+    threshold: float = 0.5,
+    k: int = 1,
+    max_changes: int = 5,
+    grid_size: int = 50,
+    n_random: int = 300,
+    n_refine: int = 10,
+    sparsity_weight: float = 1.0,
+    plausibility_quantile: float | None = 0.99,
+    plausibility_sample: int = 2000,
+    random_state: int | np.random.Generator | None = None,
+) -> Counterfactuals:
+    """Up to ``k`` counterfactuals per row of ``X`` that flip the decision ``predict(x) >= threshold``.
+
+    Parameters
+    ----------
+    predict : callable
+        ``predict(A) -> scores`` on code-space arrays.
+    X : ndarray of shape (n, n_features)
+        Instances, in code space.
+    training : ndarray of shape (n_rows, n_features)
+        Training rows in code space: value grids, scales, support and plausibility.
+    schema : Schema
+        Feature kinds and levels.
+    constraints : Constraints, optional
+    threshold : float, default 0.5
+    k : int, default 1
+        Counterfactuals per instance; beyond the first, each changes a different set of features where possible.
+    max_changes : int, default 5
+        Most features changed at once.
+    grid_size : int, default 50
+        Quantiles of the training values tried for each numeric.
+    n_random : int, default 300
+        Random candidates per instance.
+    n_refine : int, default 10
+        Valid candidates per instance that are refined.
+    sparsity_weight : float, default 1.0
+        Added to the cost per changed feature: the objective is ``cost + sparsity_weight * n_changed``. 0 ranks by
+        proximity alone (sparsity only breaks ties); 1 prefers one larger change to several small ones of the same
+        total distance, which is what a person acting on the explanation can do.
+    plausibility_quantile : float or None, default 0.99
+        Reject candidates whose nearest-training-row distance exceeds this quantile of the training rows' own
+        nearest-neighbour distances; None turns the check off.
+    plausibility_sample : int, default 2000
+        Training rows used for the plausibility check.
+    random_state : int, Generator or None
+
+    Returns
+    -------
+    Counterfactuals
+    """
+    constraints = constraints or Constraints()
+    constraints.validate(schema)
+    if k < 1 or max_changes < 1:
+        raise ValueError(f"k and max_changes must be >= 1, got k={k}, max_changes={max_changes}")
+    rng = as_generator(random_state)
+    X = np.atleast_2d(np.asarray(X, dtype=np.float64))
+    training = np.asarray(training, dtype=np.float64)
+    n, m = X.shape
+    cat = schema.categorical_mask
+    scale = mad_scale(training, cat)
+    space = _Space(X, training, schema, constraints, grid_size)
+    rows = [0]
+
+    def objective(C: np.ndarray, X0: np.ndarray) -> np.ndarray:
+        return distance(C, X0, scale, cat) + sparsity_weight * (C != X0).sum(axis=-1)
+
+    def score(A: np.ndarray) -> np.ndarray:
+        rows[0] += len(A)
+        return predict(A) if len(A) else np.empty(0)
+
+    p0 = score(X)
+    target_pos = p0 < threshold  # want p >= threshold
+
+    def valid(p: np.ndarray, inst: np.ndarray) -> np.ndarray:
+        return np.where(target_pos[inst], p >= threshold, p < threshold)
+
+    def margin(p: np.ndarray, inst: np.ndarray) -> np.ndarray:
+        lg = np.log(np.clip(p, 1e-12, 1 - 1e-12)) - np.log1p(-np.clip(p, 1e-12, 1 - 1e-12))
+        return np.where(target_pos[inst], lg, -lg)
+
+    pool_c, pool_i = [], []  # candidate rows and their instance index
+
+    # 1. greedy single-feature moves, twice: best gain in log-odds per unit of cost, and best gain outright (which
+    # reaches instances far from the boundary; refinement then pulls its moves back)
+    for by_ratio in (True, False):
+        cur = X.copy()
+        changed = np.zeros((n, m), dtype=bool)
+        cur_margin = margin(p0, np.arange(n))
+        active = np.arange(n)
+        for _ in range(max_changes):
+            if len(active) == 0:
+                break
+            cand, inst = [], []
+            for j in range(m):
+                ok = space.allowed[j][active] & ~changed[active, j][:, None]
+                ii, vv = np.nonzero(ok)
+                if len(ii) == 0:
+                    continue
+                c = cur[active[ii]].copy()
+                c[:, j] = space.values[j][vv]
+                cand.append(c)
+                inst.append(active[ii])
+            if not cand:
+                break
+            C, owner = np.vstack(cand), np.concatenate(inst)
+            p = score(C)
+            ok = valid(p, owner)
+            if ok.any():
+                pool_c.append(C[ok])
+                pool_i.append(owner[ok])
+            gain = margin(p, owner) - cur_margin[owner]
+            if by_ratio:
+                added = objective(C, X[owner]) - objective(cur[owner], X[owner])
+                gain = gain / np.maximum(added, 1e-9)
+            improving = ~np.isin(owner, owner[ok]) & (gain > 0)
+            if not improving.any():
+                break
+            g, best = _first_per_group(owner[improving], -gain[improving])
+            idx = np.flatnonzero(improving)[best]
+            cur[g] = C[idx]
+            changed[g] = cur[g] != X[g]
+            cur_margin[g] = margin(p[idx], g)
+            active = g
+
+    # 2. random candidates
+    if n_random > 0:
+        elig = space.eligible
+        n_feats = rng.integers(1, max_changes + 1, size=(n, n_random))
+        keys = rng.random((n, n_random, m))
+        keys[~np.broadcast_to(elig[:, None, :], keys.shape)] = np.inf
+        rank = np.argsort(np.argsort(keys, axis=2), axis=2)
+        pick = (rank < n_feats[:, :, None]) & np.isfinite(keys)
+        C = np.broadcast_to(X[:, None, :], (n, n_random, m)).copy()
+        for j in range(m):
+            if not elig[:, j].any():
+                continue
+            r = rng.random((n, n_random, len(space.values[j]))) * space.allowed[j][:, None, :]
+            C[:, :, j] = np.where(pick[:, :, j], space.values[j][r.argmax(axis=2)], C[:, :, j])
+        C = C.reshape(-1, m)
+        owner = np.repeat(np.arange(n), n_random)
+        p = score(C)
+        ok = valid(p, owner)
+        pool_c.append(C[ok])
+        pool_i.append(owner[ok])
+
+    out_cf = np.full((n, k, m), np.nan)
+    out_p, out_cost, out_nc, out_nd = (np.full((n, k), np.nan) for _ in range(4))
+    if not pool_c or sum(len(c) for c in pool_c) == 0:
+        return Counterfactuals(
+            X, p0, out_cf, out_p, out_cost, out_nc, out_nd, scale, schema.feature_names, cat, threshold,
+            np.inf, rows[0],
+        )  # fmt: skip
+    C, owner = np.vstack(pool_c), np.concatenate(pool_i)
+
+    # keep the n_refine cheapest distinct candidates per instance
+    C = np.unique(np.column_stack([owner, C]), axis=0)
+    owner, C = C[:, 0].astype(np.int64), C[:, 1:]
+    cost = objective(C, X[owner])
+    order = np.lexsort((cost, owner))
+    owner, C, cost = owner[order], C[order], cost[order]
+    rank_in = np.arange(len(owner)) - np.searchsorted(owner, owner, side="left")
+    keep = rank_in < n_refine
+    owner, C = owner[keep], C[keep].copy()
+
+    # 3a. drop changes that are not needed (largest saving first)
+    for _ in range(max_changes):
+        ii, jj = np.nonzero(C != X[owner])
+        if len(ii) == 0:
+            break
+        R = C[ii].copy()
+        R[np.arange(len(ii)), jj] = X[owner[ii], jj]
+        ok = valid(score(R), owner[ii])
+        if not ok.any():
+            break
+        saving = objective(C[ii], X[owner[ii]]) - objective(R, X[owner[ii]])
+        rows_ok = np.flatnonzero(ok)
+        cands, best = _first_per_group(ii[rows_ok], -saving[rows_ok])
+        C[cands] = R[rows_ok[best]]
+
+    # 3b. move changed numerics back towards the instance while the decision stays flipped
+    for j in np.flatnonzero(~cat):
+        sel = np.flatnonzero(C[:, j] != X[owner, j])
+        if len(sel) == 0:
+            continue
+        x0, x1 = X[owner[sel], j], C[sel, j].copy()
+        lo_t, hi_t = np.zeros(len(sel)), np.ones(len(sel))
+
+        def at(t, x0=x0, x1=x1, j=j):
+            v = x0 + t * (x1 - x0)
+            if space.integer[j]:
+                v = x0 + np.sign(x1 - x0) * np.ceil(np.abs(v - x0) - 1e-9)
+            return v
+
+        for _ in range(12):
+            mid = (lo_t + hi_t) / 2
+            R = C[sel].copy()
+            R[:, j] = at(mid)
+            ok = valid(score(R), owner[sel])
+            hi_t = np.where(ok, mid, hi_t)
+            lo_t = np.where(ok, lo_t, mid)
+        C[sel, j] = at(hi_t)
+
+    # re-score, then plausibility
+    p = score(C)
+    ok = valid(p, owner)
+    C, owner, p = C[ok], owner[ok], p[ok]
+    cost = distance(C, X[owner], scale, cat)
+    nchg = (C != X[owner]).sum(axis=1)
+    nd = np.zeros(len(C))
+    plaus_thr = np.inf
+    if plausibility_quantile is not None and len(C):
+        ref = training[rng.choice(len(training), size=min(plausibility_sample, len(training)), replace=False)]
+        nd = _nearest_distance(C, ref, scale, cat)
+        self_d = _nearest_distance(ref, ref, scale, cat, exclude_self=True)
+        plaus_thr = float(np.quantile(self_d, plausibility_quantile))
+        ok = nd <= plaus_thr + 1e-12
+        C, owner, p, cost, nchg, nd = C[ok], owner[ok], p[ok], cost[ok], nchg[ok], nd[ok]
+
+    # 4. choose: cheapest first, then (for k > 1) candidates changing other feature sets
+    order = np.lexsort((nchg, cost + sparsity_weight * nchg, owner))
+    C, owner, p, cost, nchg, nd = C[order], owner[order], p[order], cost[order], nchg[order], nd[order]
+    starts = np.searchsorted(owner, np.arange(n + 1))
+    for i in range(n):
+        a, b = starts[i], starts[i + 1]
+        chosen: list[int] = []
+        sets: list[frozenset] = []
+        for pass_ in (0, 1):
+            for r in range(a, b):
+                if len(chosen) == k:
+                    break
+                s = frozenset(np.flatnonzero(C[r] != X[i]))
+                if r in chosen or (pass_ == 0 and s in sets) or any(np.array_equal(C[r], C[c]) for c in chosen):
+                    continue
+                chosen.append(r)
+                sets.append(s)
+        for slot, r in enumerate(chosen):
+            out_cf[i, slot], out_p[i, slot], out_cost[i, slot] = C[r], p[r], cost[r]
+            out_nc[i, slot], out_nd[i, slot] = nchg[r], nd[r]
+    return Counterfactuals(
+        X, p0, out_cf, out_p, out_cost, out_nc, out_nd, scale, schema.feature_names, cat, threshold, plaus_thr, rows[0]
+    )
+
+
+def _nearest_distance(A, ref, scale, cat, *, exclude_self: bool = False, chunk: int = 512) -> np.ndarray:
+    """Distance (see :func:`distance`) from each row of ``A`` to its nearest row of ``ref``.
+
+    Numerics column by column, categoricals as ``n_categoricals - onehot(a) . onehot(b)`` (one matrix product).
+    """
+    num = np.flatnonzero(~cat)
+    cats = np.flatnonzero(cat)
+    levels = [np.unique(np.concatenate([A[:, j], ref[:, j]])) for j in cats]
+
+    def onehot(M):
+        if not len(cats):
+            return np.zeros((len(M), 0), dtype=np.float32)
+        return np.hstack([(M[:, j][:, None] == lv[None, :]) for j, lv in zip(cats, levels, strict=True)]).astype(
+            np.float32
+        )
+
+    ref_oh = onehot(ref)
+    ref_num = (ref[:, num] / scale[num]).astype(np.float32)
+    out = np.empty(len(A))
+    for s in range(0, len(A), chunk):
+        a = A[s : s + chunk]
+        d = len(cats) - onehot(a) @ ref_oh.T
+        a_num = (a[:, num] / scale[num]).astype(np.float32)
+        for c in range(len(num)):
+            d += np.abs(a_num[:, c, None] - ref_num[None, :, c])
+        if exclude_self:
+            d[np.arange(d.shape[0]), np.arange(s, s + d.shape[0])] = np.inf
+        out[s : s + chunk] = d.min(axis=1)
+    return out
+
+
+def counterfactual_metrics(result: Counterfactuals) -> dict[str, float]:
+    """Summary figures over the instances (first counterfactual each, diversity over all ``k``).
+
+    ``validity``: share of instances with a counterfactual; ``proximity_numeric``: mean over numerics of
+    ``|change| / scale``; ``categorical_changed``: share of categoricals changed; ``sparsity``: mean number of features
+    changed; ``cost``: mean scaled L1 distance; ``diversity``: mean pairwise distance between an instance's
+    counterfactuals (NaN for ``k = 1``).
+    """
+    found = result.found
+    cf = result.counterfactuals[found, 0]
+    x = result.instances[found]
+    cat = result.categorical_mask
+    out = {"n_instances": int(len(found)), "validity": float(found.mean()) if len(found) else float("nan")}
+    if found.any():
+        out["proximity_numeric"] = float((np.abs(cf - x)[:, ~cat] / result.scale[~cat]).mean())
+        out["categorical_changed"] = float((cf[:, cat] != x[:, cat]).mean()) if cat.any() else 0.0
+        out["sparsity"] = float((cf != x).sum(axis=1).mean())
+        out["cost"] = float(np.nanmean(result.cost[:, 0]))
+    k = result.counterfactuals.shape[1]
+    if k > 1:
+        pair = []
+        for i in np.flatnonzero(found):
+            c = result.counterfactuals[i][~np.isnan(result.cost[i])]
+            for a in range(len(c)):
+                for b in range(a + 1, len(c)):
+                    pair.append(distance(c[a], c[b], result.scale, cat))
+        out["diversity"] = float(np.mean(pair)) if pair else float("nan")
+    return out
+
+
+def constraint_violations(
+    result: Counterfactuals, training: np.ndarray, *, schema: Schema, constraints: Constraints
+) -> dict[str, int]:
+    """Count, over every returned counterfactual, the violations of each constraint (independent of the search)."""
+    training = np.asarray(training, dtype=np.float64)
+    counts = dict.fromkeys(["immutable", "range", "monotone", "transition", "integer", "support"], 0)
+    integer = (
+        set(constraints.integer)
+        if constraints.integer is not None
+        else {schema.feature_names[j] for j in np.flatnonzero(_integer_features(training, schema.categorical_mask))}
+    )
+    for i in range(len(result.instances)):
+        for r in range(result.counterfactuals.shape[1]):
+            c = result.counterfactuals[i, r]
+            if np.isnan(c).any():
+                continue
+            x = result.instances[i]
+            for j, f in enumerate(schema.features):
+                a, b = x[j], c[j]
+                if a == b:
+                    continue
+                counts["immutable"] += f.name in constraints.immutable
+                if f.is_categorical:
+                    seen = set(np.unique(training[:, j]).tolist())
+                    counts["support"] += b not in seen or b >= len(f.levels)
+                    if f.name in constraints.transitions:
+                        targets = constraints.transitions[f.name].get(f.levels[int(a)] if a < len(f.levels) else "", [])
+                        counts["transition"] += f.levels[int(b)] not in targets
+                    continue
+                lo, hi = constraints.ranges.get(f.name, (None, None))
+                counts["range"] += (lo is not None and b < lo) or (hi is not None and b > hi)
+                counts["support"] += b < training[:, j].min() or b > training[:, j].max()
+                d = constraints.monotone.get(f.name)
+                counts["monotone"] += (d == "increase" and b < a) or (d == "decrease" and b > a)
+                counts["integer"] += f.name in integer and b != round(b)
+    return {key: int(v) for key, v in counts.items()}

@@ -1,0 +1,563 @@
+"""Local explanation modules: SHAP values and reason codes, LIME surrogates, counterfactuals.
+
+All three explain the same selected audit rows (:func:`select_instances`), in the raw feature space, through the
+predictor's code-space fast path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from audit.config import AuditConfig
+from audit.data import Dataset, Schema
+from audit.errors import DataError
+from audit.explain.counterfactual import (
+    Constraints,
+    constraint_violations,
+    counterfactual_metrics,
+    counterfactuals,
+)
+from audit.explain.local_surrogate import lime_explanations, top_k_jaccard
+from audit.explain.shapley import reason_codes, shapley_values, summarize_background
+from audit.findings import Finding
+from audit.modules.base import AuditContext, Figure, ModuleResult, Table
+from audit.plotting import subplots, to_png
+
+
+def constraints_from_config(cfg: AuditConfig, schema: Schema) -> Constraints:
+    """The counterfactual constraints of ``local.counterfactuals``; sensitive columns that are not model inputs are
+    left out of ``immutable`` (they cannot change anyway)."""
+    cc = cfg.local.counterfactuals
+    names = set(schema.feature_names)
+    return Constraints(
+        immutable=tuple(f for f in cc.immutable if f in names or f not in schema.sensitive),
+        ranges=dict(cc.ranges),
+        monotone=dict(cc.monotone),
+        transitions={k: dict(v) for k, v in cc.transitions.items()},
+        integer=tuple(cc.integer) if cc.integer is not None else None,
+    )
+
+
+def check_local_config(cfg: AuditConfig, ds: Dataset) -> None:
+    """Checks of ``local`` that need the data: instance ids in range, constraints naming real features and levels.
+
+    Raises
+    ------
+    DataError
+        Naming the key, the bad value and the fix.
+    """
+    lc = cfg.local
+    if not lc.enabled:
+        return
+    n = len(ds.X_test)
+    bad = [i for i in lc.instances.ids if i >= n]
+    if bad:
+        raise DataError(f"local.instances.ids: {bad[:5]} out of range; the audit (test) rows are numbered 0 to {n - 1}")
+    if lc.counterfactuals.enabled:
+        try:
+            constraints_from_config(cfg, ds.schema).validate(ds.schema)
+        except ValueError as exc:
+            raise DataError(f"local.counterfactuals.{exc}") from None
+
+
+def _codes_train(ctx: AuditContext) -> np.ndarray:
+    if "codes_train" not in ctx.cache:
+        ctx.cache["codes_train"] = ctx.dataset.schema.to_codes(ctx.dataset.X_train)
+    return ctx.cache["codes_train"]
+
+
+def select_instances(ctx: AuditContext) -> tuple[np.ndarray, dict[int, list[str]]]:
+    """Audit-row indices to explain and why each was chosen (cached per run).
+
+    Order: explicit ids, declined (seeded sample of rows predicted negative), borderline (closest to the threshold),
+    per sensitive group (seeded sample per group), random; duplicates are merged, the list is capped at
+    ``max_instances``.
+    """
+    if "instances" in ctx.cache:
+        return ctx.cache["instances"]
+    from audit.modules.fairness import groupings
+
+    sel = ctx.config.local.instances
+    thr = ctx.config.model.threshold
+    p = ctx.proba_audit
+    n = len(p)
+    rng = np.random.default_rng(ctx.seed_for("local.instances"))
+    reasons: dict[int, list[str]] = {}
+
+    def add(idx, why):
+        for i in np.asarray(idx, dtype=np.int64).tolist():
+            reasons.setdefault(i, []).append(why)
+
+    add(sel.ids, "requested")
+    declined = np.flatnonzero(p < thr)
+    if sel.declined and len(declined):
+        add(np.sort(rng.choice(declined, size=min(sel.declined, len(declined)), replace=False)), "declined")
+    if sel.borderline:
+        add(np.argsort(np.abs(p - thr), kind="stable")[: sel.borderline], "borderline")
+    if sel.per_group and ctx.dataset.schema.sensitive:
+        groups = groupings(ctx.X_audit, ctx.config, list(ctx.dataset.schema.sensitive))
+        for name in ctx.dataset.schema.sensitive:
+            labels = groups[name]
+            for g in sorted(set(labels.tolist())):
+                rows = np.flatnonzero(labels == g)
+                add(np.sort(rng.choice(rows, size=min(sel.per_group, len(rows)), replace=False)), f"{name}={g}")
+    if sel.random:
+        add(np.sort(rng.choice(n, size=min(sel.random, n), replace=False)), "random")
+    idx = np.array(list(reasons)[: sel.max_instances], dtype=np.int64)
+    out = (idx, {int(i): reasons[int(i)] for i in idx})
+    ctx.cache["instances"] = out
+    return out
+
+
+def _value_text(feat, code: float) -> str:
+    if feat.is_categorical:
+        i = int(code)
+        return feat.levels[i] if i < len(feat.levels) else "<unknown>"
+    return f"{code:g}"
+
+
+class ShapModule:
+    name = "shap"
+    title = "SHAP values and reason codes"
+
+    def enabled(self, config: AuditConfig) -> bool:
+        return config.local.enabled and config.local.shap.enabled
+
+    def run(self, ctx: AuditContext) -> ModuleResult:
+        lc = ctx.config.local
+        sc = lc.shap
+        schema = ctx.dataset.schema
+        names = schema.feature_names
+        idx, why = select_instances(ctx)
+        seed = ctx.seed_for(self.name)
+        B, w = summarize_background(
+            _codes_train(ctx),
+            lc.background.size,
+            method=lc.background.method,
+            categorical_mask=schema.categorical_mask,
+            random_state=seed,
+        )
+        X = ctx.codes_audit[idx]
+        sv = shapley_values(
+            ctx.predictor.predict_codes,
+            X,
+            B,
+            feature_names=names,
+            background_weights=w,
+            method=sc.method,
+            n_permutations=sc.n_permutations,
+            exact_max_features=sc.exact_max_features,
+            random_state=seed + 1,
+        )
+        err = sv.additivity_error
+        method_note = (
+            f"exact Shapley values over all 2^{len(names)} coalitions (at most {sc.exact_max_features} features)"
+            if sv.method == "exact"
+            else f"antithetic permutation sampling, {sv.n_permutations} feature orders per row ({len(names)} features "
+            f"> {sc.exact_max_features}, too many for all coalitions); exact for interactions up to second order"
+        )
+        findings = [
+            Finding(
+                self.name,
+                f"SHAP additivity: max |base + sum(phi) - f(x)| = {err.max():.1e} over {len(err)} explained rows",
+                "pass" if err.max() <= sc.additivity_tolerance else "fail",
+                "info" if err.max() <= sc.additivity_tolerance else "medium",
+                {"max_additivity_error": float(err.max()), "rows": len(err)},
+                f"additivity error <= {sc.additivity_tolerance:g}",
+            )
+        ]
+        thr = ctx.config.model.threshold
+        declined = np.flatnonzero(sv.predictions < thr)
+        codes = reason_codes(sv.values[declined], feature_names=names, k=sc.reason_codes)
+        rc_rows = []
+        for r, reasons in zip(declined, codes, strict=True):
+            row = {"row": int(idx[r]), "probability": float(sv.predictions[r])}
+            for k, (f, phi) in enumerate(reasons, start=1):
+                row[f"reason {k}"] = f"{f} = {_value_text(schema.feature(f), X[r, names.index(f)])} ({phi:+.3f})"
+            rc_rows.append(row)
+        rc = pd.DataFrame(rc_rows)
+        per_row = pd.DataFrame(sv.values, columns=names)
+        per_row.insert(0, "row", idx)
+        per_row.insert(1, "selected as", [", ".join(why[int(i)]) for i in idx])
+        per_row.insert(2, "f(x)", sv.predictions)
+        per_row["additivity error"] = err
+        mean_abs = pd.Series(np.abs(sv.values).mean(axis=0), index=names).sort_values(ascending=False)
+        figures = [self._summary_figure(sv.values, X, names, mean_abs, schema)]
+        if sc.waterfalls and len(declined):
+            figures.append(self._waterfalls(sv, X, idx, declined[: sc.waterfalls], schema))
+        return ModuleResult(
+            summary={
+                "method": sv.method,
+                "instances": len(idx),
+                "background_rows": len(B),
+                "base_value": sv.base_value,
+                "max_additivity_error": float(err.max()),
+                "top_feature": mean_abs.index[0],
+                "rows_evaluated": sv.rows_evaluated,
+            },
+            tables=[
+                Table(
+                    "reason_codes",
+                    "Reason codes for declined applicants",
+                    rc,
+                    f"For each explained row predicted below the threshold {thr:g}: the {sc.reason_codes} features "
+                    "whose values push the score down most, with the value and its SHAP contribution.",
+                ),
+                Table(
+                    "shap_values",
+                    "SHAP values per explained row",
+                    per_row,
+                    f"Method: {method_note}. Background: {len(B)} training rows ({lc.background.method}); base value "
+                    f"{sv.base_value:.4f}. Each row's values add up to f(x) - base.",
+                ),
+            ],
+            figures=figures,
+            findings=findings,
+            data={
+                "rows": idx,
+                "feature_names": names,
+                "values": sv.values,
+                "base_value": sv.base_value,
+                "predictions": sv.predictions,
+                "additivity_error": err,
+                "method": sv.method,
+                "method_note": method_note,
+            },
+        )
+
+    @staticmethod
+    def _summary_figure(values, X, names, mean_abs, schema) -> Figure:
+        order = list(mean_abs.index)
+        fig, (a1, a2) = subplots(1, 2, figsize=(11, 0.34 * len(names) + 1.5), sharey=True)
+        ypos = np.arange(len(order))[::-1]
+        a1.barh(ypos, mean_abs.to_numpy(), color="#2e6db4")
+        a1.set(yticks=ypos, yticklabels=order, xlabel="mean |SHAP value|", title="Global importance (explained rows)")
+        rng = np.random.default_rng(0)
+        for y, f in zip(ypos, order, strict=True):
+            j = names.index(f)
+            v = values[:, j]
+            if schema.feature(f).is_categorical:
+                color = "#7f8c8d"
+            else:
+                col = X[:, j]
+                color = (pd.Series(col).rank(pct=True).to_numpy()) if np.ptp(col) > 0 else np.full(len(col), 0.5)
+            a2.scatter(v, y + rng.uniform(-0.3, 0.3, len(v)), c=color, cmap="coolwarm", s=9, vmin=0, vmax=1)
+        a2.axvline(0, color="black", lw=0.8)
+        a2.set(
+            xlabel="SHAP value (effect on probability)", title="Per row (colour: numeric value, low blue - high red)"
+        )
+        return Figure(
+            "shap_summary",
+            "Mean |SHAP| per feature and every explained row's SHAP value (categoricals grey).",
+            to_png(fig),
+        )
+
+    @staticmethod
+    def _waterfalls(sv, X, idx, rows, schema) -> Figure:
+        names = sv.feature_names
+        fig, axes = subplots(1, len(rows), figsize=(4.2 * len(rows), 0.3 * len(names) + 1.8), squeeze=False)
+        for ax, r in zip(axes[0], rows, strict=True):
+            v = sv.values[r]
+            order = np.argsort(-np.abs(v), kind="stable")
+            start = sv.base_value
+            labels = []
+            for pos, j in enumerate(order):
+                ax.barh(pos, v[j], left=start, color="#c0392b" if v[j] < 0 else "#27ae60")
+                start += v[j]
+                labels.append(f"{names[j]} = {_value_text(schema.feature(names[j]), X[r, j])}"[:32])
+            ax.set_yticks(range(len(order)), labels)
+            ax.invert_yaxis()
+            ax.axvline(sv.base_value, color="grey", lw=0.8, ls="--")
+            ax.axvline(sv.predictions[r], color="black", lw=0.8)
+            ax.set(title=f"row {idx[r]}: f(x) = {sv.predictions[r]:.3f}", xlabel="probability")
+        return Figure(
+            "shap_waterfalls",
+            "Waterfalls for declined rows: from the base value (dashed) to the prediction (solid), feature by feature.",
+            to_png(fig),
+        )
+
+
+class LimeModule:
+    name = "lime"
+    title = "LIME local surrogates"
+
+    def enabled(self, config: AuditConfig) -> bool:
+        return config.local.enabled and config.local.lime.enabled
+
+    def run(self, ctx: AuditContext) -> ModuleResult:
+        lc = ctx.config.local.lime
+        schema = ctx.dataset.schema
+        names = schema.feature_names
+        idx, _ = select_instances(ctx)
+        X = ctx.codes_audit[idx]
+        seed = ctx.seed_for(self.name)
+        levels = [list(f.levels) if f.is_categorical else None for f in schema.features]
+
+        def explain(s):
+            return lime_explanations(
+                ctx.predictor.predict_codes,
+                X,
+                _codes_train(ctx),
+                feature_names=names,
+                categorical_mask=schema.categorical_mask,
+                level_names=levels,
+                num_samples=lc.num_samples,
+                num_features=lc.num_features,
+                kernel_width=lc.kernel_width,
+                random_state=s,
+            )
+
+        main = explain(seed)
+        k = min(lc.top_k, len(names))
+        top = main.top_features(k)
+        reruns = [explain(seed + 1 + r) for r in range(lc.stability_runs)]
+        stability = (
+            np.mean([top_k_jaccard(top, e.top_features(k)) for e in reruns], axis=0)
+            if reruns
+            else np.full(len(idx), np.nan)
+        )
+        agreement = np.full(len(idx), np.nan)
+        shap_res = ctx.results.get("shap")
+        if shap_res is not None and np.array_equal(shap_res.data["rows"], idx):
+            phi = np.asarray(shap_res.data["values"])
+            shap_top = [list(r[:k]) for r in np.argsort(-np.abs(phi), axis=1, kind="stable")]
+            agreement = top_k_jaccard(top, shap_top)
+        rows = []
+        for i, r in enumerate(idx):
+            rows.append(
+                {
+                    "row": int(r),
+                    "f(x)": float(main.prediction[i]),
+                    "surrogate at x": float(main.local_prediction[i]),
+                    "fidelity R2": float(main.score[i]),
+                    f"stability (top-{k} Jaccard)": float(stability[i]),
+                    f"agreement with SHAP (top-{k})": float(agreement[i]),
+                    "top features": "; ".join(f"{main.conditions[i][j]} ({main.weights[i, j]:+.3f})" for j in top[i]),
+                }
+            )
+        table = pd.DataFrame(rows)
+        findings = []
+        low_fid = float(np.mean(main.score < lc.min_fidelity))
+        findings.append(
+            Finding(
+                self.name,
+                f"LIME fidelity: mean R^2 {np.mean(main.score):.2f}; {low_fid:.0%} of rows below {lc.min_fidelity:g}",
+                "pass" if low_fid <= 0.5 else "fail",
+                "info" if low_fid <= 0.5 else "low",
+                {"mean_fidelity": float(np.mean(main.score)), "share_low_fidelity": low_fid},
+                f"at most half the rows with surrogate R^2 < {lc.min_fidelity:g}",
+            )
+        )
+        if reruns:
+            unstable = float(np.mean(stability < lc.min_stability))
+            findings.append(
+                Finding(
+                    self.name,
+                    f"LIME stability: mean top-{k} Jaccard {np.mean(stability):.2f} over {len(reruns)} reruns; "
+                    f"{unstable:.0%} of rows unstable",
+                    "pass" if unstable <= 0.2 else "fail",
+                    "info" if unstable <= 0.2 else "low",
+                    {"mean_stability": float(np.mean(stability)), "share_unstable": unstable},
+                    f"at most 20% of rows with top-{k} Jaccard < {lc.min_stability:g} across seeds",
+                )
+            )
+        if not np.isnan(agreement).all():
+            findings.append(
+                Finding(
+                    self.name,
+                    f"SHAP and LIME agree on {np.mean(agreement):.0%} of their top-{k} features on average "
+                    f"(fully on {np.mean(agreement == 1):.0%} of rows)",
+                    "info",
+                    evidence={"mean_agreement": float(np.mean(agreement))},
+                )
+            )
+        fig, (a1, a2) = subplots(1, 2, figsize=(10, 3))
+        a1.hist(main.score, bins=20, range=(0, 1), color="#2e6db4")
+        a1.set(xlabel="surrogate R^2 (fidelity)", ylabel="rows", title="Fidelity")
+        if reruns:
+            a2.hist(stability, bins=10, range=(0, 1), color="#8e44ad", alpha=0.7, label="stability across seeds")
+        if not np.isnan(agreement).all():
+            a2.hist(agreement, bins=10, range=(0, 1), color="#e67e22", alpha=0.6, label="agreement with SHAP")
+        a2.set(xlabel=f"top-{k} Jaccard", title="Stability and SHAP agreement")
+        a2.legend(fontsize=8)
+        return ModuleResult(
+            summary={
+                "instances": len(idx),
+                "num_samples": lc.num_samples,
+                "kernel_width": main.kernel_width,
+                "mean_fidelity": float(np.mean(main.score)),
+                "mean_stability": float(np.nanmean(stability)) if reruns else None,
+                "mean_shap_agreement": float(np.nanmean(agreement)) if not np.isnan(agreement).all() else None,
+                "rows_evaluated": main.rows_evaluated * (1 + len(reruns)),
+            },
+            tables=[
+                Table(
+                    "lime",
+                    "LIME explanations per row (sorted by agreement with SHAP, lowest first)",
+                    table.sort_values(f"agreement with SHAP (top-{k})", kind="stable"),
+                    f"Surrogate: weighted ridge on {lc.num_samples} neighbours (quartile bins for numerics, levels for "
+                    f"categoricals), kernel width {main.kernel_width:.2f}. Stability: top-{k} overlap with "
+                    f"{len(reruns)} reruns under other seeds.",
+                )
+            ],
+            figures=[
+                Figure("lime_quality", "Distribution of LIME fidelity, stability and SHAP agreement.", to_png(fig))
+            ],
+            findings=findings,
+            data={
+                "rows": idx,
+                "weights": main.weights,
+                "fidelity": main.score,
+                "stability": stability,
+                "shap_agreement": agreement,
+            },
+        )
+
+
+class CounterfactualModule:
+    name = "counterfactuals"
+    title = "Counterfactuals and recourse"
+
+    def enabled(self, config: AuditConfig) -> bool:
+        return config.local.enabled and config.local.counterfactuals.enabled
+
+    def run(self, ctx: AuditContext) -> ModuleResult:
+        from audit.modules.fairness import groupings
+
+        cc = ctx.config.local.counterfactuals
+        schema = ctx.dataset.schema
+        idx, why = select_instances(ctx)
+        cons = constraints_from_config(ctx.config, schema)
+        thr = ctx.config.model.threshold
+        train = _codes_train(ctx)
+        res = counterfactuals(
+            ctx.predictor.predict_codes,
+            ctx.codes_audit[idx],
+            train,
+            schema=schema,
+            constraints=cons,
+            threshold=thr,
+            k=cc.per_instance,
+            max_changes=cc.max_changes,
+            n_random=cc.n_random,
+            sparsity_weight=cc.sparsity_weight,
+            plausibility_quantile=cc.plausibility_quantile,
+            random_state=ctx.seed_for(self.name),
+        )
+        metrics = counterfactual_metrics(res)
+        violations = constraint_violations(res, train, schema=schema, constraints=cons)
+        found = res.found
+        # independent re-scoring through the DataFrame path
+        flat = res.counterfactuals[~np.isnan(res.cost)]
+        rescored = ctx.predictor.predict_proba(schema.from_codes(flat)) if len(flat) else np.empty(0)
+        orig = np.repeat(res.original_prediction >= thr, (~np.isnan(res.cost)).sum(axis=1))
+        flipped = float(np.mean((rescored >= thr) != orig)) if len(flat) else float("nan")
+        rows = []
+        for i, r in enumerate(idx):
+            for slot in range(res.counterfactuals.shape[1]):
+                if np.isnan(res.cost[i, slot]) and slot > 0:
+                    continue
+                changes = [
+                    f"{f}: {_value_text(schema.feature(f), a)} -> {_value_text(schema.feature(f), b)}"
+                    for f, a, b in res.changes(i, slot)
+                ]
+                rows.append(
+                    {
+                        "row": int(r),
+                        "selected as": ", ".join(why[int(r)]),
+                        "f(x)": float(res.original_prediction[i]),
+                        "counterfactual f": float(res.prediction[i, slot]),
+                        "changes": "; ".join(changes) if changes else "none found within the constraints",
+                        "cost": float(res.cost[i, slot]),
+                        "features changed": float(res.n_changed[i, slot]),
+                    }
+                )
+        table = pd.DataFrame(rows)
+        not_found = 1.0 - metrics["validity"]
+        n_viol = sum(violations.values())
+        findings = [
+            Finding(
+                self.name,
+                f"Counterfactuals found for {found.mean():.0%} of {len(idx)} rows; {not_found:.0%} have none within "
+                "the constraints",
+                "pass" if not_found <= cc.max_not_found else "fail",
+                "info" if not_found <= cc.max_not_found else "medium",
+                {"share_not_found": not_found, "rescored_flip_rate": flipped},
+                f"share without a counterfactual <= {cc.max_not_found:g}",
+            ),
+            Finding(
+                self.name,
+                f"Constraint violations in returned counterfactuals: {n_viol}",
+                "pass" if n_viol == 0 and (np.isnan(flipped) or flipped == 1.0) else "fail",
+                "info" if n_viol == 0 else "high",
+                {**violations, "rescored_flip_rate": flipped},
+                "0 violations; every counterfactual re-scored through predict_proba flips the decision",
+            ),
+        ]
+        tables = [
+            Table(
+                "counterfactuals",
+                "Counterfactuals: what would change the decision",
+                table,
+                "Cost: scaled L1 distance (numerics divided by their median absolute deviation on the training rows, "
+                "or standard deviation where that is 0; 1 per changed category). Immutable: "
+                f"{', '.join(cons.immutable) or 'none'}; monotone: {dict(cons.monotone) or 'none'}.",
+            )
+        ]
+        # recourse gap: cost of the cheapest counterfactual for declined rows, by sensitive group
+        declined = (res.original_prediction < thr) & found
+        gap_rows = []
+        if schema.sensitive and declined.any():
+            groups = groupings(ctx.X_audit.iloc[idx].reset_index(drop=True), ctx.config, list(schema.sensitive))
+            for name in schema.sensitive:
+                lab = groups[name]
+                for g in sorted(set(lab[declined].tolist())):
+                    m = declined & (lab == g)
+                    gap_rows.append(
+                        {
+                            "feature": name,
+                            "group": g,
+                            "declined rows": int(m.sum()),
+                            "mean cost": float(res.cost[m, 0].mean()),
+                        }
+                    )
+        if gap_rows:
+            gaps = pd.DataFrame(gap_rows)
+            tables.append(
+                Table(
+                    "recourse",
+                    "Recourse cost by sensitive group (declined rows)",
+                    gaps,
+                    "Mean cost of the cheapest counterfactual per group: a higher cost means the group needs larger "
+                    "changes to be approved. Groups with few explained rows are noisy.",
+                )
+            )
+            for name, sub in gaps[gaps["declined rows"] >= 3].groupby("feature", sort=False):
+                if len(sub) >= 2:
+                    findings.append(
+                        Finding(
+                            self.name,
+                            f"Recourse gap by {name}: mean counterfactual cost {sub['mean cost'].min():.2f} to "
+                            f"{sub['mean cost'].max():.2f}",
+                            "info",
+                            evidence={"gap": float(sub["mean cost"].max() - sub["mean cost"].min())},
+                        )
+                    )
+        return ModuleResult(
+            summary={
+                **{key: (round(v, 4) if isinstance(v, float) else v) for key, v in metrics.items()},
+                "constraint_violations": n_viol,
+                "rescored_flip_rate": flipped,
+                "rows_evaluated": res.rows_evaluated,
+            },
+            tables=tables,
+            findings=findings,
+            data={
+                "rows": idx,
+                "counterfactuals": res.counterfactuals,
+                "cost": res.cost,
+                "metrics": metrics,
+                "violations": violations,
+            },
+        )
