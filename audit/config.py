@@ -216,7 +216,7 @@ class CounterfactualConfig(_Section):
     transitions: dict[str, dict[str, list[str]]] = Field(default_factory=dict)
     integer: list[str] | None = None
     max_changes: PosInt = 5
-    sparsity_weight: Annotated[float, Field(ge=0.0)] = 1.0
+    sparsity_weight: Annotated[float, Field(ge=0.0)] = 3.0
     n_random: Annotated[int, Field(ge=0)] = 300
     plausibility_quantile: Probability | None = 0.99
     max_not_found: Probability = 0.2

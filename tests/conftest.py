@@ -36,6 +36,13 @@ SMALL_MODULES = {
     "interactions": {"top_features": 3, "sample_size": 30},
 }
 
+SMALL_LOCAL = {
+    "instances": {"declined": 6, "borderline": 3, "per_group": 2, "random": 3},
+    "background": {"size": 30},
+    "lime": {"num_samples": 500, "stability_runs": 1},
+    "counterfactuals": {"n_random": 100},
+}
+
 
 def base_config(data_path: str = "data.csv") -> dict:
     return {
@@ -44,6 +51,7 @@ def base_config(data_path: str = "data.csv") -> dict:
         "model": {"hidden": [16], "max_epochs": 4, "batch_size": 64, "patience": 2},
         "modules": copy.deepcopy(SMALL_MODULES),
         "fairness": {"sensitive_features": ["group"]},
+        "local": copy.deepcopy(SMALL_LOCAL),
         "report": {"output_dir": "reports"},
     }
 

@@ -173,6 +173,36 @@ CASES = [
         "lacks ['schema.json']",
     ),
     (
+        "instance id out of range",
+        _data(F()),
+        _cfg(**{"local.instances.ids": [3, 100000]}),
+        "local.instances.ids: [100000] out of range; the audit (test) rows are numbered 0 to 239",
+    ),
+    (
+        "counterfactual constraint on unknown feature",
+        _data(F()),
+        _cfg(**{"local.counterfactuals.immutable": ["x9"]}),
+        "local.counterfactuals.immutable: unknown feature(s) ['x9']",
+    ),
+    (
+        "monotone constraint on a categorical",
+        _data(F()),
+        _cfg(**{"local.counterfactuals.monotone": {"colour": "increase"}}),
+        "local.counterfactuals.monotone: ['colour'] are categorical",
+    ),
+    (
+        "transition to an unknown level",
+        _data(F()),
+        _cfg(**{"local.counterfactuals.transitions": {"colour": {"red": ["purple"]}}}),
+        "local.counterfactuals.transitions.colour: unknown level(s) ['purple']",
+    ),
+    (
+        "monotone direction misspelt",
+        None,
+        _cfg(**{"local.counterfactuals.monotone": {"x1": "up"}}),
+        "local.counterfactuals.monotone.x1: 'up' is not allowed; input should be 'increase' or 'decrease'",
+    ),
+    (
         "untrusted pickle",
         lambda d: (_data(F())(d), _text("model.joblib", b"not even a pickle")(d)),
         _cfg(model={"source": "load", "path": "model.joblib"}),

@@ -33,6 +33,9 @@ def test_end_to_end_cli_run_writes_report(workdir, capsys):
         "partial_dependence",
         "ale",
         "interactions",
+        "shap",
+        "lime",
+        "counterfactuals",
         "fairness",
         "comparison",
     }

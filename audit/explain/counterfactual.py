@@ -5,9 +5,10 @@ every instance in large batched model calls; nothing loops over rows in Python.
 
 Search, per instance (all instances advance together):
 
-1. **Greedy**: from the instance, try every allowed single-feature move (numerics on a quantile grid of the training
-   values, categoricals on every allowed level); stop at the cheapest move that flips the decision, else take the move
-   with the best gain in log-odds per unit of cost and repeat, up to ``max_changes`` features.
+1. **Beam search**: from the instance, try every allowed single-feature move (numerics on a quantile grid of the
+   training values, categoricals on every allowed level); an instance stops at the first depth where a move flips
+   its decision (the sparsest), else the ``beam_width`` moves with the best gain in log-odds (per unit of cost, and
+   outright, in two passes) are extended by one more feature, up to ``max_changes`` features.
 2. **Random**: ``n_random`` candidates changing 1..``max_changes`` random features to random allowed values (the
    search DiCE's "random" method does), which finds other, often sparser, solutions.
 3. **Refine** the ``n_refine`` cheapest valid candidates: drop every change that is not needed, then move each
@@ -230,6 +231,24 @@ class _Space:
             self.values.append(vals.astype(np.float64))
             self.allowed.append(ok)
         self.eligible = np.column_stack([a.any(axis=1) for a in self.allowed])  # (n, m)
+        self.X = X
+        self.direction = [constraints.monotone.get(f.name) for f in schema.features]
+
+    def permits(self, j: int, inst: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Whether instance ``inst`` may take value ``v`` for feature ``j`` (arrays of the same length)."""
+        x = self.X[inst, j]
+        if self.cat[j]:
+            vals = self.values[j]
+            pos = np.clip(np.searchsorted(vals, v), 0, len(vals) - 1)
+            return (vals[pos] == v) & self.allowed[j][inst, pos]
+        ok = self.eligible[inst, j] & (v != x) & (v >= self.lo[j]) & (v <= self.hi[j])
+        if self.integer[j]:
+            ok &= v == np.round(v)
+        if self.direction[j] == "increase":
+            ok &= v > x
+        elif self.direction[j] == "decrease":
+            ok &= v < x
+        return ok
 
 
 def counterfactuals(
@@ -245,7 +264,8 @@ def counterfactuals(
     grid_size: int = 50,
     n_random: int = 300,
     n_refine: int = 10,
-    sparsity_weight: float = 1.0,
+    beam_width: int = 5,
+    sparsity_weight: float = 3.0,
     plausibility_quantile: float | None = 0.99,
     plausibility_sample: int = 2000,
     random_state: int | np.random.Generator | None = None,
@@ -274,10 +294,13 @@ def counterfactuals(
         Random candidates per instance.
     n_refine : int, default 10
         Valid candidates per instance that are refined.
-    sparsity_weight : float, default 1.0
+    beam_width : int, default 5
+        States kept per instance at each depth of the search.
+    sparsity_weight : float, default 3.0
         Added to the cost per changed feature: the objective is ``cost + sparsity_weight * n_changed``. 0 ranks by
-        proximity alone (sparsity only breaks ties); 1 prefers one larger change to several small ones of the same
-        total distance, which is what a person acting on the explanation can do.
+        proximity alone (sparsity only breaks ties); the default 3 prefers one change of up to three scale units to
+        two small ones, since a person acting on the explanation acts on each changed feature separately. On W6 of
+        the benchmark it gives mean sparsity 2.26 at numeric proximity 0.36 (weight 1: 2.46 at 0.26).
     plausibility_quantile : float or None, default 0.99
         Reject candidates whose nearest-training-row distance exceeds this quantile of the training rows' own
         nearest-neighbour distances; None turns the check off.
@@ -321,49 +344,50 @@ def counterfactuals(
 
     pool_c, pool_i = [], []  # candidate rows and their instance index
 
-    # 1. greedy single-feature moves, twice: best gain in log-odds per unit of cost, and best gain outright (which
-    # reaches instances far from the boundary; refinement then pulls its moves back)
+    # 1. beam search over single-feature moves, depth by depth, so the first depth at which an instance flips gives
+    # its sparsest counterfactuals; ranked twice: by gain in log-odds per unit of cost, and by gain outright (which
+    # reaches instances far from the boundary; refinement then pulls their moves back)
     for by_ratio in (True, False):
-        cur = X.copy()
-        changed = np.zeros((n, m), dtype=bool)
-        cur_margin = margin(p0, np.arange(n))
-        active = np.arange(n)
+        cur = X.copy()  # one row per beam state
+        state_of = np.arange(n)  # the instance each state belongs to
+        cur_margin = margin(p0, state_of)
         for _ in range(max_changes):
-            if len(active) == 0:
+            if len(cur) == 0:
                 break
-            cand, inst = [], []
+            changed = cur != X[state_of]
+            cand, src = [], []
             for j in range(m):
-                ok = space.allowed[j][active] & ~changed[active, j][:, None]
-                ii, vv = np.nonzero(ok)
+                ii, vv = np.nonzero(space.allowed[j][state_of] & ~changed[:, j][:, None])
                 if len(ii) == 0:
                     continue
-                c = cur[active[ii]].copy()
+                c = cur[ii].copy()
                 c[:, j] = space.values[j][vv]
                 cand.append(c)
-                inst.append(active[ii])
+                src.append(ii)
             if not cand:
                 break
-            C, owner = np.vstack(cand), np.concatenate(inst)
+            C, parent = np.vstack(cand), np.concatenate(src)
+            owner = state_of[parent]
             p = score(C)
             ok = valid(p, owner)
             if ok.any():
                 pool_c.append(C[ok])
                 pool_i.append(owner[ok])
-            gain = margin(p, owner) - cur_margin[owner]
+            gain = margin(p, owner) - cur_margin[parent]
             if by_ratio:
-                added = objective(C, X[owner]) - objective(cur[owner], X[owner])
+                added = objective(C, X[owner]) - objective(cur[parent], X[owner])
                 gain = gain / np.maximum(added, 1e-9)
-            improving = ~np.isin(owner, owner[ok]) & (gain > 0)
-            if not improving.any():
+            keep = ~np.isin(owner, owner[ok]) & (gain > 0)  # an instance that flipped stops here
+            if not keep.any():
                 break
-            g, best = _first_per_group(owner[improving], -gain[improving])
-            idx = np.flatnonzero(improving)[best]
-            cur[g] = C[idx]
-            changed[g] = cur[g] != X[g]
-            cur_margin[g] = margin(p[idx], g)
-            active = g
+            rows_k = np.flatnonzero(keep)
+            order = rows_k[np.lexsort((-gain[rows_k], owner[rows_k]))]
+            rank = np.arange(len(order)) - np.searchsorted(owner[order], owner[order], side="left")
+            order = order[rank < beam_width]
+            cur, state_of, cur_margin = C[order], owner[order], margin(p[order], owner[order])
 
-    # 2. random candidates
+    # 2. random candidates: a random subset of features takes random allowed grid values (as DiCE's random search),
+    # or the values of a training row the model puts in the target class (which keeps combinations realistic)
     if n_random > 0:
         elig = space.eligible
         n_feats = rng.integers(1, max_changes + 1, size=(n, n_random))
@@ -372,13 +396,26 @@ def counterfactuals(
         rank = np.argsort(np.argsort(keys, axis=2), axis=2)
         pick = (rank < n_feats[:, :, None]) & np.isfinite(keys)
         C = np.broadcast_to(X[:, None, :], (n, n_random, m)).copy()
+        donor_half = np.arange(n_random) >= n_random // 2
+        p_train = score(training)
+        pos_rows, neg_rows = np.flatnonzero(p_train >= threshold), np.flatnonzero(p_train < threshold)
+        donors = np.empty((n, n_random), dtype=np.int64)
+        for want_pos, pool_rows in ((True, pos_rows), (False, neg_rows)):
+            sel = target_pos == want_pos
+            src = pool_rows if len(pool_rows) else np.arange(len(training))
+            donors[sel] = src[rng.integers(0, len(src), size=(int(sel.sum()), n_random))]
+        owner = np.repeat(np.arange(n), n_random)
         for j in range(m):
             if not elig[:, j].any():
                 continue
             r = rng.random((n, n_random, len(space.values[j]))) * space.allowed[j][:, None, :]
-            C[:, :, j] = np.where(pick[:, :, j], space.values[j][r.argmax(axis=2)], C[:, :, j])
+            grid_v = space.values[j][r.argmax(axis=2)]
+            donor_v = training[donors, j]
+            donor_ok = space.permits(j, owner, donor_v.reshape(-1)).reshape(n, n_random)
+            v = np.where(donor_half[None, :], donor_v, grid_v)
+            take = pick[:, :, j] & np.where(donor_half[None, :], donor_ok, True)
+            C[:, :, j] = np.where(take, v, C[:, :, j])
         C = C.reshape(-1, m)
-        owner = np.repeat(np.arange(n), n_random)
         p = score(C)
         ok = valid(p, owner)
         pool_c.append(C[ok])
@@ -393,15 +430,25 @@ def counterfactuals(
         )  # fmt: skip
     C, owner = np.vstack(pool_c), np.concatenate(pool_i)
 
-    # keep the n_refine cheapest distinct candidates per instance
+    # plausibility of the raw candidates, so that the refined set is drawn from plausible ones only
     C = np.unique(np.column_stack([owner, C]), axis=0)
     owner, C = C[:, 0].astype(np.int64), C[:, 1:]
+    plaus_thr = np.inf
+    if plausibility_quantile is not None:
+        ref = training[rng.choice(len(training), size=min(plausibility_sample, len(training)), replace=False)]
+        self_d = _nearest_distance(ref, ref, scale, cat, exclude_self=True)
+        plaus_thr = float(np.quantile(self_d, plausibility_quantile)) + 1e-9
+        ok = _nearest_distance(C, ref, scale, cat) <= plaus_thr
+        owner, C = owner[ok], C[ok]
+
+    # keep the n_refine best distinct candidates per instance
     cost = objective(C, X[owner])
     order = np.lexsort((cost, owner))
     owner, C, cost = owner[order], C[order], cost[order]
     rank_in = np.arange(len(owner)) - np.searchsorted(owner, owner, side="left")
     keep = rank_in < n_refine
     owner, C = owner[keep], C[keep].copy()
+    unrefined = C.copy()
 
     # 3a. drop changes that are not needed (largest saving first)
     for _ in range(max_changes):
@@ -441,21 +488,19 @@ def counterfactuals(
             lo_t = np.where(ok, lo_t, mid)
         C[sel, j] = at(hi_t)
 
-    # re-score, then plausibility
+    # a refined candidate that left the training support's neighbourhood falls back to its unrefined (plausible) self
+    nd = np.zeros(len(C))
+    if plausibility_quantile is not None and len(C):
+        nd = _nearest_distance(C, ref, scale, cat)
+        back = nd > plaus_thr
+        C[back] = unrefined[back]
+        nd[back] = _nearest_distance(C[back], ref, scale, cat) if back.any() else nd[back]
+    # re-score: only candidates that flip the decision are returned
     p = score(C)
     ok = valid(p, owner)
-    C, owner, p = C[ok], owner[ok], p[ok]
+    C, owner, p, nd = C[ok], owner[ok], p[ok], nd[ok]
     cost = distance(C, X[owner], scale, cat)
     nchg = (C != X[owner]).sum(axis=1)
-    nd = np.zeros(len(C))
-    plaus_thr = np.inf
-    if plausibility_quantile is not None and len(C):
-        ref = training[rng.choice(len(training), size=min(plausibility_sample, len(training)), replace=False)]
-        nd = _nearest_distance(C, ref, scale, cat)
-        self_d = _nearest_distance(ref, ref, scale, cat, exclude_self=True)
-        plaus_thr = float(np.quantile(self_d, plausibility_quantile))
-        ok = nd <= plaus_thr + 1e-12
-        C, owner, p, cost, nchg, nd = C[ok], owner[ok], p[ok], cost[ok], nchg[ok], nd[ok]
 
     # 4. choose: cheapest first, then (for k > 1) candidates changing other feature sets
     order = np.lexsort((nchg, cost + sparsity_weight * nchg, owner))

@@ -237,12 +237,13 @@ class ShapModule:
         for y, f in zip(ypos, order, strict=True):
             j = names.index(f)
             v = values[:, j]
-            if schema.feature(f).is_categorical:
-                color = "#7f8c8d"
+            jitter = y + rng.uniform(-0.3, 0.3, len(v))
+            col = X[:, j]
+            if schema.feature(f).is_categorical or np.ptp(col) == 0:
+                a2.scatter(v, jitter, color="#7f8c8d", s=9)
             else:
-                col = X[:, j]
-                color = (pd.Series(col).rank(pct=True).to_numpy()) if np.ptp(col) > 0 else np.full(len(col), 0.5)
-            a2.scatter(v, y + rng.uniform(-0.3, 0.3, len(v)), c=color, cmap="coolwarm", s=9, vmin=0, vmax=1)
+                rank = pd.Series(col).rank(pct=True).to_numpy()
+                a2.scatter(v, jitter, c=rank, cmap="coolwarm", s=9, vmin=0, vmax=1)
         a2.axvline(0, color="black", lw=0.8)
         a2.set(
             xlabel="SHAP value (effect on probability)", title="Per row (colour: numeric value, low blue - high red)"
