@@ -24,7 +24,13 @@ test: $(STAMP)
 	$(PY) -m ruff format --check audit tests bench
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP)
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(PY) bench/run.py $(ARGS)
 
 lint: $(STAMP)

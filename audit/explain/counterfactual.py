@@ -23,7 +23,7 @@ on the training rows (its standard deviation where the MAD is 0), plus 1 per cha
 
 Constraints (:class:`Constraints`): immutable features, allowed ranges, monotone directions, allowed category
 transitions, integer features (detected from the training values unless given), and the training support (numerics
-within the training min/max, categoricals on levels seen in training). :func:`constraint_violations` checks a
+within the training min/max, categoricals on levels seen in training, never changed to the ``missing`` level). :func:`constraint_violations` checks a
 result against them independently of the search.
 """
 
@@ -34,7 +34,7 @@ from typing import Literal
 
 import numpy as np
 
-from audit.data import Schema
+from audit.data import MISSING_LEVEL, Schema
 from audit.explain._common import PredictFn, as_generator
 
 
@@ -202,7 +202,9 @@ class _Space:
             col = training[:, j]
             x = X[:, j]
             if f.is_categorical:
-                vals = np.unique(col[col < len(f.levels)])  # levels seen in training
+                vals = np.unique(col[col < len(f.levels)])  # levels seen in training, but never "missing":
+                if MISSING_LEVEL in f.levels:  # "stop reporting your occupation" is no recourse
+                    vals = vals[vals != f.levels.index(MISSING_LEVEL)]
                 ok = vals[None, :] != x[:, None]
                 if f.name in constraints.transitions:
                     table = constraints.transitions[f.name]
@@ -612,7 +614,8 @@ def constraint_violations(
                 counts["immutable"] += f.name in constraints.immutable
                 if f.is_categorical:
                     seen = set(np.unique(training[:, j]).tolist())
-                    counts["support"] += b not in seen or b >= len(f.levels)
+                    to_missing = MISSING_LEVEL in f.levels and b == f.levels.index(MISSING_LEVEL)
+                    counts["support"] += b not in seen or b >= len(f.levels) or to_missing
                     if f.name in constraints.transitions:
                         targets = constraints.transitions[f.name].get(f.levels[int(a)] if a < len(f.levels) else "", [])
                         counts["transition"] += f.levels[int(b)] not in targets

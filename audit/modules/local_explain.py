@@ -257,8 +257,8 @@ class ShapModule:
     @staticmethod
     def _waterfalls(sv, X, idx, rows, schema) -> Figure:
         names = sv.feature_names
-        fig, axes = subplots(1, len(rows), figsize=(4.2 * len(rows), 0.3 * len(names) + 1.8), squeeze=False)
-        for ax, r in zip(axes[0], rows, strict=True):
+        fig, axes = subplots(len(rows), 1, figsize=(8, len(rows) * (0.28 * len(names) + 1.2)), squeeze=False)
+        for ax, r in zip(axes[:, 0], rows, strict=True):
             v = sv.values[r]
             order = np.argsort(-np.abs(v), kind="stable")
             start = sv.base_value
