@@ -233,6 +233,36 @@ class LocalConfig(_Section):
     counterfactuals: CounterfactualConfig = CounterfactualConfig()
 
 
+class GradientsConfig(_Section):
+    enabled: bool = True
+    steps: PosInt = 32
+    max_completeness_error: Annotated[float, Field(gt=0.0)] = 1e-3
+
+
+class ActivationsConfig(_Section):
+    enabled: bool = True
+    sample_size: PosInt = 2000
+    tsne: bool = False
+    max_dead_share: Probability = 0.2
+
+
+class UncertaintyConfig(_Section):
+    enabled: bool = True
+    passes: Annotated[int, Field(ge=2)] = 30
+    level: Fraction = 0.9
+    max_group_ratio: Annotated[float, Field(ge=1.0)] = 1.5
+
+
+class NetworkConfig(_Section):
+    """Inside the built-in network: architecture and training history, gradients, activations, uncertainty."""
+
+    enabled: bool = True
+    architecture: bool = True
+    gradients: GradientsConfig = GradientsConfig()
+    activations: ActivationsConfig = ActivationsConfig()
+    uncertainty: UncertaintyConfig = UncertaintyConfig()
+
+
 class DerivedFeature(_Section):
     """A sensitive feature derived from another column by a regular expression (its first group)."""
 
@@ -332,6 +362,7 @@ class AuditConfig(_Section):
     modules: ModulesConfig = ModulesConfig()
     fairness: FairnessConfig = FairnessConfig()
     local: LocalConfig = LocalConfig()
+    network: NetworkConfig = NetworkConfig()
     report: ReportConfig = ReportConfig()
     base_dir: str = Field(default=".", exclude=True)
 

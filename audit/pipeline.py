@@ -42,6 +42,7 @@ def default_modules() -> list[AuditModule]:
     from audit.modules.fairness import FairnessModule
     from audit.modules.global_explain import AleModule, InteractionModule, PartialDependenceModule, PermutationModule
     from audit.modules.local_explain import CounterfactualModule, LimeModule, ShapModule
+    from audit.modules.network import ActivationsModule, ArchitectureModule, GradientsModule, UncertaintyModule
     from audit.modules.performance import PerformanceModule
 
     return [
@@ -53,6 +54,10 @@ def default_modules() -> list[AuditModule]:
         ShapModule(),
         LimeModule(),
         CounterfactualModule(),
+        ArchitectureModule(),
+        GradientsModule(),
+        ActivationsModule(),
+        UncertaintyModule(),
         FairnessModule(),
         ComparisonModule(),
     ]

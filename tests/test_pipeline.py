@@ -37,6 +37,10 @@ def test_end_to_end_cli_run_writes_report(workdir, capsys):
         "shap",
         "lime",
         "counterfactuals",
+        "architecture",
+        "gradients",
+        "activations",
+        "uncertainty",
         "fairness",
         "comparison",
     }
@@ -193,6 +197,7 @@ def test_strings_from_data_and_config_are_escaped(tmp_path):
 @pytest.mark.slow
 def test_adult_local_explanations_meet_their_acceptance(tmp_path):
     """On Adult (the shipped config, global modules off to save time): SHAP additive to 1e-6 on every explained row,
+    Integrated Gradients complete to 1e-3,
     every counterfactual re-scored as flipped, zero violations of immutable, range, monotone, transition and integer
     constraints, LIME fidelity and stability reported."""
     import yaml
@@ -212,3 +217,6 @@ def test_adult_local_explanations_meet_their_acceptance(tmp_path):
     assert cf["constraint_violations"] == 0 and cf["rescored_flip_rate"] == 1.0 and cf["validity"] >= 0.95
     lime = report["modules"]["lime"]["summary"]
     assert 0 < lime["mean_fidelity"] <= 1 and 0 <= lime["mean_stability"] <= 1
+    # issue 8: Integrated Gradients complete to 1e-3 (relative) on every explained row
+    assert max(report["modules"]["gradients"]["data"]["completeness_error"]) < 1e-3
+    assert all(report["modules"][m]["status"] == "ok" for m in ("architecture", "activations", "uncertainty"))

@@ -44,9 +44,13 @@ def _embedded(net: nn.Module, pred: NetPredictor, X: np.ndarray) -> torch.Tensor
 
 
 def reference_row(training: np.ndarray, categorical_mask: np.ndarray) -> np.ndarray:
-    """The attribution baseline in code space: numerics at their training mean, categoricals at their mode."""
+    """The attribution baseline in code space: numerics at their training median, categoricals at their mode.
+
+    Medians rather than means: a mean can be a value almost no row has (Adult's mean capital gain is 1,077 where
+    92% of rows have 0), which would put the baseline far from the data.
+    """
     t = np.asarray(training, dtype=np.float64)
-    ref = np.nanmean(t, axis=0)
+    ref = np.nanmedian(t, axis=0)
     for j in np.flatnonzero(categorical_mask):
         vals, counts = np.unique(t[:, j], return_counts=True)
         ref[j] = vals[np.argmax(counts)]
@@ -161,7 +165,7 @@ def integrated_gradients(
     baseline: np.ndarray,
     *,
     steps: int = 32,
-    levels: int = 4,
+    levels: int = 8,
     split: int = 8,
 ) -> GradientAttributions:
     """Integrated Gradients of the positive-class probability, from ``baseline`` to each row of ``X``.
@@ -180,7 +184,7 @@ def integrated_gradients(
         Reference row in code space (see :func:`reference_row`).
     steps : int, default 32
         Initial segments of the path.
-    levels, split : int, default 4 and 8
+    levels, split : int, default 8 and 8
         Segments with a switching ReLU are split ``split`` ways, up to ``levels`` times.
 
     Returns

@@ -1,0 +1,429 @@
+"""Modules that look inside the built-in network: architecture and training, gradients, activations, uncertainty.
+
+Each needs the network itself; for another model (a trusted pickle, a wrapped function) it reports that it does not
+apply instead of failing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from audit.config import AuditConfig
+from audit.explain.neural import hidden_activations, integrated_gradients, mc_dropout, reference_row
+from audit.findings import Finding
+from audit.model.adapter import NetPredictor
+from audit.modules.base import AuditContext, Figure, ModuleResult, Table
+from audit.modules.local_explain import _codes_train, select_instances
+from audit.plotting import subplots, to_png
+
+
+def _not_applicable(name: str, ctx: AuditContext) -> ModuleResult | None:
+    if isinstance(ctx.predictor, NetPredictor):
+        return None
+    return ModuleResult(
+        summary={"applicable": False},
+        findings=[
+            Finding(
+                name, f"not applicable: the model is a {type(ctx.predictor).__name__}, not the built-in network", "info"
+            )
+        ],
+    )
+
+
+class ArchitectureModule:
+    name = "architecture"
+    title = "Network architecture and training"
+
+    def enabled(self, config: AuditConfig) -> bool:
+        return config.network.enabled and config.network.architecture
+
+    def run(self, ctx: AuditContext) -> ModuleResult:
+        na = _not_applicable(self.name, ctx)
+        if na:
+            return na
+        net = ctx.predictor.net
+        pre = ctx.predictor.preprocessing
+        schema = ctx.dataset.schema
+        rows = []
+        width = len(pre.numeric_idx) + sum(e.embedding_dim for e in net.embeddings)
+        rows.append({"layer": "input", "type": "numerics + embeddings", "shape": f"(n, {width})", "parameters": 0})
+        for i, m in enumerate([*net.body, net.head]):
+            kind = type(m).__name__
+            shape = f"(n, {m.out_features})" if hasattr(m, "out_features") else ""
+            extra = f" p={m.p}" if kind == "Dropout" else ""
+            rows.append(
+                {
+                    "layer": "output (logit)" if m is net.head else f"body.{i}",
+                    "type": kind + extra,
+                    "shape": shape,
+                    "parameters": sum(p.numel() for p in m.parameters()),
+                }
+            )
+        emb_rows = [
+            {
+                "feature": schema.features[j].name,
+                "levels (+ unknown)": e.num_embeddings,
+                "embedding dim": e.embedding_dim,
+                "parameters": e.num_embeddings * e.embedding_dim,
+            }
+            for j, e in zip(pre.categorical_idx, net.embeddings, strict=True)
+        ]
+        total = sum(p.numel() for p in net.parameters())
+        history = pd.DataFrame(ctx.model_info.get("history") or [])
+        best = ctx.model_info.get("best_epoch")
+        figures, findings = [], []
+        summary = {"parameters": total, "hidden_layers": len([m for m in net.body if hasattr(m, "out_features")])}
+        if len(history):
+            summary |= {"epochs_run": int(len(history)), "best_epoch": best}
+            fig, (a1, a2) = subplots(1, 2, figsize=(10, 3))
+            a1.plot(history["epoch"], history["train_loss"], marker="o", label="train loss")
+            a1.plot(history["epoch"], history["val_loss"], marker="o", label="validation loss")
+            if "val_auc" in history:
+                a2.plot(history["epoch"], history["val_auc"], marker="o", color="#27ae60")
+            for ax in (a1, a2):
+                if best is not None and best >= 0:
+                    ax.axvline(best, color="grey", ls="--", lw=0.8)
+                ax.set_xlabel("epoch")
+            a1.set(title="Loss (dashed: best epoch, weights restored)")
+            a1.legend(fontsize=8)
+            a2.set(title="Validation ROC AUC")
+            figures.append(
+                Figure("training_history", "Training history; early stopping kept the best epoch.", to_png(fig))
+            )
+            findings.append(
+                Finding(
+                    self.name,
+                    f"{total:,} parameters; trained {len(history)} epochs, best validation loss at epoch {best}",
+                    "info",
+                    evidence={"parameters": total, "epochs": int(len(history)), "best_epoch": best},
+                )
+            )
+        tables = [Table("layers", "Layers", pd.DataFrame(rows), f"{total:,} trainable parameters in all.")]
+        if emb_rows:
+            tables.append(Table("embeddings", "Categorical embeddings", pd.DataFrame(emb_rows)))
+        return ModuleResult(summary=summary, tables=tables, figures=figures, findings=findings)
+
+
+class GradientsModule:
+    name = "gradients"
+    title = "Gradient attributions (Integrated Gradients, saliency)"
+
+    def enabled(self, config: AuditConfig) -> bool:
+        return config.network.enabled and config.network.gradients.enabled
+
+    def run(self, ctx: AuditContext) -> ModuleResult:
+        na = _not_applicable(self.name, ctx)
+        if na:
+            return na
+        gc = ctx.config.network.gradients
+        schema = ctx.dataset.schema
+        names = schema.feature_names
+        idx, _ = select_instances(ctx)
+        base = reference_row(_codes_train(ctx), schema.categorical_mask)
+        res = integrated_gradients(ctx.predictor, ctx.codes_audit[idx], base, steps=gc.steps)
+        err = res.completeness_error
+        mean_ig = np.abs(res.attributions).mean(axis=0)
+        mean_sal = res.saliency.mean(axis=0)
+        table = pd.DataFrame({"feature": names, "mean |IG|": mean_ig, "mean saliency": mean_sal})
+        findings = [
+            Finding(
+                self.name,
+                f"Integrated Gradients completeness: max relative error {err.max():.1e} over {len(err)} rows",
+                "pass" if err.max() <= gc.max_completeness_error else "fail",
+                "info" if err.max() <= gc.max_completeness_error else "medium",
+                {"max_completeness_error": float(err.max()), "median": float(np.median(err))},
+                f"|sum(IG) - (f(x) - f(baseline))| / |f(x) - f(baseline)| <= {gc.max_completeness_error:g}",
+            )
+        ]
+        summary = {
+            "instances": len(idx),
+            "baseline_prediction": res.baseline_prediction,
+            "max_completeness_error": float(err.max()),
+            "mean_path_points": float(res.steps.mean()),
+        }
+        shap_res = ctx.results.get("shap")
+        if shap_res is not None and np.array_equal(shap_res.data["rows"], idx):
+            phi = np.abs(np.asarray(shap_res.data["values"]))
+            table["mean |SHAP|"] = phi.mean(axis=0)
+            rho = [stats.spearmanr(np.abs(a), b).statistic for a, b in zip(res.attributions, phi, strict=True)]
+            rho = np.array([r for r in rho if np.isfinite(r)])
+            summary["mean_rank_correlation_with_shap"] = float(rho.mean()) if len(rho) else None
+            findings.append(
+                Finding(
+                    self.name,
+                    f"IG and SHAP rank features alike: mean per-row Spearman correlation {rho.mean():.2f}",
+                    "info",
+                    evidence={"mean_spearman": float(rho.mean()) if len(rho) else None},
+                )
+            )
+        table = table.sort_values("mean |IG|", ascending=False, kind="stable")
+        fig, ax = subplots(figsize=(7, 0.32 * len(names) + 1.2))
+        t = table.iloc[::-1]
+        y = np.arange(len(t))
+        cols = [c for c in ("mean |IG|", "mean |SHAP|") if c in t]
+        for k, c in enumerate(cols):
+            v = t[c].to_numpy()
+            ax.barh(y + 0.4 * k - 0.2 * (len(cols) - 1), v / max(v.max(), 1e-12), height=0.4, label=c)
+        ax.set_yticks(y, t["feature"])
+        ax.set(xlabel="share of the largest value", title="Attribution magnitude per feature")
+        ax.legend(fontsize=8)
+        return ModuleResult(
+            summary=summary,
+            tables=[
+                Table(
+                    "gradient_attributions",
+                    "Gradient attributions per feature",
+                    table,
+                    "Integrated Gradients from a reference row (training medians, most frequent levels) through the "
+                    "embeddings, summed back to one value per raw feature, computed exactly on each linear piece of "
+                    "the ReLU network; saliency is the gradient norm at the row.",
+                )
+            ],
+            figures=[Figure("gradients", "Mean |IG| per feature, beside mean |SHAP| when both ran.", to_png(fig))],
+            findings=findings,
+            data={"rows": idx, "attributions": res.attributions, "completeness_error": err},
+        )
+
+
+class ActivationsModule:
+    name = "activations"
+    title = "Hidden-layer activations and representation"
+
+    def enabled(self, config: AuditConfig) -> bool:
+        return config.network.enabled and config.network.activations.enabled
+
+    def run(self, ctx: AuditContext) -> ModuleResult:
+        na = _not_applicable(self.name, ctx)
+        if na:
+            return na
+        ac = ctx.config.network.activations
+        layers = hidden_activations(ctx.predictor, ctx.codes_audit)
+        rows = [
+            {
+                "layer": a.name,
+                "units": len(a.active_share),
+                "dead (never active)": int(a.dead.sum()),
+                "always active": int(a.always_active.sum()),
+                "mean active share": float(a.active_share.mean()),
+            }
+            for a in layers
+        ]
+        table = pd.DataFrame(rows)
+        dead_share = table["dead (never active)"].sum() / max(table["units"].sum(), 1)
+        findings = [
+            Finding(
+                self.name,
+                f"{table['dead (never active)'].sum()} of {table['units'].sum()} hidden units are dead on the audit rows",
+                "pass" if dead_share <= ac.max_dead_share else "fail",
+                "info" if dead_share <= ac.max_dead_share else "low",
+                {"dead_share": float(dead_share)},
+                f"dead share <= {ac.max_dead_share:g}",
+            )
+        ]
+        figures = [self._distributions(layers)]
+        data = {"layers": rows}
+        if layers:
+            rng = np.random.default_rng(ctx.seed_for(self.name))
+            n = len(ctx.codes_audit)
+            sample = np.sort(rng.choice(n, size=min(ac.sample_size, n), replace=False))
+            H = layers[-1].values[sample]
+            fig, probe = self._projection(ctx, H, sample, ac.tsne, rng)
+            figures.append(fig)
+            if probe:
+                findings += [
+                    Finding(
+                        self.name,
+                        f"{feat} is linearly decodable from the last hidden layer with ROC AUC {auc:.2f}",
+                        "info",
+                        evidence={"probe_auc": auc},
+                    )
+                    for feat, auc in probe.items()
+                ]
+                data["probe_auc"] = probe
+        return ModuleResult(
+            summary={"dead_share": float(dead_share), "layers": len(layers)},
+            tables=[
+                Table(
+                    "activations",
+                    "Hidden units",
+                    table,
+                    f"ReLU outputs on all {len(ctx.codes_audit)} audit rows. Dead: never above 0; always active: never "
+                    "cut by the ReLU (the unit acts linearly).",
+                )
+            ],
+            figures=figures,
+            findings=findings,
+            data=data,
+        )
+
+    @staticmethod
+    def _distributions(layers) -> Figure:
+        fig, axes = subplots(1, 2, figsize=(10, 3))
+        for a in layers:
+            axes[0].hist(a.active_share, bins=20, range=(0, 1), alpha=0.6, label=a.name)
+            v = a.values.ravel()
+            axes[1].hist(v[v > 0], bins=40, alpha=0.6, label=a.name, log=True)
+        axes[0].set(xlabel="share of rows where the unit is active", ylabel="units", title="Unit activity")
+        axes[1].set(xlabel="activation (when > 0)", ylabel="count (log)", title="Activation values")
+        axes[0].legend(fontsize=8)
+        return Figure(
+            "activation_distributions", "Per-unit activity and activation values per hidden layer.", to_png(fig)
+        )
+
+    def _projection(self, ctx: AuditContext, H, sample, tsne: bool, rng):
+        from sklearn.decomposition import PCA
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.model_selection import cross_val_score
+
+        from audit.modules.fairness import groupings
+
+        schema = ctx.dataset.schema
+        proj = PCA(n_components=2, random_state=0).fit_transform(H) if H.shape[1] >= 2 else np.c_[H, H]
+        methods = [("PCA", proj)]
+        if tsne:
+            from sklearn.manifold import TSNE
+
+            methods.append(("t-SNE", TSNE(n_components=2, random_state=int(rng.integers(2**31 - 1))).fit_transform(H)))
+        sens = list(schema.sensitive)
+        groups = groupings(ctx.X_audit.iloc[sample].reset_index(drop=True), ctx.config, sens) if sens else {}
+        ncol = 3
+        fig, axes = subplots(len(methods), ncol, figsize=(12, 3.6 * len(methods)), squeeze=False)
+        for r, (mname, P) in enumerate(methods):
+            axes[r, 0].scatter(P[:, 0], P[:, 1], c=ctx.y_audit[sample], cmap="coolwarm", s=5)
+            axes[r, 0].set(title=f"{mname}: coloured by label")
+            axes[r, 1].scatter(P[:, 0], P[:, 1], c=ctx.proba_audit[sample], cmap="viridis", s=5)
+            axes[r, 1].set(title=f"{mname}: coloured by predicted probability")
+            if sens:
+                lab = groups[sens[0]]
+                for g in sorted(set(lab.tolist())):
+                    m = lab == g
+                    axes[r, 2].scatter(P[m, 0], P[m, 1], s=5, label=str(g)[:20], alpha=0.6)
+                axes[r, 2].legend(fontsize=7, markerscale=2)
+                axes[r, 2].set(title=f"{mname}: coloured by {sens[0]}")
+            else:
+                axes[r, 2].axis("off")
+        probe = {}
+        for s in sens:
+            lab = groups[s]
+            values, counts = np.unique(lab, return_counts=True)
+            target = (lab == values[np.argmax(counts)]).astype(int)
+            if 10 <= target.sum() <= len(target) - 10:
+                clf = LogisticRegression(max_iter=500)
+                probe[s] = float(cross_val_score(clf, H, target, cv=3, scoring="roc_auc").mean())
+        return (
+            Figure(
+                "representation",
+                "The last hidden layer projected to 2-D, coloured by label, prediction and the first sensitive feature. "
+                "Probe: a logistic regression on the layer predicting the largest group vs the rest (3-fold ROC AUC).",
+                to_png(fig),
+            ),
+            probe,
+        )
+
+
+class UncertaintyModule:
+    name = "uncertainty"
+    title = "Predictive uncertainty (Monte Carlo dropout)"
+
+    def enabled(self, config: AuditConfig) -> bool:
+        return config.network.enabled and config.network.uncertainty.enabled
+
+    def run(self, ctx: AuditContext) -> ModuleResult:
+        na = _not_applicable(self.name, ctx)
+        if na:
+            return na
+        from audit.modules.fairness import groupings
+
+        uc = ctx.config.network.uncertainty
+        thr = ctx.config.model.threshold
+        u = mc_dropout(
+            ctx.predictor, ctx.codes_audit, passes=uc.passes, level=uc.level, random_state=ctx.seed_for(self.name)
+        )
+        straddle = (u.low < thr) & (u.high >= thr)
+        findings = []
+        if u.dropout == 0:
+            findings.append(
+                Finding(
+                    self.name,
+                    "the network has no dropout, so Monte Carlo dropout shows no spread; train with model.dropout > 0",
+                    "info",
+                )
+            )
+        findings.append(
+            Finding(
+                self.name,
+                f"{straddle.mean():.1%} of decisions have a {uc.level:.0%} MC-dropout interval that straddles the "
+                f"threshold {thr:g}",
+                "info",
+                evidence={"straddle_share": float(straddle.mean()), "mean_std": float(u.std.mean())},
+            )
+        )
+        rows = []
+        sens = list(ctx.dataset.schema.sensitive)
+        if sens:
+            groups = groupings(ctx.X_audit, ctx.config, sens)
+            for s in sens:
+                lab = groups[s]
+                sub = []
+                for g in sorted(set(lab.tolist())):
+                    m = lab == g
+                    if m.sum() < ctx.config.fairness.min_group_size:
+                        continue
+                    sub.append(
+                        {
+                            "feature": s,
+                            "group": g,
+                            "rows": int(m.sum()),
+                            "mean std": float(u.std[m].mean()),
+                            "mean interval width": float((u.high - u.low)[m].mean()),
+                            "straddling share": float(straddle[m].mean()),
+                        }
+                    )
+                rows += sub
+                if len(sub) >= 2 and u.dropout > 0:
+                    stds = [r["mean std"] for r in sub]
+                    ratio = max(stds) / max(min(stds), 1e-12)
+                    hi = sub[int(np.argmax(stds))]["group"]
+                    findings.append(
+                        Finding(
+                            self.name,
+                            f"uncertainty by {s}: group {hi} has {ratio:.2f}x the mean spread of the least uncertain group",
+                            "pass" if ratio <= uc.max_group_ratio else "fail",
+                            "info" if ratio <= uc.max_group_ratio else "low",
+                            {"ratio": ratio},
+                            f"max/min mean std across groups <= {uc.max_group_ratio:g}",
+                        )
+                    )
+        fig, (a1, a2) = subplots(1, 2, figsize=(10, 3))
+        a1.hist(u.std, bins=40, color="#8e44ad")
+        a1.set(
+            xlabel="std of the predicted probability", ylabel="rows", title=f"MC dropout spread ({uc.passes} passes)"
+        )
+        a2.scatter(u.mean, u.high - u.low, s=3, alpha=0.4)
+        a2.axvline(thr, color="black", lw=0.8)
+        a2.set(xlabel="mean predicted probability", ylabel=f"{uc.level:.0%} interval width", title="Spread vs score")
+        tables = []
+        if rows:
+            tables.append(
+                Table(
+                    "uncertainty_by_group",
+                    "Uncertainty by sensitive group",
+                    pd.DataFrame(rows),
+                    "Groups smaller than fairness.min_group_size are left out.",
+                )
+            )
+        return ModuleResult(
+            summary={
+                "method": f"MC dropout, {uc.passes} passes, p={u.dropout:g}",
+                "mean_std": float(u.std.mean()),
+                "straddle_share": float(straddle.mean()),
+            },
+            tables=tables,
+            figures=[
+                Figure("uncertainty", "Distribution of MC-dropout spread and interval width by score.", to_png(fig))
+            ],
+            findings=findings,
+            data={"std": u.std, "low": u.low, "high": u.high},
+        )
