@@ -345,11 +345,27 @@ class CompareConfig(_Section):
     gate: bool = False
 
 
+class ModelCard(_Section):
+    """Free-text model card fields, shown in the report (escaped) and stored in report.json."""
+
+    model_name: str | None = None
+    owner: str | None = None
+    version: str | None = None
+    intended_use: str | None = None
+    out_of_scope_use: str | None = None
+    training_data: str | None = None
+    limitations: str | None = None
+    ethical_considerations: str | None = None
+    contact: str | None = None
+    extra: dict[str, str] = Field(default_factory=dict)
+
+
 class ReportConfig(_Section):
     output_dir: str = "reports"
     compare: CompareConfig = CompareConfig()
     title: str | None = None
-    formats: list[Literal["json", "html"]] = Field(default_factory=lambda: ["json", "html"])
+    formats: list[Literal["json", "html", "pdf"]] = Field(default_factory=lambda: ["json", "html"])
+    model_card: ModelCard = ModelCard()
 
 
 class AuditConfig(_Section):

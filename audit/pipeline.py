@@ -290,6 +290,10 @@ def run_audit(
             from audit.modules.local_explain import check_local_config
 
             check_local_config(cfg, ds)
+            if "pdf" in cfg.report.formats:
+                from audit.report.writer import check_pdf_support
+
+                check_pdf_support()
         run.dataset = ds
         if write:
             _remove_stale_runs(out_root)
@@ -438,15 +442,19 @@ def _exit_code(run: AuditRun) -> int:
 
 
 def _write(run: AuditRun, ds: Dataset, tmp_dir: Path, out_root: Path) -> None:
-    from audit.report.writer import build_report_json, render_html, write_json
+    from audit.report.writer import build_report_json, render_html, write_json, write_pdf
 
     t0 = time.perf_counter()
     report = build_report_json(run, ds, dataset_fingerprint(ds))
     formats = run.config.report.formats
     if "json" in formats:
         write_json(report, tmp_dir / "report.json")
-    if "html" in formats:
-        (tmp_dir / "report.html").write_text(render_html(report, run), encoding="utf-8")
+    if "html" in formats or "pdf" in formats:
+        html = render_html(report, run)
+        if "html" in formats:
+            (tmp_dir / "report.html").write_text(html, encoding="utf-8")
+        if "pdf" in formats:
+            write_pdf(html, tmp_dir / "report.pdf")
     final = out_root / run.run_id
     (tmp_dir / ".pid").unlink(missing_ok=True)
     os.replace(tmp_dir, final)

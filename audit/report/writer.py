@@ -16,7 +16,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from audit import __version__
 from audit.data import Dataset
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: model_card; see audit/report/report.schema.json
 _PACKAGES = (
     "numpy",
     "pandas",
@@ -90,6 +90,7 @@ def build_report_json(run, ds: Dataset, fingerprint: str) -> dict[str, Any]:
         },
         "findings": findings,
         "modules": modules,
+        "model_card": dict(model_card_fields(cfg)),
         "provenance": {
             "config": cfg.model_dump(mode="json"),
             "config_hash": cfg.config_hash(),
@@ -114,6 +115,50 @@ def build_report_json(run, ds: Dataset, fingerprint: str) -> dict[str, Any]:
         },
     }
     return to_jsonable(report)
+
+
+def check_pdf_support() -> None:
+    """Raise ConfigError when ``report.formats`` asks for a PDF but WeasyPrint cannot be imported."""
+    from audit.errors import ConfigError
+
+    try:
+        import weasyprint  # noqa: F401
+    except (ImportError, OSError) as exc:  # OSError: the system libraries (pango) are missing
+        raise ConfigError(
+            f"report.formats: 'pdf' needs WeasyPrint, which cannot be loaded ({exc.__class__.__name__}); install the "
+            "pdf extra (.venv/bin/pip install -e '.[pdf]') or remove 'pdf' from report.formats"
+        ) from None
+
+
+def write_pdf(html: str, path: Path) -> int:
+    """Render the report's HTML to PDF with WeasyPrint (print CSS: A4, a page per section); returns the page count."""
+    import logging
+
+    import weasyprint
+
+    logging.getLogger("weasyprint").setLevel(logging.ERROR)
+    logging.getLogger("fontTools").setLevel(logging.ERROR)
+    doc = weasyprint.HTML(string=html, base_url=str(path.parent)).render()
+    doc.write_pdf(path)
+    return len(doc.pages)
+
+
+def model_card_fields(cfg) -> list[tuple[str, str]]:
+    """(label, text) for every model-card field the config fills, in a fixed order."""
+    card = cfg.report.model_card
+    labels = {
+        "model_name": "Model",
+        "owner": "Owner",
+        "version": "Version",
+        "intended_use": "Intended use",
+        "out_of_scope_use": "Out-of-scope use",
+        "training_data": "Training data",
+        "limitations": "Limitations",
+        "ethical_considerations": "Ethical considerations",
+        "contact": "Contact",
+    }
+    out = [(label, getattr(card, key)) for key, label in labels.items() if getattr(card, key)]
+    return out + list(card.extra.items())
 
 
 def write_json(report: dict[str, Any], path: Path) -> None:
@@ -176,5 +221,9 @@ def render_html(report: dict[str, Any], run) -> str:
     findings = sorted(run.findings, key=lambda f: (order[f.status], sev[f.severity]))
     template = env.get_template("report.html.j2")
     return template.render(
-        report=report, sections=sections, findings=findings, provenance_json=json.dumps(report["provenance"], indent=1)
+        report=report,
+        sections=sections,
+        findings=findings,
+        model_card=model_card_fields(run.config),
+        provenance_json=json.dumps(report["provenance"], indent=1),
     )

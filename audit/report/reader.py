@@ -1,0 +1,122 @@
+"""Read an audit's ``report.json`` back: validated against the published schema, with typed accessors.
+
+Examples
+--------
+>>> from audit.report import read_report  # doctest: +SKIP
+>>> rep = read_report("reports/adult/latest")  # doctest: +SKIP
+>>> rep.verdict, [f.title for f in rep.failed(gating_only=True)]  # doctest: +SKIP
+('pass', [])
+>>> rep.table("permutation_importance", "importance").head()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from audit.findings import Finding
+
+SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
+
+
+class ReportSchemaError(ValueError):
+    """A report.json does not match the published schema."""
+
+
+@cache
+def report_schema() -> dict[str, Any]:
+    """The JSON Schema of report.json (``audit/report/report.schema.json``)."""
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def validate_report(report: dict[str, Any]) -> None:
+    """Raise :class:`ReportSchemaError` naming the first place where ``report`` breaks the schema."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(report_schema())
+    errors = sorted(validator.iter_errors(report), key=lambda e: list(e.absolute_path))
+    if errors:
+        e = errors[0]
+        where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
+        raise ReportSchemaError(f"report.json does not match the schema at {where}: {e.message}")
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    """One run's report.json, with accessors for what a scheduler or a reviewer's script reads."""
+
+    raw: dict[str, Any]
+    path: Path | None = None
+
+    @property
+    def verdict(self) -> str:
+        """``pass``, ``fail`` (a gating finding failed) or ``error`` (a module or the model failed)."""
+        return self.raw["audit"]["verdict"]
+
+    @property
+    def exit_code(self) -> int:
+        return self.raw["audit"]["exit_code"]
+
+    @property
+    def run_id(self) -> str:
+        return self.raw["audit"]["run_id"]
+
+    @property
+    def findings(self) -> list[Finding]:
+        return [Finding(**f) for f in self.raw["findings"]]
+
+    def failed(self, *, gating_only: bool = False) -> list[Finding]:
+        """Findings whose status is ``fail`` (only those that gate the exit code, with ``gating_only``)."""
+        return [f for f in self.findings if f.status == "fail" and (f.gating or not gating_only)]
+
+    @property
+    def modules(self) -> list[str]:
+        return list(self.raw["modules"])
+
+    def module(self, name: str) -> dict[str, Any]:
+        """One module's entry (status, summary, tables, data); KeyError lists the modules there are."""
+        try:
+            return self.raw["modules"][name]
+        except KeyError:
+            raise KeyError(f"no module {name!r} in this report; it has {self.modules}") from None
+
+    def summary(self, name: str) -> dict[str, Any]:
+        return self.module(name).get("summary", {})
+
+    def table(self, module: str, name: str) -> pd.DataFrame:
+        """A module's table as a DataFrame."""
+        tables = self.module(module).get("tables", {})
+        if name not in tables:
+            raise KeyError(f"module {module!r} has no table {name!r}; it has {list(tables)}")
+        return pd.DataFrame(tables[name]["rows"])
+
+    @property
+    def model_card(self) -> dict[str, str]:
+        return self.raw["model_card"]
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        return self.raw["provenance"]
+
+
+def read_report(path: str | Path, *, validate: bool = True) -> AuditReport:
+    """Load a report from a run folder (``reports/adult/latest``) or a report.json path.
+
+    Parameters
+    ----------
+    path : str or Path
+    validate : bool, default True
+        Check it against the published JSON Schema first (:class:`ReportSchemaError` if it does not match).
+    """
+    p = Path(path)
+    if p.is_dir():
+        p = p / "report.json"
+    raw = json.loads(p.read_text(encoding="utf-8"))
+    if validate:
+        validate_report(raw)
+    return AuditReport(raw, p)
