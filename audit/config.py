@@ -178,6 +178,15 @@ class InstanceSelection(_Section):
     per_group: Annotated[int, Field(ge=0)] = 5
     max_instances: PosInt = 200
 
+    @model_validator(mode="after")
+    def _selects_something(self) -> InstanceSelection:
+        if not (self.ids or self.random or self.declined or self.borderline or self.per_group):
+            raise ValueError(
+                "selects no rows; give ids or a count above 0 (random, declined, borderline, per_group), "
+                "or set local.enabled: false"
+            )
+        return self
+
 
 class BackgroundConfig(_Section):
     """Reference rows for SHAP, drawn from the training split."""

@@ -179,6 +179,12 @@ CASES = [
         "local.instances.ids: [100000] out of range; the audit (test) rows are numbered 0 to 239",
     ),
     (
+        "local explanations with no rows selected",
+        None,
+        _cfg(**{"local.instances": {"random": 0, "declined": 0, "borderline": 0, "per_group": 0}}),
+        "local.instances: selects no rows; give ids or a count above 0",
+    ),
+    (
         "counterfactual constraint on unknown feature",
         _data(F()),
         _cfg(**{"local.counterfactuals.immutable": ["x9"]}),

@@ -399,12 +399,14 @@ def counterfactuals(
         pick = (rank < n_feats[:, :, None]) & np.isfinite(keys)
         C = np.broadcast_to(X[:, None, :], (n, n_random, m)).copy()
         donor_half = np.arange(n_random) >= n_random // 2
-        p_train = score(training)
-        pos_rows, neg_rows = np.flatnonzero(p_train >= threshold), np.flatnonzero(p_train < threshold)
+        donor_rows = rng.choice(len(training), size=min(len(training), 20000), replace=False)  # bounded cost
+        p_train = score(training[donor_rows])
+        pos_rows = donor_rows[p_train >= threshold]
+        neg_rows = donor_rows[p_train < threshold]
         donors = np.empty((n, n_random), dtype=np.int64)
         for want_pos, pool_rows in ((True, pos_rows), (False, neg_rows)):
             sel = target_pos == want_pos
-            src = pool_rows if len(pool_rows) else np.arange(len(training))
+            src = pool_rows if len(pool_rows) else donor_rows
             donors[sel] = src[rng.integers(0, len(src), size=(int(sel.sum()), n_random))]
         owner = np.repeat(np.arange(n), n_random)
         for j in range(m):

@@ -199,7 +199,10 @@ class ActivationsModule:
         if na:
             return na
         ac = ctx.config.network.activations
-        layers = hidden_activations(ctx.predictor, ctx.codes_audit)
+        rng = np.random.default_rng(ctx.seed_for(self.name))
+        n = len(ctx.codes_audit)
+        rows_used = np.sort(rng.choice(n, size=min(n, 50_000), replace=False))  # bounds memory on large audits
+        layers = hidden_activations(ctx.predictor, ctx.codes_audit[rows_used])
         rows = [
             {
                 "layer": a.name,
@@ -225,10 +228,9 @@ class ActivationsModule:
         figures = [self._distributions(layers)]
         data = {"layers": rows}
         if layers:
-            rng = np.random.default_rng(ctx.seed_for(self.name))
-            n = len(ctx.codes_audit)
-            sample = np.sort(rng.choice(n, size=min(ac.sample_size, n), replace=False))
-            H = layers[-1].values[sample]
+            pick = np.sort(rng.choice(len(rows_used), size=min(ac.sample_size, len(rows_used)), replace=False))
+            sample = rows_used[pick]
+            H = layers[-1].values[pick]
             fig, probe = self._projection(ctx, H, sample, ac.tsne, rng)
             figures.append(fig)
             if probe:
@@ -249,7 +251,8 @@ class ActivationsModule:
                     "activations",
                     "Hidden units",
                     table,
-                    f"ReLU outputs on all {len(ctx.codes_audit)} audit rows. Dead: never above 0; always active: never "
+                    f"ReLU outputs on {len(rows_used)} audit rows (all, up to 50,000). Dead: never above 0; always "
+                    "active: never "
                     "cut by the ReLU (the unit acts linearly).",
                 )
             ],
