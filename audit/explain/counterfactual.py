@@ -271,6 +271,7 @@ def counterfactuals(
     plausibility_quantile: float | None = 0.99,
     plausibility_sample: int = 2000,
     random_state: int | np.random.Generator | None = None,
+    escalate: int = 2,
 ) -> Counterfactuals:
     """Up to ``k`` counterfactuals per row of ``X`` that flip the decision ``predict(x) >= threshold``.
 
@@ -309,11 +310,64 @@ def counterfactuals(
     plausibility_sample : int, default 2000
         Training rows used for the plausibility check.
     random_state : int, Generator or None
+    escalate : int, default 2
+        For instances left without a counterfactual, search again (up to this many times) with twice the beam, four
+        times the random candidates and two more changes allowed.
 
     Returns
     -------
     Counterfactuals
     """
+    first = _search(
+        predict, X, training, schema=schema, constraints=constraints, threshold=threshold, k=k,
+        max_changes=max_changes, grid_size=grid_size, n_random=n_random, n_refine=n_refine, beam_width=beam_width,
+        sparsity_weight=sparsity_weight, plausibility_quantile=plausibility_quantile,
+        plausibility_sample=plausibility_sample, random_state=random_state,
+    )  # fmt: skip
+    missing = np.flatnonzero(~first.found)
+    if len(missing) == 0 or escalate == 0:
+        return first
+    # try harder where nothing was found: wider beam, more random candidates, more changes allowed
+    rng = as_generator(random_state)
+    more = counterfactuals(
+        predict, first.instances[missing], training, schema=schema, constraints=constraints, threshold=threshold,
+        k=k, max_changes=min(max_changes + 2, len(schema.features)), grid_size=grid_size, n_random=4 * n_random,
+        n_refine=n_refine, beam_width=2 * beam_width, sparsity_weight=sparsity_weight,
+        plausibility_quantile=plausibility_quantile, plausibility_sample=plausibility_sample,
+        random_state=int(rng.integers(2**31 - 1)), escalate=escalate - 1,
+    )  # fmt: skip
+    arrays = {}
+    for name in ("counterfactuals", "prediction", "cost", "n_changed", "neighbour_distance"):
+        a = getattr(first, name).copy()
+        a[missing] = getattr(more, name)
+        arrays[name] = a
+    return Counterfactuals(
+        first.instances, first.original_prediction, arrays["counterfactuals"], arrays["prediction"], arrays["cost"],
+        arrays["n_changed"], arrays["neighbour_distance"], first.scale, first.feature_names, first.categorical_mask,
+        threshold, first.plausibility_threshold, first.rows_evaluated + more.rows_evaluated,
+    )  # fmt: skip
+
+
+def _search(
+    predict: PredictFn,
+    X: np.ndarray,
+    training: np.ndarray,
+    *,
+    schema: Schema,
+    constraints: Constraints | None = None,
+    threshold: float = 0.5,
+    k: int = 1,
+    max_changes: int = 5,
+    grid_size: int = 50,
+    n_random: int = 300,
+    n_refine: int = 10,
+    sparsity_weight: float = 3.0,
+    plausibility_quantile: float | None = 0.99,
+    plausibility_sample: int = 2000,
+    random_state: int | np.random.Generator | None = None,
+    beam_width: int = 5,
+) -> Counterfactuals:
+    """The search behind :func:`counterfactuals` (one pass, fixed effort)."""
     constraints = constraints or Constraints()
     constraints.validate(schema)
     if k < 1 or max_changes < 1:
@@ -439,7 +493,11 @@ def counterfactuals(
     owner, C = C[:, 0].astype(np.int64), C[:, 1:]
     plaus_thr = np.inf
     if plausibility_quantile is not None:
-        ref = training[rng.choice(len(training), size=min(plausibility_sample, len(training)), replace=False)]
+        # a fixed sample of the training rows: the same threshold for every call on the same data
+        ref_rows = np.random.default_rng(0).choice(
+            len(training), size=min(plausibility_sample, len(training)), replace=False
+        )
+        ref = training[np.sort(ref_rows)]
         self_d = _nearest_distance(ref, ref, scale, cat, exclude_self=True)
         plaus_thr = float(np.quantile(self_d, plausibility_quantile)) + 1e-9
         ok = _nearest_distance(C, ref, scale, cat) <= plaus_thr
