@@ -347,3 +347,19 @@ def test_counterfactuals_on_the_trained_net(tiny_model):
     rescored = pred.predict_proba(schema.from_codes(res.counterfactuals[ok, 0]))  # the DataFrame path
     assert (rescored >= 0.5).all()
     assert sum(constraint_violations(res, T, schema=schema, constraints=cons).values()) == 0
+
+
+def test_instances_left_without_a_counterfactual_are_searched_again_harder():
+    # flipping needs two changes at once (income >= 90 and debt <= 5); one pass allows only one change
+    schema, T = _cf_schema(), _cf_data()
+
+    def f(A):
+        return 1 / (1 + np.exp(-(10.0 * ((A[:, 0] >= 90) & (A[:, 2] <= 5)) - 5)))
+
+    x = T[:1].copy()
+    x[0, 0], x[0, 2] = 40, 30
+    kw = dict(schema=schema, max_changes=1, plausibility_quantile=None, random_state=0)
+    assert not counterfactuals(f, x, T, escalate=0, **kw).found[0]
+    res = counterfactuals(f, x, T, escalate=1, **kw)
+    assert res.found[0] and f(res.counterfactuals[:, 0])[0] >= 0.5
+    assert {c[0] for c in res.changes(0)} >= {"income", "debt"}
