@@ -363,3 +363,18 @@ def test_instances_left_without_a_counterfactual_are_searched_again_harder():
     res = counterfactuals(f, x, T, escalate=1, **kw)
     assert res.found[0] and f(res.counterfactuals[:, 0])[0] >= 0.5
     assert {c[0] for c in res.changes(0)} >= {"income", "debt"}
+
+
+def test_counterfactual_of_a_row_outside_the_training_support_stays_inside_it():
+    # valid iff income <= 120, the row has income 150 but training incomes stop at 99: the nearest allowed flip is 99
+    schema, T = _cf_schema(), _cf_data()
+
+    def f(A):
+        return 1 / (1 + np.exp(-(120.5 - A[:, 0])))
+
+    x = T[:1].copy()
+    x[0, 0] = 150
+    cons = Constraints(immutable=("age", "debt", "job", "sex"))
+    res = counterfactuals(f, x, T, schema=schema, constraints=cons, plausibility_quantile=None, random_state=0)
+    assert res.changes(0) == [("income", 150.0, T[:, 0].max())]
+    assert constraint_violations(res, T, schema=schema, constraints=cons)["support"] == 0

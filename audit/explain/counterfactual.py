@@ -537,9 +537,12 @@ def _search(
 
         def at(t, x0=x0, x1=x1, j=j):
             v = x0 + t * (x1 - x0)
+            lo, hi = space.lo[j], space.hi[j]
             if space.integer[j]:
                 v = x0 + np.sign(x1 - x0) * np.ceil(np.abs(v - x0) - 1e-9)
-            return v
+                lo, hi = np.ceil(lo), np.floor(hi)
+            # the row itself may lie outside the training support or the allowed range; its counterfactual may not
+            return np.clip(v, lo, hi)
 
         for _ in range(12):
             mid = (lo_t + hi_t) / 2
