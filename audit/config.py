@@ -197,6 +197,7 @@ class BackgroundConfig(_Section):
 
 class ShapConfig(_Section):
     enabled: bool = True
+    engine: Literal["audit", "shap"] = "audit"
     method: Literal["auto", "exact", "permutation"] = "auto"
     exact_max_features: Annotated[int, Field(ge=1, le=16)] = 10
     n_permutations: PosInt = 10
@@ -207,6 +208,7 @@ class ShapConfig(_Section):
 
 class LimeConfig(_Section):
     enabled: bool = True
+    engine: Literal["audit", "lime"] = "audit"
     num_samples: Annotated[int, Field(ge=100)] = 5000
     num_features: PosInt | None = None
     kernel_width: Annotated[float, Field(gt=0.0)] | None = None
@@ -240,6 +242,15 @@ class LocalConfig(_Section):
     shap: ShapConfig = ShapConfig()
     lime: LimeConfig = LimeConfig()
     counterfactuals: CounterfactualConfig = CounterfactualConfig()
+
+    @model_validator(mode="after")
+    def _engine_background(self) -> LocalConfig:
+        if self.shap.engine == "shap" and self.background.method == "kmeans":
+            raise ValueError(
+                "shap.engine 'shap' cannot use a weighted k-means background (shap's Independent masker has no "
+                "weights); set background.method: sample, or shap.engine: audit"
+            )
+        return self
 
 
 class GradientsConfig(_Section):

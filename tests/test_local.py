@@ -378,3 +378,52 @@ def test_counterfactual_of_a_row_outside_the_training_support_stays_inside_it():
     res = counterfactuals(f, x, T, schema=schema, constraints=cons, plausibility_quantile=None, random_state=0)
     assert res.changes(0) == [("income", 150.0, T[:, 0].max())]
     assert constraint_violations(res, T, schema=schema, constraints=cons)["support"] == 0
+
+
+def test_library_engines_give_the_same_values():
+    """engine: shap / lime run the libraries themselves; they agree with ours where both are exact (SHAP) or to
+    sampling noise (LIME)."""
+    from audit.explain.local_surrogate import lime_explanations_lime
+    from audit.explain.shapley import shapley_values_shap
+
+    rng = np.random.default_rng(7)
+    X, B = rng.normal(size=(3, 5)), rng.normal(size=(12, 5))
+    for method in ("exact", "permutation"):
+        ours = shapley_values(_pairwise, X, B, feature_names=list("abcde"), method=method, random_state=0)
+        lib = shapley_values_shap(_pairwise, X, B, feature_names=list("abcde"), method=method, random_state=0)
+        np.testing.assert_allclose(lib.values, ours.values, atol=1e-6)
+        assert lib.rows_evaluated > 0 and "shap library" in lib.method
+    T = _lime_data()
+    cat = np.array([False, False, True, False])
+    kw = dict(feature_names=list("abcd"), categorical_mask=cat, num_samples=40000, random_state=0)
+    ours = lime_explanations(_model, T[:3], T, **kw)
+    lib = lime_explanations_lime(_model, T[:3], T, **kw)
+    np.testing.assert_allclose(lib.weights, ours.weights, atol=0.015)
+    np.testing.assert_allclose(lib.score, ours.score, atol=0.03)
+    assert lib.rows_evaluated == 3 * 40000 + 3
+
+
+def test_local_modules_run_with_the_library_engines(workdir):
+    from audit.config import load_config
+    from audit.pipeline import run_audit
+    from tests.conftest import base_config, write_config
+
+    cfg = base_config()
+    cfg["local"]["shap"] = {"engine": "shap"}
+    cfg["local"]["lime"] = {"engine": "lime", "num_samples": 300, "stability_runs": 0}
+    run = run_audit(load_config(write_config(workdir, cfg)), quiet=True, write=False)
+    mods = {m.name: m for m in run.modules}
+    assert mods["shap"].status == "ok" and mods["lime"].status == "ok"
+    assert "shap library" in mods["shap"].result.summary["method"]
+    assert mods["shap"].result.summary["max_additivity_error"] <= 1e-6
+
+
+def test_shap_engine_refuses_a_weighted_background():
+    from audit.config import config_from_dict
+    from audit.errors import ConfigError
+    from tests.conftest import base_config
+
+    cfg = base_config()
+    cfg["local"] = {"shap": {"engine": "shap"}, "background": {"method": "kmeans"}}
+    with pytest.raises(ConfigError, match="background.method: sample"):
+        config_from_dict(cfg)

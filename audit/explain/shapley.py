@@ -252,6 +252,49 @@ def shapley_values(
     return ShapleyValues(phi, base, f_x, list(feature_names), "permutation", len(background), len(orders), rows)
 
 
+def shapley_values_shap(
+    predict: PredictFn,
+    X: np.ndarray,
+    background: np.ndarray,
+    *,
+    feature_names: list[str],
+    method: str = "auto",
+    n_permutations: int = 10,
+    exact_max_features: int = 10,
+    random_state: int | None = None,
+) -> ShapleyValues:
+    """The same quantity from the shap library itself (``ExactExplainer`` or ``PermutationExplainer`` over an
+    ``Independent`` masker), for audits that must cite the reference implementation. Slower: shap evaluates one
+    instance at a time. Equal background weights only.
+    """
+    import shap
+
+    X = np.atleast_2d(np.asarray(X, dtype=np.float64))
+    background = np.atleast_2d(np.asarray(background, dtype=np.float64))
+    m = X.shape[1]
+    rows = [0]
+
+    def f(A):
+        rows[0] += len(A)
+        return predict(np.asarray(A, dtype=np.float64))
+
+    if method == "auto":
+        method = "exact" if m <= exact_max_features else "permutation"
+    masker = shap.maskers.Independent(background, max_samples=len(background))
+    if method == "exact":
+        out = shap.ExactExplainer(f, masker)(X, silent=True)
+        n_orders = 0
+    else:
+        explainer = shap.PermutationExplainer(f, masker, seed=random_state)
+        out = explainer(X, max_evals=n_permutations * (2 * m + 1), silent=True)
+        n_orders = 2 * n_permutations
+    base = float(np.asarray(out.base_values).reshape(-1)[0])
+    return ShapleyValues(
+        np.asarray(out.values, dtype=np.float64), base, f(X), list(feature_names), f"{method} (shap library)",
+        len(background), n_orders, rows[0],
+    )  # fmt: skip
+
+
 def reason_codes(
     values: np.ndarray, *, feature_names: list[str], k: int = 4, direction: str = "negative"
 ) -> list[list[tuple[str, float]]]:

@@ -18,8 +18,8 @@ from audit.explain.counterfactual import (
     counterfactual_metrics,
     counterfactuals,
 )
-from audit.explain.local_surrogate import lime_explanations, top_k_jaccard
-from audit.explain.shapley import reason_codes, shapley_values, summarize_background
+from audit.explain.local_surrogate import lime_explanations, lime_explanations_lime, top_k_jaccard
+from audit.explain.shapley import reason_codes, shapley_values, shapley_values_shap, summarize_background
 from audit.findings import Finding
 from audit.modules.base import AuditContext, Figure, ModuleResult, Table
 from audit.plotting import subplots, to_png
@@ -139,24 +139,38 @@ class ShapModule:
             random_state=seed,
         )
         X = ctx.codes_audit[idx]
-        sv = shapley_values(
-            ctx.predictor.predict_codes,
-            X,
-            B,
-            feature_names=names,
-            background_weights=w,
-            method=sc.method,
-            n_permutations=sc.n_permutations,
-            exact_max_features=sc.exact_max_features,
-            random_state=seed + 1,
-        )
+        if sc.engine == "shap":
+            sv = shapley_values_shap(
+                ctx.predictor.predict_codes,
+                X,
+                B,
+                feature_names=names,
+                method=sc.method,
+                n_permutations=sc.n_permutations,
+                exact_max_features=sc.exact_max_features,
+                random_state=seed + 1,
+            )
+        else:
+            sv = shapley_values(
+                ctx.predictor.predict_codes,
+                X,
+                B,
+                feature_names=names,
+                background_weights=w,
+                method=sc.method,
+                n_permutations=sc.n_permutations,
+                exact_max_features=sc.exact_max_features,
+                random_state=seed + 1,
+            )
         err = sv.additivity_error
         method_note = (
             f"exact Shapley values over all 2^{len(names)} coalitions (at most {sc.exact_max_features} features)"
-            if sv.method == "exact"
+            if sv.method.startswith("exact")
             else f"antithetic permutation sampling, {sv.n_permutations} feature orders per row ({len(names)} features "
             f"> {sc.exact_max_features}, too many for all coalitions); exact for interactions up to second order"
         )
+        if sc.engine == "shap":
+            method_note += "; computed by the shap library's own explainer (engine: shap)"
         findings = [
             Finding(
                 self.name,
@@ -296,7 +310,8 @@ class LimeModule:
         levels = [list(f.levels) if f.is_categorical else None for f in schema.features]
 
         def explain(s):
-            return lime_explanations(
+            fn = lime_explanations_lime if lc.engine == "lime" else lime_explanations
+            return fn(
                 ctx.predictor.predict_codes,
                 X,
                 _codes_train(ctx),
