@@ -85,6 +85,7 @@ def permutation_importance(
     n_repeats: int = 5,
     max_rows: int | None = None,
     threshold: float = 0.5,
+    chunk_rows: int = 1 << 20,
     random_state: int | np.random.Generator | None = None,
 ) -> PermutationImportance:
     """Score drop when each feature (or group of features) is shuffled.
@@ -111,6 +112,10 @@ def permutation_importance(
         Score on a seeded sample of this many rows.
     threshold : float, default 0.5
         For threshold metrics (accuracy, f1).
+    chunk_rows : int, default 2**20
+        Rows per model call. When ``n_rows * n_repeats`` exceeds it, repeats are evaluated one at a time in row
+        chunks, so peak memory is about ``chunk_rows * n_features * 8`` bytes plus the predictions, whatever the data
+        size; the numbers are the same either way.
     random_state : int, Generator or None
 
     Returns
@@ -157,16 +162,27 @@ def permutation_importance(
     baseline = score(y, predict(X))
     rows = n
     imp = np.empty((len(units), n_repeats))
-    stacked = np.tile(X, (n_repeats, 1))  # one copy, reused: each unit's columns are shuffled, then restored
+    stack_all = n * n_repeats <= chunk_rows  # small data: all repeats in one array and one call
+    stacked = np.tile(X, (n_repeats, 1)) if stack_all else None  # reused: columns shuffled, then restored
     for u, (_, members) in enumerate(units):
         cols = [col[m] for m in members]
         perms = np.stack([rng.permutation(n) for _ in range(n_repeats)])  # (n_repeats, n), shared by the group
-        for c in cols:
-            stacked[:, c] = X[perms, c].reshape(-1)
-        p = predict(stacked)
-        rows += len(stacked)
-        for c in cols:
-            stacked[:, c] = np.tile(X[:, c], n_repeats)
-        for r in range(n_repeats):
-            imp[u, r] = baseline - score(y, p[r * n : (r + 1) * n])
+        if stack_all:
+            for c in cols:
+                stacked[:, c] = X[perms, c].reshape(-1)
+            p = predict(stacked)
+            for c in cols:
+                stacked[:, c] = np.tile(X[:, c], n_repeats)
+            for r in range(n_repeats):
+                imp[u, r] = baseline - score(y, p[r * n : (r + 1) * n])
+        else:  # large data: one repeat at a time, in row chunks, so memory is bounded by chunk_rows
+            p = np.empty(n)
+            for r in range(n_repeats):
+                for s in range(0, n, chunk_rows):
+                    block = X[s : s + chunk_rows].copy()
+                    for c in cols:
+                        block[:, c] = X[perms[r, s : s + chunk_rows], c]
+                    p[s : s + len(block)] = predict(block)
+                imp[u, r] = baseline - score(y, p)
+        rows += n * n_repeats
     return PermutationImportance([u[0] for u in units], [u[1] for u in units], imp, float(baseline), metric, n, rows)
