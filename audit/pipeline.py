@@ -308,9 +308,10 @@ def run_audit(
             step("score")
             with progress.stage("score"):
                 codes_audit = ds.schema.to_codes(ds.X_test)
+                codes_train = ds.schema.to_codes(ds.X_train)  # predict_proba(df) is predict_codes(to_codes(df))
                 try:
                     proba_audit = _checked_scores(predictor.predict_codes(codes_audit), len(codes_audit))
-                    proba_train = _checked_scores(predictor.predict_proba(ds.X_train), len(ds.X_train))
+                    proba_train = _checked_scores(predictor.predict_codes(codes_train), len(codes_train))
                 except (AuditInputError, ModelScoringError):
                     raise
                 except Exception as exc:  # noqa: BLE001 - a black-box model raising on the audit data
@@ -336,6 +337,7 @@ def run_audit(
             model_info=run.model_info,
             baseline=base_report,
             baseline_path=base_path,
+            codes_train=codes_train,
         )
         for module in modules if modules is not None else default_modules():
             if not module.enabled(cfg):

@@ -48,7 +48,8 @@ class ModuleResult:
 class AuditContext:
     """Everything a module may read. Modules share results only through ``results``.
 
-    ``X_audit`` / ``y_audit`` are the audit rows (the test split), ``codes_audit`` the same rows in code space.
+    ``X_audit`` / ``y_audit`` are the audit rows (the test split), ``codes_audit`` the same rows in code space;
+    :meth:`train_codes` gives the training rows in code space (passed in by the pipeline, else derived once).
     ``seed_for(name)`` gives each module its own child seed of the config's seed.
     """
 
@@ -63,6 +64,14 @@ class AuditContext:
     model_info: dict[str, Any] = field(default_factory=dict)
     results: dict[str, ModuleResult] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)  # shared intermediate values (e.g. selected instances)
+    codes_train: np.ndarray | None = None
+
+    def train_codes(self) -> np.ndarray:
+        """The training rows in code space, converted at most once per run."""
+        if self.codes_train is None:
+            self.codes_train = self.dataset.schema.to_codes(self.dataset.X_train)
+        return self.codes_train
+
     baseline: dict[str, Any] | None = None  # a previous report.json to compare with
     baseline_path: str | None = None
 

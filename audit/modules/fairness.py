@@ -34,6 +34,17 @@ def groupings(frame: pd.DataFrame, cfg: AuditConfig, sensitive: list[str]) -> di
     return out
 
 
+def audit_groupings(ctx: AuditContext) -> dict[str, np.ndarray]:
+    """:func:`groupings` of all audit rows for the schema's sensitive features, computed once per run.
+
+    Modules that look at a subset of rows index these labels, so a numeric sensitive feature binned by quantiles
+    gets the same bins in every section of the report.
+    """
+    if "groupings" not in ctx.cache:
+        ctx.cache["groupings"] = groupings(ctx.X_audit, ctx.config, list(ctx.dataset.schema.sensitive))
+    return ctx.cache["groupings"]
+
+
 class FairnessModule:
     name = "fairness"
     title = "Fairness and bias"
@@ -48,7 +59,7 @@ class FairnessModule:
         sensitive = list(schema.sensitive)
         seed = ctx.seed_for(self.name)
         results = []
-        groups = groupings(ctx.X_audit, cfg, sensitive)
+        groups = audit_groupings(ctx)
         for i, (name, labels) in enumerate(groups.items()):
             results.append(
                 group_fairness(

@@ -61,12 +61,6 @@ def check_local_config(cfg: AuditConfig, ds: Dataset) -> None:
             raise DataError(f"local.counterfactuals.{exc}") from None
 
 
-def _codes_train(ctx: AuditContext) -> np.ndarray:
-    if "codes_train" not in ctx.cache:
-        ctx.cache["codes_train"] = ctx.dataset.schema.to_codes(ctx.dataset.X_train)
-    return ctx.cache["codes_train"]
-
-
 def select_instances(ctx: AuditContext) -> tuple[np.ndarray, dict[int, list[str]]]:
     """Audit-row indices to explain and why each was chosen (cached per run).
 
@@ -76,7 +70,7 @@ def select_instances(ctx: AuditContext) -> tuple[np.ndarray, dict[int, list[str]
     """
     if "instances" in ctx.cache:
         return ctx.cache["instances"]
-    from audit.modules.fairness import groupings
+    from audit.modules.fairness import audit_groupings
 
     sel = ctx.config.local.instances
     thr = ctx.config.model.threshold
@@ -96,7 +90,7 @@ def select_instances(ctx: AuditContext) -> tuple[np.ndarray, dict[int, list[str]
     if sel.borderline:
         add(np.argsort(np.abs(p - thr), kind="stable")[: sel.borderline], "borderline")
     if sel.per_group and ctx.dataset.schema.sensitive:
-        groups = groupings(ctx.X_audit, ctx.config, list(ctx.dataset.schema.sensitive))
+        groups = audit_groupings(ctx)
         for name in ctx.dataset.schema.sensitive:
             labels = groups[name]
             for g in sorted(set(labels.tolist())):
@@ -132,7 +126,7 @@ class ShapModule:
         idx, why = select_instances(ctx)
         seed = ctx.seed_for(self.name)
         B, w = summarize_background(
-            _codes_train(ctx),
+            ctx.train_codes(),
             lc.background.size,
             method=lc.background.method,
             categorical_mask=schema.categorical_mask,
@@ -314,7 +308,7 @@ class LimeModule:
             return fn(
                 ctx.predictor.predict_codes,
                 X,
-                _codes_train(ctx),
+                ctx.train_codes(),
                 feature_names=names,
                 categorical_mask=schema.categorical_mask,
                 level_names=levels,
@@ -439,14 +433,14 @@ class CounterfactualModule:
         return config.local.enabled and config.local.counterfactuals.enabled
 
     def run(self, ctx: AuditContext) -> ModuleResult:
-        from audit.modules.fairness import groupings
+        from audit.modules.fairness import audit_groupings
 
         cc = ctx.config.local.counterfactuals
         schema = ctx.dataset.schema
         idx, why = select_instances(ctx)
         cons = constraints_from_config(ctx.config, schema)
         thr = ctx.config.model.threshold
-        train = _codes_train(ctx)
+        train = ctx.train_codes()
         res = counterfactuals(
             ctx.predictor.predict_codes,
             ctx.codes_audit[idx],
@@ -525,7 +519,7 @@ class CounterfactualModule:
         declined = (res.original_prediction < thr) & found
         gap_rows = []
         if schema.sensitive and declined.any():
-            groups = groupings(ctx.X_audit.iloc[idx].reset_index(drop=True), ctx.config, list(schema.sensitive))
+            groups = {name: labels[idx] for name, labels in audit_groupings(ctx).items()}
             for name in schema.sensitive:
                 lab = groups[name]
                 for g in sorted(set(lab[declined].tolist())):

@@ -15,7 +15,7 @@ from audit.explain.neural import hidden_activations, integrated_gradients, mc_dr
 from audit.findings import Finding
 from audit.model.adapter import NetPredictor
 from audit.modules.base import AuditContext, Figure, ModuleResult, Table
-from audit.modules.local_explain import _codes_train, select_instances
+from audit.modules.local_explain import select_instances
 from audit.plotting import subplots, to_png
 
 
@@ -121,7 +121,7 @@ class GradientsModule:
         schema = ctx.dataset.schema
         names = schema.feature_names
         idx, _ = select_instances(ctx)
-        base = reference_row(_codes_train(ctx), schema.categorical_mask)
+        base = reference_row(ctx.train_codes(), schema.categorical_mask)
         res = integrated_gradients(ctx.predictor, ctx.codes_audit[idx], base, steps=gc.steps)
         err = res.completeness_error
         mean_ig = np.abs(res.attributions).mean(axis=0)
@@ -280,7 +280,7 @@ class ActivationsModule:
         from sklearn.linear_model import LogisticRegression
         from sklearn.model_selection import cross_val_score
 
-        from audit.modules.fairness import groupings
+        from audit.modules.fairness import audit_groupings
 
         schema = ctx.dataset.schema
         proj = PCA(n_components=2, random_state=0).fit_transform(H) if H.shape[1] >= 2 else np.c_[H, H]
@@ -290,7 +290,7 @@ class ActivationsModule:
 
             methods.append(("t-SNE", TSNE(n_components=2, random_state=int(rng.integers(2**31 - 1))).fit_transform(H)))
         sens = list(schema.sensitive)
-        groups = groupings(ctx.X_audit.iloc[sample].reset_index(drop=True), ctx.config, sens) if sens else {}
+        groups = {name: labels[sample] for name, labels in audit_groupings(ctx).items()}
         ncol = 3
         fig, axes = subplots(len(methods), ncol, figsize=(12, 3.6 * len(methods)), squeeze=False)
         for r, (mname, P) in enumerate(methods):
@@ -337,7 +337,7 @@ class UncertaintyModule:
         na = _not_applicable(self.name, ctx)
         if na:
             return na
-        from audit.modules.fairness import groupings
+        from audit.modules.fairness import audit_groupings
 
         uc = ctx.config.network.uncertainty
         thr = ctx.config.model.threshold
@@ -366,7 +366,7 @@ class UncertaintyModule:
         rows = []
         sens = list(ctx.dataset.schema.sensitive)
         if sens:
-            groups = groupings(ctx.X_audit, ctx.config, sens)
+            groups = audit_groupings(ctx)
             for s in sens:
                 lab = groups[s]
                 sub = []
