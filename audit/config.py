@@ -87,6 +87,18 @@ class DatasetConfig(_Section):
     max_categories: PosInt = 1000
     max_rows: PosInt | None = None
     unseen_categories: Literal["unknown", "error"] = "unknown"
+    population: DataFile | None = None
+
+    @model_validator(mode="after")
+    def _population_is_parquet(self) -> DatasetConfig:
+        pop = self.population
+        suffix_ok = pop is not None and pop.path.lower().endswith((".parquet", ".pq"))
+        if pop is not None and (pop.format == "csv" or (pop.format == "auto" and not suffix_ok)):
+            raise ValueError(
+                f"dataset.population: '{pop.path}' must be a Parquet file (it is read in row groups, never whole); "
+                "convert it, e.g. pandas.read_csv(...).to_parquet(path, row_group_size=65536)"
+            )
+        return self
 
 
 class ModelConfig(_Section):
@@ -388,6 +400,16 @@ class ReportConfig(_Section):
     model_card: ModelCard = ModelCard()
 
 
+class ComputeConfig(_Section):
+    """How large data is evaluated: in chunks in this process, or as partitions on a Dask cluster."""
+
+    backend: Literal["local", "dask"] = "local"
+    address: str | None = Field(default=None, pattern=r"^(tcp|tls|inproc|ucx)://.+")
+    n_workers: PosInt = 2
+    threads_per_worker: PosInt = 1
+    chunk_rows: Annotated[int, Field(ge=1024)] = 1 << 18
+
+
 class AuditConfig(_Section):
     """The whole audit. ``name`` defaults to the config file's stem."""
 
@@ -400,6 +422,7 @@ class AuditConfig(_Section):
     local: LocalConfig = LocalConfig()
     network: NetworkConfig = NetworkConfig()
     report: ReportConfig = ReportConfig()
+    compute: ComputeConfig = ComputeConfig()
     base_dir: str = Field(default=".", exclude=True)
 
     @field_validator("base_dir")

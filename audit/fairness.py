@@ -1,10 +1,12 @@
 """Group fairness metrics with bootstrap confidence intervals, verdicts, and proxy screening.
 
 Every group metric used here is a ratio of per-group sums of a few per-row statistics (label, decision, true and
-false positives, and per-probability-bin sums of labels and scores for calibration). So one matrix ``Z`` of shape
-(n_rows, n_groups * n_stats) holds everything, the point estimate is ``ones @ Z``, and a bootstrap resample is a
-row-count vector ``w`` with ``w @ Z``: all resamples together are a single matrix product, with no re-prediction
-and no per-resample pandas work. The numbers equal fairlearn's ``MetricFrame`` (tested).
+false positives, and per-probability-bin sums of labels and scores for calibration). The point estimate sums them
+per group; a bootstrap replicate weights each row by a Poisson(1) count and sums ``weights @ stats`` per group, so
+all replicates of a block of rows are one matrix product, with no re-prediction and no per-resample pandas work.
+Rows are processed in fixed blocks with weights seeded by the block's index, so memory is bounded whatever the data
+size, and the intervals do not depend on chunking or on the compute backend. The point numbers equal fairlearn's
+``MetricFrame`` (tested).
 """
 
 from __future__ import annotations
@@ -51,21 +53,94 @@ def group_labels(values: pd.Series, *, edges: list[float] | None = None, quantil
     return np.array(["missing" if pd.isna(x) else str(x) for x in values], dtype=object)
 
 
-def _stats_matrix(y: np.ndarray, p: np.ndarray, codes: np.ndarray, n_groups: int, threshold: float, n_bins: int):
+def _row_stats(y: np.ndarray, p: np.ndarray, threshold: float, n_bins: int) -> np.ndarray:
+    """Per-row statistics whose per-group sums give every rate: (n, 5 + 2 * n_bins)."""
     d = (p >= threshold).astype(float)
     yf = y.astype(float)
     b = np.clip((p * n_bins).astype(int), 0, n_bins - 1)
     onehot_b = np.zeros((len(y), n_bins))
     onehot_b[np.arange(len(y)), b] = 1.0
-    stats = np.column_stack(
+    return np.column_stack(
         [np.ones(len(y)), yf, d, yf * d, (1 - yf) * d, onehot_b * yf[:, None], onehot_b * p[:, None]]
     )
-    k = stats.shape[1]
-    Z = np.zeros((len(y), n_groups * k))
-    for g in range(n_groups):
-        m = codes == g
-        Z[m, g * k : (g + 1) * k] = stats[m]
-    return Z, k
+
+
+def _group_sums(stats: np.ndarray, codes: np.ndarray, n_groups: int) -> np.ndarray:
+    """Per-group column sums of ``stats``: (n_groups, k)."""
+    return np.stack([np.bincount(codes, weights=stats[:, j], minlength=n_groups) for j in range(stats.shape[1])], 1)
+
+
+BOOTSTRAP_BLOCK = 1 << 15  # rows per block of bootstrap weights; a block's weights depend on its index only
+_POISSON1_CDF = np.cumsum([np.exp(-1.0) / float(np.prod(np.arange(1, k + 1))) for k in range(16)]).astype(np.float32)
+
+
+def poisson_weights(seed: int, block: int, n_replicates: int, rows: int) -> np.ndarray:
+    """Poisson(1) bootstrap weights of one block of rows, shape (rows, n_replicates), float64.
+
+    Drawn by inverse CDF from float32 uniforms of a generator seeded with ``(seed, block)``, so the weights of a row
+    depend only on the seed and the row's position, never on how rows are chunked or partitioned. (Poisson(1) to
+    float32 resolution: values of 16 and more, probability below 1e-13, are not drawn.)
+    """
+    u = np.random.default_rng([seed, block]).random((rows, n_replicates), dtype=np.float32)
+    return np.searchsorted(_POISSON1_CDF, u, side="right").astype(np.float64)
+
+
+def _bootstrap_task(item, *, seed: int, n_replicates: int, threshold: float, n_bins: int, sizes: list[int]):
+    """Bootstrap sums of a run of whole blocks, for every grouping: list of (n_replicates, n_groups, k)."""
+    start, y, p, codes = item
+    out = [np.zeros((n_replicates, g, 5 + 2 * n_bins)) for g in sizes]
+    for s in range(0, len(y), BOOTSTRAP_BLOCK):
+        e = min(s + BOOTSTRAP_BLOCK, len(y))
+        W = poisson_weights(seed, (start + s) // BOOTSTRAP_BLOCK, n_replicates, e - s)
+        stats = _row_stats(y[s:e], p[s:e], threshold, n_bins)
+        for acc, c in zip(out, codes, strict=True):
+            c = c[s:e]
+            order = np.argsort(c, kind="stable")
+            bounds = np.searchsorted(c[order], np.arange(acc.shape[1] + 1))
+            Wo, So = W[order], stats[order]  # row gathers: contiguous copies
+            for g in range(acc.shape[1]):
+                lo, hi = bounds[g], bounds[g + 1]
+                if hi > lo:
+                    acc[:, g, :] += Wo[lo:hi].T @ So[lo:hi]
+    return out
+
+
+def bootstrap_sums(
+    y: np.ndarray,
+    p: np.ndarray,
+    codes: list[np.ndarray],
+    sizes: list[int],
+    *,
+    threshold: float,
+    n_bins: int,
+    n_replicates: int,
+    seed: int,
+    rows_per_task: int = 8 * BOOTSTRAP_BLOCK,
+    backend=None,
+) -> list[np.ndarray]:
+    """Poisson-bootstrap per-group sums for several groupings of the same rows, in bounded memory.
+
+    Every replicate weights each row by an independent Poisson(1) count (the streaming form of the bootstrap), so
+    rows are processed in blocks of :data:`BOOTSTRAP_BLOCK` and memory is about ``n_replicates * block * 16`` bytes
+    whatever the number of rows. All groupings share one set of weights (one resample of the population). Runs of
+    blocks are tasks for ``backend`` (see :mod:`audit.compute`), summed in order: the result does not depend on the
+    backend.
+
+    Returns
+    -------
+    list of ndarray of shape (n_replicates, n_groups, k), one per grouping.
+    """
+    from audit.compute import Backend
+
+    backend = backend or Backend()
+    step = max(BOOTSTRAP_BLOCK, rows_per_task // BOOTSTRAP_BLOCK * BOOTSTRAP_BLOCK)
+    items = ((s, y[s : s + step], p[s : s + step], [c[s : s + step] for c in codes]) for s in range(0, len(y), step))
+    total = None
+    for part in backend.map(
+        _bootstrap_task, items, seed=seed, n_replicates=n_replicates, threshold=threshold, n_bins=n_bins, sizes=sizes
+    ):
+        total = part if total is None else [a + b for a, b in zip(total, part, strict=True)]
+    return total
 
 
 def _rates(sums: np.ndarray, n_bins: int) -> dict[str, np.ndarray]:
@@ -153,6 +228,7 @@ def group_fairness(
     confidence: float = 0.95,
     n_bins: int = 10,
     random_state: int | np.random.Generator | None = None,
+    backend=None,
 ) -> GroupFairness:
     """Group metrics and headline fairness measures with percentile-bootstrap intervals.
 
@@ -167,55 +243,107 @@ def group_fairness(
     min_group_size : int
         Groups with fewer rows are reported as insufficient and left out of every measure.
     n_bootstrap : int
-        Resamples of rows (0: no intervals).
+        Poisson-bootstrap replicates (0: no intervals); see :func:`bootstrap_sums`.
     random_state : int, Generator or None
+    backend : audit.compute.Backend, optional
+        Where the bootstrap blocks run (default: this process).
 
     Returns
     -------
     GroupFairness
     """
+    return group_fairness_many(
+        y,
+        p,
+        {name: groups},
+        threshold=threshold,
+        min_group_size=min_group_size,
+        n_bootstrap=n_bootstrap,
+        confidence=confidence,
+        n_bins=n_bins,
+        random_state=random_state,
+        backend=backend,
+    )[0]
+
+
+def group_fairness_many(
+    y: np.ndarray,
+    p: np.ndarray,
+    groupings: dict[str, np.ndarray],
+    *,
+    threshold: float = 0.5,
+    min_group_size: int = 30,
+    n_bootstrap: int = 200,
+    confidence: float = 0.95,
+    n_bins: int = 10,
+    random_state: int | np.random.Generator | None = None,
+    backend=None,
+) -> list[GroupFairness]:
+    """:func:`group_fairness` for several groupings of the same rows, with one shared bootstrap resample.
+
+    Memory stays bounded by the bootstrap block whatever the number of rows: point estimates are per-group sums
+    (``np.add.at``), intervals come from :func:`bootstrap_sums`.
+    """
     y = np.asarray(y).astype(int)
     p = np.asarray(p, dtype=float)
-    levels, codes = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
-    G = len(levels)
-    Z, k = _stats_matrix(y, p, codes, G, threshold, n_bins)
-    point = _rates(Z.sum(axis=0).reshape(G, k), n_bins)
-    eligible = point["count"] >= min_group_size
-    table = pd.DataFrame({"group": levels, **{m: v for m, v in point.items()}})
-    table["count"] = table["count"].astype(int)
-    table.insert(2, "eligible", eligible)
-    table["roc_auc"] = [
-        roc_auc_score(y[codes == g], p[codes == g]) if 0 < y[codes == g].sum() < (codes == g).sum() else np.nan
-        for g in range(G)
-    ]
-    measures = {m: [float(v), np.nan, np.nan] for m, v in _measures(point, eligible).items()}
-    if eligible.sum() < 2:
-        measures = {m: [np.nan, np.nan, np.nan] for m in measures}
-    elif n_bootstrap > 0:
+    coded = []
+    for name, groups in groupings.items():
+        levels, codes = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
+        coded.append((name, levels, codes.reshape(-1)))
+    k = 5 + 2 * n_bins
+    point_sums = [np.zeros((len(levels), k)) for _, levels, _ in coded]
+    step = BOOTSTRAP_BLOCK * 8  # per-group sums block by block: memory bounded by the block
+    for s in range(0, len(y), step):
+        stats = _row_stats(y[s : s + step], p[s : s + step], threshold, n_bins)
+        for acc, (_, levels, codes) in zip(point_sums, coded, strict=True):
+            acc += _group_sums(stats, codes[s : s + step], len(levels))
+    boot = None
+    if n_bootstrap > 0:
         rng = as_generator(random_state)
-        n = len(y)
-        block = max(1, min(n_bootstrap, 4_000_000 // max(n, 1)))
-        boot_rates: list[dict[str, np.ndarray]] = []
-        done = 0
-        while done < n_bootstrap:
-            b = min(block, n_bootstrap - done)
-            W = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(b)]).astype(float)
-            boot_rates.append(_rates((W @ Z).reshape(b, G, k), n_bins))
-            done += b
-        rates = {key: np.concatenate([r[key] for r in boot_rates]) for key in boot_rates[0]}
-        alpha = (1 - confidence) / 2
-        with _quiet_nan():
-            for m, values in _measures(rates, eligible).items():
-                lo, hi = np.nanquantile(values, [alpha, 1 - alpha])
-                measures[m][1:] = [float(lo), float(hi)]
-            for key in ("selection_rate", "tpr", "fpr"):
-                lo, hi = np.nanquantile(rates[key], [alpha, 1 - alpha], axis=0)
-                table[f"{key}_low"], table[f"{key}_high"] = lo, hi
-    mframe = pd.DataFrame(
-        [(m, *v, MEASURES[m][0], MEASURES[m][1]) for m, v in measures.items()],
-        columns=["measure", "value", "ci_low", "ci_high", "kind", "definition"],
-    )
-    return GroupFairness(name, table, mframe, [str(g) for g in levels[~eligible]], n_bootstrap)
+        seed = int(rng.integers(2**63 - 1))
+        boot = bootstrap_sums(
+            y,
+            p,
+            [c for _, _, c in coded],
+            [len(lv) for _, lv, _ in coded],
+            threshold=threshold,
+            n_bins=n_bins,
+            n_replicates=n_bootstrap,
+            seed=seed,
+            backend=backend,
+        )
+    out = []
+    for i, (name, levels, codes) in enumerate(coded):
+        G = len(levels)
+        point = _rates(point_sums[i], n_bins)
+        eligible = point["count"] >= min_group_size
+        table = pd.DataFrame({"group": levels, **{m: v for m, v in point.items()}})
+        table["count"] = table["count"].astype(int)
+        table.insert(2, "eligible", eligible)
+        table["roc_auc"] = [_auc(y[codes == g], p[codes == g]) for g in range(G)]
+        measures = {m: [float(v), np.nan, np.nan] for m, v in _measures(point, eligible).items()}
+        if eligible.sum() < 2:
+            measures = {m: [np.nan, np.nan, np.nan] for m in measures}
+        elif boot is not None:
+            rates = _rates(boot[i], n_bins)
+            alpha = (1 - confidence) / 2
+            with _quiet_nan():
+                for m, values in _measures(rates, eligible).items():
+                    lo, hi = np.nanquantile(values, [alpha, 1 - alpha])
+                    measures[m][1:] = [float(lo), float(hi)]
+                for key in ("selection_rate", "tpr", "fpr"):
+                    lo, hi = np.nanquantile(rates[key], [alpha, 1 - alpha], axis=0)
+                    table[f"{key}_low"], table[f"{key}_high"] = lo, hi
+        mframe = pd.DataFrame(
+            [(m, *v, MEASURES[m][0], MEASURES[m][1]) for m, v in measures.items()],
+            columns=["measure", "value", "ci_low", "ci_high", "kind", "definition"],
+        )
+        out.append(GroupFairness(name, table, mframe, [str(g) for g in levels[~eligible]], n_bootstrap))
+    return out
+
+
+def _auc(y: np.ndarray, p: np.ndarray) -> float:
+    return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else np.nan
 
 
 def verdict(value: float, low: float, high: float, threshold: float, kind: str) -> str:

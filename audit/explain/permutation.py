@@ -74,6 +74,32 @@ class PermutationImportance:
         return df
 
 
+def permutation_units(feature_names: list[str], groups: dict[str, list[str]]) -> list[tuple[str, list[str]]]:
+    """The permuted units in feature order: each feature alone, or its group (once, at its first member).
+
+    Examples
+    --------
+    >>> permutation_units(["a", "b", "c"], {"bc": ["c", "b"]})
+    [('a', ['a']), ('bc', ['c', 'b'])]
+    """
+    for g, members in groups.items():
+        unknown = [m for m in members if m not in feature_names]
+        if unknown:
+            raise ValueError(f"group {g!r} names unknown feature(s) {unknown}")
+    grouped = {m for members in groups.values() for m in members}
+    units: list[tuple[str, list[str]]] = []
+    seen_groups: set[str] = set()
+    for name in feature_names:
+        if name in grouped:
+            g = next(g for g, members in groups.items() if name in members)
+            if g not in seen_groups:
+                seen_groups.add(g)
+                units.append((g, list(groups[g])))
+        else:
+            units.append((name, [name]))
+    return units
+
+
 def permutation_importance(
     predict: PredictFn,
     X: np.ndarray,
@@ -142,22 +168,7 @@ def permutation_importance(
     n = len(X)
     score = make_scorer(metric, threshold=threshold)
     col = {name: j for j, name in enumerate(feature_names)}
-    groups = groups or {}
-    for g, members in groups.items():
-        unknown = [m for m in members if m not in col]
-        if unknown:
-            raise ValueError(f"group {g!r} names unknown feature(s) {unknown}")
-    grouped = {m for members in groups.values() for m in members}
-    units: list[tuple[str, list[str]]] = []
-    seen_groups: set[str] = set()
-    for name in feature_names:
-        if name in grouped:
-            g = next(g for g, members in groups.items() if name in members)
-            if g not in seen_groups:
-                seen_groups.add(g)
-                units.append((g, list(groups[g])))
-        else:
-            units.append((name, [name]))
+    units = permutation_units(feature_names, groups or {})
 
     baseline = score(y, predict(X))
     rows = n

@@ -1,0 +1,460 @@
+"""Audit a large population file in bounded memory, in this process or on a Dask cluster.
+
+A population is a Parquet file (``dataset.population``) read as **partitions**: runs of consecutive row groups of
+about ``compute.chunk_rows`` rows. The partition plan depends only on the file and ``chunk_rows``, and every
+per-partition function here is deterministic given the partition (its randomness is seeded by the partition's
+index), so the local and the Dask backend (:mod:`audit.compute`) compute the same partials and combine them in the
+same order: their numbers are identical.
+
+What stays in memory for the whole population is small and per row: the label (1 byte), the score (8 bytes) and
+the raw sensitive columns. Feature columns are only ever held one partition at a time.
+
+Per-partition work:
+
+- :func:`score_population`: scores, labels and sensitive columns (performance and fairness are computed from them,
+  exactly as on an in-memory split);
+- :func:`permutation_importance_population`: per feature and repeat, the partition's scores with the feature
+  permuted within the partition;
+- :func:`partial_dependence_population`: per grid value, the partition's sum of scores;
+- :func:`reason_codes_population`: for every row scored below the threshold, its top-k adverse features (Shapley
+  values with a small background and few feature orders), written to Parquet as the partitions come back.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from audit.config import AuditConfig
+from audit.data import DataError, Schema, add_derived, sha256_file
+from audit.explain._common import make_scorer
+
+
+@dataclass(frozen=True)
+class Partition:
+    """Consecutive row groups ``row_groups`` of the file: global rows ``start`` to ``start + rows``."""
+
+    index: int
+    row_groups: tuple[int, ...]
+    start: int
+    rows: int
+
+
+@dataclass(frozen=True)
+class Population:
+    """A Parquet population and how to turn its rows into model input, labels and sensitive columns."""
+
+    path: str
+    sha256: str
+    partitions: tuple[Partition, ...]
+    rows: int
+    schema: Schema
+    target: str
+    positive_label: str
+    label_map: tuple[tuple[str, str], ...]
+    derived: tuple[tuple[str, str, str], ...]  # (name, source, regex)
+    columns: tuple[str, ...]  # read from the file
+
+    def read(self, part: Partition, extra: tuple[str, ...] = ()) -> pd.DataFrame:
+        """The partition's rows (only the needed columns, plus ``extra``)."""
+        import pyarrow.parquet as pq
+
+        cols = list(self.columns) + [c for c in extra if c not in self.columns]
+        frame = pq.ParquetFile(self.path).read_row_groups(list(part.row_groups), columns=cols)
+        return frame.to_pandas()
+
+    def prepare(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+        """Code-space features, 0/1 labels and the sensitive columns of a partition."""
+        if self.derived:
+            add_derived(frame, {n: _Derived(src, rx) for n, src, rx in self.derived})
+        labels = frame[self.target].astype(str).str.strip()
+        if self.label_map:
+            labels = labels.replace(dict(self.label_map))
+        y = (labels.to_numpy(dtype=object) == self.positive_label).astype(np.int8)
+        sens = frame[list(self.schema.sensitive)].reset_index(drop=True)
+        return self.schema.to_codes(frame), y, sens
+
+
+@dataclass(frozen=True)
+class _Derived:
+    source: str
+    regex: str
+
+
+def open_population(cfg: AuditConfig, schema: Schema) -> Population:
+    """Check ``dataset.population`` (exists, checksum, columns) and plan its partitions.
+
+    Raises
+    ------
+    DataError
+        With the key, the problem and the fix.
+    """
+    import pyarrow.parquet as pq
+
+    spec = cfg.dataset.population
+    if spec is None:
+        raise ValueError("the config has no dataset.population")
+    path = cfg.resolve(spec.path)
+    if not path.is_file():
+        raise DataError(f"dataset.population.path: file '{path}' does not exist; fix the path")
+    digest = sha256_file(path)
+    if spec.sha256 and digest.lower() != spec.sha256.lower():
+        raise DataError(
+            f"dataset.population.sha256: checksum mismatch for '{path}': expected {spec.sha256.lower()}, file has "
+            f"{digest}; the file is corrupt or not the one the config was written for"
+        )
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a file that is not Parquet
+        raise DataError(f"dataset.population.path: '{path}' is not a readable Parquet file ({exc})") from None
+    have = set(pf.schema_arrow.names)
+    derived = cfg.fairness.derived
+    need = [*schema.feature_names, cfg.dataset.target]
+    need += [s for s in schema.sensitive if s not in derived and s not in need]
+    need += [d.source for d in derived.values() if d.source not in need]
+    missing = [c for c in need if c not in have]
+    if missing:
+        raise DataError(
+            f"dataset.population: '{path}' lacks column(s) {missing}; it needs the model's features, the target "
+            f"'{cfg.dataset.target}' and the sensitive columns"
+        )
+    md = pf.metadata
+    chunk = cfg.compute.chunk_rows
+    parts: list[Partition] = []
+    groups: list[int] = []
+    start = rows = 0
+    for rg in range(md.num_row_groups):
+        groups.append(rg)
+        rows += md.row_group(rg).num_rows
+        if rows >= chunk or rg == md.num_row_groups - 1:
+            parts.append(Partition(len(parts), tuple(groups), start, rows))
+            start += rows
+            groups, rows = [], 0
+    if start == 0:
+        raise DataError(f"dataset.population: '{path}' has no rows")
+    return Population(
+        str(path),
+        digest,
+        tuple(parts),
+        start,
+        schema,
+        cfg.dataset.target,
+        schema.positive_label,
+        tuple(cfg.dataset.label_map.items()),
+        tuple((n, d.source, d.regex) for n, d in derived.items()),
+        tuple(need),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- scoring
+@dataclass
+class ScoredPopulation:
+    """Labels, scores and sensitive columns of every row of a population, in file order."""
+
+    y: np.ndarray
+    proba: np.ndarray
+    sensitive: pd.DataFrame
+    rows: int
+    partitions: int
+    seconds: float
+
+
+def _score_partition(part: Partition, *, population: Population, predictor) -> tuple:
+    codes, y, sens = population.prepare(population.read(part))
+    return y, np.asarray(predictor.predict_codes(codes), dtype=np.float64), sens
+
+
+def score_population(population: Population, predictor, backend) -> ScoredPopulation:
+    """Score every row, one partition at a time (see :mod:`audit.compute` for ``backend``)."""
+    t0 = time.perf_counter()
+    shared = backend.share(predictor)
+    ys, ps, ss = [], [], []
+    for y, p, s in backend.map(_score_partition, population.partitions, population=population, predictor=shared):
+        ys.append(y)
+        ps.append(p)
+        ss.append(s)
+    y = np.concatenate(ys)
+    proba = np.concatenate(ps)
+    sens = pd.concat(ss, ignore_index=True)
+    return ScoredPopulation(y, proba, sens, len(y), len(population.partitions), round(time.perf_counter() - t0, 3))
+
+
+# ---------------------------------------------------------------------------------------- permutation importance
+def _permute_partition(
+    part: Partition,
+    *,
+    population: Population,
+    predictor,
+    units: list[tuple[int, list[int]]],
+    n_repeats: int,
+    seed: int,
+) -> np.ndarray:
+    codes, _, _ = population.prepare(population.read(part))
+    out = np.empty((len(units), n_repeats, len(codes)))
+    block = codes.copy()
+    for k, (u, columns) in enumerate(units):
+        rng = np.random.default_rng([seed, u, part.index])
+        for r in range(n_repeats):
+            block[:, columns] = codes[np.ix_(rng.permutation(len(codes)), columns)]
+            out[k, r] = predictor.predict_codes(block)
+        block[:, columns] = codes[:, columns]
+    return out
+
+
+def permutation_importance_population(
+    population: Population,
+    predictor,
+    backend,
+    *,
+    y: np.ndarray,
+    proba: np.ndarray,
+    groups: dict[str, list[str]] | None = None,
+    metric: str = "roc_auc",
+    n_repeats: int = 5,
+    threshold: float = 0.5,
+    random_state: int = 0,
+    max_bytes: int = 1 << 28,
+):
+    """Permutation importance over the whole population, with permutations within partitions.
+
+    Shuffling a feature within each partition (instead of across the file) keeps every task local to its
+    partition; for a file whose rows are not ordered by the feature it measures the same thing. Scores come back
+    per partition and are joined in file order, so the metric (any of :func:`audit.explain._common.make_scorer`)
+    is computed exactly on all rows. Units are evaluated in passes over the file, as many per pass as fit in
+    ``max_bytes`` of scores (``n_repeats * rows * 8`` bytes a unit).
+
+    Parameters
+    ----------
+    y, proba : ndarray
+        Labels and unpermuted scores of all rows (from :func:`score_population`).
+    random_state : int
+        Seeds each partition's permutations with ``(random_state, unit, partition index)``.
+
+    Returns
+    -------
+    audit.explain.permutation.PermutationImportance
+    """
+    from audit.explain.permutation import PermutationImportance, permutation_units
+
+    names = population.schema.feature_names
+    units = permutation_units(names, groups or {})
+    score = make_scorer(metric, threshold=threshold)
+    baseline = float(score(y, proba))
+    shared = backend.share(predictor)
+    imp = np.empty((len(units), n_repeats))
+    per_pass = max(1, int(max_bytes // (8 * n_repeats * max(population.rows, 1))))
+    for first in range(0, len(units), per_pass):
+        batch = [(u, [names.index(m) for m in units[u][1]]) for u in range(first, min(first + per_pass, len(units)))]
+        p = np.concatenate(
+            list(
+                backend.map(
+                    _permute_partition,
+                    population.partitions,
+                    population=population,
+                    predictor=shared,
+                    units=batch,
+                    n_repeats=n_repeats,
+                    seed=int(random_state),
+                )
+            ),
+            axis=2,
+        )
+        for k, (u, _) in enumerate(batch):
+            for r in range(n_repeats):
+                imp[u, r] = baseline - score(y, p[k, r])
+        del p
+    n = population.rows
+    return PermutationImportance(
+        [u[0] for u in units], [u[1] for u in units], imp, baseline, metric, n, n * (1 + len(units) * n_repeats)
+    )
+
+
+# ----------------------------------------------------------------------------------------- partial dependence
+def _pd_partition(
+    part: Partition, *, population: Population, predictor, columns: list[int], grids: list[np.ndarray], chunk_rows: int
+) -> list[np.ndarray]:
+    codes, _, _ = population.prepare(population.read(part))
+    sums = []
+    for j, grid in zip(columns, grids, strict=True):
+        acc = np.zeros(len(grid))
+        step = max(1, chunk_rows // len(grid))  # rows x grid points per model call stays within chunk_rows
+        for s in range(0, len(codes), step):
+            rows = codes[s : s + step]
+            batch = np.repeat(rows[None, :, :], len(grid), axis=0)
+            batch[:, :, j] = grid[:, None]
+            acc += predictor.predict_codes(batch.reshape(-1, codes.shape[1])).reshape(len(grid), -1).sum(axis=1)
+        sums.append(acc)
+    return sums
+
+
+def partial_dependence_population(
+    population: Population, predictor, backend, *, columns: list[int], grids: list[np.ndarray], chunk_rows: int
+) -> list[np.ndarray]:
+    """Partial dependence of each column in ``columns`` over its grid, averaged over every row of the population.
+
+    Each partition returns per-grid-value sums of scores; they are added in partition order and divided by the row
+    count. Model evaluations: ``rows * sum(len(grid))``.
+    """
+    shared = backend.share(predictor)
+    total = None
+    for sums in backend.map(
+        _pd_partition,
+        population.partitions,
+        population=population,
+        predictor=shared,
+        columns=list(columns),
+        grids=[np.asarray(g, dtype=np.float64) for g in grids],
+        chunk_rows=chunk_rows,
+    ):
+        total = sums if total is None else [a + b for a, b in zip(total, sums, strict=True)]
+    return [t / population.rows for t in total]
+
+
+# ------------------------------------------------------------------------------------------------ reason codes
+def _reason_partition(
+    part: Partition,
+    *,
+    population: Population,
+    predictor,
+    background: np.ndarray,
+    threshold: float,
+    top_k: int,
+    n_permutations: int,
+    seed: int,
+    id_column: str | None,
+) -> pd.DataFrame:
+    from audit.explain.shapley import shapley_values
+
+    frame = population.read(part, (id_column,) if id_column else ())
+    ids = frame[id_column].to_numpy() if id_column else None
+    codes, _, _ = population.prepare(frame)
+    p = np.asarray(predictor.predict_codes(codes), dtype=np.float64)
+    declined = np.flatnonzero(p < threshold)
+    names = population.schema.feature_names
+    out = {"row": (part.start + declined).astype(np.int64)}
+    if ids is not None:
+        out[id_column] = ids[declined]
+    out["score"] = p[declined]
+    if len(declined):
+        sv = shapley_values(
+            predictor.predict_codes,
+            codes[declined],
+            background,
+            feature_names=names,
+            method="permutation",
+            n_permutations=n_permutations,
+            random_state=seed,  # the same feature orders in every partition
+        ).values
+    else:
+        sv = np.zeros((0, len(names)))
+    order = np.argsort(sv, axis=1, kind="stable")[:, :top_k]  # most negative first
+    raw = population.schema.from_codes(codes[declined]) if len(declined) else None
+    for r in range(min(top_k, len(names))):
+        j = order[:, r] if len(declined) else np.zeros(0, dtype=int)
+        contrib = sv[np.arange(len(declined)), j]
+        adverse = contrib < 0
+        out[f"reason_{r + 1}"] = np.where(adverse, np.asarray(names, dtype=object)[j], None)
+        out[f"contribution_{r + 1}"] = np.where(adverse, contrib, np.nan)
+        values = np.array([_fmt(raw.iat[i, jj]) for i, jj in enumerate(j)], dtype=object) if raw is not None else []
+        out[f"value_{r + 1}"] = np.where(adverse, values, None) if len(declined) else values
+    return pd.DataFrame(out)
+
+
+def _fmt(v) -> str:
+    return f"{v:g}" if isinstance(v, float | np.floating) else str(v)
+
+
+@dataclass
+class ReasonCodeRun:
+    """What :func:`reason_codes_population` wrote."""
+
+    output: str
+    rows: int
+    declined: int
+    seconds: float
+
+
+def reason_codes_population(
+    population: Population,
+    predictor,
+    backend,
+    *,
+    background: np.ndarray,
+    output: str | Path,
+    threshold: float = 0.5,
+    top_k: int = 4,
+    n_permutations: int = 1,
+    random_state: int = 0,
+    id_column: str | None = None,
+) -> ReasonCodeRun:
+    """For every row scored below ``threshold``: its ``top_k`` adverse features, written to ``output`` (Parquet).
+
+    Adverse features are those with the most negative Shapley values (permutation estimator with
+    ``n_permutations`` antithetic pairs of feature orders, the same orders for every row, against ``background``).
+    A row lists fewer than ``top_k`` reasons when fewer features push it down. Columns: ``row`` (position in the
+    input file), ``id_column`` if given, ``score``, then ``reason_i``, ``contribution_i``, ``value_i``.
+    Partitions are written as they come back, in file order; the file appears only when complete.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    t0 = time.perf_counter()
+    output = Path(output)
+    tmp = output.with_name(f".{output.name}.tmp")
+    if id_column is not None:
+        fields = pq.ParquetFile(population.path).schema_arrow
+        if id_column not in fields.names:
+            raise DataError(f"--id-column: '{id_column}' is not a column of '{population.path}'")
+        id_type = fields.field(id_column).type
+    else:
+        id_type = None
+    shared = backend.share(predictor)
+    writer = None
+    declined = 0
+    try:
+        for frame in backend.map(
+            _reason_partition,
+            population.partitions,
+            population=population,
+            predictor=shared,
+            background=np.asarray(background, dtype=np.float64),
+            threshold=threshold,
+            top_k=top_k,
+            n_permutations=n_permutations,
+            seed=int(random_state),
+            id_column=id_column,
+        ):
+            table = pa.Table.from_pandas(frame, preserve_index=False, schema=_reason_schema(frame, id_type))
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table)
+            declined += len(frame)
+        writer.close()
+        writer = None
+        tmp.replace(output)
+    finally:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+    return ReasonCodeRun(str(output), population.rows, declined, round(time.perf_counter() - t0, 3))
+
+
+def _reason_schema(frame: pd.DataFrame, id_type):
+    """A fixed Arrow schema, so partitions without declined rows (all-null columns) write the same types."""
+    import pyarrow as pa
+
+    fields = []
+    for c in frame.columns:
+        if c == "row":
+            fields.append(pa.field(c, pa.int64()))
+        elif c == "score" or c.startswith("contribution_"):
+            fields.append(pa.field(c, pa.float64()))
+        elif c.startswith(("reason_", "value_")):
+            fields.append(pa.field(c, pa.string()))
+        else:
+            fields.append(pa.field(c, id_type))
+    return pa.schema(fields)
