@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from audit.compute import Backend, make_backend
 from audit.config import AuditConfig
 from audit.data import Dataset, dataset_fingerprint, load_dataset
 from audit.errors import (
@@ -117,6 +118,7 @@ class AuditRun:
     stages: dict[str, float] = field(default_factory=dict)
     exit_code: int = EXIT_OK
     run_dir: Path | None = None
+    compute: dict[str, Any] = field(default_factory=dict)  # backend, chunk size, population provenance
 
     @property
     def findings(self):
@@ -283,6 +285,8 @@ def run_audit(
     step = on_stage or (lambda name: None)
     created: list[Path] = []
     base_report, base_path = load_baseline(baseline, out_root)
+    backend = Backend()
+    pop_run = None
     try:
         step("load data")
         with progress.stage("load data"):
@@ -290,11 +294,21 @@ def run_audit(
             from audit.modules.local_explain import check_local_config
 
             check_local_config(cfg, ds)
+            population = None
+            if cfg.dataset.population is not None:
+                from audit.population import open_population
+
+                population = open_population(cfg, ds.schema)  # checked before anything is written
             if "pdf" in cfg.report.formats:
                 from audit.report.writer import check_pdf_support
 
                 check_pdf_support()
         run.dataset = ds
+        if cfg.compute.backend != "local":
+            step("compute")
+            with progress.stage(f"start {cfg.compute.backend} backend"):
+                backend = make_backend(cfg.compute)  # bad address or missing extra: exit 2, nothing written
+        run.compute = {**backend.describe(), "chunk_rows": cfg.compute.chunk_rows}
         if write:
             _remove_stale_runs(out_root)
             created = [d for d in (out_root.parent, out_root) if not d.exists()]  # removed again on failure
@@ -316,6 +330,9 @@ def run_audit(
                     raise
                 except Exception as exc:  # noqa: BLE001 - a black-box model raising on the audit data
                     raise ModelScoringError(f"scoring the data failed: {exc.__class__.__name__}: {exc}") from exc
+            if population is not None:
+                pop_run = _score_population(cfg, ds, population, predictor, backend, progress, step)
+                run.compute["population"] = pop_run.provenance()
         except (ModelRuntimeError, ModelScoringError) as exc:
             # The model itself failed: no module can run, but the report records what happened (exit code 3).
             run.modules.append(
@@ -338,6 +355,8 @@ def run_audit(
             baseline=base_report,
             baseline_path=base_path,
             codes_train=codes_train,
+            population=pop_run,
+            backend=backend,
         )
         for module in modules if modules is not None else default_modules():
             if not module.enabled(cfg):
@@ -367,6 +386,28 @@ def run_audit(
             if d.is_dir() and not any(d.iterdir()):
                 d.rmdir()
         raise
+    finally:
+        backend.close()
+
+
+def _score_population(cfg, ds, population, predictor, backend, progress, step):
+    """Score every row of ``dataset.population`` (a model failure here is exit code 3, like on the test split)."""
+    from dataclasses import replace
+
+    from audit.population import PopulationRun, score_population
+
+    step("score population")
+    with progress.stage("score population"):
+        population = replace(population, schema=ds.schema)  # a loaded model's own levels
+        try:
+            scored = score_population(population, predictor, backend)
+            _checked_scores(scored.proba, scored.rows)
+        except (AuditInputError, ModelScoringError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a black-box model raising on the population
+            raise ModelScoringError(f"scoring the population failed: {exc.__class__.__name__}: {exc}") from exc
+    ds.files[str(cfg.dataset.population.path)] = population.sha256
+    return PopulationRun(population, scored)
 
 
 def load_baseline(baseline: str | Path | None, out_root: Path) -> tuple[dict | None, str | None]:

@@ -58,6 +58,7 @@ class Population:
     label_map: tuple[tuple[str, str], ...]
     derived: tuple[tuple[str, str, str], ...]  # (name, source, regex)
     columns: tuple[str, ...]  # read from the file
+    labelled: bool = True  # has the target and sensitive columns
 
     def read(self, part: Partition, extra: tuple[str, ...] = ()) -> pd.DataFrame:
         """The partition's rows (only the needed columns, plus ``extra``)."""
@@ -67,8 +68,10 @@ class Population:
         frame = pq.ParquetFile(self.path).read_row_groups(list(part.row_groups), columns=cols)
         return frame.to_pandas()
 
-    def prepare(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-        """Code-space features, 0/1 labels and the sensitive columns of a partition."""
+    def prepare(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None, pd.DataFrame | None]:
+        """Code-space features, 0/1 labels and the sensitive columns of a partition (None when unlabelled)."""
+        if not self.labelled:
+            return self.schema.to_codes(frame), None, None
         if self.derived:
             add_derived(frame, {n: _Derived(src, rx) for n, src, rx in self.derived})
         labels = frame[self.target].astype(str).str.strip()
@@ -85,8 +88,27 @@ class _Derived:
     regex: str
 
 
-def open_population(cfg: AuditConfig, schema: Schema) -> Population:
-    """Check ``dataset.population`` (exists, checksum, columns) and plan its partitions.
+def open_population(
+    cfg: AuditConfig,
+    schema: Schema,
+    *,
+    path: str | Path | None = None,
+    key: str = "dataset.population",
+    labelled: bool = True,
+) -> Population:
+    """Check a population file (exists, checksum, columns) and plan its partitions.
+
+    Parameters
+    ----------
+    cfg : AuditConfig
+    schema : Schema
+        The model's features.
+    path : path-like, optional
+        Another Parquet file than ``dataset.population`` (e.g. the input of ``reason-codes``); not checksummed.
+    key : str
+        How error messages name the file.
+    labelled : bool
+        Whether the target and sensitive columns are needed (an audit) or only the features (reason codes).
 
     Raises
     ------
@@ -96,32 +118,40 @@ def open_population(cfg: AuditConfig, schema: Schema) -> Population:
     import pyarrow.parquet as pq
 
     spec = cfg.dataset.population
-    if spec is None:
-        raise ValueError("the config has no dataset.population")
-    path = cfg.resolve(spec.path)
+    if path is None:
+        if spec is None:
+            raise ValueError("the config has no dataset.population")
+        path = cfg.resolve(spec.path)
+    else:
+        spec = None
+    path = Path(path)
     if not path.is_file():
-        raise DataError(f"dataset.population.path: file '{path}' does not exist; fix the path")
+        raise DataError(f"{key}: file '{path}' does not exist; fix the path")
     digest = sha256_file(path)
-    if spec.sha256 and digest.lower() != spec.sha256.lower():
+    if spec is not None and spec.sha256 and digest.lower() != spec.sha256.lower():
         raise DataError(
-            f"dataset.population.sha256: checksum mismatch for '{path}': expected {spec.sha256.lower()}, file has "
+            f"{key}.sha256: checksum mismatch for '{path}': expected {spec.sha256.lower()}, file has "
             f"{digest}; the file is corrupt or not the one the config was written for"
         )
     try:
         pf = pq.ParquetFile(path)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a file that is not Parquet
-        raise DataError(f"dataset.population.path: '{path}' is not a readable Parquet file ({exc})") from None
+        raise DataError(f"{key}: '{path}' is not a readable Parquet file ({exc.__class__.__name__})") from None
     have = set(pf.schema_arrow.names)
-    derived = cfg.fairness.derived
-    need = [*schema.feature_names, cfg.dataset.target]
-    need += [s for s in schema.sensitive if s not in derived and s not in need]
-    need += [d.source for d in derived.values() if d.source not in need]
+    derived = cfg.fairness.derived if labelled else {}
+    need = list(schema.feature_names)
+    if labelled:
+        need.append(cfg.dataset.target)
+        need += [s for s in schema.sensitive if s not in derived and s not in need]
+        need += [d.source for d in derived.values() if d.source not in need]
     missing = [c for c in need if c not in have]
     if missing:
-        raise DataError(
-            f"dataset.population: '{path}' lacks column(s) {missing}; it needs the model's features, the target "
-            f"'{cfg.dataset.target}' and the sensitive columns"
+        what = (
+            f"the model's features, the target '{cfg.dataset.target}' and the sensitive columns"
+            if labelled
+            else "the model's feature columns"
         )
+        raise DataError(f"{key}: '{path}' lacks column(s) {missing}; it needs {what}")
     md = pf.metadata
     chunk = cfg.compute.chunk_rows
     parts: list[Partition] = []
@@ -135,7 +165,7 @@ def open_population(cfg: AuditConfig, schema: Schema) -> Population:
             start += rows
             groups, rows = [], 0
     if start == 0:
-        raise DataError(f"dataset.population: '{path}' has no rows")
+        raise DataError(f"{key}: '{path}' has no rows")
     return Population(
         str(path),
         digest,
@@ -147,6 +177,7 @@ def open_population(cfg: AuditConfig, schema: Schema) -> Population:
         tuple(cfg.dataset.label_map.items()),
         tuple((n, d.source, d.regex) for n, d in derived.items()),
         tuple(need),
+        labelled,
     )
 
 
@@ -181,6 +212,24 @@ def score_population(population: Population, predictor, backend) -> ScoredPopula
     proba = np.concatenate(ps)
     sens = pd.concat(ss, ignore_index=True)
     return ScoredPopulation(y, proba, sens, len(y), len(population.partitions), round(time.perf_counter() - t0, 3))
+
+
+@dataclass
+class PopulationRun:
+    """A population as the audit modules see it: the file's plan and its scored rows."""
+
+    population: Population
+    scored: ScoredPopulation
+
+    def provenance(self) -> dict:
+        p = self.population
+        return {
+            "path": p.path,
+            "sha256": p.sha256,
+            "rows": p.rows,
+            "partitions": len(p.partitions),
+            "scoring_s": self.scored.seconds,
+        }
 
 
 # ---------------------------------------------------------------------------------------- permutation importance

@@ -51,6 +51,11 @@ class AuditContext:
     ``X_audit`` / ``y_audit`` are the audit rows (the test split), ``codes_audit`` the same rows in code space;
     :meth:`train_codes` gives the training rows in code space (passed in by the pipeline, else derived once).
     ``seed_for(name)`` gives each module its own child seed of the config's seed.
+
+    With ``dataset.population`` set, ``population`` holds the scored population (labels, scores and sensitive
+    columns of every row, see :mod:`audit.population`): performance, fairness, permutation importance and partial
+    dependence are computed on it; the sample-based sections (ICE, ALE, interactions, local explanations, network)
+    keep using the test split.
     """
 
     config: AuditConfig
@@ -74,6 +79,8 @@ class AuditContext:
 
     baseline: dict[str, Any] | None = None  # a previous report.json to compare with
     baseline_path: str | None = None
+    population: Any = None  # audit.population.PopulationRun when dataset.population is set
+    backend: Any = None  # audit.compute.Backend: where per-partition and per-block work runs (None: this process)
 
     def seed_for(self, name: str) -> int:
         """A child seed, stable per module name, derived from the config's seed."""

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from audit.config import AuditConfig
-from audit.fairness import cramers_v, group_fairness, group_labels, verdict
+from audit.fairness import cramers_v, group_fairness_many, group_labels, verdict
 from audit.findings import Finding
 from audit.modules.base import AuditContext, Figure, ModuleResult, Table
 from audit.plotting import subplots, to_png
@@ -45,6 +45,14 @@ def audit_groupings(ctx: AuditContext) -> dict[str, np.ndarray]:
     return ctx.cache["groupings"]
 
 
+def _audit_rows(ctx: AuditContext) -> tuple[np.ndarray, np.ndarray, str]:
+    """Labels and scores the fairness numbers are computed on: the population if there is one, else the test split."""
+    if ctx.population is not None:
+        sp = ctx.population.scored
+        return sp.y, sp.proba, f"population ({sp.rows} rows)"
+    return ctx.y_audit, ctx.proba_audit, f"test rows ({len(ctx.y_audit)})"
+
+
 class FairnessModule:
     name = "fairness"
     title = "Fairness and bias"
@@ -58,22 +66,22 @@ class FairnessModule:
         schema = ctx.dataset.schema
         sensitive = list(schema.sensitive)
         seed = ctx.seed_for(self.name)
-        results = []
-        groups = audit_groupings(ctx)
-        for i, (name, labels) in enumerate(groups.items()):
-            results.append(
-                group_fairness(
-                    ctx.y_audit,
-                    ctx.proba_audit,
-                    labels,
-                    name=name,
-                    threshold=cfg.model.threshold,
-                    min_group_size=fc.min_group_size,
-                    n_bootstrap=fc.n_bootstrap,
-                    confidence=fc.confidence,
-                    random_state=np.random.default_rng([seed, i]),
-                )
-            )
+        y, p, rows = _audit_rows(ctx)
+        if ctx.population is not None:  # every row of the population, grouped the same way
+            groups = groupings(ctx.population.scored.sensitive, cfg, sensitive)
+        else:
+            groups = audit_groupings(ctx)
+        results = group_fairness_many(
+            y,
+            p,
+            groups,
+            threshold=cfg.model.threshold,
+            min_group_size=fc.min_group_size,
+            n_bootstrap=fc.n_bootstrap,
+            confidence=fc.confidence,
+            random_state=seed,
+            backend=ctx.backend,
+        )
         findings, rows = [], []
         thresholds = fc.thresholds.model_dump()
         for res in results:
@@ -132,8 +140,8 @@ class FairnessModule:
                 "Headline fairness measures",
                 measures[["grouping", "measure", "value", "ci_low", "ci_high", "threshold", "verdict"]],
                 f"Over groups with at least {fc.min_group_size} rows; {int(fc.confidence * 100)}% percentile "
-                f"bootstrap intervals from {fc.n_bootstrap} resamples of the test rows; 'inconclusive' when the "
-                "interval straddles the threshold.",
+                f"bootstrap intervals from {fc.n_bootstrap} Poisson resamples of the {rows}; 'inconclusive' when "
+                "the interval straddles the threshold.",
             )
         ]
         for res in results:
@@ -160,13 +168,14 @@ class FairnessModule:
                 "Cramér's V (numeric features in quintiles); importance rank from permutation importance when it ran.",
             )
         )
-        figures = [self._rates_figure(res) for res in results] + [self._roc_figure(ctx, sensitive, groups, cfg)]
+        figures = [self._rates_figure(res) for res in results] + [self._roc_figure(y, p, sensitive, groups, cfg)]
         return ModuleResult(
             summary={
                 "groupings": len(results),
                 "fail": sum(f.status == "fail" for f in findings),
                 "inconclusive": sum(f.status == "inconclusive" for f in findings),
                 "bootstrap": fc.n_bootstrap,
+                "rows": len(y),
             },
             tables=tables,
             figures=figures,
@@ -240,7 +249,9 @@ class FairnessModule:
         )
 
     @staticmethod
-    def _roc_figure(ctx: AuditContext, sensitive: list[str], groups: dict[str, np.ndarray], cfg: AuditConfig) -> Figure:
+    def _roc_figure(
+        y: np.ndarray, p: np.ndarray, sensitive: list[str], groups: dict[str, np.ndarray], cfg: AuditConfig
+    ) -> Figure:
         from sklearn.metrics import roc_curve
 
         cols = min(3, len(sensitive))
@@ -250,10 +261,10 @@ class FairnessModule:
             lab = groups[s]
             for g in pd.unique(lab):
                 m = lab == g
-                yg = ctx.y_audit[m]
+                yg = y[m]
                 if m.sum() < cfg.fairness.min_group_size or yg.min() == yg.max():
                     continue
-                fpr, tpr, _ = roc_curve(yg, ctx.proba_audit[m])
+                fpr, tpr, _ = roc_curve(yg, p[m])
                 ax.plot(fpr, tpr, lw=1.2, label=str(g)[:20])
             ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
             ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC by {s}")

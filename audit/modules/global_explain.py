@@ -7,6 +7,7 @@ path, so no DataFrame is rebuilt per perturbation.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -75,18 +76,38 @@ class PermutationModule:
     def run(self, ctx: AuditContext) -> ModuleResult:
         cfg = ctx.config.modules.permutation_importance
         schema = ctx.dataset.schema
-        res = permutation_importance(
-            ctx.predictor.predict_codes,
-            ctx.codes_audit,
-            ctx.y_audit,
-            feature_names=schema.feature_names,
-            groups=cfg.groups,
-            metric=cfg.metric,
-            n_repeats=cfg.n_repeats,
-            max_rows=cfg.max_rows,
-            threshold=ctx.config.model.threshold,
-            random_state=ctx.seed_for(self.name),
-        )
+        if ctx.population is not None:  # every row, permuted within partitions (see audit.population)
+            from audit.population import permutation_importance_population
+
+            pop = ctx.population
+            res = permutation_importance_population(
+                pop.population,
+                ctx.predictor,
+                ctx.backend,
+                y=pop.scored.y,
+                proba=pop.scored.proba,
+                groups=cfg.groups,
+                metric=cfg.metric,
+                n_repeats=cfg.n_repeats,
+                threshold=ctx.config.model.threshold,
+                random_state=ctx.seed_for(self.name),
+            )
+            rows_note = f"{res.n_rows} population rows (each feature permuted within partitions)"
+        else:
+            res = permutation_importance(
+                ctx.predictor.predict_codes,
+                ctx.codes_audit,
+                ctx.y_audit,
+                feature_names=schema.feature_names,
+                groups=cfg.groups,
+                metric=cfg.metric,
+                n_repeats=cfg.n_repeats,
+                max_rows=cfg.max_rows,
+                threshold=ctx.config.model.threshold,
+                chunk_rows=ctx.config.compute.chunk_rows,
+                random_state=ctx.seed_for(self.name),
+            )
+            rows_note = f"{res.n_rows} test rows"
         table = res.to_frame()
         findings = []
         watch = {s: "sensitive" for s in schema.sensitive} | {p: "proxy" for p in cfg.proxies}
@@ -123,7 +144,7 @@ class PermutationModule:
                     "importance",
                     f"Permutation importance (drop in {cfg.metric})",
                     table,
-                    f"{cfg.n_repeats} repeats on {res.n_rows} test rows; interval: 95% Student-t over repeats "
+                    f"{cfg.n_repeats} repeats on {rows_note}; interval: 95% Student-t over repeats "
                     "(permutation noise only).",
                 )
             ],
@@ -171,15 +192,32 @@ class PartialDependenceModule:
         ice_rows = _sample(len(X), cfg.ice_curves, seed + 1)
         predict = ctx.predictor.predict_codes
         results, rows = [], []
-        for name in names:
-            j = schema.feature_names.index(name)
-            feat = schema.feature(name)
-            freq = None
-            if feat.is_categorical:
+        cols = [schema.feature_names.index(name) for name in names]
+        grids, freqs = [], []
+        for name, j in zip(names, cols, strict=True):
+            if schema.feature(name).is_categorical:
                 grid, freq = np.unique(X[:, j], return_counts=True)
             else:
-                grid = quantile_grid(X[:, j], cfg.grid_resolution)
+                grid, freq = quantile_grid(X[:, j], cfg.grid_resolution), None
+            grids.append(grid)
+            freqs.append(freq)
+        population_pd = None
+        if ctx.population is not None:  # the average over every row of the population; ICE from the sample
+            from audit.population import partial_dependence_population
+
+            population_pd = partial_dependence_population(
+                ctx.population.population,
+                ctx.predictor,
+                ctx.backend,
+                columns=cols,
+                grids=grids,
+                chunk_rows=ctx.config.compute.chunk_rows,
+            )
+        for i, (name, j) in enumerate(zip(names, cols, strict=True)):
+            feat, grid, freq = schema.feature(name), grids[i], freqs[i]
             pd_ = partial_dependence(predict, X, j, grid, feature=name)
+            if population_pd is not None:
+                pd_ = replace(pd_, average=population_pd[i])
             labels, avg, ice = self._display(pd_, feat, freq, cfg.max_levels)
             het = pd_.heterogeneity()
             results.append((name, feat, labels, avg, ice[ice_rows], het))
@@ -213,14 +251,24 @@ class PartialDependenceModule:
             _check_features([a, b], schema, "modules.partial_dependence.pairs")
             figures.append(self._pair(predict, X, schema, a, b, min(cfg.grid_resolution, 12), data))
         return ModuleResult(
-            summary={"features": len(names), "rows": len(X), "ice_curves_shown": len(ice_rows)},
+            summary={
+                "features": len(names),
+                "rows": len(X),
+                "ice_curves_shown": len(ice_rows),
+                "average_over": "population" if population_pd is not None else "sample",
+            },
             tables=[
                 Table(
                     "heterogeneity",
                     "PD range and ICE heterogeneity per feature",
                     table,
-                    "ice_spread: mean std of mean-centred ICE curves; opposite_share: rows whose ICE moves "
-                    "against the PD's direction.",
+                    (
+                        f"PD averaged over all {ctx.population.population.rows} population rows; "
+                        if population_pd is not None
+                        else f"PD averaged over {len(X)} sampled test rows; "
+                    )
+                    + f"ICE from {len(X)} sampled test rows. ice_spread: mean std of mean-centred ICE curves; "
+                    "opposite_share: rows whose ICE moves against the PD's direction.",
                 )
             ],
             figures=figures,

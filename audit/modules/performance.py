@@ -81,29 +81,40 @@ class PerformanceModule:
         thr = ctx.config.model.threshold
         test = classification_metrics(ctx.y_audit, ctx.proba_audit, threshold=thr, n_bins=cfg.n_bins)
         train = classification_metrics(ctx.dataset.y_train, ctx.proba_train, threshold=thr, n_bins=cfg.n_bins)
-        metrics = pd.DataFrame({"test": test, "train": train})
+        # With a population, the headline numbers (and the gates) are on every row of it; the test split stays
+        # as a column, so a population that drifted away from the model's data shows next to it.
+        y_a, p_a, where = ctx.y_audit, ctx.proba_audit, "test split"
+        columns = {"test": test, "train": train}
+        population = None
+        if ctx.population is not None:
+            y_a, p_a = ctx.population.scored.y, ctx.population.scored.proba
+            population = classification_metrics(y_a, p_a, threshold=thr, n_bins=cfg.n_bins)
+            columns = {"population": population, **columns}
+            where = f"population ({len(y_a)} rows)"
+        head = population or test
+        metrics = pd.DataFrame(columns)
         metrics["train - test"] = metrics["train"] - metrics["test"]
         metrics.loc["rows", "train - test"] = np.nan
         metrics.index.name = "metric"
-        cm = confusion_matrix(ctx.y_audit, (ctx.proba_audit >= thr).astype(int), labels=[0, 1])
+        cm = confusion_matrix(y_a, (p_a >= thr).astype(int), labels=[0, 1])
         schema = ctx.dataset.schema
         cm_frame = pd.DataFrame(
             cm,
             index=[f"actual {schema.negative_label}", f"actual {schema.positive_label}"],
             columns=[f"predicted {schema.negative_label}", f"predicted {schema.positive_label}"],
         )
-        ece, bins = expected_calibration_error(ctx.y_audit, ctx.proba_audit, n_bins=cfg.n_bins)
+        ece, bins = expected_calibration_error(y_a, p_a, n_bins=cfg.n_bins)
 
         findings = []
         if cfg.min_roc_auc is not None:
-            ok = test["roc_auc"] >= cfg.min_roc_auc
+            ok = head["roc_auc"] >= cfg.min_roc_auc
             findings.append(
                 Finding(
                     self.name,
-                    f"Test ROC AUC {test['roc_auc']:.3f}",
+                    f"{'Population' if population else 'Test'} ROC AUC {head['roc_auc']:.3f}",
                     "pass" if ok else "fail",
                     "high",
-                    {"roc_auc": test["roc_auc"]},
+                    {"roc_auc": head["roc_auc"]},
                     f"ROC AUC >= {cfg.min_roc_auc}",
                     gating=True,
                 )
@@ -122,33 +133,35 @@ class PerformanceModule:
         findings.append(Finding(self.name, f"Expected calibration error {ece:.3f}", "info", "info", {"ece": ece}))
 
         return ModuleResult(
-            summary={"test_roc_auc": test["roc_auc"], "test_accuracy": test["accuracy"], "test_ece": ece},
+            summary={"test_roc_auc": test["roc_auc"], "test_accuracy": test["accuracy"], "test_ece": ece}
+            | ({"population_roc_auc": population["roc_auc"], "population_rows": len(y_a)} if population else {}),
             tables=[
                 Table(
                     "metrics",
-                    "Metrics on the test and training splits",
+                    "Metrics on the " + ("population, " if population else "") + "test and training splits",
                     metrics.reset_index(),
                     f"Threshold {thr} for accuracy, F1 and the confusion matrix.",
                 ),
                 Table(
                     "confusion",
-                    f"Confusion matrix on the test split at threshold {thr}",
+                    f"Confusion matrix on the {where} at threshold {thr}",
                     cm_frame.reset_index(names=""),
                 ),
-                Table("calibration", "Reliability table (test split)", bins),
+                Table("calibration", f"Reliability table ({where})", bins),
             ],
-            figures=[self._reliability(bins, ece), self._roc(ctx)],
+            figures=[self._reliability(bins, ece, where), self._roc(ctx)],
             findings=findings,
             data={
                 "test": test,
                 "train": train,
+                **({"population": population} if population else {}),
                 "confusion_matrix": cm.tolist(),
                 "calibration_bins": bins.to_dict("list"),
             },
         )
 
     @staticmethod
-    def _reliability(bins: pd.DataFrame, ece: float) -> Figure:
+    def _reliability(bins: pd.DataFrame, ece: float, where: str) -> Figure:
         fig, ax = subplots(figsize=(4.6, 4.2))
         ok = bins["rows"] > 0
         ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
@@ -161,17 +174,20 @@ class PerformanceModule:
             title=f"Reliability diagram (ECE {ece:.3f})",
         )
         ax.legend(loc="upper left", fontsize=8)
-        return Figure("reliability", "Reliability diagram on the test split; points are equal-width bins.", to_png(fig))
+        return Figure("reliability", f"Reliability diagram on the {where}; points are equal-width bins.", to_png(fig))
 
     @staticmethod
     def _roc(ctx: AuditContext) -> Figure:
         from sklearn.metrics import roc_curve
 
         fig, ax = subplots(figsize=(4.6, 4.2))
-        for name, y, p in (("test", ctx.y_audit, ctx.proba_audit), ("train", ctx.dataset.y_train, ctx.proba_train)):
+        curves = [("test", ctx.y_audit, ctx.proba_audit), ("train", ctx.dataset.y_train, ctx.proba_train)]
+        if ctx.population is not None:
+            curves.insert(0, ("population", ctx.population.scored.y, ctx.population.scored.proba))
+        for name, y, p in curves:
             fpr, tpr, _ = roc_curve(y, p)
             ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(y, p):.3f})")
         ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
         ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC curve")
         ax.legend(loc="lower right", fontsize=8)
-        return Figure("roc", "ROC curves on the test and training splits.", to_png(fig))
+        return Figure("roc", "ROC curves on the " + ", ".join(c[0] for c in curves) + " rows.", to_png(fig))

@@ -30,6 +30,9 @@ _PACKAGES = (
     "matplotlib",
     "seaborn",
     "jinja2",
+    "pyarrow",
+    "dask",
+    "distributed",
 )
 
 
@@ -99,13 +102,15 @@ def build_report_json(run, ds: Dataset, fingerprint: str) -> dict[str, Any]:
                 "name": cfg.dataset.name or cfg.name,
                 "files": ds.files,
                 "fingerprint": fingerprint,
-                "rows": {"train": len(ds.X_train), "test": len(ds.X_test)},
+                "rows": {"train": len(ds.X_train), "test": len(ds.X_test)}
+                | ({"population": run.compute["population"]["rows"]} if "population" in run.compute else {}),
                 "features": ds.schema.to_json()["features"],
                 "target": ds.schema.target,
                 "positive_label": ds.schema.positive_label,
                 "notes": ds.notes,
             },
             "model": run.model_info,
+            "compute": run.compute,
             "versions": package_versions(),
             "git_commit": git_commit(Path(cfg.base_dir)),
             "started": run.started.isoformat(),
