@@ -5,12 +5,12 @@ PY     := $(VENV)/bin/python
 CONFIG ?= configs/adult.yaml
 STAMP  := $(VENV)/.installed
 
-.PHONY: audit test bench lint format validate clean-venv
+.PHONY: audit test bench bench-scale lint format validate clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,pdf]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,pdf,dask]'
 	touch $(STAMP)
 
 audit: $(STAMP)
@@ -27,11 +27,15 @@ test: $(STAMP)
 BENCH_STAMP := $(VENV)/.installed-bench
 
 $(BENCH_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,pdf,bench]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,pdf,dask,bench]'
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
 	$(PY) bench/run.py $(ARGS)
+
+# Large data: 100k, 1M and 5M rows (generated once into bench/.data); ARGS="--sizes 100000,1000000" for fewer
+bench-scale: $(BENCH_STAMP)
+	$(PY) bench/scale.py $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check audit tests bench

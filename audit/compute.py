@@ -2,8 +2,10 @@
 
 Both backends expose one operation, :meth:`Backend.map`: call a module-level function on each item of a list and
 yield the results **in the order of the items**. Callers combine the results in that order, so a computation gives
-the same numbers on either backend, bit for bit: the work per item is the same code on the same data, and the
-combination is the same sequence of operations.
+the same numbers on either backend, bit for bit: the work per item is the same code on the same data (with torch on
+one thread per task, see :func:`single_threaded_torch`), and the combination is the same sequence of operations.
+The local backend runs items side by side in threads (torch, pyarrow and numpy release the GIL); the Dask backend
+runs them as tasks on the cluster's workers.
 
 Large shared objects (the model) go through :meth:`Backend.share`: the Dask backend sends them to every worker once
 (``Client.scatter(..., broadcast=True)``) and passes a handle to each task, instead of pickling the model into every
@@ -13,16 +15,27 @@ task.
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from audit.errors import ConfigError
 
 
 class Backend:
-    """Runs ``fn(item, **shared)`` for each item; subclasses decide where."""
+    """Runs ``fn(item, **shared)`` for each item in a pool of threads of this process.
+
+    Parameters
+    ----------
+    n_threads : int, optional
+        Items run at once (default: the number of cores). Each runs torch on one thread, see the module notes.
+    """
 
     name = "local"
+
+    def __init__(self, n_threads: int | None = None) -> None:
+        self.n_threads = max(1, n_threads or os.cpu_count() or 1)
 
     def share(self, obj: Any) -> Any:
         """A handle for ``obj`` to pass as a keyword to :meth:`map` (the object itself, locally)."""
@@ -30,11 +43,28 @@ class Backend:
 
     def map(self, fn: Callable[..., Any], items: Iterable[Any], **shared: Any) -> Iterator[Any]:
         """Yield ``fn(item, **shared)`` for each item, in the order of ``items``."""
-        for item in items:
-            yield fn(item, **shared)
+        with single_threaded_torch():
+            if self.n_threads == 1:
+                for item in items:
+                    yield fn(item, **shared)
+                return
+            from concurrent.futures import ThreadPoolExecutor
+
+            import torch
+
+            items = iter(items)
+            window: deque = deque()
+            # OpenMP thread counts are per thread: each pool thread sets its own
+            with ThreadPoolExecutor(self.n_threads, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+                for item in items:
+                    window.append(pool.submit(fn, item, **shared))
+                    if len(window) >= self.n_threads:
+                        yield window.popleft().result()
+                while window:
+                    yield window.popleft().result()
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name}
+        return {"backend": self.name, "threads": self.n_threads}
 
     def close(self) -> None:
         pass
@@ -44,6 +74,25 @@ class Backend:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@contextmanager
+def single_threaded_torch():
+    """torch on one intra-op thread inside the block (restored after).
+
+    A float32 matrix product can differ in the last bit with the number of threads (the rows at a thread's tail go
+    through another kernel); measured here: a few scores of a partition moved by one float32 ulp between one and
+    two threads. Every task of either backend evaluates the model on one thread, so a row's score does not depend
+    on where it ran; parallelism comes from running tasks side by side.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 LocalBackend = Backend
@@ -88,14 +137,13 @@ class DaskBackend(Backend):
             self.client = Client(self._cluster)
         else:
             try:
-                self.client = Client(address, timeout="20s")
+                self.client = Client(address, timeout="10s")
             except (OSError, TimeoutError) as exc:
                 raise ConfigError(
                     f"compute.address: cannot reach a Dask scheduler at {address!r} ({exc.__class__.__name__}); "
                     "start one (dask scheduler) or set compute.address: null for a local cluster"
                 ) from None
         self.address = address
-        self.client.run(_limit_threads)
 
     def share(self, obj: Any) -> Any:
         return self.client.scatter(obj, broadcast=True, hash=False)
@@ -106,7 +154,7 @@ class DaskBackend(Backend):
         nxt = 0
         for i in range(len(items)):
             while nxt < len(items) and nxt < i + self.window:
-                futures.append(self.client.submit(fn, items[nxt], pure=False, **shared))
+                futures.append(self.client.submit(_in_worker, fn, items[nxt], pure=False, **shared))
                 nxt += 1
             fut = futures[i]
             yield fut.result()
@@ -129,17 +177,18 @@ class DaskBackend(Backend):
             self._cluster.close()
 
 
-def _limit_threads() -> None:
-    """In a worker: torch uses as many threads as the worker has, not every core of the machine."""
+def _in_worker(fn: Callable[..., Any], item: Any, **shared: Any) -> Any:
+    """Run one task on a worker with torch on one thread (see :func:`single_threaded_torch`).
+
+    Set in the task's own thread: OpenMP thread counts are per thread, so setting them once per worker process
+    (e.g. with ``Client.run``) does not reach the executor threads. Without it two single-threaded workers on two
+    cores each ran torch on every core, about 10x slower (measured).
+    """
     import torch
 
-    try:
-        from distributed import get_worker
-
-        n = get_worker().state.nthreads
-    except (ImportError, ValueError, AttributeError):
-        n = os.cpu_count() or 1
-    torch.set_num_threads(max(1, int(n)))
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+    return fn(item, **shared)
 
 
 def make_backend(compute) -> Backend:

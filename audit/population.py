@@ -335,9 +335,19 @@ def _pd_partition(
             rows = codes[s : s + step]
             batch = np.repeat(rows[None, :, :], len(grid), axis=0)
             batch[:, :, j] = grid[:, None]
-            acc += predictor.predict_codes(batch.reshape(-1, codes.shape[1])).reshape(len(grid), -1).sum(axis=1)
+            scores = predictor.predict_codes(batch.reshape(-1, codes.shape[1])).reshape(len(grid), -1)
+            acc += _sequential_sum(scores)
         sums.append(acc)
     return sums
+
+
+def _sequential_sum(a: np.ndarray) -> np.ndarray:
+    """Row sums added strictly left to right.
+
+    ``ndarray.sum`` adds pairwise with SIMD, and where its vector loop starts depends on the array's address, so
+    the same numbers can sum to a different last bit in another process; an accumulate has one fixed order.
+    """
+    return np.add.accumulate(a, axis=1)[:, -1] if a.shape[1] else np.zeros(len(a))
 
 
 def partial_dependence_population(
@@ -405,12 +415,15 @@ def _reason_partition(
     for r in range(min(top_k, len(names))):
         j = order[:, r] if len(declined) else np.zeros(0, dtype=int)
         contrib = sv[np.arange(len(declined)), j]
-        adverse = contrib < 0
+        adverse = contrib < -ADVERSE_TOLERANCE
         out[f"reason_{r + 1}"] = np.where(adverse, np.asarray(names, dtype=object)[j], None)
         out[f"contribution_{r + 1}"] = np.where(adverse, contrib, np.nan)
         values = np.array([_fmt(raw.iat[i, jj]) for i, jj in enumerate(j)], dtype=object) if raw is not None else []
         out[f"value_{r + 1}"] = np.where(adverse, values, None) if len(declined) else values
     return pd.DataFrame(out)
+
+
+ADVERSE_TOLERANCE = 1e-9  # a contribution within this of zero is estimation noise (a feature at the background's value)
 
 
 def _fmt(v) -> str:
@@ -444,7 +457,8 @@ def reason_codes_population(
 
     Adverse features are those with the most negative Shapley values (permutation estimator with
     ``n_permutations`` antithetic pairs of feature orders, the same orders for every row, against ``background``).
-    A row lists fewer than ``top_k`` reasons when fewer features push it down. Columns: ``row`` (position in the
+    A row lists fewer than ``top_k`` reasons when fewer features push it down (by more than
+    :data:`ADVERSE_TOLERANCE`). Columns: ``row`` (position in the
     input file), ``id_column`` if given, ``score``, then ``reason_i``, ``contribution_i``, ``value_i``.
     Partitions are written as they come back, in file order; the file appears only when complete.
     """

@@ -1,0 +1,296 @@
+"""Large-data benchmark (``make bench-scale``): wall time and peak memory of a population audit at 100k, 1M, 5M rows.
+
+For each size, a fresh process audits a synthetic credit-like Parquet population (see ``scale_data.py``) with a
+model trained once on 50k rows, and times each stage: scoring every row, performance metrics, fairness (three
+sensitive features and an intersection, 200 Poisson-bootstrap replicates), permutation importance (every feature,
+5 repeats) and partial dependence (4 features). The peak memory is the largest resident size of that process and
+its children (polled every 0.1 s with psutil, and the kernel's ru_maxrss), so it includes Python, torch and the
+libraries (about 0.4 GiB before any data).
+
+Usage::
+
+    python bench/scale.py                       # 100k, 1M and 5M rows, local backend
+    python bench/scale.py --sizes 100000,1000000 --backend dask --json out.json
+
+Data files are generated once into ``bench/.data/`` (git-ignored) and reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / ".data"
+TRAIN_ROWS = 50_000
+PD_FEATURES = ["income", "debt_to_income", "utilization", "employment"]
+
+CONFIG = """\
+name: scale-bench
+seed: 11
+dataset:
+  train: {{path: train.parquet}}
+  population: {{path: {population}}}
+  target: outcome
+  positive_label: repaid
+  drop: [applicant_id, sex, ethnicity]
+model: {{source: {source}, path: model, hidden: [64, 32], max_epochs: 4, threshold: 0.6, predict_batch_size: 65536}}
+modules:
+  permutation_importance: {{n_repeats: 5}}
+  partial_dependence: {{features: {pd_features}, grid_resolution: 10}}
+fairness:
+  sensitive_features: [sex, ethnicity, age]
+  bins: {{age: [25, 40, 65]}}
+  intersections: [[sex, ethnicity]]
+  n_bootstrap: 200
+compute: {{backend: {backend}, chunk_rows: {chunk_rows}}}
+report: {{output_dir: reports}}
+"""
+
+
+def _write_config(population: str, backend: str, chunk_rows: int, source: str) -> Path:
+    path = DATA / f"scale-{backend}-{Path(population).stem}.yaml"
+    path.write_text(
+        CONFIG.format(
+            population=population,
+            backend=backend,
+            chunk_rows=chunk_rows,
+            source=source,
+            pd_features=json.dumps(PD_FEATURES),
+        )
+    )
+    return path
+
+
+def prepare(sizes: list[int]) -> dict[str, float]:
+    """Generate the data files that are missing and train the model once; returns the seconds each took."""
+    sys.path.insert(0, str(HERE))
+    from scale_data import generate
+
+    took = {}
+    DATA.mkdir(exist_ok=True)
+    if not (DATA / "train.parquet").exists():
+        t0 = time.perf_counter()
+        generate(DATA / "train.parquet", TRAIN_ROWS, seed=1)
+        took["generate train"] = time.perf_counter() - t0
+    for n in sizes:
+        target = DATA / f"population_{n}.parquet"
+        if not target.exists():
+            t0 = time.perf_counter()
+            generate(target, n, seed=2)
+            took[f"generate {n}"] = time.perf_counter() - t0
+    if not (DATA / "model").is_dir():
+        from audit.config import load_config
+        from audit.data import load_dataset
+        from audit.pipeline import prepare_model
+
+        t0 = time.perf_counter()
+        cfg = load_config(_write_config(f"population_{sizes[0]}.parquet", "local", 1 << 18, "train"))
+        prepare_model(cfg, load_dataset(cfg), DATA)
+        took["train model"] = time.perf_counter() - t0
+    return took
+
+
+def bare_forward_rate() -> float:
+    """Rows per second of the network's own forward pass on ready tensors (the ceiling)."""
+    import numpy as np
+    import torch
+
+    from audit.config import load_config
+    from audit.data import load_dataset
+    from audit.model.artifact import load_model
+
+    cfg = load_config(_write_config("population_100000.parquet", "local", 1 << 18, "load"))
+    predictor = load_model(DATA / "model")
+    codes = predictor.schema.to_codes(load_dataset(cfg).X_train)
+    codes = np.tile(codes, (max(1, 1_000_000 // len(codes)), 1))
+    x_num, x_cat = predictor.tensors(codes)
+    bs = 65536
+    with torch.inference_mode():
+        predictor.net(x_num[:bs], x_cat[:bs])
+        t0 = time.perf_counter()
+        for s in range(0, len(codes), bs):
+            torch.sigmoid(predictor.net(x_num[s : s + bs], x_cat[s : s + bs]))
+        return len(codes) / (time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------------------------------------ one size
+def child(config: str) -> dict:
+    """Run the timed stages in this process; returns the figures (printed as JSON by ``--child``)."""
+    import resource
+
+    import numpy as np
+
+    from audit.compute import make_backend
+    from audit.config import load_config
+    from audit.data import load_dataset
+    from audit.fairness import group_fairness_many
+    from audit.model.artifact import load_model
+    from audit.modules.fairness import groupings
+    from audit.modules.performance import classification_metrics
+    from audit.population import (
+        open_population,
+        partial_dependence_population,
+        permutation_importance_population,
+        score_population,
+    )
+
+    cfg = load_config(config)
+    ds = load_dataset(cfg)
+    predictor = load_model(cfg.resolve(cfg.model.path), batch_size=cfg.model.predict_batch_size)
+    pop = open_population(cfg, predictor.schema)
+    stages: dict[str, dict] = {}
+    names = predictor.schema.feature_names
+    with make_backend(cfg.compute) as backend:
+
+        def timed(name, rows, fn):
+            t0 = time.perf_counter()
+            out = fn()
+            stages[name] = {"seconds": time.perf_counter() - t0, "model_rows": rows}
+            return out
+
+        sp = timed("score", pop.rows, lambda: score_population(pop, predictor, backend))
+        thr = cfg.model.threshold
+        timed("performance", 0, lambda: classification_metrics(sp.y, sp.proba, threshold=thr))
+        fc = cfg.fairness
+
+        def fairness():
+            groups = groupings(sp.sensitive, cfg, list(predictor.schema.sensitive))
+            return group_fairness_many(
+                sp.y, sp.proba, groups, threshold=thr, n_bootstrap=fc.n_bootstrap, random_state=1, backend=backend
+            )
+
+        fair = timed("fairness", 0, fairness)
+        reps = cfg.modules.permutation_importance.n_repeats
+        pi = timed(
+            "permutation importance",
+            pop.rows * len(names) * reps,
+            lambda: permutation_importance_population(
+                pop, predictor, backend, y=sp.y, proba=sp.proba, n_repeats=reps, threshold=thr, random_state=1
+            ),
+        )
+        X = predictor.schema.to_codes(ds.X_test)
+        cols = [names.index(f) for f in cfg.modules.partial_dependence.features]
+        from audit.explain.partial_dependence import quantile_grid
+
+        grids = [
+            np.unique(X[:, j]) if predictor.schema.features[j].is_categorical else quantile_grid(X[:, j], 10)
+            for j in cols
+        ]
+        timed(
+            "partial dependence",
+            pop.rows * sum(len(g) for g in grids),
+            lambda: partial_dependence_population(
+                pop, predictor, backend, columns=cols, grids=grids, chunk_rows=cfg.compute.chunk_rows
+            ),
+        )
+        info = backend.describe()
+    perf = classification_metrics(sp.y, sp.proba, threshold=thr)
+    return {
+        "rows": pop.rows,
+        "partitions": len(pop.partitions),
+        "backend": info,
+        "stages": stages,
+        "roc_auc": perf["roc_auc"],
+        "declined_share": float((sp.proba < thr).mean()),
+        "dp_difference_sex": float(fair[0].measures.set_index("measure").loc["demographic_parity_difference", "value"]),
+        "top_feature": pi.to_frame()["feature"][0],
+        "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def run_size(n: int, backend: str, chunk_rows: int, timeout: float) -> dict:
+    """One size in a fresh process, with its peak memory (process tree, polled)."""
+    import psutil
+
+    config = _write_config(f"population_{n}.parquet", backend, chunk_rows, "load")
+    out = DATA / f"result-{backend}-{n}.json"
+    out.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "--child", str(config), "--out", str(out)],
+        stderr=subprocess.DEVNULL,
+    )
+    ps = psutil.Process(proc.pid)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            rss = sum(p.memory_info().rss for p in [ps, *ps.children(recursive=True)])
+            peak = max(peak, rss)
+        except psutil.Error:
+            pass
+        if time.perf_counter() - t0 > timeout:
+            proc.kill()
+            raise SystemExit(f"{n} rows: over the {timeout:.0f} s limit")
+        time.sleep(0.1)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{n} rows: the child process failed with exit code {proc.returncode}")
+    res = json.loads(out.read_text())
+    res["wall_s"] = wall
+    res["peak_mib"] = max(peak / 2**20, res["ru_maxrss_mib"])
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="100000,1000000,5000000", help="comma-separated row counts")
+    ap.add_argument("--backend", choices=["local", "dask"], default="local")
+    ap.add_argument("--chunk-rows", type=int, default=1 << 18, help="compute.chunk_rows (default 262144)")
+    ap.add_argument("--timeout", type=float, default=3600, help="seconds allowed per size")
+    ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        Path(args.out).write_text(json.dumps(child(args.child)))
+        return 0
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    sizes = [int(s) for s in args.sizes.split(",")]
+    took = prepare(sizes)
+    for k, v in took.items():
+        print(f"# {k}: {v:.1f} s")
+    bare = bare_forward_rate()
+    print(f"# bare forward pass: {bare / 1e6:.2f} M rows/s; backend {args.backend}, chunk_rows {args.chunk_rows}")
+    header = (
+        f"{'rows':>9} {'parts':>5} {'score':>7} {'perf':>6} {'fair':>7} {'perm.imp':>9} {'PD':>7} "
+        f"{'wall s':>8} {'s/M rows':>9} {'peak MiB':>9} {'model rows':>11} {'eff':>5}"
+    )
+    print(header)
+    results = []
+    for n in sizes:
+        r = run_size(n, args.backend, args.chunk_rows, args.timeout)
+        st = r["stages"]
+        model_rows = sum(s["model_rows"] for s in st.values())
+        model_s = sum(st[k]["seconds"] for k in ("score", "permutation importance", "partial dependence"))
+        r["efficiency"] = model_rows / model_s / bare
+        print(
+            f"{n:>9} {r['partitions']:>5} {st['score']['seconds']:>7.1f} {st['performance']['seconds']:>6.1f} "
+            f"{st['fairness']['seconds']:>7.1f} {st['permutation importance']['seconds']:>9.1f} "
+            f"{st['partial dependence']['seconds']:>7.1f} {r['wall_s']:>8.1f} {r['wall_s'] / n * 1e6:>9.1f} "
+            f"{r['peak_mib']:>9.0f} {model_rows:>11.3g} {r['efficiency']:>5.2f}",
+            flush=True,
+        )
+        results.append(r)
+    print(
+        "# eff: model rows per second in scoring, permutation importance and PD over the bare forward pass; "
+        "s/M rows flat = linear growth"
+    )
+    if len(results) > 1:
+        a, b = results[0], results[-1]
+        print(
+            f"# growth {a['rows']} -> {b['rows']} rows (x{b['rows'] / a['rows']:.0f}): wall time "
+            f"x{b['wall_s'] / a['wall_s']:.1f}, peak memory x{b['peak_mib'] / a['peak_mib']:.2f}"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps({"bare_rows_per_s": bare, "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,378 @@
+"""Large data: population audits in partitions, the Poisson bootstrap, the Dask backend, batch reason codes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from audit.compute import Backend
+from audit.config import config_from_dict
+from audit.data import Feature, Schema
+from audit.fairness import BOOTSTRAP_BLOCK, bootstrap_sums, group_fairness, poisson_weights
+from audit.model.adapter import CallablePredictor
+from audit.population import (
+    open_population,
+    partial_dependence_population,
+    permutation_importance_population,
+    reason_codes_population,
+    score_population,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _generator():
+    spec = importlib.util.spec_from_file_location("scale_data", ROOT / "bench" / "scale_data.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A training file and a 40k-row population in row groups of 4096 (chunk_rows 8192: 5 partitions)."""
+    gen = _generator()
+    d = tmp_path_factory.mktemp("scale")
+    gen.generate(d / "train.parquet", 6000, seed=1)
+    gen.generate(d / "pop.parquet", 40_000, seed=2, block_rows=4096)
+    return d
+
+
+def _cfg(d: Path, **extra) -> dict:
+    cfg = {
+        "name": "scale-test",
+        "seed": 3,
+        "dataset": {
+            "train": {"path": "train.parquet"},
+            "population": {"path": "pop.parquet"},
+            "target": "outcome",
+            "positive_label": "repaid",
+            "drop": ["applicant_id", "sex", "ethnicity"],
+        },
+        "model": {"hidden": [16], "max_epochs": 2, "threshold": 0.6},
+        "fairness": {
+            "sensitive_features": ["sex", "ethnicity", "age"],
+            "bins": {"age": [30, 60]},
+            "intersections": [["sex", "ethnicity"]],
+            "n_bootstrap": 60,
+        },
+        "compute": {"chunk_rows": 8192},
+        "report": {"output_dir": "reports", "formats": ["json"]},
+    }
+    for key, value in extra.items():
+        cfg[key] = {**cfg.get(key, {}), **value}
+    return cfg
+
+
+def _load(d: Path, **extra):
+    return config_from_dict(_cfg(d, **extra), base_dir=d)
+
+
+@pytest.fixture(scope="module")
+def linear(files):
+    """A known model on the population's schema: logistic in income, utilization and employment only."""
+    from audit.data import load_dataset
+
+    cfg = _load(files)
+    ds = load_dataset(cfg)
+    names = ds.schema.feature_names
+
+    def predict(df: pd.DataFrame) -> np.ndarray:
+        z = (
+            0.8 * (np.log(df["income"].to_numpy(dtype=float)) - 10.5)
+            - 1.5 * df["utilization"].to_numpy(dtype=float)
+            + 0.6 * (df["employment"].astype(str).to_numpy() == "employed")
+            + 1.0
+        )
+        return 1 / (1 + np.exp(-z))
+
+    return cfg, ds, CallablePredictor(predict, ds.schema), names
+
+
+# ------------------------------------------------------------------------------------------------ backends
+def _slow_square(x: int) -> int:
+    import time
+
+    time.sleep(0.02 * (5 - x % 5))  # later items finish first
+    return x * x
+
+
+def test_local_backend_yields_results_in_item_order_with_torch_on_one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    gen = Backend(n_threads=3).map(_slow_square, range(10))
+    assert next(gen) == 0
+    assert torch.get_num_threads() == 1  # while tasks run
+    assert list(gen) == [x * x for x in range(1, 10)]
+    assert torch.get_num_threads() == before  # restored
+
+
+# ------------------------------------------------------------------------------------------------ bootstrap
+def test_poisson_weights_have_mean_and_variance_one_and_depend_only_on_the_block():
+    w = poisson_weights(5, 0, 50, BOOTSTRAP_BLOCK)
+    assert w.shape == (BOOTSTRAP_BLOCK, 50)
+    assert abs(w.mean() - 1) < 0.01 and abs(w.var() - 1) < 0.02
+    assert np.array_equal(w, poisson_weights(5, 0, 50, BOOTSTRAP_BLOCK))
+    assert not np.array_equal(w, poisson_weights(5, 1, 50, BOOTSTRAP_BLOCK))
+
+
+def test_bootstrap_sums_do_not_depend_on_how_rows_are_chunked():
+    rng = np.random.default_rng(0)
+    n = 3 * BOOTSTRAP_BLOCK + 123
+    y, p = rng.integers(0, 2, n), rng.random(n)
+    codes = [rng.integers(0, 3, n), rng.integers(0, 5, n)]
+    args = dict(threshold=0.5, n_bins=10, n_replicates=20, seed=9)
+    a = bootstrap_sums(y, p, codes, [3, 5], rows_per_task=BOOTSTRAP_BLOCK, **args)
+    b = bootstrap_sums(y, p, codes, [3, 5], rows_per_task=4 * BOOTSTRAP_BLOCK, **args)
+    for x, z in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x[..., :5], z[..., :5])  # counts: integers, exact whatever the order
+        np.testing.assert_allclose(x, z, rtol=1e-12)
+
+
+def test_bootstrap_interval_of_a_selection_rate_matches_the_binomial_interval():
+    # Ground truth: for a group of n rows with selection rate s, the 95% interval half-width is 1.96 sqrt(s(1-s)/n).
+    rng = np.random.default_rng(1)
+    n = 40_000
+    groups = np.where(rng.random(n) < 0.5, "a", "b")
+    p = np.where(groups == "a", rng.random(n) < 0.3, rng.random(n) < 0.6).astype(float)
+    y = rng.integers(0, 2, n)
+    res = group_fairness(y, p, groups, n_bootstrap=400, random_state=2)
+    t = res.table.set_index("group")
+    for g in ("a", "b"):
+        s, m = t.loc[g, "selection_rate"], t.loc[g, "count"]
+        expected = 2 * 1.96 * math.sqrt(s * (1 - s) / m)
+        width = t.loc[g, "selection_rate_high"] - t.loc[g, "selection_rate_low"]
+        assert abs(width / expected - 1) < 0.15, (g, width, expected)
+
+
+# ------------------------------------------------------------------------------------------------ population
+def test_population_scores_equal_scoring_the_whole_file_at_once(files, linear):
+    cfg, ds, predictor, _ = linear
+    pop = open_population(cfg, ds.schema)
+    assert len(pop.partitions) == 5 and pop.rows == 40_000
+    sp = score_population(pop, predictor, Backend())
+    whole = pd.read_parquet(files / "pop.parquet")
+    np.testing.assert_array_equal(sp.proba, predictor.predict_proba(whole))
+    np.testing.assert_array_equal(sp.y, (whole["outcome"] == "repaid").to_numpy())
+    pd.testing.assert_frame_equal(sp.sensitive, whole[["sex", "ethnicity", "age"]])
+
+
+def test_population_permutation_importance_is_zero_for_unused_features(linear):
+    cfg, ds, predictor, names = linear
+    pop = open_population(cfg, ds.schema)
+    sp = score_population(pop, predictor, Backend())
+    res = permutation_importance_population(
+        pop, predictor, Backend(), y=sp.y, proba=sp.proba, n_repeats=2, random_state=0, max_bytes=1 << 20
+    )
+    imp = dict(zip(res.names, res.importances_mean, strict=True))
+    used = {"income", "utilization", "employment"}
+    assert all(imp[n] == 0 for n in names if n not in used)
+    assert all(imp[n] > 0.005 for n in used)
+    assert res.n_rows == 40_000 and res.baseline_score > 0.5
+
+
+def test_population_partial_dependence_equals_the_in_memory_average(files, linear):
+    from audit.explain.partial_dependence import partial_dependence
+
+    cfg, ds, predictor, names = linear
+    pop = open_population(cfg, ds.schema)
+    X = ds.schema.to_codes(pd.read_parquet(files / "pop.parquet"))
+    cols = [names.index("utilization"), names.index("employment")]
+    grids = [np.array([0.0, 0.5, 1.0]), np.arange(6.0)]
+    got = partial_dependence_population(pop, predictor, Backend(), columns=cols, grids=grids, chunk_rows=5000)
+    for j, g, avg in zip(cols, grids, got, strict=True):
+        np.testing.assert_allclose(avg, partial_dependence(predictor.predict_codes, X, j, g).average, rtol=1e-12)
+
+
+def test_reason_codes_are_exact_for_an_additive_model(tmp_path, files):
+    # For f(x) = sum_j w_j x_j every Shapley value is w_j (x_j - mean over the background), whatever the orders.
+    schema = Schema(
+        (Feature("income", "numeric"), Feature("utilization", "numeric"), Feature("delinquencies", "numeric")),
+        "outcome",
+        "repaid",
+        "default",
+    )
+    w = np.array([1e-5, -0.8, -0.3])
+    predictor = CallablePredictor(lambda df: df[schema.feature_names].to_numpy(dtype=float) @ w, schema)
+    cfg = _load(files, fairness={"sensitive_features": [], "intersections": [], "bins": {}})
+    pop = open_population(cfg, schema, path=files / "pop.parquet", key="--input", labelled=False)
+    background = np.array([[30000.0, 0.3, 0.0], [60000.0, 0.5, 1.0]])
+    out = tmp_path / "codes.parquet"
+    run = reason_codes_population(
+        pop, predictor, Backend(), background=background, output=out, threshold=0.2, top_k=2, id_column="applicant_id"
+    )
+    codes = pd.read_parquet(out)
+    whole = pd.read_parquet(files / "pop.parquet")
+    X = whole[schema.feature_names].to_numpy(dtype=float)
+    f = X @ w
+    assert run.declined == len(codes) == int((f < 0.2).sum()) > 100
+    np.testing.assert_array_equal(codes["row"], np.flatnonzero(f < 0.2))
+    np.testing.assert_array_equal(codes["applicant_id"], whole["applicant_id"].to_numpy()[codes["row"]])
+    phi = w * (X[codes["row"]] - background.mean(axis=0))
+    ranked = np.sort(phi, axis=1)
+    index = {n: j for j, n in enumerate(schema.feature_names)}
+    for r in range(2):
+        want = ranked[:, r]
+        adverse = want < -1e-9
+        got = codes[f"contribution_{r + 1}"].to_numpy()
+        np.testing.assert_allclose(got[adverse], want[adverse], atol=1e-9)  # the r-th most negative value
+        named = [index[n] for n in codes[f"reason_{r + 1}"].to_numpy()[adverse]]
+        np.testing.assert_allclose(phi[adverse][np.arange(adverse.sum()), named], want[adverse], atol=1e-9)
+        assert codes[f"reason_{r + 1}"][~adverse].isna().all() and np.isnan(got[~adverse]).all()
+    assert (codes["score"] < 0.2).all()
+
+
+# ---------------------------------------------------------------------------------------------------- dask
+def test_local_and_dask_backends_give_identical_numbers(files):
+    """The acceptance test: the whole population audit on a 2-worker LocalCluster equals the local run exactly."""
+    pytest.importorskip("distributed")
+    from audit.modules.fairness import FairnessModule
+    from audit.modules.global_explain import PartialDependenceModule, PermutationModule
+    from audit.modules.performance import PerformanceModule
+    from audit.pipeline import run_audit
+
+    def modules():
+        return [PerformanceModule(), PermutationModule(), PartialDependenceModule(), FairnessModule()]
+
+    extra = {"modules": {"partial_dependence": {"features": ["income", "employment"], "grid_resolution": 5}}}
+    local = run_audit(_load(files, **extra), quiet=True, write=False, modules=modules())
+    dask = run_audit(
+        _load(files, compute={"backend": "dask", "n_workers": 2}, **extra), quiet=True, write=False, modules=modules()
+    )
+    assert dask.exit_code == local.exit_code
+    assert local.compute["backend"] == "local" and dask.compute["backend"] == "dask" and dask.compute["workers"] == 2
+    assert local.compute["population"]["partitions"] == 5
+    for a, b in zip(local.modules, dask.modules, strict=True):
+        assert a.status == b.status == "ok", (a.name, a.error, b.error)
+        assert json.dumps(_plain(a.result.data), sort_keys=True) == json.dumps(_plain(b.result.data), sort_keys=True)
+    perf = local.modules[0].result.data
+    assert perf["population"]["rows"] == 40_000
+    fair = local.modules[3].result.data
+    assert set(fair) == {"sex", "ethnicity", "age", "sex x ethnicity"}
+    assert not math.isnan(fair["sex"]["measures"]["ci_low"][0])
+
+
+def _plain(obj):
+    from audit.pipeline import to_jsonable
+
+    return to_jsonable(obj)
+
+
+def test_reason_codes_cli_local_and_dask_write_the_same_file(files, tmp_path):
+    pytest.importorskip("distributed")
+    import yaml
+
+    from audit.modules.performance import PerformanceModule
+    from audit.pipeline import run_audit
+
+    cfg = _cfg(files, report={"output_dir": str(tmp_path / "reports"), "formats": ["json"]})
+    (tmp_path / "local.yaml").write_text(yaml.safe_dump({**cfg, "dataset": _abs(cfg["dataset"], files)}))
+    dask_cfg = {**cfg, "compute": {"chunk_rows": 8192, "backend": "dask", "n_workers": 2}}
+    (tmp_path / "dask.yaml").write_text(yaml.safe_dump({**dask_cfg, "dataset": _abs(cfg["dataset"], files)}))
+    # no model yet: a config that trains needs an audit run first
+    cmd = [sys.executable, "-m", "audit", "reason-codes", str(tmp_path / "local.yaml"), "--input"]
+    res = subprocess.run(
+        [*cmd, str(files / "pop.parquet"), "--output", str(tmp_path / "a.parquet")], capture_output=True, text=True
+    )
+    assert res.returncode == 2 and "run the audit first" in res.stderr
+    from audit.config import load_config
+
+    run_audit(load_config(tmp_path / "local.yaml"), quiet=True, modules=[PerformanceModule()])
+    outs = []
+    for name in ("local", "dask"):
+        out = tmp_path / f"{name}.parquet"
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "audit",
+                "reason-codes",
+                str(tmp_path / f"{name}.yaml"),
+                "--input",
+                str(files / "pop.parquet"),
+                "--output",
+                str(out),
+                "--id-column",
+                "applicant_id",
+                "--top-k",
+                "3",
+                "--background",
+                "8",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert res.returncode == 0, res.stderr
+        assert "reason codes for" in res.stdout
+        outs.append(pd.read_parquet(out))
+    pd.testing.assert_frame_equal(outs[0], outs[1])
+    assert len(outs[0]) > 100 and (outs[0]["score"] < 0.6).all()
+    assert list(outs[0].columns[:3]) == ["row", "applicant_id", "score"]
+
+
+def _abs(dataset: dict, d: Path) -> dict:
+    return {
+        **dataset,
+        "train": {"path": str(d / "train.parquet")},
+        "population": {"path": str(d / "pop.parquet")},
+    }
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"dataset": {"population": {"path": "pop.csv"}}}, "must be a Parquet file"),
+        ({"dataset": {"population": {"path": "missing.parquet"}}}, "does not exist"),
+        ({"dataset": {"population": {"path": "train.parquet", "sha256": "0" * 64}}}, "checksum mismatch"),
+        ({"compute": {"backend": "dask", "address": "localhost:1"}}, "compute.address"),
+        ({"compute": {"backend": "dask", "address": "tcp://127.0.0.1:1"}}, "cannot reach a Dask scheduler"),
+        ({"compute": {"backend": "cluster"}}, "compute.backend"),
+    ],
+)
+def test_bad_population_and_compute_settings_exit_2(files, tmp_path, change, needle):
+    import yaml
+
+    cfg = _cfg(files, report={"output_dir": str(tmp_path / "reports")})
+    cfg["dataset"] = _abs(cfg["dataset"], files)
+    for key, value in change.items():
+        if key == "dataset":
+            cfg["dataset"] = {
+                **cfg["dataset"],
+                "population": {
+                    "path": str(files / value["population"]["path"]),
+                    **{k: v for k, v in value["population"].items() if k != "path"},
+                },
+            }
+        else:
+            cfg[key] = {**cfg[key], **value}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = subprocess.run([sys.executable, "-m", "audit", "run", str(path)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert needle in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "reports").exists()
+
+
+def test_population_without_the_needed_columns_exits_2(files, tmp_path):
+    import yaml
+
+    pd.read_parquet(files / "pop.parquet").drop(columns=["utilization"]).to_parquet(tmp_path / "short.parquet")
+    cfg = _cfg(files, report={"output_dir": str(tmp_path / "reports")})
+    cfg["dataset"] = {**_abs(cfg["dataset"], files), "population": {"path": str(tmp_path / "short.parquet")}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    res = subprocess.run(
+        [sys.executable, "-m", "audit", "run", str(tmp_path / "c.yaml")], capture_output=True, text=True
+    )
+    assert res.returncode == 2 and "lacks column(s) ['utilization']" in res.stderr
+    assert not (tmp_path / "reports").exists()
