@@ -114,9 +114,15 @@ def main(argv: list[str] | None = None) -> int:
 
                 ds = load_dataset(cfg)
                 check_local_config(cfg, ds)
+                extra = ""
+                if cfg.dataset.population is not None:
+                    from audit.population import open_population
+
+                    pop = open_population(cfg, ds.schema)
+                    extra = f", population {pop.rows} rows in {len(pop.partitions)} partitions"
                 print(
                     f"{args.config}: valid ({len(ds.X_train)} train rows, {len(ds.X_test)} test rows, "
-                    f"{len(ds.schema.features)} features)"
+                    f"{len(ds.schema.features)} features{extra})"
                 )
             else:
                 print(f"{args.config}: valid config")

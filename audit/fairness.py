@@ -50,7 +50,27 @@ def group_labels(values: pd.Series, *, edges: list[float] | None = None, quantil
         out = np.array(names, dtype=object)[idx]
         out[np.isnan(v)] = "missing"
         return out
-    return np.array(["missing" if pd.isna(x) else str(x) for x in values], dtype=object)
+    out = values.astype(str).to_numpy(dtype=object)  # vectorised str(x); missing values are labelled below
+    out[values.isna().to_numpy()] = "missing"
+    return out
+
+
+def encode_groups(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct labels and each row's index into them: ``np.unique(..., return_inverse=True)`` for strings,
+    by hashing (``pandas.factorize``) instead of sorting every row.
+
+    Examples
+    --------
+    >>> levels, codes = encode_groups(np.array(["b", "a", "b"], dtype=object))
+    >>> levels.tolist(), codes.tolist()
+    (['a', 'b'], [1, 0, 1])
+    """
+    codes, uniques = pd.factorize(pd.Series(groups, dtype=object).astype(str), sort=False)
+    levels = np.asarray(uniques, dtype=str)
+    order = np.argsort(levels, kind="stable")
+    rank = np.empty(len(levels), dtype=np.int64)
+    rank[order] = np.arange(len(levels))
+    return levels[order], rank[codes]
 
 
 def _row_stats(y: np.ndarray, p: np.ndarray, threshold: float, n_bins: int, *, quantize: bool = False) -> np.ndarray:
@@ -308,8 +328,8 @@ def group_fairness_many(
     p = np.asarray(p, dtype=float)
     coded = []
     for name, groups in groupings.items():
-        levels, codes = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
-        coded.append((name, levels, codes.reshape(-1)))
+        levels, codes = encode_groups(np.asarray(groups))
+        coded.append((name, levels, codes))
     k = 5 + 2 * n_bins
     point_sums = [np.zeros((len(levels), k)) for _, levels, _ in coded]
     step = BOOTSTRAP_BLOCK * 8  # per-group sums block by block: memory bounded by the block

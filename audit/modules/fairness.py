@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from audit.config import AuditConfig
-from audit.fairness import cramers_v, group_fairness_many, group_labels, verdict
+from audit.fairness import cramers_v, encode_groups, group_fairness_many, group_labels, verdict
 from audit.findings import Finding
 from audit.modules.base import AuditContext, Figure, ModuleResult, Table
 from audit.plotting import subplots, to_png
@@ -27,10 +27,12 @@ def groupings(frame: pd.DataFrame, cfg: AuditConfig, sensitive: list[str]) -> di
     fc = cfg.fairness
     out = {s: group_labels(frame[s], edges=fc.bins.get(s), quantiles=fc.quantiles) for s in sensitive}
     for combo in fc.intersections:
-        labels = out[combo[0]].astype(str)
-        for c in combo[1:]:
-            labels = np.char.add(np.char.add(labels.astype(str), " & "), out[c].astype(str))
-        out[" x ".join(combo)] = labels.astype(object)
+        levels, codes = encode_groups(out[combo[0]])
+        for c in combo[1:]:  # combine integer codes, build each distinct label once
+            lv_c, codes_c = encode_groups(out[c])
+            pairs, codes = np.unique(codes * len(lv_c) + codes_c, return_inverse=True)
+            levels = np.array([f"{levels[q // len(lv_c)]} & {lv_c[q % len(lv_c)]}" for q in pairs], dtype=object)
+        out[" x ".join(combo)] = levels[codes.reshape(-1)]
     return out
 
 
