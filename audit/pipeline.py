@@ -400,13 +400,17 @@ def _score_population(cfg, ds, population, predictor, backend, progress, step):
     with progress.stage("score population"):
         population = replace(population, schema=ds.schema)  # a loaded model's own levels
         try:
-            scored = score_population(population, predictor, backend)
+            scored = score_population(population, predictor, backend, unseen_categories=cfg.dataset.unseen_categories)
             _checked_scores(scored.proba, scored.rows)
         except (AuditInputError, ModelScoringError):
             raise
         except Exception as exc:  # noqa: BLE001 - a black-box model raising on the population
             raise ModelScoringError(f"scoring the population failed: {exc.__class__.__name__}: {exc}") from exc
     ds.files[str(cfg.dataset.population.path)] = population.sha256
+    for name, n in scored.unseen.items():
+        ds.notes.append(
+            f"population column '{name}': {n} row(s) with a level never seen in training, scored as unknown"
+        )
     return PopulationRun(population, scored)
 
 

@@ -70,16 +70,45 @@ class Population:
 
     def prepare(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None, pd.DataFrame | None]:
         """Code-space features, 0/1 labels and the sensitive columns of a partition (None when unlabelled)."""
+        return self.prepare_checked(frame)[:3]
+
+    def prepare_checked(self, frame: pd.DataFrame) -> tuple:
+        """:meth:`prepare`, plus the label problems (see :meth:`labels`) and the unseen levels (:meth:`unseen`)."""
+        codes = self.schema.to_codes(frame)
         if not self.labelled:
-            return self.schema.to_codes(frame), None, None
+            return codes, None, None, {}, self.unseen(codes)
         if self.derived:
             add_derived(frame, {n: _Derived(src, rx) for n, src, rx in self.derived})
-        labels = frame[self.target].astype(str).str.strip()
+        y, problems = self.labels(frame)
+        sens = frame[list(self.schema.sensitive)].reset_index(drop=True)
+        return codes, y, sens, problems, self.unseen(codes)
+
+    def labels(self, frame: pd.DataFrame) -> tuple[np.ndarray, dict[str, int]]:
+        """0/1 labels, and the problems found: missing labels and labels that are neither class (with examples)."""
+        raw = frame[self.target]
+        missing = raw.isna().to_numpy()
+        labels = raw.astype(str).str.strip()
         if self.label_map:
             labels = labels.replace(dict(self.label_map))
-        y = (labels.to_numpy(dtype=object) == self.positive_label).astype(np.int8)
-        sens = frame[list(self.schema.sensitive)].reset_index(drop=True)
-        return self.schema.to_codes(frame), y, sens
+        values = labels.to_numpy(dtype=object)
+        y = (values == self.positive_label).astype(np.int8)
+        problems = {"missing": int(missing.sum())}
+        negative = self.schema.negative_label
+        if not negative.startswith("not "):  # two classes: anything else is an unknown label
+            other = ~missing & (values != self.positive_label) & (values != negative)
+            for v in pd.unique(values[other])[:3]:
+                problems[f"unknown {v!r}"] = int((values[other] == v).sum())
+        return y, problems
+
+    def unseen(self, codes: np.ndarray) -> dict[str, int]:
+        """Rows per categorical feature whose level the model never saw (scored through its unknown slot)."""
+        out = {}
+        for j, f in enumerate(self.schema.features):
+            if f.is_categorical:
+                n = int((codes[:, j] == len(f.levels)).sum())
+                if n:
+                    out[f.name] = n
+        return out
 
 
 @dataclass(frozen=True)
@@ -192,26 +221,60 @@ class ScoredPopulation:
     rows: int
     partitions: int
     seconds: float
+    unseen: dict[str, int]  # rows with a level never seen in training, per categorical feature
 
 
 def _score_partition(part: Partition, *, population: Population, predictor) -> tuple:
-    codes, y, sens = population.prepare(population.read(part))
-    return y, np.asarray(predictor.predict_codes(codes), dtype=np.float64), sens
+    codes, y, sens, problems, unseen = population.prepare_checked(population.read(part))
+    return y, np.asarray(predictor.predict_codes(codes), dtype=np.float64), sens, problems, unseen
 
 
-def score_population(population: Population, predictor, backend) -> ScoredPopulation:
-    """Score every row, one partition at a time (see :mod:`audit.compute` for ``backend``)."""
+def score_population(
+    population: Population, predictor, backend, *, unseen_categories: str = "unknown"
+) -> ScoredPopulation:
+    """Score every row, one partition at a time (see :mod:`audit.compute` for ``backend``).
+
+    Raises
+    ------
+    DataError
+        When labels are missing or are neither class, or (``unseen_categories="error"``) a categorical level was
+        never seen in training. With ``"unknown"``, such rows are scored through the model's unknown slot and
+        counted in ``ScoredPopulation.unseen``.
+    """
     t0 = time.perf_counter()
     shared = backend.share(predictor)
     ys, ps, ss = [], [], []
-    for y, p, s in backend.map(_score_partition, population.partitions, population=population, predictor=shared):
+    problems: dict[str, int] = {}
+    unseen: dict[str, int] = {}
+    for y, p, s, bad, new in backend.map(
+        _score_partition, population.partitions, population=population, predictor=shared
+    ):
         ys.append(y)
         ps.append(p)
         ss.append(s)
+        for k, v in bad.items():
+            problems[k] = problems.get(k, 0) + v
+        for k, v in new.items():
+            unseen[k] = unseen.get(k, 0) + v
+    problems = {k: v for k, v in problems.items() if v}
+    if problems:
+        what = ", ".join(f"{v} {k}" for k, v in problems.items())
+        raise DataError(
+            f"dataset.population: column '{population.target}' has {what} label(s); the classes are "
+            f"{population.positive_label!r} and {population.schema.negative_label!r}: drop those rows, or map the "
+            "labels with dataset.label_map"
+        )
+    if unseen and unseen_categories == "error":
+        raise DataError(
+            f"dataset.population: level(s) never seen in training in {unseen} (rows per column); set "
+            "dataset.unseen_categories: unknown to score them through the model's unknown slot"
+        )
     y = np.concatenate(ys)
     proba = np.concatenate(ps)
     sens = pd.concat(ss, ignore_index=True)
-    return ScoredPopulation(y, proba, sens, len(y), len(population.partitions), round(time.perf_counter() - t0, 3))
+    return ScoredPopulation(
+        y, proba, sens, len(y), len(population.partitions), round(time.perf_counter() - t0, 3), unseen
+    )
 
 
 @dataclass
@@ -229,6 +292,7 @@ class PopulationRun:
             "rows": p.rows,
             "partitions": len(p.partitions),
             "scoring_s": self.scored.seconds,
+            "unseen_levels": self.scored.unseen,
         }
 
 

@@ -364,6 +364,44 @@ def test_bad_population_and_compute_settings_exit_2(files, tmp_path, change, nee
     assert not (tmp_path / "reports").exists()
 
 
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (lambda d: d.assign(outcome=d["outcome"].where(d.index % 97 != 0)), "missing"),
+        (lambda d: d.assign(outcome=d["outcome"].where(d.index % 89 != 0, "chargeoff")), "unknown 'chargeoff'"),
+    ],
+)
+def test_population_labels_must_be_the_two_classes(files, tmp_path, edit, needle):
+    import yaml
+
+    edit(pd.read_parquet(files / "pop.parquet")).to_parquet(tmp_path / "p.parquet", row_group_size=8192)
+    cfg = _cfg(files, report={"output_dir": str(tmp_path / "reports")})
+    cfg["dataset"] = {**_abs(cfg["dataset"], files), "population": {"path": str(tmp_path / "p.parquet")}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    res = subprocess.run(
+        [sys.executable, "-m", "audit", "run", str(tmp_path / "c.yaml")], capture_output=True, text=True
+    )
+    assert res.returncode == 2, res.stderr
+    assert "dataset.population: column 'outcome' has" in res.stderr and needle in res.stderr
+    assert "dataset.label_map" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "reports").exists()
+
+
+def test_unseen_population_levels_are_counted_or_refused(files, linear, tmp_path):
+    cfg, ds, predictor, _ = linear
+    frame = pd.read_parquet(files / "pop.parquet")
+    frame.loc[frame.index % 1000 == 0, "purpose"] = "crypto"
+    frame.to_parquet(tmp_path / "p.parquet", row_group_size=8192)
+    spec = {"path": str(tmp_path / "p.parquet")}
+    cfg = _load(files, dataset={"population": spec})
+    pop = open_population(cfg, ds.schema)
+    assert score_population(pop, predictor, Backend()).unseen == {"purpose": 40}
+    from audit.data import DataError
+
+    with pytest.raises(DataError, match="never seen in training"):
+        score_population(pop, predictor, Backend(), unseen_categories="error")
+
+
 def test_population_without_the_needed_columns_exits_2(files, tmp_path):
     import yaml
 
