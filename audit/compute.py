@@ -54,7 +54,7 @@ class Backend:
 
             items = iter(items)
             window: deque = deque()
-            # OpenMP thread counts are per thread: each pool thread sets its own
+            # each pool thread sets it too: whether a new thread inherits the setting depends on torch's backend
             with ThreadPoolExecutor(self.n_threads, initializer=torch.set_num_threads, initargs=(1,)) as pool:
                 for item in items:
                     window.append(pool.submit(fn, item, **shared))
@@ -80,10 +80,10 @@ class Backend:
 def single_threaded_torch():
     """torch on one intra-op thread inside the block (restored after).
 
-    A float32 matrix product can differ in the last bit with the number of threads (the rows at a thread's tail go
-    through another kernel); measured here: a few scores of a partition moved by one float32 ulp between one and
-    two threads. Every task of either backend evaluates the model on one thread, so a row's score does not depend
-    on where it ran; parallelism comes from running tasks side by side.
+    A float32 matrix product can differ in the last bit with the number of threads; measured here: with two threads
+    instead of one, a partition's sum of scores at one partial-dependence grid point moved by one float32 ulp
+    (2**-24). Every task of either backend evaluates the model on one thread, so a row's score does not depend on
+    where it ran; parallelism comes from running tasks side by side.
     """
     import torch
 
@@ -117,6 +117,7 @@ class DaskBackend(Backend):
     def __init__(
         self, address: str | None = None, *, n_workers: int = 2, threads_per_worker: int = 1, window: int = 8
     ) -> None:
+        super().__init__(1)
         try:
             from distributed import Client, LocalCluster
         except ImportError:
@@ -180,9 +181,9 @@ class DaskBackend(Backend):
 def _in_worker(fn: Callable[..., Any], item: Any, **shared: Any) -> Any:
     """Run one task on a worker with torch on one thread (see :func:`single_threaded_torch`).
 
-    Set in the task's own thread: OpenMP thread counts are per thread, so setting them once per worker process
-    (e.g. with ``Client.run``) does not reach the executor threads. Without it two single-threaded workers on two
-    cores each ran torch on every core, about 10x slower (measured).
+    Set in the task itself: setting it once per worker with ``Client.run`` did not reach the tasks (measured: they
+    still saw two threads), and two single-threaded workers on two cores that each ran torch on both cores were
+    about 10x slower.
     """
     import torch
 

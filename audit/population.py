@@ -195,6 +195,11 @@ def open_population(
             groups, rows = [], 0
     if start == 0:
         raise DataError(f"{key}: '{path}' has no rows")
+    if cfg.dataset.max_rows is not None and start > cfg.dataset.max_rows:
+        raise DataError(
+            f"{key}: '{path}' has {start} rows, more than dataset.max_rows={cfg.dataset.max_rows}; "
+            "sample the file or raise the cap"
+        )
     return Population(
         str(path),
         digest,
