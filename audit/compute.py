@@ -127,6 +127,7 @@ class DaskBackend(Backend):
             ) from None
         self.window = max(1, window)
         self._cluster = None
+        self._shared: dict[int, tuple[Any, Any]] = {}
         if address is None:
             self._cluster = LocalCluster(
                 n_workers=n_workers,
@@ -147,7 +148,11 @@ class DaskBackend(Backend):
         self.address = address
 
     def share(self, obj: Any) -> Any:
-        return self.client.scatter(obj, broadcast=True, hash=False)
+        """Send ``obj`` to every worker once per backend (later calls with the same object reuse the handle)."""
+        key = id(obj)
+        if key not in self._shared:
+            self._shared[key] = (obj, self.client.scatter(obj, broadcast=True, hash=False))  # obj kept: id stays valid
+        return self._shared[key][1]
 
     def map(self, fn: Callable[..., Any], items: Iterable[Any], **shared: Any) -> Iterator[Any]:
         items = list(items)
@@ -173,6 +178,7 @@ class DaskBackend(Backend):
         }
 
     def close(self) -> None:
+        self._shared.clear()
         self.client.close()
         if self._cluster is not None:
             self._cluster.close()

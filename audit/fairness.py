@@ -321,8 +321,9 @@ def group_fairness_many(
 ) -> list[GroupFairness]:
     """:func:`group_fairness` for several groupings of the same rows, with one shared bootstrap resample.
 
-    Memory stays bounded by the bootstrap block whatever the number of rows: point estimates are per-group sums
-    (``np.add.at``), intervals come from :func:`bootstrap_sums`.
+    Beyond the inputs and the per-row group codes, memory is bounded by the block size whatever the number of rows:
+    point estimates are per-group sums accumulated block by block (``np.bincount``), intervals come from
+    :func:`bootstrap_sums`.
     """
     y = np.asarray(y).astype(int)
     p = np.asarray(p, dtype=float)

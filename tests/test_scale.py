@@ -261,6 +261,24 @@ def test_local_and_dask_backends_give_identical_numbers(files):
     assert not math.isnan(fair["sex"]["measures"]["ci_low"][0])
 
 
+def test_dask_backend_joins_a_running_scheduler_and_sends_the_model_once(files, linear):
+    pytest.importorskip("distributed")
+    from distributed import LocalCluster
+
+    from audit.compute import DaskBackend
+
+    cfg, ds, predictor, _ = linear
+    pop = open_population(cfg, ds.schema)
+    local = score_population(pop, predictor, Backend())
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+        with DaskBackend(cluster.scheduler_address) as backend:
+            assert backend.describe()["address"] == cluster.scheduler_address
+            assert backend.share(predictor) is backend.share(predictor)  # one scatter per backend
+            remote = score_population(pop, predictor, backend)
+            np.testing.assert_array_equal(remote.proba, local.proba)
+            pd.testing.assert_frame_equal(remote.sensitive, local.sensitive)
+
+
 def _plain(obj):
     from audit.pipeline import to_jsonable
 
