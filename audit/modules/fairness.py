@@ -68,7 +68,7 @@ class FairnessModule:
         schema = ctx.dataset.schema
         sensitive = list(schema.sensitive)
         seed = ctx.seed_for(self.name)
-        y, p, rows = _audit_rows(ctx)
+        y, p, audited = _audit_rows(ctx)
         if ctx.population is not None:  # every row of the population, grouped the same way
             groups = groupings(ctx.population.scored.sensitive, cfg, sensitive)
         else:
@@ -142,7 +142,7 @@ class FairnessModule:
                 "Headline fairness measures",
                 measures[["grouping", "measure", "value", "ci_low", "ci_high", "threshold", "verdict"]],
                 f"Over groups with at least {fc.min_group_size} rows; {int(fc.confidence * 100)}% percentile "
-                f"bootstrap intervals from {fc.n_bootstrap} Poisson resamples of the {rows}; 'inconclusive' when "
+                f"bootstrap intervals from {fc.n_bootstrap} Poisson resamples of the {audited}; 'inconclusive' when "
                 "the interval straddles the threshold.",
             )
         ]
