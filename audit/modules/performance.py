@@ -147,7 +147,7 @@ class PerformanceModule:
                     f"Confusion matrix on the {where} at threshold {thr}",
                     cm_frame.reset_index(names=""),
                 ),
-                Table("calibration", f"Reliability table ({where})", bins),
+                Table("calibration", f"Reliability table, {where}", bins),
             ],
             figures=[self._reliability(bins, ece, where), self._roc(ctx)],
             findings=findings,
