@@ -7,7 +7,8 @@ index), so the local and the Dask backend (:mod:`audit.compute`) compute the sam
 same order: their numbers are identical.
 
 What stays in memory for the whole population is small and per row: the label (1 byte), the score (8 bytes) and
-the raw sensitive columns. Feature columns are only ever held one partition at a time.
+the raw sensitive columns (plus, while permutation importance runs, the scores of the features of one pass, capped
+by ``max_bytes``). Feature columns are only ever held one partition at a time.
 
 Per-partition work:
 

@@ -349,6 +349,30 @@ def _abs(dataset: dict, d: Path) -> dict:
     }
 
 
+def test_comparison_tracks_the_population_metrics_between_runs(files, tmp_path):
+    """Monthly use: this month's population against last month's, not the fixed test split."""
+    from audit.modules.comparison import ComparisonModule
+    from audit.modules.performance import PerformanceModule
+    from audit.pipeline import run_audit
+
+    frame = pd.read_parquet(files / "pop.parquet")
+    flip = frame.index % 5 == 0  # a fifth of the labels flipped: the population's ROC AUC drops
+    frame.loc[flip, "outcome"] = np.where(frame.loc[flip, "outcome"] == "repaid", "default", "repaid")
+    frame.to_parquet(tmp_path / "next.parquet", row_group_size=8192)
+    report = {"output_dir": str(tmp_path / "reports"), "formats": ["json"]}
+    first = run_audit(_load(files, report=report), quiet=True, modules=[PerformanceModule(), ComparisonModule()])
+    cfg = _load(files, report=report, dataset={"population": {"path": str(tmp_path / "next.parquet")}})
+    second = run_audit(cfg, quiet=True, modules=[PerformanceModule(), ComparisonModule()])
+    before = first.modules[0].result.data["population"]["roc_auc"]
+    after = second.modules[0].result.data["population"]["roc_auc"]
+    assert after < before - 0.05
+    table = next(t for t in second.modules[1].result.tables if t.name == "performance")
+    assert table.title.startswith("Population metrics")
+    row = table.frame.set_index("metric").loc["roc_auc"]
+    assert row["baseline"] == before and row["current"] == after
+    assert any("Population roc_auc moved" in f.title for f in second.findings)
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 @pytest.mark.parametrize(
     ("change", "needle"),

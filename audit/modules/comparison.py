@@ -83,24 +83,29 @@ class ComparisonModule:
 
         # performance
         perf = ctx.results.get("performance")
-        old_perf = base["modules"].get("performance", {}).get("data", {}).get("test")
+        old_data = base["modules"].get("performance", {}).get("data", {})
+        # a population on both sides (e.g. this month's and last month's scored file) is what drifts; else the test split
+        split = "population" if perf is not None and "population" in perf.data and "population" in old_data else "test"
+        old_perf = old_data.get(split)
         if perf is not None and old_perf:
             rows = []
             for m in _METRICS:
-                a, b = old_perf.get(m), perf.data["test"].get(m)
+                a, b = old_perf.get(m), perf.data[split].get(m)
                 if a is None or b is None:
                     continue
                 rows.append({"metric": m, "baseline": a, "current": b, "change": b - a})
                 if m in ("roc_auc", "accuracy") and abs(b - a) > cfg.max_metric_change:
                     findings.append(
                         _drift(
-                            f"Test {m} moved {b - a:+.3f} since the baseline ({a:.3f} -> {b:.3f})",
+                            f"{split.capitalize()} {m} moved {b - a:+.3f} since the baseline ({a:.3f} -> {b:.3f})",
                             {"baseline": a, "current": b},
                             f"|change| <= {cfg.max_metric_change}",
                             cfg.gate,
                         )
                     )
-            tables.append(Table("performance", "Test metrics: baseline and current", pd.DataFrame(rows)))
+            tables.append(
+                Table("performance", f"{split.capitalize()} metrics: baseline and current", pd.DataFrame(rows))
+            )
 
         # fairness measures
         fair = ctx.results.get("fairness")
