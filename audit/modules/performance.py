@@ -130,11 +130,16 @@ class PerformanceModule:
                 f"gap <= {cfg.max_overfit_gap}",
             )
         )
-        findings.append(Finding(self.name, f"Expected calibration error {ece:.3f}", "info", "info", {"ece": ece}))
+        on = " on the population" if population else ""
+        findings.append(Finding(self.name, f"Expected calibration error {ece:.3f}{on}", "info", "info", {"ece": ece}))
 
         return ModuleResult(
-            summary={"test_roc_auc": test["roc_auc"], "test_accuracy": test["accuracy"], "test_ece": ece}
-            | ({"population_roc_auc": population["roc_auc"], "population_rows": len(y_a)} if population else {}),
+            summary={"test_roc_auc": test["roc_auc"], "test_accuracy": test["accuracy"], "test_ece": test["ece"]}
+            | (
+                {"population_roc_auc": population["roc_auc"], "population_ece": ece, "population_rows": len(y_a)}
+                if population
+                else {}
+            ),
             tables=[
                 Table(
                     "metrics",
