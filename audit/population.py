@@ -422,8 +422,10 @@ def _pd_partition(
 def _sequential_sum(a: np.ndarray) -> np.ndarray:
     """Row sums added strictly left to right.
 
-    ``ndarray.sum`` adds pairwise with SIMD, and where its vector loop starts depends on the array's address, so
-    the same numbers can sum to a different last bit in another process; an accumulate has one fixed order.
+    A precaution: ``ndarray.sum`` adds pairwise in SIMD blocks, and its order is not part of numpy's contract (it
+    may depend on the build and the array's memory layout); an accumulate has one fixed order, so a partition's sums
+    are the same bits in any process. (Not observed to differ here; the measured difference was the thread count,
+    see :func:`audit.compute.single_threaded_torch`.)
     """
     return np.add.accumulate(a, axis=1)[:, -1] if a.shape[1] else np.zeros(len(a))
 
