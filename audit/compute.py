@@ -95,9 +95,6 @@ def single_threaded_torch():
         torch.set_num_threads(before)
 
 
-LocalBackend = Backend
-
-
 class DaskBackend(Backend):
     """Runs items as tasks on a Dask cluster: a new :class:`distributed.LocalCluster`, or an existing scheduler.
 

@@ -139,23 +139,38 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _read_file(cfg: AuditConfig, spec: DataFile, key: str) -> tuple[pd.DataFrame, str]:
-    path = cfg.resolve(spec.path)
+def verified_digest(path: Path, expected: str | None, *, path_key: str, sha_key: str, from_config: bool = True) -> str:
+    """sha256 of the file at ``path``, checked against ``expected`` when given.
+
+    ``from_config``: the path came from a config (relative paths start at its folder), not from the command line.
+
+    Raises
+    ------
+    DataError
+        Naming ``path_key`` (missing, not a file, unreadable) or ``sha_key`` (checksum mismatch).
+    """
     if not path.exists():
         raise DataError(
-            f"{key}.path: file '{path}' does not exist; fix the path (relative paths start at the config's folder)"
+            f"{path_key}: file '{path}' does not exist; fix the path"
+            + (" (relative paths start at the config's folder)" if from_config else "")
         )
     if not path.is_file():
-        raise DataError(f"{key}.path: '{path}' is not a file")
+        raise DataError(f"{path_key}: '{path}' is not a file")
     try:
         digest = sha256_file(path)
     except OSError as exc:
-        raise DataError(f"{key}.path: file '{path}' cannot be read ({exc.strerror}); check its permissions") from None
-    if spec.sha256 and digest.lower() != spec.sha256.lower():
+        raise DataError(f"{path_key}: file '{path}' cannot be read ({exc.strerror}); check its permissions") from None
+    if expected and digest.lower() != expected.lower():
         raise DataError(
-            f"{key}.sha256: checksum mismatch for '{path}': expected {spec.sha256.lower()}, file has {digest}; "
+            f"{sha_key}: checksum mismatch for '{path}': expected {expected.lower()}, file has {digest}; "
             "the file is corrupt or not the one the config was written for"
         )
+    return digest
+
+
+def _read_file(cfg: AuditConfig, spec: DataFile, key: str) -> tuple[pd.DataFrame, str]:
+    path = cfg.resolve(spec.path)
+    digest = verified_digest(path, spec.sha256, path_key=f"{key}.path", sha_key=f"{key}.sha256")
     fmt = spec.format
     if fmt == "auto":
         fmt = "parquet" if path.suffix.lower() in {".parquet", ".pq"} else "csv"

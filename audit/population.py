@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from audit.config import AuditConfig
-from audit.data import DataError, Schema, add_derived, sha256_file
+from audit.data import DataError, Schema, add_derived, verified_digest
 from audit.explain._common import make_scorer
 
 
@@ -54,8 +54,6 @@ class Population:
     partitions: tuple[Partition, ...]
     rows: int
     schema: Schema
-    target: str
-    positive_label: str
     label_map: tuple[tuple[str, str], ...]
     derived: tuple[tuple[str, str, str], ...]  # (name, source, regex)
     columns: tuple[str, ...]  # read from the file
@@ -69,12 +67,10 @@ class Population:
         frame = pq.ParquetFile(self.path).read_row_groups(list(part.row_groups), columns=cols)
         return frame.to_pandas()
 
-    def prepare(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None, pd.DataFrame | None]:
-        """Code-space features, 0/1 labels and the sensitive columns of a partition (None when unlabelled)."""
-        return self.prepare_checked(frame)[:3]
-
-    def prepare_checked(self, frame: pd.DataFrame) -> tuple:
-        """:meth:`prepare`, plus the label problems (see :meth:`labels`) and the unseen levels (:meth:`unseen`)."""
+    def prepare(self, frame: pd.DataFrame) -> tuple:
+        """Code-space features, 0/1 labels, the sensitive columns (None when unlabelled), the label problems (see
+        :meth:`labels`) and the unseen levels (:meth:`unseen`) of a partition. Work that only perturbs features needs
+        just ``schema.to_codes(frame)``."""
         codes = self.schema.to_codes(frame)
         if not self.labelled:
             return codes, None, None, {}, self.unseen(codes)
@@ -86,17 +82,18 @@ class Population:
 
     def labels(self, frame: pd.DataFrame) -> tuple[np.ndarray, dict[str, int]]:
         """0/1 labels, and the problems found: missing labels and labels that are neither class (with examples)."""
-        raw = frame[self.target]
+        raw = frame[self.schema.target]
         missing = raw.isna().to_numpy()
         labels = raw.astype(str).str.strip()
         if self.label_map:
             labels = labels.replace(dict(self.label_map))
         values = labels.to_numpy(dtype=object)
-        y = (values == self.positive_label).astype(np.int8)
+        positive = self.schema.positive_label
+        y = (values == positive).astype(np.int8)
         problems = {"missing": int(missing.sum())}
         negative = self.schema.negative_label
         if not negative.startswith("not "):  # two classes: anything else is an unknown label
-            other = ~missing & (values != self.positive_label) & (values != negative)
+            other = ~missing & (values != positive) & (values != negative)
             for v in pd.unique(values[other])[:3]:
                 problems[f"unknown {v!r}"] = int((values[other] == v).sum())
         return y, problems
@@ -152,17 +149,10 @@ def open_population(
         if spec is None:
             raise ValueError("the config has no dataset.population")
         path = cfg.resolve(spec.path)
+        digest = verified_digest(path, spec.sha256, path_key=f"{key}.path", sha_key=f"{key}.sha256")
     else:
-        spec = None
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{key}: file '{path}' does not exist; fix the path")
-    digest = sha256_file(path)
-    if spec is not None and spec.sha256 and digest.lower() != spec.sha256.lower():
-        raise DataError(
-            f"{key}.sha256: checksum mismatch for '{path}': expected {spec.sha256.lower()}, file has "
-            f"{digest}; the file is corrupt or not the one the config was written for"
-        )
+        path = Path(path)
+        digest = verified_digest(path, None, path_key=key, sha_key=key, from_config=False)
     try:
         pf = pq.ParquetFile(path)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a file that is not Parquet
@@ -207,8 +197,6 @@ def open_population(
         tuple(parts),
         start,
         schema,
-        cfg.dataset.target,
-        schema.positive_label,
         tuple(cfg.dataset.label_map.items()),
         tuple((n, d.source, d.regex) for n, d in derived.items()),
         tuple(need),
@@ -231,7 +219,7 @@ class ScoredPopulation:
 
 
 def _score_partition(part: Partition, *, population: Population, predictor) -> tuple:
-    codes, y, sens, problems, unseen = population.prepare_checked(population.read(part))
+    codes, y, sens, problems, unseen = population.prepare(population.read(part))
     return y, np.asarray(predictor.predict_codes(codes), dtype=np.float64), sens, problems, unseen
 
 
@@ -266,8 +254,8 @@ def score_population(
     if problems:
         what = ", ".join(f"{v} {k}" for k, v in problems.items())
         raise DataError(
-            f"dataset.population: column '{population.target}' has {what} label(s); the classes are "
-            f"{population.positive_label!r} and {population.schema.negative_label!r}: drop those rows, or map the "
+            f"dataset.population: column '{population.schema.target}' has {what} label(s); the classes are "
+            f"{population.schema.positive_label!r} and {population.schema.negative_label!r}: drop those rows, or map the "
             "labels with dataset.label_map"
         )
     if unseen and unseen_categories == "error":
@@ -312,7 +300,7 @@ def _permute_partition(
     n_repeats: int,
     seed: int,
 ) -> np.ndarray:
-    codes, _, _ = population.prepare(population.read(part))
+    codes = population.schema.to_codes(population.read(part))
     out = np.empty((len(units), n_repeats, len(codes)))
     block = codes.copy()
     for k, (u, columns) in enumerate(units):
@@ -404,7 +392,7 @@ def permutation_importance_population(
 def _pd_partition(
     part: Partition, *, population: Population, predictor, columns: list[int], grids: list[np.ndarray], chunk_rows: int
 ) -> list[np.ndarray]:
-    codes, _, _ = population.prepare(population.read(part))
+    codes = population.schema.to_codes(population.read(part))
     sums = []
     for j, grid in zip(columns, grids, strict=True):
         acc = np.zeros(len(grid))
@@ -470,7 +458,7 @@ def _reason_partition(
 
     frame = population.read(part, (id_column,) if id_column else ())
     ids = frame[id_column].to_numpy() if id_column else None
-    codes, _, _ = population.prepare(frame)
+    codes = population.schema.to_codes(frame)
     p = np.asarray(predictor.predict_codes(codes), dtype=np.float64)
     declined = np.flatnonzero(p < threshold)
     names = population.schema.feature_names
