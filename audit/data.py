@@ -220,6 +220,39 @@ def _read_file(cfg: AuditConfig, spec: DataFile, key: str) -> tuple[pd.DataFrame
     return df, digest
 
 
+def write_parquet(path: Path, frames, *, schema=None, row_group_size: int | None = None) -> int:
+    """Write DataFrames to one Parquet file as they come; returns the rows written.
+
+    The file is written under a temporary name beside ``path`` and renamed when complete, so a reader never sees a
+    partial file, and a failure leaves nothing. ``schema``: a ``callable(frame) -> pyarrow.Schema`` (or None, to take
+    each frame's own types), so frames with all-null columns still write the same types.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    writer = None
+    rows = 0
+    try:
+        for frame in frames:
+            table = pa.Table.from_pandas(frame, preserve_index=False, schema=schema(frame) if schema else None)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table, row_group_size=row_group_size)
+            rows += len(frame)
+        if writer is None:
+            raise ValueError(f"nothing to write to '{path}'")
+        writer.close()
+        writer = None
+        tmp.replace(path)
+    finally:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+    return rows
+
+
 def add_derived(frame: pd.DataFrame, derived: dict) -> None:
     """Add the ``fairness.derived`` columns (a regex capture of a source column) to ``frame`` in place."""
     for name, spec in derived.items():

@@ -364,7 +364,7 @@ def group_fairness_many(
         table = pd.DataFrame({"group": levels, **{m: v for m, v in point.items()}})
         table["count"] = table["count"].astype(int)
         table.insert(2, "eligible", eligible)
-        table["roc_auc"] = [_auc(y[codes == g], p[codes == g]) for g in range(G)]
+        table["roc_auc"] = [_auc(y[m], p[m]) for m in (codes == g for g in range(G))]  # one mask per group
         measures = {m: [float(v), np.nan, np.nan] for m, v in _measures(point, eligible).items()}
         if eligible.sum() < 2:
             measures = {m: [np.nan, np.nan, np.nan] for m in measures}

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from audit.config import AuditConfig
-from audit.data import DataError, Schema, add_derived, verified_digest
+from audit.data import DataError, Schema, add_derived, verified_digest, write_parquet
 from audit.explain._common import make_scorer
 
 
@@ -530,12 +530,9 @@ def reason_codes_population(
     input file), ``id_column`` if given, ``score``, then ``reason_i``, ``contribution_i``, ``value_i``.
     Partitions are written as they come back, in file order; the file appears only when complete.
     """
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     t0 = time.perf_counter()
-    output = Path(output)
-    tmp = output.with_name(f".{output.name}.tmp")
     if id_column is not None:
         fields = pq.ParquetFile(population.path).schema_arrow
         if id_column not in fields.names:
@@ -543,34 +540,19 @@ def reason_codes_population(
         id_type = fields.field(id_column).type
     else:
         id_type = None
-    shared = backend.share(predictor)
-    writer = None
-    declined = 0
-    try:
-        for frame in backend.map(
-            _reason_partition,
-            population.partitions,
-            population=population,
-            predictor=shared,
-            background=np.asarray(background, dtype=np.float64),
-            threshold=threshold,
-            top_k=top_k,
-            n_permutations=n_permutations,
-            seed=int(random_state),
-            id_column=id_column,
-        ):
-            table = pa.Table.from_pandas(frame, preserve_index=False, schema=_reason_schema(frame, id_type))
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, table.schema)
-            writer.write_table(table)
-            declined += len(frame)
-        writer.close()
-        writer = None
-        tmp.replace(output)
-    finally:
-        if writer is not None:
-            writer.close()
-        tmp.unlink(missing_ok=True)
+    frames = backend.map(
+        _reason_partition,
+        population.partitions,
+        population=population,
+        predictor=backend.share(predictor),
+        background=np.asarray(background, dtype=np.float64),
+        threshold=threshold,
+        top_k=top_k,
+        n_permutations=n_permutations,
+        seed=int(random_state),
+        id_column=id_column,
+    )
+    declined = write_parquet(output, frames, schema=lambda frame: _reason_schema(frame, id_type))
     return ReasonCodeRun(str(output), population.rows, declined, round(time.perf_counter() - t0, 3))
 
 

@@ -78,27 +78,17 @@ def block(rows: int, rng: np.random.Generator) -> pd.DataFrame:
 
 def generate(path: str | Path, rows: int, *, seed: int = 0, block_rows: int = 65536) -> Path:
     """Write ``rows`` rows to the Parquet file ``path``, one row group per block of ``block_rows``."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    from audit.data import write_parquet
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    writer = None
-    try:
+
+    def blocks():
         for b, start in enumerate(range(0, rows, block_rows)):
             n = min(block_rows, rows - start)
             frame = block(n, np.random.default_rng([seed, b]))
             frame["applicant_id"] = np.arange(start, start + n, dtype=np.int64) + 10_000_000
-            table = pa.Table.from_pandas(frame, preserve_index=False)
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, table.schema)
-            writer.write_table(table, row_group_size=block_rows)
-        writer.close()
-        writer = None
-        tmp.replace(path)
-    finally:
-        if writer is not None:
-            writer.close()
-        tmp.unlink(missing_ok=True)
+            yield frame
+
+    write_parquet(path, blocks(), row_group_size=block_rows)
     return path
