@@ -69,6 +69,10 @@ def reason_codes(
         )
     predictor = load_model(path, batch_size=cfg.model.predict_batch_size)
     ds = load_dataset(cfg)
+    from dataclasses import replace
+
+    # declines and adverse reasons follow the favourable outcome of the config (dataset.favourable_label)
+    predictor.schema = replace(predictor.schema, favourable_label=ds.schema.favourable_label)
     population = open_population(cfg, predictor.schema, path=input, key="--input", labelled=False)
     bg, _ = summarize_background(
         predictor.schema.to_codes(ds.X_train[predictor.schema.feature_names]),

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from audit.errors import ConfigError
 
@@ -30,6 +30,40 @@ __all__ = [
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+
+class ColumnKind:
+    """Marks a config value that names a column, and what it must name (see :mod:`audit.references`).
+
+    ``column``: a column of the data file; ``feature``: a model input; ``numeric`` / ``categorical``: a model input of
+    that kind; ``sensitive``: a sensitive feature (``fairness.sensitive_features`` or ``fairness.derived``);
+    ``feature_or_sensitive``: either.
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def __repr__(self) -> str:
+        return f"ColumnKind({self.kind!r})"
+
+
+def _as_text(v: Any) -> Any:
+    """YAML reads ``1:`` as an integer key and ``1.0`` as a float; a level or label named by a number is its text."""
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    if isinstance(v, int | float):
+        return str(v)
+    return v
+
+
+Text = Annotated[str, BeforeValidator(_as_text)]  # a level, a label: numbers in YAML are accepted as their text
+Column = Annotated[str, ColumnKind("column"), BeforeValidator(_as_text)]
+FeatureRef = Annotated[str, ColumnKind("feature")]
+NumericRef = Annotated[str, ColumnKind("numeric")]
+CategoricalRef = Annotated[str, ColumnKind("categorical")]
+SensitiveRef = Annotated[str, ColumnKind("sensitive")]
+FeatureOrSensitiveRef = Annotated[str, ColumnKind("feature_or_sensitive")]
 
 PosInt = Annotated[int, Field(gt=0)]
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
@@ -66,8 +100,8 @@ class SplitConfig(_Section):
 class FeatureTypes(_Section):
     """Overrides for inferred feature types (numeric dtypes are numeric, everything else categorical)."""
 
-    numeric: list[str] = Field(default_factory=list)
-    categorical: list[str] = Field(default_factory=list)
+    numeric: list[Column] = Field(default_factory=list)
+    categorical: list[Column] = Field(default_factory=list)
 
 
 class DatasetConfig(_Section):
@@ -77,20 +111,37 @@ class DatasetConfig(_Section):
     train: DataFile
     test: DataFile | None = None
     csv: CsvOptions = CsvOptions()
-    target: str
-    positive_label: str | int | float | bool
-    label_map: dict[str, str] = Field(default_factory=dict)
+    target: Column
+    positive_label: Text
+    favourable_label: Text | None = None
+    label_map: dict[Text, Text] = Field(default_factory=dict)
+    columns: list[Column] | None = None
+    index_col: Column | None = None
+    filter: str | None = Field(default=None, max_length=2000)
+    value_labels: dict[Column, dict[Text, Text]] = Field(default_factory=dict)
     features: FeatureTypes = FeatureTypes()
-    drop: list[str] = Field(default_factory=list)
+    drop: list[Column] = Field(default_factory=list)
+    tied: list[list[FeatureRef]] = Field(default_factory=list)
     split: SplitConfig = SplitConfig()
     validation_size: Fraction = 0.15
     max_categories: PosInt = 1000
     max_rows: PosInt | None = None
+    max_columns: PosInt = 1000
+    max_file_mb: PosInt = 1024
     unseen_categories: Literal["unknown", "error"] = "unknown"
     population: DataFile | None = None
 
+    @field_validator("filter")
+    @classmethod
+    def _filter_parses(cls, v: str | None) -> str | None:
+        if v is not None:
+            from audit.expr import parse_filter
+
+            parse_filter(v)  # ValueError names the problem
+        return v
+
     @model_validator(mode="after")
-    def _population_is_parquet(self) -> DatasetConfig:
+    def _consistent(self) -> DatasetConfig:
         pop = self.population
         suffix_ok = pop is not None and pop.path.lower().endswith((".parquet", ".pq"))
         if pop is not None and (pop.format == "csv" or (pop.format == "auto" and not suffix_ok)):
@@ -98,6 +149,27 @@ class DatasetConfig(_Section):
                 f"dataset.population: '{pop.path}' must be a Parquet file (it is read in row groups, never whole); "
                 "convert it, e.g. pandas.read_csv(...).to_parquet(path, row_group_size=65536)"
             )
+        for name, labels in self.value_labels.items():
+            clash = [k for k, v in labels.items() if v in labels and v != k]
+            if clash:
+                raise ValueError(
+                    f"dataset.value_labels.{name}: label(s) {[labels[k] for k in clash]} are also codes of the same "
+                    "column; pick labels that are not codes"
+                )
+            if name in self.features.numeric:
+                raise ValueError(
+                    f"dataset.value_labels.{name}: '{name}' is listed in dataset.features.numeric; a column with value "
+                    "labels is categorical, remove it from dataset.features.numeric"
+                )
+        for group in self.tied:
+            if len(group) < 2 or len(set(group)) != len(group):
+                raise ValueError(f"dataset.tied: {group} needs two or more distinct features")
+        seen: set[str] = set()
+        for group in self.tied:
+            again = seen & set(group)
+            if again:
+                raise ValueError(f"dataset.tied: {sorted(again)} appear in two groups; merge the groups")
+            seen |= set(group)
         return self
 
 
@@ -137,30 +209,30 @@ class PermutationConfig(_Section):
     metric: str = "roc_auc"
     n_repeats: PosInt = 5
     max_rows: PosInt | None = None
-    groups: dict[str, list[str]] = Field(default_factory=dict)
+    groups: dict[str, list[FeatureRef]] = Field(default_factory=dict)
     top_k: PosInt = 3
-    proxies: list[str] = Field(default_factory=list)
+    proxies: list[FeatureRef] = Field(default_factory=list)
 
 
 class PartialDependenceConfig(_Section):
     enabled: bool = True
-    features: list[str] | None = None
+    features: list[FeatureRef] | None = None
     grid_resolution: Annotated[int, Field(ge=2)] = 20
     sample_size: PosInt = 1000
     ice_curves: PosInt = 50
     centered: bool = True
     max_levels: Annotated[int, Field(ge=2)] = 12
-    pairs: list[tuple[str, str]] = Field(default_factory=list)
+    pairs: list[tuple[FeatureRef, FeatureRef]] = Field(default_factory=list)
 
 
 class AleConfig(_Section):
     enabled: bool = True
-    features: list[str] | None = None
+    features: list[FeatureRef] | None = None
     n_bins: Annotated[int, Field(ge=2)] = 20
     min_rows_per_bin: PosInt = 10
     sample_size: PosInt = 2000
     n_bootstrap: Annotated[int, Field(ge=0)] = 50
-    pairs: list[tuple[str, str]] = Field(default_factory=list)
+    pairs: list[tuple[FeatureRef, FeatureRef]] = Field(default_factory=list)
 
 
 class InteractionConfig(_Section):
@@ -233,11 +305,11 @@ class LimeConfig(_Section):
 class CounterfactualConfig(_Section):
     enabled: bool = True
     per_instance: Annotated[int, Field(ge=1, le=10)] = 1
-    immutable: list[str] = Field(default_factory=list)
-    ranges: dict[str, tuple[float | None, float | None]] = Field(default_factory=dict)
-    monotone: dict[str, Literal["increase", "decrease"]] = Field(default_factory=dict)
-    transitions: dict[str, dict[str, list[str]]] = Field(default_factory=dict)
-    integer: list[str] | None = None
+    immutable: list[FeatureOrSensitiveRef] = Field(default_factory=list)
+    ranges: dict[NumericRef, tuple[float | None, float | None]] = Field(default_factory=dict)
+    monotone: dict[NumericRef, Literal["increase", "decrease"]] = Field(default_factory=dict)
+    transitions: dict[CategoricalRef, dict[Text, list[Text]]] = Field(default_factory=dict)
+    integer: list[NumericRef] | None = None
     max_changes: PosInt = 5
     sparsity_weight: Annotated[float, Field(ge=0.0)] = 3.0
     n_random: Annotated[int, Field(ge=0)] = 300
@@ -298,7 +370,7 @@ class NetworkConfig(_Section):
 class DerivedFeature(_Section):
     """A sensitive feature derived from another column by a regular expression (its first group)."""
 
-    source: str
+    source: Column
     regex: str
 
     @field_validator("regex")
@@ -329,11 +401,11 @@ class FairnessConfig(_Section):
     """Sensitive features and how their groups are audited."""
 
     enabled: bool = True
-    sensitive_features: list[str] = Field(default_factory=list)
+    sensitive_features: list[Column] = Field(default_factory=list)
     derived: dict[str, DerivedFeature] = Field(default_factory=dict)
-    bins: dict[str, list[float]] = Field(default_factory=dict)
+    bins: dict[SensitiveRef, list[float]] = Field(default_factory=dict)
     quantiles: Annotated[int, Field(ge=2)] = 4
-    intersections: list[list[str]] = Field(default_factory=list)
+    intersections: list[list[SensitiveRef]] = Field(default_factory=list)
     min_group_size: PosInt = 30
     n_bootstrap: Annotated[int, Field(ge=0)] = 200
     confidence: Fraction = 0.95
@@ -348,6 +420,8 @@ class FairnessConfig(_Section):
         ]
     ] = Field(default_factory=list)
     proxy_association: Probability = 0.3
+    proxy_alpha: Fraction = 0.01
+    proxy_permutations: Annotated[int, Field(ge=19, le=9999)] = 199
 
     @model_validator(mode="after")
     def _intersections_known(self) -> FairnessConfig:
@@ -357,8 +431,10 @@ class FairnessConfig(_Section):
                 raise ValueError(f"fairness.intersections: {combo} needs at least two features")
             unknown = [c for c in combo if c not in known]
             if unknown:
+                close = difflib.get_close_matches(unknown[0], sorted(known), n=1, cutoff=0.6)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
                 raise ValueError(
-                    f"fairness.intersections: {unknown} are not sensitive features; list them in "
+                    f"fairness.intersections: {unknown} are not sensitive features{hint}; list them in "
                     "fairness.sensitive_features or fairness.derived"
                 )
         for name, edges in self.bins.items():
@@ -482,7 +558,8 @@ def _format_error(err: dict[str, Any]) -> str:
     if kind == "literal_error":
         return f"{path}: {shown} is not allowed; {msg[0].lower()}{msg[1:]}"
     if kind == "value_error":
-        return f"{path}: {msg.removeprefix('Value error, ')}"
+        msg = msg.removeprefix("Value error, ")
+        return msg if msg.startswith(f"{path}.") or msg.startswith(f"{path}:") else f"{path}: {msg}"
     return f"{path}: got {shown}; {msg[0].lower()}{msg[1:]}"
 
 

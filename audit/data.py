@@ -1,22 +1,32 @@
 """Loading a dataset described in config into one :class:`Schema` plus train and test frames.
 
 The schema is the contract every later stage reads: feature order and kinds, categorical levels (learnt on the
-training split only), target and positive label, sensitive features. It also defines the *code space* the fast
-paths work in: one float64 column per raw feature, a categorical as the integer index of its level, with
+training split only), target, positive and favourable labels, sensitive features. It also defines the *code space*
+the fast paths work in: one float64 column per raw feature, a categorical as the integer index of its level, with
 ``len(levels)`` as the "unknown" slot for levels never seen in training.
+
+:func:`load_dataset` runs the steps a real file needs, each with its own one-line errors: read (bounded in bytes,
+rows and columns while reading), header quirks (a second header row, repeated or unnamed columns), column references
+of the whole config, row filter, column selection and index column, value labels, derived sensitive columns, labels,
+feature types (a numeric column with stray text is refused with the offending values and rows), the split (which
+depends only on the data and the seed), levels and unseen levels.
 """
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import hashlib
+import io
 import json
+import lzma
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
 from audit.config import AuditConfig, DataFile
 from audit.errors import DataError
@@ -27,11 +37,13 @@ UNKNOWN_LEVEL = "<unknown>"
 
 @dataclass(frozen=True)
 class Feature:
-    """One raw feature. ``levels`` holds a categorical's training levels, in code order."""
+    """One raw feature. ``levels`` holds a categorical's training levels, in code order; ``labels`` the
+    ``(raw code, label)`` pairs of ``dataset.value_labels`` (levels are labels; raw codes are still understood)."""
 
     name: str
     kind: Literal["numeric", "categorical"]
     levels: tuple[str, ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
 
     @property
     def is_categorical(self) -> bool:
@@ -40,13 +52,19 @@ class Feature:
 
 @dataclass(frozen=True)
 class Schema:
-    """Features, target and sensitive columns of an audited dataset."""
+    """Features, target and sensitive columns of an audited dataset.
+
+    ``favourable_label`` is the outcome that is good for the person (``dataset.favourable_label``); by default the
+    positive label. When it is the negative label (a model that predicts default), fairness selection rates, declined
+    rows, reason codes and recourse follow the favourable outcome, not the positive one.
+    """
 
     features: tuple[Feature, ...]
     target: str
     positive_label: str
     negative_label: str
     sensitive: tuple[str, ...] = ()
+    favourable_label: str | None = None
 
     @property
     def feature_names(self) -> list[str]:
@@ -55,6 +73,21 @@ class Schema:
     @property
     def categorical_mask(self) -> np.ndarray:
         return np.array([f.is_categorical for f in self.features], dtype=bool)
+
+    @property
+    def favourable_is_positive(self) -> bool:
+        return self.favourable_label is None or self.favourable_label == self.positive_label
+
+    def declined(self, p: np.ndarray, threshold: float) -> np.ndarray:
+        """Boolean mask of the unfavourable decisions among scores ``p`` (below the threshold, unless the favourable
+        outcome is the negative class)."""
+        p = np.asarray(p)
+        return p < threshold if self.favourable_is_positive else p >= threshold
+
+    @property
+    def adverse_sign(self) -> float:
+        """-1 when a negative contribution to the score is adverse (the favourable label is positive), else +1."""
+        return -1.0 if self.favourable_is_positive else 1.0
 
     def feature(self, name: str) -> Feature:
         for f in self.features:
@@ -82,9 +115,8 @@ class Schema:
         for j, f in enumerate(self.features):
             col = df[f.name]
             if f.is_categorical:
-                values = _as_category_strings(col)
-                cat = pd.Categorical(values, categories=list(f.levels))
-                codes = cat.codes.astype(np.float64)
+                values = category_strings(col, labels=dict(f.labels) if f.labels else None)
+                codes = pd.Categorical(values, categories=list(f.levels)).codes.astype(np.float64)
                 codes[codes < 0] = len(f.levels)
                 out[:, j] = codes
             else:
@@ -107,13 +139,27 @@ class Schema:
 
     @classmethod
     def from_json(cls, d: dict) -> Schema:
-        feats = tuple(Feature(f["name"], f["kind"], tuple(f["levels"])) for f in d["features"])
-        return cls(feats, d["target"], d["positive_label"], d["negative_label"], tuple(d.get("sensitive", ())))
+        feats = tuple(
+            Feature(f["name"], f["kind"], tuple(f["levels"]), tuple(tuple(p) for p in f.get("labels", ())))
+            for f in d["features"]
+        )
+        return cls(
+            feats,
+            d["target"],
+            d["positive_label"],
+            d["negative_label"],
+            tuple(d.get("sensitive", ())),
+            d.get("favourable_label"),
+        )
 
 
 @dataclass
 class Dataset:
-    """A loaded dataset: raw feature frames, 0/1 labels, the schema, and provenance."""
+    """A loaded dataset: raw feature frames, 0/1 labels, the schema, and provenance.
+
+    ``ids_test``: the ``dataset.index_col`` value of each audit row (None without one); ``tied``: groups of features
+    that encode the same thing (``dataset.tied``).
+    """
 
     schema: Schema
     X_train: pd.DataFrame
@@ -122,15 +168,55 @@ class Dataset:
     y_test: np.ndarray
     files: dict[str, str] = field(default_factory=dict)  # path -> sha256
     notes: list[str] = field(default_factory=list)
+    ids_test: np.ndarray | None = None
+    tied: tuple[tuple[str, ...], ...] = ()
+    test_rows: np.ndarray | None = None  # each audit row's data row in its file (1-based, after the header)
 
 
-def _as_category_strings(col: pd.Series) -> np.ndarray:
-    values = col.astype(object).where(col.notna(), MISSING_LEVEL)
-    if isinstance(col.dtype, pd.StringDtype):  # already strings: one vectorised pass (6x faster than the loop)
-        return values.astype(str).to_numpy(dtype=object)
-    return np.array([str(v) for v in values], dtype=object)
+# ---------------------------------------------------------------------------------------------------- levels
+def category_strings(col: pd.Series, *, labels: dict[str, str] | None = None) -> np.ndarray:
+    """The level text of every value: integers (and integer-valued floats) without a decimal point, missing values
+    as :data:`MISSING_LEVEL`, and with ``labels`` (``dataset.value_labels``) a code replaced by its label.
+
+    Examples
+    --------
+    >>> category_strings(pd.Series([1.0, 2.0, None])).tolist()
+    ['1', '2', 'missing']
+    >>> category_strings(pd.Series([1, 2]), labels={"1": "male"}).tolist()
+    ['male', '2']
+    """
+    missing = col.isna().to_numpy()
+    if pd.api.types.is_float_dtype(col):
+        v = col.to_numpy(dtype=np.float64, na_value=np.nan)
+        ok = ~missing
+        finite = v[ok]
+        out = np.full(len(v), MISSING_LEVEL, dtype=object)
+        if finite.size and np.all(finite == np.round(finite)) and np.abs(finite).max() < 2**53:
+            out[ok] = finite.astype(np.int64).astype(str)
+        else:
+            out[ok] = finite.astype(str)
+    elif pd.api.types.is_bool_dtype(col) or pd.api.types.is_integer_dtype(col):
+        out = np.full(len(col), MISSING_LEVEL, dtype=object)
+        out[~missing] = col[~missing].astype(str).to_numpy(dtype=object)
+    else:
+        out = col.astype(str).to_numpy(dtype=object)
+        if missing.any():
+            out[missing] = MISSING_LEVEL
+    if labels:
+        mapped = pd.Series(out, dtype=object).map(labels).to_numpy(dtype=object)
+        hit = pd.notna(mapped)
+        out = np.where(hit, mapped, out)
+    return out
 
 
+def apply_value_labels(frame: pd.DataFrame, value_labels: dict) -> None:
+    """Replace coded values by their labels (``dataset.value_labels``) in place; the columns become text."""
+    for name, labels in value_labels.items():
+        if name in frame.columns:
+            frame[name] = pd.Series(category_strings(frame[name], labels=dict(labels)), index=frame.index, dtype=object)
+
+
+# ---------------------------------------------------------------------------------------------------- files
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -149,17 +235,23 @@ def verified_digest(path: Path, expected: str | None, *, path_key: str, sha_key:
     DataError
         Naming ``path_key`` (missing, not a file, unreadable) or ``sha_key`` (checksum mismatch).
     """
-    if not path.exists():
+    try:
+        exists, is_file = path.exists(), path.is_file()
+    except (OSError, ValueError) as exc:  # a loop of links, a name too long, a NUL byte
+        raise DataError(f"{path_key}: '{path}' cannot be opened ({_os_reason(exc)}); fix the path") from None
+    if not exists:
         raise DataError(
             f"{path_key}: file '{path}' does not exist; fix the path"
             + (" (relative paths start at the config's folder)" if from_config else "")
         )
-    if not path.is_file():
-        raise DataError(f"{path_key}: '{path}' is not a file")
+    if not is_file:
+        raise DataError(f"{path_key}: '{path}' is not a file (a folder, a device or a pipe); point it at a data file")
     try:
         digest = sha256_file(path)
     except OSError as exc:
-        raise DataError(f"{path_key}: file '{path}' cannot be read ({exc.strerror}); check its permissions") from None
+        raise DataError(
+            f"{path_key}: file '{path}' cannot be read ({_os_reason(exc)}); check its permissions"
+        ) from None
     if expected and digest.lower() != expected.lower():
         raise DataError(
             f"{sha_key}: checksum mismatch for '{path}': expected {expected.lower()}, file has {digest}; "
@@ -168,58 +260,272 @@ def verified_digest(path: Path, expected: str | None, *, path_key: str, sha_key:
     return digest
 
 
+def _os_reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc).splitlines()[0][:120] or exc.__class__.__name__
+
+
+class _ReadLimit(Exception):
+    """A limit on what a file may expand to was reached while reading it."""
+
+
+MAX_EXPANSION = 100  # a compressed file that expands more than this (past 16 MB) is refused as a compression bomb
+MAX_LINE_BYTES = 4 << 20
+
+
+class _LimitedReader(io.RawIOBase):
+    """Reads a (decompressed) stream, stopping with :class:`_ReadLimit` past ``limit`` bytes, past a line of
+    :data:`MAX_LINE_BYTES`, or (compressed files) past :data:`MAX_EXPANSION` times the compressed bytes read."""
+
+    def __init__(self, stream, raw, limit: int) -> None:
+        self.stream, self.raw, self.limit = stream, raw, limit
+        self.total = 0
+        self.since_newline = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.stream.read(len(buffer))
+        n = len(data)
+        self.total += n
+        if self.total > self.limit:
+            raise _ReadLimit(f"it holds more than {self.limit >> 20} MB of text")
+        nl = data.rfind(b"\n")
+        self.since_newline = n - nl - 1 if nl >= 0 else self.since_newline + n
+        if self.since_newline > MAX_LINE_BYTES:
+            raise _ReadLimit(f"a line is longer than {MAX_LINE_BYTES >> 20} MB (not a table of rows)")
+        if self.raw is not self.stream and self.total > 16 << 20:
+            packed = max(self.raw.tell(), 1)
+            if self.total > MAX_EXPANSION * packed:
+                raise _ReadLimit(
+                    f"it expands more than {MAX_EXPANSION}x when decompressed (a compression bomb?); decompress it "
+                    "yourself if it is genuine"
+                )
+        buffer[:n] = data
+        return n
+
+    def close(self) -> None:
+        try:
+            if self.stream is not self.raw:
+                self.stream.close()
+            self.raw.close()
+        finally:
+            super().close()
+
+
+def _open_limited(path: Path, limit: int) -> io.BufferedReader:
+    raw = open(path, "rb")  # noqa: SIM115 - closed by the reader
+    head = raw.read(6)
+    raw.seek(0)
+    if head[:2] == b"\x1f\x8b":
+        stream = gzip.GzipFile(fileobj=raw)
+    elif head[:3] == b"BZh":
+        stream = bz2.BZ2File(raw)
+    elif head[:6] == b"\xfd7zXZ\x00":
+        stream = lzma.LZMAFile(raw)
+    else:
+        stream = raw
+    return io.BufferedReader(_LimitedReader(stream, raw, limit), buffer_size=1 << 16)
+
+
 def _read_file(cfg: AuditConfig, spec: DataFile, key: str) -> tuple[pd.DataFrame, str]:
+    """Read one data file, bounded while reading: size, rows, columns, line length, decompression ratio."""
+    ds = cfg.dataset
     path = cfg.resolve(spec.path)
-    digest = verified_digest(path, spec.sha256, path_key=f"{key}.path", sha_key=f"{key}.sha256")
+    limit = ds.max_file_mb << 20
     fmt = spec.format
     if fmt == "auto":
         fmt = "parquet" if path.suffix.lower() in {".parquet", ".pq"} else "csv"
-    opts = cfg.dataset.csv
     try:
-        if fmt == "parquet":
-            df = pd.read_parquet(path)
-        else:
-            df = pd.read_csv(
-                path,
-                sep=opts.sep,
-                header=None if opts.header == "none" else "infer",
-                names=opts.names,
-                na_values=opts.na_values or None,
-                skipinitialspace=opts.skipinitialspace,
-                encoding=opts.encoding,
-                skiprows=spec.skiprows or None,
-                engine="c",
+        size = path.stat().st_size if path.is_file() else None
+    except (OSError, ValueError):
+        size = None
+    if size is not None and size > limit:
+        raise DataError(
+            f"{key}.path: '{path}' is {size >> 20} MB, more than dataset.max_file_mb={ds.max_file_mb}; raise the cap "
+            "if the file is genuine, or sample it"
+        )
+    digest = verified_digest(path, spec.sha256, path_key=f"{key}.path", sha_key=f"{key}.sha256")
+    if fmt == "parquet":
+        df = _read_parquet(cfg, path, key)
+    else:
+        df = _read_csv(cfg, spec, path, key, limit)
+    if len(df) == 0:
+        raise DataError(f"{key}.path: '{path}' has a header but no rows")
+    _check_headers(cfg, df, spec, path, key, fmt)
+    df.columns = [str(c) for c in df.columns]
+    df.attrs.setdefault("file_columns", list(df.columns))
+    df.index = pd.RangeIndex(1, len(df) + 1)  # data row numbers (1-based, after the header), kept through filters
+    return df, digest
+
+
+def _read_parquet(cfg: AuditConfig, path: Path, key: str) -> pd.DataFrame:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ds = cfg.dataset
+    try:
+        pf = pq.ParquetFile(path)
+        md = pf.metadata
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a file that is not Parquet
+        raise DataError(f"{key}.path: '{path}' is not a readable Parquet file ({exc.__class__.__name__})") from None
+    if md.num_columns > ds.max_columns:
+        raise DataError(
+            f"{key}.path: '{path}' has {md.num_columns} columns, more than dataset.max_columns={ds.max_columns}; "
+            "select the columns you need (dataset.columns reads only those) or raise the cap"
+        )
+    if ds.max_rows is not None and md.num_rows > ds.max_rows:
+        raise DataError(
+            f"{key}.path: '{path}' has {md.num_rows} rows, more than dataset.max_rows={ds.max_rows}; "
+            "sample the file or raise the cap"
+        )
+    expanded = sum(md.row_group(i).total_byte_size for i in range(md.num_row_groups))
+    if expanded > ds.max_file_mb << 20:
+        raise DataError(
+            f"{key}.path: '{path}' expands to {expanded >> 20} MB, more than dataset.max_file_mb={ds.max_file_mb}; "
+            "raise the cap if the file is genuine, or sample it"
+        )
+    nested = [f.name for f in pf.schema_arrow if pa.types.is_nested(f.type)]
+    if nested:
+        raise DataError(
+            f"{key}.path: column(s) {nested[:5]} of '{path}' hold lists or structures, not single values; "
+            "flatten them into columns or drop them from the file"
+        )
+    wanted = None
+    if ds.columns is not None:
+        wanted = _needed_columns(cfg, list(pf.schema_arrow.names))
+    try:
+        df = pf.read(columns=wanted).to_pandas()
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(f"{key}.path: '{path}' cannot be read as Parquet ({exc.__class__.__name__})") from None
+    df.attrs["file_columns"] = [str(c) for c in pf.schema_arrow.names]
+    return df
+
+
+def _needed_columns(cfg: AuditConfig, have: list[str]) -> list[str]:
+    """With ``dataset.columns``: those, the target, the index column and what the filter and the fairness config read."""
+    ds = cfg.dataset
+    want = [*ds.columns, ds.target]
+    if ds.index_col:
+        want.append(ds.index_col)
+    if ds.filter:
+        from audit.expr import parse_filter
+
+        want += list(parse_filter(ds.filter).columns)
+    want += list(cfg.fairness.sensitive_features) + [d.source for d in cfg.fairness.derived.values()]
+    return [c for c in dict.fromkeys(want) if c in have]
+
+
+def _read_csv(cfg: AuditConfig, spec: DataFile, path: Path, key: str, limit: int) -> pd.DataFrame:
+    ds = cfg.dataset
+    opts = ds.csv
+    kwargs = dict(
+        sep=opts.sep,
+        header=None if opts.header == "none" else "infer",
+        names=opts.names,
+        na_values=opts.na_values or None,
+        skipinitialspace=opts.skipinitialspace,
+        encoding=opts.encoding,
+        skiprows=spec.skiprows or None,
+        engine="c",
+    )
+    try:
+        with _open_limited(path, limit) as fh:  # the header alone: count the columns before reading rows
+            head = pd.read_csv(fh, nrows=0, **kwargs)
+        if head.shape[1] > ds.max_columns:
+            raise DataError(
+                f"{key}.path: '{path}' has {head.shape[1]} columns, more than dataset.max_columns={ds.max_columns}; "
+                "select the columns you need (dataset.columns reads only those) or raise the cap"
             )
+        usecols = _needed_columns(cfg, [str(c) for c in head.columns]) if ds.columns is not None else None
+        nrows = None if ds.max_rows is None else ds.max_rows + 1
+        with _open_limited(path, limit) as fh:
+            df = pd.read_csv(fh, nrows=nrows, usecols=usecols, **kwargs)
+        df.attrs["file_columns"] = [str(c) for c in head.columns]
+    except _ReadLimit as exc:
+        raise DataError(
+            f"{key}.path: '{path}' was refused while reading: {exc}; raise dataset.max_file_mb if the file is genuine"
+        ) from None
+    except LookupError:
+        raise DataError(
+            f"dataset.csv.encoding: {opts.encoding!r} is not a known text encoding; use e.g. utf-8 or latin-1"
+        ) from None
     except UnicodeDecodeError:
         raise DataError(
             f"{key}.path: '{path}' is not valid {opts.encoding} text; set dataset.csv.encoding (e.g. latin-1)"
         ) from None
     except pd.errors.EmptyDataError:
         raise DataError(f"{key}.path: '{path}' is empty; point the config at a file with a header and rows") from None
-    except (pd.errors.ParserError, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise DataError(f"{key}.path: '{path}' cannot be parsed as {fmt}: {first}; check dataset.csv options") from None
-    if len(df) == 0:
-        raise DataError(f"{key}.path: '{path}' has a header but no rows")
-    if cfg.dataset.max_rows is not None and len(df) > cfg.dataset.max_rows:
+    except (pd.errors.ParserError, ValueError, OSError, EOFError, gzip.BadGzipFile, lzma.LZMAError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
+        raise DataError(f"{key}.path: '{path}' cannot be parsed as csv: {first}; check dataset.csv options") from None
+    if ds.max_rows is not None and len(df) > ds.max_rows:
         raise DataError(
-            f"{key}.path: '{path}' has {len(df)} rows, more than dataset.max_rows={cfg.dataset.max_rows}; "
-            "sample the file or raise the cap"
+            f"{key}.path: '{path}' has more than dataset.max_rows={ds.max_rows} rows; sample the file or raise the cap"
         )
+    return df
+
+
+_MANGLED = re.compile(r"^(.*)\.(\d+)$")
+_UNNAMED = re.compile(r"^Unnamed: \d+$")
+
+
+def _check_headers(cfg: AuditConfig, df: pd.DataFrame, spec: DataFile, path: Path, key: str, fmt: str) -> None:
+    """Header quirks of real files, each refused with the exact fix: repeated names, a second header row, an unnamed
+    index column, a wrong separator."""
+    ds = cfg.dataset
+    opts = ds.csv
     cols = [str(c) for c in df.columns]
     dupes = sorted({c for c in cols if cols.count(c) > 1})
-    mangled = [c for c in cols if "." in c and c.rsplit(".", 1)[0] in cols and c.rsplit(".", 1)[1].isdigit()]
-    if dupes or (mangled and opts.names is None and fmt == "csv"):
-        raise DataError(f"{key}.path: duplicate column name(s) {dupes or mangled} in '{path}'; rename them")
-    if df.shape[1] == 1 and opts.sep not in {"\t"}:
+    mangled = [c for c in cols if (m := _MANGLED.match(c)) and m.group(1) in cols and fmt == "csv" and not opts.names]
+    if dupes or mangled:
+        repeats = dupes or sorted({_MANGLED.match(c).group(1) for c in mangled})
+        note = f" (pandas renamed the repeats to {mangled[:5]})" if mangled else ""
+        raise DataError(
+            f"{key}.path: duplicate column name(s) {repeats} in '{path}'{note}; rename them in the file, or set "
+            f"dataset.csv.header: none with unique dataset.csv.names and {key}.skiprows: {spec.skiprows + 1}"
+        )
+    if df.shape[1] == 1 and opts.sep not in {"\t"} and fmt == "csv":
         raise DataError(
             f"{key}.path: '{path}' parsed into a single column with dataset.csv.sep={opts.sep!r}; "
             "set the right separator (e.g. ';')"
         )
-    df.columns = cols
-    return df, digest
+    referenced = {ds.index_col, *ds.drop, *(ds.columns or ())}
+    for c in cols:
+        if _UNNAMED.match(c) and c not in referenced and (ds.columns is None):
+            v = pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+            seq = len(v) > 1 and bool(np.all(np.diff(v) == 1))
+            what = f"holds row numbers {v[0]:g}..{v[-1]:g} (a saved index)" if seq else "has no name in the header"
+            raise DataError(
+                f"{key}.path: column '{c}' of '{path}' {what}; set dataset.index_col: '{c}' to use it as the row id, "
+                f"or add '{c}' to dataset.drop"
+            )
+    if fmt != "csv" or len(df) < 3:
+        return
+    # a second header row: text in the first row of columns whose other rows are numbers
+    first = df.iloc[0]
+    suspects = []
+    for c in df.columns:
+        rest = df[c].iloc[1:]
+        if pd.api.types.is_numeric_dtype(rest):
+            continue
+        num = pd.to_numeric(rest, errors="coerce")
+        share = num.notna().sum() / max(int(rest.notna().sum()), 1)
+        cell = first[c]
+        if share >= 0.9 and isinstance(cell, str) and pd.isna(pd.to_numeric(cell, errors="coerce")):
+            suspects.append(cell)
+    numeric_dtype = sum(pd.api.types.is_numeric_dtype(df[c]) for c in df.columns)
+    if len(suspects) >= 2 and len(suspects) >= 0.5 * (len(suspects) + numeric_dtype):
+        what = "a second header row" if opts.header != "none" else "a header row"
+        fix = (
+            f"set {key}.skiprows: {spec.skiprows + 1} to use the second row as the header"
+            if opts.header != "none"
+            else f"set dataset.csv.header: infer (or {key}.skiprows: {spec.skiprows + 1})"
+        )
+        raise DataError(f"{key}.path: the first data row of '{path}' looks like {what} ({suspects[:4]}); {fix}")
 
 
+# ---------------------------------------------------------------------------------------------------- parquet out
 def write_parquet(path: Path, frames, *, schema=None, row_group_size: int | None = None) -> int:
     """Write DataFrames to one Parquet file as they come; returns the rows written.
 
@@ -253,10 +559,26 @@ def write_parquet(path: Path, frames, *, schema=None, row_group_size: int | None
     return rows
 
 
+# ---------------------------------------------------------------------------------------------------- steps
 def add_derived(frame: pd.DataFrame, derived: dict) -> None:
     """Add the ``fairness.derived`` columns (a regex capture of a source column) to ``frame`` in place."""
     for name, spec in derived.items():
         frame[name] = frame[spec.source].astype(str).str.extract(spec.regex, expand=False)
+
+
+def apply_filter(cfg: AuditConfig, frame: pd.DataFrame, where: str) -> pd.DataFrame:
+    """The rows of ``frame`` that pass ``dataset.filter`` (all rows without one)."""
+    if not cfg.dataset.filter:
+        return frame
+    from audit.expr import parse_filter
+
+    try:
+        mask = parse_filter(cfg.dataset.filter).mask(frame)
+    except ValueError as exc:
+        raise DataError(f"dataset.filter: {exc}") from None
+    if not mask.any():
+        raise DataError(f"dataset.filter: {cfg.dataset.filter!r} keeps none of the {len(frame)} rows of the {where}")
+    return frame[mask]
 
 
 def _labels(df: pd.DataFrame, cfg: AuditConfig, where: str) -> np.ndarray:
@@ -267,10 +589,61 @@ def _labels(df: pd.DataFrame, cfg: AuditConfig, where: str) -> np.ndarray:
         raise DataError(
             f"dataset.target: column '{ds.target}' has {n} missing value(s) in the {where} data; drop or fill them"
         )
-    ys = y.astype(str).str.strip()
+    ys = pd.Series(category_strings(y), index=y.index).str.strip()
     if ds.label_map:
-        ys = ys.replace(ds.label_map)
+        ys = ys.replace(dict(ds.label_map))
     return ys.to_numpy(dtype=object)
+
+
+def _rows_text(index: pd.Index, mask: np.ndarray, values: pd.Series, k: int = 4) -> str:
+    pos = np.flatnonzero(mask)[:k]
+    return ", ".join(f"{values.iloc[p]!r} (data row {index[p]})" for p in pos)
+
+
+def _infer_kinds(cfg: AuditConfig, frame: pd.DataFrame, feature_cols: list[str], where: str, notes: list[str]):
+    """Kind of each feature, on the whole training file; declared numerics coerced (stray text becomes missing)."""
+    ds = cfg.dataset
+    kinds: dict[str, str] = {}
+    for c in feature_cols:
+        col = frame[c]
+        if c in ds.features.categorical or c in ds.value_labels:
+            kinds[c] = "categorical"
+            continue
+        numeric_dtype = pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)
+        if numeric_dtype:
+            kinds[c] = "numeric"
+            continue
+        if pd.api.types.is_bool_dtype(col):
+            kinds[c] = "categorical"
+            continue
+        conv = pd.to_numeric(col, errors="coerce")
+        present = col.notna().to_numpy()
+        bad = present & conv.isna().to_numpy()
+        n_present = int(present.sum())
+        share_numeric = 1 - bad.sum() / max(n_present, 1)
+        if c in ds.features.numeric:
+            if share_numeric < 0.9:
+                raise DataError(
+                    f"dataset.features.numeric: column '{c}' has non-numeric values such as "
+                    f"{_rows_text(frame.index, bad, col, 2)}; list it under dataset.features.categorical"
+                )
+            if bad.any():
+                notes.append(
+                    f"column '{c}': {int(bad.sum())} non-numeric value(s) read as missing (declared numeric), e.g. "
+                    + _rows_text(frame.index, bad, col, 3)
+                )
+            frame[c] = conv
+            kinds[c] = "numeric"
+        elif share_numeric >= 0.9 and bad.any() and n_present >= 10:
+            examples = _rows_text(frame.index, bad, col)
+            raise DataError(
+                f"column '{c}': {share_numeric:.1%} of its values in the {where} data are numbers but "
+                f"{int(bad.sum())} are not: {examples}; list those strings in dataset.csv.na_values, or declare the "
+                f"column in dataset.features.numeric (they become missing) or dataset.features.categorical"
+            )
+        else:
+            kinds[c] = "categorical"
+    return kinds
 
 
 def load_dataset(cfg: AuditConfig) -> Dataset:
@@ -281,8 +654,11 @@ def load_dataset(cfg: AuditConfig) -> Dataset:
     DataError
         For any file, checksum or column problem, with a one-line message naming the key or column.
     """
+    from audit.references import check_columns, check_references
+
     ds = cfg.dataset
     files: dict[str, str] = {}
+    notes: list[str] = []
     train_df, digest = _read_file(cfg, ds.train, "dataset.train")
     files[str(ds.train.path)] = digest
     test_df = None
@@ -293,68 +669,52 @@ def load_dataset(cfg: AuditConfig) -> Dataset:
             raise DataError(
                 f"dataset.test: columns differ from the training file: {list(test_df.columns)} vs {list(train_df.columns)}"
             )
+    # every key that names a column of the file, before any work
+    check_columns(cfg, train_df.attrs.get("file_columns", list(train_df.columns)), list(train_df.columns))
 
-    columns = list(train_df.columns)
+    train_df = apply_filter(cfg, train_df, "training file")
+    if test_df is not None:
+        test_df = apply_filter(cfg, test_df, "test file")
+    n_read = len(train_df)
+
     derived = cfg.fairness.derived
-    for name, spec in derived.items():
-        key = f"fairness.derived.{name}"
-        if spec.source not in columns:
-            raise DataError(f"{key}.source: column '{spec.source}' not found{_closest(spec.source, columns)}")
+    columns = list(train_df.columns)
+    for name in derived:
         if name in columns:
-            raise DataError(f"{key}: '{name}' already is a column; pick another name")
+            raise DataError(f"fairness.derived.{name}: '{name}' already is a column; pick another name")
+    if ds.index_col and ds.index_col == ds.target:
+        raise DataError(f"dataset.index_col: '{ds.index_col}' is the target column; pick the row-id column")
     for frame in (train_df, test_df):
         if frame is not None:
+            apply_value_labels(frame, ds.value_labels)
             add_derived(frame, derived)
     for name, spec in derived.items():
-        key = f"fairness.derived.{name}"
         unmatched = train_df[name].isna()
         if unmatched.any():
             example = train_df.loc[unmatched, spec.source].iloc[0]
             raise DataError(
-                f"{key}.regex: {spec.regex!r} does not match {int(unmatched.sum())} value(s) of "
+                f"fairness.derived.{name}.regex: {spec.regex!r} does not match {int(unmatched.sum())} value(s) of "
                 f"'{spec.source}', e.g. {example!r}; widen the pattern"
             )
     derived_names = list(derived)
-    columns = [c for c in columns if c not in derived_names] + derived_names
-    if ds.target not in columns:
-        close = _closest(ds.target, columns)
-        raise DataError(f"dataset.target: column '{ds.target}' not found{close}; columns are {columns}")
     for key, names in (
         ("dataset.drop", ds.drop),
         ("dataset.features.numeric", ds.features.numeric),
         ("dataset.features.categorical", ds.features.categorical),
         ("fairness.sensitive_features", cfg.fairness.sensitive_features),
+        ("dataset.value_labels", list(ds.value_labels)),
     ):
         for n in names:
-            if n not in columns:
-                raise DataError(f"{key}: column '{n}' not found{_closest(n, columns)}; columns are {columns}")
             if n == ds.target:
                 raise DataError(f"{key}: '{n}' is the target column; remove it from {key}")
     both = set(ds.features.numeric) & set(ds.features.categorical)
     if both:
         raise DataError(f"dataset.features: {sorted(both)} listed as both numeric and categorical; keep one")
-    # A sensitive feature may be dropped from the model's inputs; it is still kept for the fairness audit.
 
-    y_train_raw = _labels(train_df, cfg, "training")
+    # ------------------------------------------------------------------ labels
+    y_all_raw = _labels(train_df, cfg, "training")
     pos = str(ds.positive_label)
-    if test_df is None:
-        strat = y_train_raw if ds.split.stratify else None
-        idx = np.arange(len(train_df))
-        try:
-            tr_idx, te_idx = train_test_split(idx, test_size=ds.split.test_size, random_state=cfg.seed, stratify=strat)
-        except ValueError as exc:
-            raise DataError(
-                f"dataset.split: cannot split {len(idx)} rows ({exc}); lower test_size or add rows"
-            ) from None
-        tr_idx.sort()
-        te_idx.sort()
-        test_df = train_df.iloc[te_idx].reset_index(drop=True)
-        train_df = train_df.iloc[tr_idx].reset_index(drop=True)
-        y_test_raw, y_train_raw = y_train_raw[te_idx], y_train_raw[tr_idx]
-    else:
-        y_test_raw = _labels(test_df, cfg, "test")
-
-    present = sorted(set(y_train_raw))
+    present = sorted(set(y_all_raw))
     if pos not in present:
         raise DataError(
             f"dataset.positive_label: {ds.positive_label!r} does not occur in column '{ds.target}'; "
@@ -362,64 +722,97 @@ def load_dataset(cfg: AuditConfig) -> Dataset:
         )
     if len(present) < 2:
         raise DataError(f"dataset.target: column '{ds.target}' has a single class ({present[0]!r}); an audit needs two")
+    negative_label = next(v for v in present if v != pos) if len(present) == 2 else f"not {pos}"
     if len(present) > 2:
         negatives = [v for v in present if v != pos]
-        note = f"target '{ds.target}' has {len(present)} classes; {negatives} are treated as the negative class"
+        notes.append(f"target '{ds.target}' has {len(present)} classes; {negatives} are treated as the negative class")
+    favourable = None
+    if ds.favourable_label is not None:
+        fav = str(ds.favourable_label)
+        if fav != pos and fav not in present:
+            raise DataError(
+                f"dataset.favourable_label: {fav!r} does not occur in column '{ds.target}'; its values are {present[:10]}"
+            )
+        favourable = pos if fav == pos else negative_label if len(present) == 2 else f"not {pos}"
+
+    # ------------------------------------------------------------------ feature kinds, on the whole training file
+    non_features = {ds.target, *ds.drop, *derived, *([ds.index_col] if ds.index_col else [])}
+    selected = [c for c in columns if c not in derived_names]
+    if ds.columns is not None:
+        keep = set(ds.columns)
+        selected = [c for c in selected if c in keep]
+    feature_cols = [c for c in selected if c not in non_features]
+    if not feature_cols:
+        raise DataError("dataset.drop: no feature columns are left; drop fewer columns")
+    kinds = _infer_kinds(cfg, train_df, feature_cols, "training", notes)
+    if test_df is not None:  # numbers with stray text in the test file are missing values, counted in the notes
+        for c in [c for c in feature_cols if kinds[c] == "numeric"]:
+            col = test_df[c]
+            conv = pd.to_numeric(col, errors="coerce")
+            bad = col.notna().to_numpy() & conv.isna().to_numpy()
+            if bad.any() and c not in ds.features.numeric:
+                raise DataError(
+                    f"column '{c}': numeric in the training file but {int(bad.sum())} value(s) of the test file are "
+                    f"not numbers: {_rows_text(test_df.index, bad, col)}; list them in dataset.csv.na_values or "
+                    "declare the column in dataset.features.numeric (they become missing)"
+                )
+            if bad.any():
+                notes.append(f"column '{c}': {int(bad.sum())} non-numeric value(s) of the test file read as missing")
+            test_df[c] = conv
+
+    # ------------------------------------------------------------------ split: depends on the data and the seed only
+    y_all = (y_all_raw == pos).astype(np.int64)
+    if test_df is None:
+        strat = y_all if ds.split.stratify else None
+        idx = np.arange(len(train_df))
+        try:
+            from sklearn.model_selection import train_test_split
+
+            tr_idx, te_idx = train_test_split(idx, test_size=ds.split.test_size, random_state=cfg.seed, stratify=strat)
+        except ValueError as exc:
+            raise DataError(
+                f"dataset.split: cannot split {len(idx)} rows ({exc}); lower test_size or add rows"
+            ) from None
+        tr_idx.sort()
+        te_idx.sort()
+        test_df = train_df.iloc[te_idx]
+        train_df = train_df.iloc[tr_idx]
+        y_test_raw, y_train_raw = y_all_raw[te_idx], y_all_raw[tr_idx]
     else:
-        note = None
+        y_train_raw = y_all_raw
+        y_test_raw = _labels(test_df, cfg, "test")
     unknown_test = sorted(set(y_test_raw) - set(present))
     if unknown_test:
         raise DataError(
             f"dataset.label_map: test labels {unknown_test[:5]} do not occur in the training labels {present}; "
             "map them with dataset.label_map"
         )
-    negative_label = next(v for v in present if v != pos) if len(present) == 2 else f"not {pos}"
 
     # ------------------------------------------------------------------ features
-    notes_unseen: list[str] = []
-    feature_cols = [c for c in columns if c != ds.target and c not in ds.drop and c not in derived]
-    if not feature_cols:
-        raise DataError("dataset.drop: no feature columns are left; drop fewer columns")
     features: list[Feature] = []
     for c in feature_cols:
         col = train_df[c]
         if col.isna().all():
             raise DataError(f"column '{c}': every value is missing in the training data; add it to dataset.drop")
-        if c in ds.features.categorical:
-            kind = "categorical"
-        elif c in ds.features.numeric:
-            kind = "numeric"
-            conv = pd.to_numeric(col, errors="coerce")
-            bad = col[conv.isna() & col.notna()]
-            if len(bad):
-                raise DataError(
-                    f"dataset.features.numeric: column '{c}' has non-numeric values such as {bad.iloc[0]!r}; "
-                    "list it under dataset.features.categorical"
-                )
-        else:
-            kind = (
-                "numeric"
-                if (pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col))
-                else "categorical"
-            )
         if col.nunique(dropna=True) < 2:
             raise DataError(
                 f"column '{c}': constant in the training data (every value is {col.dropna().iloc[0]!r}); "
                 "it carries no information, add it to dataset.drop"
             )
-        if kind == "numeric":
+        labels = tuple((str(k), str(v)) for k, v in ds.value_labels.get(c, {}).items())
+        if kinds[c] == "numeric":
             values = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
             if np.isinf(values).any():
                 raise DataError(f"column '{c}': contains infinite values; replace them or add '{c}' to dataset.drop")
             features.append(Feature(c, "numeric"))
         else:
-            levels = tuple(sorted(set(_as_category_strings(col))))
+            levels = tuple(sorted(set(category_strings(col))))
             if len(levels) > ds.max_categories:
                 raise DataError(
                     f"column '{c}': {len(levels)} distinct levels exceed dataset.max_categories={ds.max_categories}; "
                     "drop it (dataset.drop), or raise the cap if it really is categorical"
                 )
-            features.append(Feature(c, "categorical", levels))
+            features.append(Feature(c, "categorical", levels, labels))
 
     sensitive = list(dict.fromkeys([*cfg.fairness.sensitive_features, *derived_names]))  # derived ones are sensitive
     for s in sensitive:
@@ -428,9 +821,20 @@ def load_dataset(cfg: AuditConfig) -> Dataset:
                 f"fairness.sensitive_features: column '{s}' has a single group in the audit rows "
                 f"({test_df[s].iloc[0]!r}); there is nothing to compare, remove it"
             )
+    for name in cfg.fairness.bins:
+        if name in test_df.columns and not (
+            pd.api.types.is_numeric_dtype(test_df[name]) and not pd.api.types.is_bool_dtype(test_df[name])
+        ):
+            raise DataError(
+                f"fairness.bins.{name}: '{name}' is categorical; bins cut numeric sensitive features, remove the key"
+            )
+        if name in ds.features.categorical:
+            raise DataError(
+                f"fairness.bins.{name}: '{name}' is declared categorical (grouped by its levels); remove the key"
+            )
     for f in features:
         if f.is_categorical:
-            values = _as_category_strings(test_df[f.name])
+            values = category_strings(test_df[f.name])
             unseen = sorted(set(values) - set(f.levels))
             if not unseen:
                 continue
@@ -440,15 +844,18 @@ def load_dataset(cfg: AuditConfig) -> Dataset:
                     f"column '{f.name}': {n_rows} audit row(s) have level(s) {unseen[:5]} never seen in training; "
                     "set dataset.unseen_categories: unknown to score them through the model's unknown slot"
                 )
-            notes_unseen.append(
+            notes.append(
                 f"column '{f.name}': {n_rows} audit row(s) with unseen level(s) {unseen[:5]} scored as unknown"
             )
-    schema = Schema(tuple(features), ds.target, pos, negative_label, tuple(sensitive))
+    schema = Schema(tuple(features), ds.target, pos, negative_label, tuple(sensitive), favourable)
+    check_references(cfg, schema, sensitive)
     keep = feature_cols + [s for s in sensitive if s not in feature_cols]
     y_train = (y_train_raw == pos).astype(np.int64)
     y_test = (y_test_raw == pos).astype(np.int64)
     if len(train_df) < 10 or len(test_df) < 2:
         raise DataError(f"dataset: too few rows after loading ({len(train_df)} train, {len(test_df)} test)")
+    if ds.filter:
+        notes.append(f"dataset.filter {ds.filter!r} kept {n_read} training-file rows")
     out = Dataset(
         schema=schema,
         X_train=train_df[keep].reset_index(drop=True),
@@ -456,18 +863,12 @@ def load_dataset(cfg: AuditConfig) -> Dataset:
         X_test=test_df[keep].reset_index(drop=True),
         y_test=y_test,
         files=files,
+        notes=notes,
+        ids_test=test_df[ds.index_col].to_numpy() if ds.index_col else None,
+        tied=tuple(tuple(g) for g in ds.tied),
+        test_rows=test_df.index.to_numpy(dtype=np.int64),
     )
-    if note:
-        out.notes.append(note)
-    out.notes += notes_unseen
     return out
-
-
-def _closest(name: str, options: list[str]) -> str:
-    import difflib
-
-    m = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
-    return f" (did you mean '{m[0]}'?)" if m else ""
 
 
 def dataset_fingerprint(ds: Dataset) -> str:

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 Severity = Literal["info", "low", "medium", "high"]
-Status = Literal["pass", "fail", "inconclusive", "info"]
+Status = Literal["pass", "fail", "inconclusive", "info", "not_assessable"]
 
 
 @dataclass(frozen=True)
@@ -19,8 +19,9 @@ class Finding:
         The module that produced it.
     title : str
         One line a reviewer reads in the summary table.
-    status : {"pass", "fail", "inconclusive", "info"}
-        Verdict against ``threshold``; "info" for observations without a gate.
+    status : {"pass", "fail", "inconclusive", "info", "not_assessable"}
+        Verdict against ``threshold``; "info" for observations without a gate; "not_assessable" when the data or the
+        settings do not allow the check (the title says why).
     severity : {"info", "low", "medium", "high"}
         How much a failure matters.
     evidence : dict

@@ -16,7 +16,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +119,7 @@ class AuditRun:
     exit_code: int = EXIT_OK
     run_dir: Path | None = None
     compute: dict[str, Any] = field(default_factory=dict)  # backend, chunk size, population provenance
+    scores: Any = None  # DataFrame written as scores.parquet: every audit row's label, score, decision, groups
 
     @property
     def findings(self):
@@ -141,7 +142,9 @@ def prepare_model(cfg: AuditConfig, ds: Dataset, run_tmp: Path | None) -> tuple[
         _check_model_fits_data(predictor, ds)
         meta = read_model_meta(path)
         # Encode audit data with the model's own levels, not the ones re-learnt from this data.
-        ds.schema = _with_sensitive(predictor.schema, ds.schema.sensitive)
+        ds.schema = replace(
+            predictor.schema, sensitive=ds.schema.sensitive, favourable_label=ds.schema.favourable_label
+        )
         predictor.schema = ds.schema
         return predictor, {"source": "load", "path": str(path), "hash": model_hash(path), **_meta_info(meta)}
 
@@ -205,12 +208,6 @@ def _load_trusted_pickle(cfg: AuditConfig, path: Path, ds: Dataset) -> tuple[Pre
 
 def _meta_info(meta: dict) -> dict:
     return {k: meta.get(k) for k in ("architecture", "history", "best_epoch")}
-
-
-def _with_sensitive(schema, sensitive):
-    from dataclasses import replace
-
-    return replace(schema, sensitive=tuple(sensitive))
 
 
 def _check_model_fits_data(predictor: Predictor, ds: Dataset) -> None:
@@ -378,6 +375,7 @@ def run_audit(
                         module.name, module.title, "error", time.perf_counter() - t0, msg, traceback.format_exc(limit=8)
                     )
                 )
+        run.scores = scores_frame(ctx)
         return _finish(run, ds, progress, write, tmp_dir, out_root, step)
     except BaseException:
         if write and tmp_dir.exists():
@@ -390,10 +388,37 @@ def run_audit(
         backend.close()
 
 
+def scores_frame(ctx: AuditContext):
+    """Every audit row as the report's numbers saw it: position, id, data row, label, score, decision, whether the
+    decision is favourable, the sensitive group labels (``group:<name>``) and the raw values (``x:<name>``); written
+    as ``scores.parquet`` so that anyone can recompute the fairness tables, PD and SHAP from the saved model."""
+    import pandas as pd
+
+    from audit.modules.fairness import audit_groupings
+
+    ds = ctx.dataset
+    schema = ds.schema
+    thr = ctx.config.model.threshold
+    cols: dict[str, Any] = {"row": np.arange(len(ctx.y_audit), dtype=np.int64)}
+    if ds.ids_test is not None:
+        cols[f"id:{ctx.config.dataset.index_col}"] = ds.ids_test
+    if ds.test_rows is not None:
+        cols["data_row"] = ds.test_rows
+    cols["label"] = ctx.y_audit.astype(np.int8)
+    cols["score"] = ctx.proba_audit
+    cols["decision"] = (ctx.proba_audit >= thr).astype(np.int8)
+    cols["favourable"] = ~schema.declined(ctx.proba_audit, thr)
+    for name, labels in audit_groupings(ctx).items():
+        cols[f"group:{name}"] = np.asarray(labels, dtype=object).astype(str)
+    for c in ctx.X_audit.columns:
+        col = ctx.X_audit[c]
+        numeric = pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)
+        cols[f"x:{c}"] = col.to_numpy() if numeric else col.astype(str).where(col.notna(), None).to_numpy(dtype=object)
+    return pd.DataFrame(cols)
+
+
 def _score_population(cfg, ds, population, predictor, backend, progress, step):
     """Score every row of ``dataset.population`` (a model failure here is exit code 3, like on the test split)."""
-    from dataclasses import replace
-
     from audit.population import PopulationRun, score_population
 
     step("score population")
@@ -406,6 +431,7 @@ def _score_population(cfg, ds, population, predictor, backend, progress, step):
             raise
         except Exception as exc:  # noqa: BLE001 - a black-box model raising on the population
             raise ModelScoringError(f"scoring the population failed: {exc.__class__.__name__}: {exc}") from exc
+    population = replace(population, kept=scored.kept)  # rows per partition after dataset.filter
     ds.files[str(cfg.dataset.population.path)] = population.sha256
     for name, n in scored.unseen.items():
         ds.notes.append(
@@ -492,8 +518,10 @@ def _write(run: AuditRun, ds: Dataset, tmp_dir: Path, out_root: Path) -> None:
     from audit.report.writer import build_report_json, render_html, write_json, write_pdf
 
     t0 = time.perf_counter()
-    report = build_report_json(run, ds, dataset_fingerprint(ds))
     formats = run.config.report.formats
+    if run.scores is not None:
+        run.scores.to_parquet(tmp_dir / "scores.parquet", index=False)
+    report = build_report_json(run, ds, dataset_fingerprint(ds), tmp_dir)
     if "json" in formats:
         write_json(report, tmp_dir / "report.json")
     if "html" in formats or "pdf" in formats:

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from audit.config import AuditConfig
-from audit.data import DataError, Schema, add_derived, verified_digest, write_parquet
+from audit.data import DataError, Schema, add_derived, category_strings, verified_digest, write_parquet
 from audit.explain._common import make_scorer
 
 
@@ -58,14 +58,30 @@ class Population:
     derived: tuple[tuple[str, str, str], ...]  # (name, source, regex)
     columns: tuple[str, ...]  # read from the file
     labelled: bool = True  # has the target and sensitive columns
+    filter: str | None = None  # dataset.filter, applied to every partition as it is read
+    kept: tuple[int, ...] | None = None  # rows per partition after the filter (known once scored)
 
     def read(self, part: Partition, extra: tuple[str, ...] = ()) -> pd.DataFrame:
-        """The partition's rows (only the needed columns, plus ``extra``)."""
+        """The partition's rows that pass ``dataset.filter`` (only the needed columns, plus ``extra``)."""
         import pyarrow.parquet as pq
 
         cols = list(self.columns) + [c for c in extra if c not in self.columns]
-        frame = pq.ParquetFile(self.path).read_row_groups(list(part.row_groups), columns=cols)
-        return frame.to_pandas()
+        frame = pq.ParquetFile(self.path).read_row_groups(list(part.row_groups), columns=cols).to_pandas()
+        if self.filter:
+            from audit.expr import parse_filter
+
+            frame = frame[parse_filter(self.filter).mask(frame)].reset_index(drop=True)
+        return frame
+
+    @property
+    def n_rows(self) -> int:
+        """Rows audited: all rows, or those that pass the filter (once scored)."""
+        return sum(self.kept) if self.kept is not None else self.rows
+
+    def offsets(self) -> list[int]:
+        """Each partition's first row among the audited rows (file order)."""
+        sizes = self.kept if self.kept is not None else [p.rows for p in self.partitions]
+        return [int(v) for v in np.concatenate([[0], np.cumsum(sizes)[:-1]])] if sizes else []
 
     def prepare(self, frame: pd.DataFrame) -> tuple:
         """Code-space features, 0/1 labels, the sensitive columns (None when unlabelled), the label problems (see
@@ -84,7 +100,7 @@ class Population:
         """0/1 labels, and the problems found: missing labels and labels that are neither class (with examples)."""
         raw = frame[self.schema.target]
         missing = raw.isna().to_numpy()
-        labels = raw.astype(str).str.strip()
+        labels = pd.Series(category_strings(raw), index=raw.index).str.strip()
         if self.label_map:
             labels = labels.replace(dict(self.label_map))
         values = labels.to_numpy(dtype=object)
@@ -160,10 +176,15 @@ def open_population(
     have = set(pf.schema_arrow.names)
     derived = cfg.fairness.derived if labelled else {}
     need = list(schema.feature_names)
+    row_filter = cfg.dataset.filter if labelled else None
     if labelled:
         need.append(cfg.dataset.target)
         need += [s for s in schema.sensitive if s not in derived and s not in need]
         need += [d.source for d in derived.values() if d.source not in need]
+        if row_filter:
+            from audit.expr import parse_filter
+
+            need += [c for c in parse_filter(row_filter).columns if c not in need]
     missing = [c for c in need if c not in have]
     if missing:
         what = (
@@ -201,6 +222,7 @@ def open_population(
         tuple((n, d.source, d.regex) for n, d in derived.items()),
         tuple(need),
         labelled,
+        row_filter,
     )
 
 
@@ -216,6 +238,7 @@ class ScoredPopulation:
     partitions: int
     seconds: float
     unseen: dict[str, int]  # rows with a level never seen in training, per categorical feature
+    kept: tuple[int, ...] = ()  # rows per partition (after dataset.filter)
 
 
 def _score_partition(part: Partition, *, population: Population, predictor) -> tuple:
@@ -264,11 +287,14 @@ def score_population(
             "dataset.unseen_categories: unknown to score them through the model's unknown slot"
         )
     y = np.concatenate(ys)
+    if len(y) == 0:
+        raise DataError(f"dataset.filter: {population.filter!r} keeps none of the population's {population.rows} rows")
     proba = np.concatenate(ps)
     sens = pd.concat(ss, ignore_index=True)
     return ScoredPopulation(
-        y, proba, sens, len(y), len(population.partitions), round(time.perf_counter() - t0, 3), unseen
-    )
+        y, proba, sens, len(y), len(population.partitions), round(time.perf_counter() - t0, 3), unseen,
+        tuple(len(v) for v in ys),
+    )  # fmt: skip
 
 
 @dataclass
@@ -355,12 +381,14 @@ def permutation_importance_population(
     baseline = float(score(y, proba))
     shared = backend.share(predictor)
     imp = np.empty((len(units), n_repeats))
-    per_pass = max(1, int(max_bytes // (4 * n_repeats * max(population.rows, 1))))
+    n = population.n_rows
+    offsets = population.offsets()
+    per_pass = max(1, int(max_bytes // (4 * n_repeats * max(n, 1))))
     for first in range(0, len(units), per_pass):
         batch = [(u, [names.index(m) for m in units[u][1]]) for u in range(first, min(first + per_pass, len(units)))]
         p = None  # (units, repeats, rows), filled partition by partition (no second copy)
-        for part, scores in zip(
-            population.partitions,
+        for start, scores in zip(
+            offsets,
             backend.map(
                 _permute_partition,
                 population.partitions,
@@ -373,16 +401,15 @@ def permutation_importance_population(
             strict=True,
         ):
             if p is None or (scores.dtype == np.float64 and p.dtype != np.float64):
-                wide = np.empty((len(batch), n_repeats, population.rows), dtype=scores.dtype)
+                wide = np.empty((len(batch), n_repeats, n), dtype=scores.dtype)
                 if p is not None:
-                    wide[:, :, : part.start] = p[:, :, : part.start]
+                    wide[:, :, :start] = p[:, :, :start]
                 p = wide
-            p[:, :, part.start : part.start + part.rows] = scores
+            p[:, :, start : start + scores.shape[-1]] = scores
         for k, (u, _) in enumerate(batch):
             for r in range(n_repeats):
                 imp[u, r] = baseline - score(y, p[k, r].astype(np.float64))
         del p
-    n = population.rows
     return PermutationImportance(
         [u[0] for u in units], [u[1] for u in units], imp, baseline, metric, n, n * (1 + len(units) * n_repeats)
     )
@@ -438,7 +465,7 @@ def partial_dependence_population(
         chunk_rows=chunk_rows,
     ):
         total = sums if total is None else [a + b for a, b in zip(total, sums, strict=True)]
-    return [t / population.rows for t in total]
+    return [t / population.n_rows for t in total]
 
 
 # ------------------------------------------------------------------------------------------------ reason codes
@@ -460,7 +487,7 @@ def _reason_partition(
     ids = frame[id_column].to_numpy() if id_column else None
     codes = population.schema.to_codes(frame)
     p = np.asarray(predictor.predict_codes(codes), dtype=np.float64)
-    declined = np.flatnonzero(p < threshold)
+    declined = np.flatnonzero(population.schema.declined(p, threshold))
     names = population.schema.feature_names
     out = {"row": (part.start + declined).astype(np.int64)}
     if ids is not None:
@@ -478,12 +505,13 @@ def _reason_partition(
         ).values
     else:
         sv = np.zeros((0, len(names)))
-    order = np.argsort(sv, axis=1, kind="stable")[:, :top_k]  # most negative first
+    sign = population.schema.adverse_sign
+    order = np.argsort(-sign * sv, axis=1, kind="stable")[:, :top_k]  # most adverse first
     raw = population.schema.from_codes(codes[declined]) if len(declined) else None
     for r in range(min(top_k, len(names))):
         j = order[:, r] if len(declined) else np.zeros(0, dtype=int)
         contrib = sv[np.arange(len(declined)), j]
-        adverse = contrib < -ADVERSE_TOLERANCE
+        adverse = sign * contrib > ADVERSE_TOLERANCE
         out[f"reason_{r + 1}"] = np.where(adverse, np.asarray(names, dtype=object)[j], None)
         out[f"contribution_{r + 1}"] = np.where(adverse, contrib, np.nan)
         values = np.array([_fmt(raw.iat[i, jj]) for i, jj in enumerate(j)], dtype=object) if raw is not None else []

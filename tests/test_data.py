@@ -121,13 +121,13 @@ BAD_DATA = [
         "sensitive feature absent",
         lambda p: _write(p, synthetic_frame()),
         {"fairness__sensitive_features": ["gender"]},
-        r"fairness\.sensitive_features: column 'gender' not found",
+        r"fairness\.sensitive_features\[0\]: column 'gender' not found",
     ),
     (
         "drop absent column",
         lambda p: _write(p, synthetic_frame()),
         {"dataset__drop": ["nope"]},
-        r"dataset\.drop: column 'nope' not found",
+        r"dataset\.drop\[0\]: column 'nope' not found",
     ),
     (
         "numeric override on text",

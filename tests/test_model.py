@@ -90,3 +90,28 @@ def test_weights_are_loaded_without_pickle(tiny_model, tmp_path):
     torch.save({"evil": pd.DataFrame({"a": [1]})}, tmp_path / "m" / "weights.pt")
     with pytest.raises(ModelLoadError, match="cannot be loaded"):
         load_model(tmp_path / "m")
+
+
+def test_a_rows_score_does_not_depend_on_how_it_was_batched(tiny_model):
+    """Scores are a function of the row alone (see audit.model.adapter.ROW_ALIGN): any split of the rows into calls,
+    any position of a row among others, any thread count gives the same bits."""
+    import torch
+
+    _, ds, predictor, _ = tiny_model
+    X = ds.schema.to_codes(ds.X_test)
+    ref = predictor.predict_codes(X)
+    rng = np.random.default_rng(0)
+    for size in (1, 2, 3, 7, 63, 64, 65, 100, 129):
+        parts = [predictor.predict_codes(X[i : i + size]) for i in range(0, len(X), size)]
+        np.testing.assert_array_equal(np.concatenate(parts), ref, err_msg=f"calls of {size} rows")
+    order = rng.permutation(len(X))
+    np.testing.assert_array_equal(predictor.predict_codes(X[order]), ref[order])
+    filler = np.repeat(X[:1], 63, axis=0)
+    for i in rng.choice(len(X), 20, replace=False):
+        assert predictor.predict_codes(np.vstack([filler, X[i : i + 1]]))[-1] == ref[i]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        np.testing.assert_array_equal(predictor.predict_codes(X), ref)
+    finally:
+        torch.set_num_threads(before)

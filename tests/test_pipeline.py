@@ -74,6 +74,7 @@ def test_loaded_model_must_fit_the_data(workdir, capsys):
     cfg = base_config()
     cfg["model"] = {"source": "load", "path": "reports/small/latest/model"}
     cfg["dataset"]["drop"] = ["x2"]
+    cfg["modules"]["partial_dependence"]["pairs"] = cfg["modules"]["ale"]["pairs"] = []
     assert main(["run", str(write_config(workdir, cfg, "other.yaml")), "-q"]) == 2
     assert "needs column(s) ['x2']" in capsys.readouterr().err
     assert not (workdir / "reports" / "other").exists()

@@ -16,7 +16,17 @@ from audit.pipeline import run_audit
 from tests.conftest import ROOT, base_config, write_config
 
 # run identity and timing; a comparison section names its baseline run, which is another run each time
-VOLATILE = {"run_id", "started", "finished", "duration_s", "stages_s", "git_commit", "baseline_run", "baseline_path"}
+VOLATILE = {
+    "run_id",
+    "started",
+    "finished",
+    "duration_s",
+    "stages_s",
+    "git_commit",
+    "config_git_commit",
+    "baseline_run",
+    "baseline_path",
+}
 
 
 def _strip(obj):

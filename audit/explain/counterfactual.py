@@ -22,9 +22,14 @@ on the training rows (its standard deviation where the MAD is 0), plus 1 per cha
 (sparsity) counts the changed features; ties go to the sparser candidate.
 
 Constraints (:class:`Constraints`): immutable features, allowed ranges, monotone directions, allowed category
-transitions, integer features (detected from the training values unless given), and the training support (numerics
-within the training min/max, categoricals on levels seen in training, never changed to the ``missing`` level). :func:`constraint_violations` checks a
-result against them independently of the search.
+transitions, integer features (detected from the training values unless given), tied features (``dataset.tied``:
+features that encode the same thing move together, to values that occur together in training, or not at all), and
+the training support (numerics within the training min/max, categoricals on levels seen in training, never changed
+to the ``missing`` level). :func:`constraint_violations` checks a result against them independently of the search.
+
+Missing numerics: a missing value is never proposed, but a counterfactual may fill one in (at cost 1, like a changed
+category); two missing values are equal, so an unchanged missing value is not a change. Every distance, scale,
+quantile and plausibility threshold ignores missing values.
 """
 
 from __future__ import annotations
@@ -55,6 +60,9 @@ class Constraints:
         A level that is not listed may not change.
     integer : tuple of str, optional
         Numerics that stay integer; by default the numerics whose training values are all integers.
+    tied : tuple of tuple of str
+        Groups of features that encode the same thing (education and education-num): a group changes together, to
+        a combination that occurs in training, or not at all.
     """
 
     immutable: tuple[str, ...] = ()
@@ -62,6 +70,7 @@ class Constraints:
     monotone: dict[str, Literal["increase", "decrease"]] = field(default_factory=dict)
     transitions: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     integer: tuple[str, ...] | None = None
+    tied: tuple[tuple[str, ...], ...] = ()
 
     def validate(self, schema: Schema) -> None:
         """Raise ValueError naming any unknown feature or level, or a constraint on the wrong kind of feature."""
@@ -72,6 +81,7 @@ class Constraints:
             ("monotone", self.monotone),
             ("transitions", self.transitions),
             ("integer", self.integer or ()),
+            ("tied", [f for group in self.tied for f in group]),
         ):
             unknown = [f for f in feats if f not in names]
             if unknown:
@@ -121,6 +131,9 @@ class Counterfactuals:
     plausibility_threshold : float
         Neighbour distance above which a candidate was rejected (inf when plausibility is off).
     rows_evaluated : int
+    diagnostics : dict
+        Per instance, ``flipped``: distinct candidates that flipped the decision before the plausibility check, and
+        ``plausible``: those left after it (what explains an instance without a counterfactual).
     """
 
     instances: np.ndarray
@@ -136,6 +149,7 @@ class Counterfactuals:
     threshold: float
     plausibility_threshold: float
     rows_evaluated: int
+    diagnostics: dict = field(default_factory=dict)
 
     @property
     def found(self) -> np.ndarray:
@@ -143,34 +157,71 @@ class Counterfactuals:
         return ~np.isnan(self.cost[:, 0])
 
     def changes(self, i: int, r: int = 0) -> list[tuple[str, float, float]]:
-        """``(feature, from, to)`` in code space for counterfactual ``r`` of instance ``i``."""
+        """``(feature, from, to)`` in code space for counterfactual ``r`` of instance ``i`` (empty when none)."""
         x, c = self.instances[i], self.counterfactuals[i, r]
-        if np.isnan(c).any():
+        if np.isnan(self.cost[i, r]):
             return []
-        return [(self.feature_names[j], float(x[j]), float(c[j])) for j in np.flatnonzero(x != c)]
+        return [(self.feature_names[j], float(x[j]), float(c[j])) for j in np.flatnonzero(changed(x, c))]
+
+
+def changed(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a != b`` element-wise, where two missing values are equal (an unchanged missing value is no change).
+
+    Examples
+    --------
+    >>> changed(np.array([1.0, np.nan, np.nan]), np.array([2.0, np.nan, 3.0])).tolist()
+    [True, False, True]
+    """
+    return (a != b) & ~(np.isnan(a) & np.isnan(b))
 
 
 def mad_scale(training: np.ndarray, categorical_mask: np.ndarray) -> np.ndarray:
-    """Median absolute deviation per numeric column (standard deviation where it is 0, then 1); 1 for categoricals."""
+    """Median absolute deviation per numeric column (standard deviation where it is 0, then 1); 1 for categoricals.
+    Missing values are left out; a column with no values gets 1."""
     t = np.asarray(training, dtype=np.float64)
-    med = np.median(t, axis=0)
-    mad = np.median(np.abs(t - med), axis=0)
-    sd = t.std(axis=0)
+    with np.errstate(all="ignore"), _quiet():
+        med = np.nanmedian(t, axis=0)
+        mad = np.nanmedian(np.abs(t - med), axis=0)
+        sd = np.nanstd(t, axis=0)
     scale = np.where(mad > 0, mad, np.where(sd > 0, sd, 1.0))
+    scale[~np.isfinite(scale)] = 1.0
     scale[np.asarray(categorical_mask, dtype=bool)] = 1.0
     return scale
 
 
+class _quiet:
+    def __enter__(self):
+        import warnings
+
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc):
+        self._w.__exit__(*exc)
+
+
+def _numeric_gap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """|a - b| where both are present, 0 where both are missing, 1 where one is (filling in a value costs 1)."""
+    na, nb = np.isnan(a), np.isnan(b)
+    return np.where(na | nb, (na != nb).astype(float), np.abs(np.where(na | nb, 0.0, a - b)))
+
+
 def distance(a: np.ndarray, b: np.ndarray, scale: np.ndarray, categorical_mask: np.ndarray) -> np.ndarray:
-    """Mixed L1 distance, broadcast over leading axes: sum |a - b| / scale over numerics + count of changed categoricals."""
-    diff = np.abs(a - b)
+    """Mixed L1 distance, broadcast over leading axes: sum |a - b| / scale over numerics + count of changed
+    categoricals. A missing numeric against a value costs 1; two missing values cost 0."""
     cat = np.asarray(categorical_mask, dtype=bool)
-    return (diff[..., ~cat] / scale[~cat]).sum(axis=-1) + (diff[..., cat] > 0).sum(axis=-1)
+    num = _numeric_gap(a[..., ~cat], b[..., ~cat])
+    nan_pair = np.isnan(a[..., ~cat]) | np.isnan(b[..., ~cat])
+    num = np.where(nan_pair, num, num / scale[~cat])
+    return num.sum(axis=-1) + changed(a[..., cat], b[..., cat]).sum(axis=-1)
 
 
 def _integer_features(training: np.ndarray, categorical_mask: np.ndarray) -> np.ndarray:
     t = np.asarray(training)
-    return ~np.asarray(categorical_mask, dtype=bool) & np.all(np.isfinite(t) & (t == np.round(t)), axis=0)
+    present = ~np.isnan(t)
+    whole = np.where(present, t == np.round(np.where(present, t, 0.0)), True)
+    return ~np.asarray(categorical_mask, dtype=bool) & np.all(whole, axis=0) & present.any(axis=0)
 
 
 def _first_per_group(group: np.ndarray, *keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -193,6 +244,9 @@ class _Space:
             if constraints.integer is not None
             else _integer_features(training, self.cat)
         )
+        followers = {g for group in constraints.tied for g in group} - {
+            next((g for g in group if schema.feature(g).is_categorical), group[0]) for group in constraints.tied
+        }
         self.integer = integer
         self.values: list[np.ndarray] = []
         self.allowed: list[np.ndarray] = []  # (n, V_j) per feature
@@ -214,9 +268,10 @@ class _Space:
                         allow[lv[a]] = np.isin(vals, [lv[t] for t in targets])
                     ok &= allow[x.astype(np.int64)]
             else:
-                q = np.quantile(col, np.linspace(0, 1, grid_size))
+                present = col[~np.isnan(col)]
+                q = np.quantile(present, np.linspace(0, 1, grid_size)) if present.size else np.empty(0)
                 vals = np.unique(np.round(q) if integer[j] else q)
-                lo, hi = col.min(), col.max()
+                lo, hi = (present.min(), present.max()) if present.size else (np.inf, -np.inf)
                 rlo, rhi = constraints.ranges.get(f.name, (None, None))
                 lo = lo if rlo is None else max(lo, rlo)
                 hi = hi if rhi is None else min(hi, rhi)
@@ -228,29 +283,99 @@ class _Space:
                     ok &= vals[None, :] > x[:, None]
                 elif direction == "decrease":
                     ok &= vals[None, :] < x[:, None]
-            if f.name in constraints.immutable:
+            if f.name in constraints.immutable or f.name in followers:
                 ok &= False
             self.values.append(vals.astype(np.float64))
             self.allowed.append(ok)
         self.eligible = np.column_stack([a.any(axis=1) for a in self.allowed])  # (n, m)
         self.X = X
         self.direction = [constraints.monotone.get(f.name) for f in schema.features]
+        self.transition_ok = []  # per categorical: (levels+1, levels+1) allowed moves (all True without a table)
+        for f in schema.features:
+            if f.is_categorical and f.name in constraints.transitions:
+                lv = {name: i for i, name in enumerate(f.levels)}
+                allow = np.zeros((len(f.levels) + 1, len(f.levels) + 1), dtype=bool)
+                for a, targets in constraints.transitions[f.name].items():
+                    allow[lv[a], [lv[t] for t in targets]] = True
+                self.transition_ok.append(allow)
+            else:
+                self.transition_ok.append(None)
+        self.immutable = np.array([f.name in constraints.immutable for f in schema.features])
+        self.follower = np.array([f.name in followers for f in schema.features])
+        # tied groups: a leader (the first categorical member, else the first) moves, followers take the value that
+        # occurs with the leader's value in training (the most frequent one)
+        self.ties = []
+        for group in constraints.tied:
+            idx = [names.index(g) for g in group]
+            leader = next((j for j in idx if self.cat[j]), idx[0])
+            others = [j for j in idx if j != leader]
+            lead_vals, maps = _tie_maps(training, leader, others)
+            self.ties.append((leader, others, lead_vals, maps))
 
-    def permits(self, j: int, inst: np.ndarray, v: np.ndarray) -> np.ndarray:
+    def project(self, C: np.ndarray, inst: np.ndarray) -> np.ndarray:
+        """Apply the ties to candidates ``C`` (rows of instances ``inst``), in place; returns which rows still respect
+        the followers' own constraints (immutable, range, monotone, integer, transitions)."""
+        ok = np.ones(len(C), dtype=bool)
+        for leader, others, lead_vals, maps in self.ties:
+            moved = changed(C[:, leader], self.X[inst, leader])
+            pos = np.clip(np.searchsorted(lead_vals, C[:, leader]), 0, len(lead_vals) - 1)
+            below = np.clip(pos - 1, 0, len(lead_vals) - 1)  # nearest observed leader value
+            nearer = np.abs(lead_vals[below] - C[:, leader]) < np.abs(lead_vals[pos] - C[:, leader])
+            pos = np.where(nearer, below, pos)
+            for k, j in enumerate(others):
+                x = self.X[inst, j]
+                v = np.where(moved, maps[k][pos], x)
+                C[:, j] = v
+                ch = moved & changed(v, x)
+                bad = ch & (self.immutable[j] | np.isnan(v))
+                if self.cat[j]:
+                    if self.transition_ok[j] is not None:
+                        xi = np.where(np.isnan(x), len(self.transition_ok[j]) - 1, x).astype(np.int64)
+                        vi = np.where(np.isnan(v), 0, v).astype(np.int64)
+                        bad |= ch & ~self.transition_ok[j][xi, np.clip(vi, 0, len(self.transition_ok[j]) - 1)]
+                else:
+                    with np.errstate(invalid="ignore"):
+                        bad |= ch & ((v < self.lo[j]) | (v > self.hi[j]))
+                        if self.direction[j] == "increase":
+                            bad |= ch & (v < x)
+                        elif self.direction[j] == "decrease":
+                            bad |= ch & (v > x)
+                ok &= ~bad
+        return ok
+
+    def permits(self, j: int, inst: np.ndarray, v: np.ndarray) -> np.ndarray:  # noqa: D401
         """Whether instance ``inst`` may take value ``v`` for feature ``j`` (arrays of the same length)."""
         x = self.X[inst, j]
         if self.cat[j]:
             vals = self.values[j]
             pos = np.clip(np.searchsorted(vals, v), 0, len(vals) - 1)
             return (vals[pos] == v) & self.allowed[j][inst, pos]
-        ok = self.eligible[inst, j] & (v != x) & (v >= self.lo[j]) & (v <= self.hi[j])
+        with np.errstate(invalid="ignore"):
+            ok = self.eligible[inst, j] & changed(v, x) & (v >= self.lo[j]) & (v <= self.hi[j])
         if self.integer[j]:
-            ok &= v == np.round(v)
+            ok &= v == np.round(v)  # a missing v is already refused by the range
         if self.direction[j] == "increase":
             ok &= v > x
         elif self.direction[j] == "decrease":
             ok &= v < x
         return ok
+
+
+def _tie_maps(training: np.ndarray, leader: int, others: list[int]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """For each observed value of the leader, the most frequent value of each follower among training rows with it."""
+    col = training[:, leader]
+    keep = ~np.isnan(col)
+    lead_vals, inverse = np.unique(col[keep], return_inverse=True)
+    maps = []
+    for j in others:
+        f = training[keep, j]
+        out = np.full(len(lead_vals), np.nan)
+        for g in range(len(lead_vals)):
+            vals, counts = np.unique(f[(inverse == g) & ~np.isnan(f)], return_counts=True)
+            if len(vals):
+                out[g] = vals[np.argmax(counts)]
+        maps.append(out)
+    return lead_vals, maps
 
 
 def counterfactuals(
@@ -341,10 +466,15 @@ def counterfactuals(
         a = getattr(first, name).copy()
         a[missing] = getattr(more, name)
         arrays[name] = a
+    diagnostics = {}
+    for key, v in first.diagnostics.items():
+        v = v.copy()
+        v[missing] += more.diagnostics[key]
+        diagnostics[key] = v
     return Counterfactuals(
         first.instances, first.original_prediction, arrays["counterfactuals"], arrays["prediction"], arrays["cost"],
         arrays["n_changed"], arrays["neighbour_distance"], first.scale, first.feature_names, first.categorical_mask,
-        threshold, first.plausibility_threshold, first.rows_evaluated + more.rows_evaluated,
+        threshold, first.plausibility_threshold, first.rows_evaluated + more.rows_evaluated, diagnostics,
     )  # fmt: skip
 
 
@@ -378,11 +508,18 @@ def _search(
     n, m = X.shape
     cat = schema.categorical_mask
     scale = mad_scale(training, cat)
+    if not np.all(np.isfinite(scale)):
+        raise RuntimeError(f"counterfactual search: non-finite feature scales {scale.tolist()} (a bug, not your data)")
     space = _Space(X, training, schema, constraints, grid_size)
     rows = [0]
+    lead = ~space.follower  # a tied group counts once in the sparsity term
 
     def objective(C: np.ndarray, X0: np.ndarray) -> np.ndarray:
-        return distance(C, X0, scale, cat) + sparsity_weight * (C != X0).sum(axis=-1)
+        return distance(C, X0, scale, cat) + sparsity_weight * (changed(C, X0) & lead).sum(axis=-1)
+
+    def tied(C: np.ndarray, inst: np.ndarray) -> np.ndarray:
+        """Apply the ties in place; rows whose followers break a constraint are marked False."""
+        return space.project(C, inst) if space.ties else np.ones(len(C), dtype=bool)
 
     def score(A: np.ndarray) -> np.ndarray:
         rows[0] += len(A)
@@ -410,10 +547,10 @@ def _search(
         for _ in range(max_changes):
             if len(cur) == 0:
                 break
-            changed = cur != X[state_of]
+            moved = changed(cur, X[state_of])
             cand, src = [], []
             for j in range(m):
-                ii, vv = np.nonzero(space.allowed[j][state_of] & ~changed[:, j][:, None])
+                ii, vv = np.nonzero(space.allowed[j][state_of] & ~moved[:, j][:, None])
                 if len(ii) == 0:
                     continue
                 c = cur[ii].copy()
@@ -424,6 +561,10 @@ def _search(
                 break
             C, parent = np.vstack(cand), np.concatenate(src)
             owner = state_of[parent]
+            fits = tied(C, owner)
+            C, parent, owner = C[fits], parent[fits], owner[fits]
+            if len(C) == 0:
+                break
             p = score(C)
             ok = valid(p, owner)
             if ok.any():
@@ -474,6 +615,8 @@ def _search(
             take = pick[:, :, j] & np.where(donor_half[None, :], donor_ok, True)
             C[:, :, j] = np.where(take, v, C[:, :, j])
         C = C.reshape(-1, m)
+        fits = tied(C, owner)
+        C, owner = C[fits], owner[fits]
         p = score(C)
         ok = valid(p, owner)
         pool_c.append(C[ok])
@@ -481,16 +624,18 @@ def _search(
 
     out_cf = np.full((n, k, m), np.nan)
     out_p, out_cost, out_nc, out_nd = (np.full((n, k), np.nan) for _ in range(4))
+    diagnostics = {"flipped": np.zeros(n, dtype=np.int64), "plausible": np.zeros(n, dtype=np.int64)}
     if not pool_c or sum(len(c) for c in pool_c) == 0:
         return Counterfactuals(
             X, p0, out_cf, out_p, out_cost, out_nc, out_nd, scale, schema.feature_names, cat, threshold,
-            np.inf, rows[0],
+            np.inf, rows[0], diagnostics,
         )  # fmt: skip
     C, owner = np.vstack(pool_c), np.concatenate(pool_i)
 
     # plausibility of the raw candidates, so that the refined set is drawn from plausible ones only
     C = np.unique(np.column_stack([owner, C]), axis=0)
     owner, C = C[:, 0].astype(np.int64), C[:, 1:]
+    diagnostics["flipped"] = np.bincount(owner, minlength=n)
     plaus_thr = np.inf
     if plausibility_quantile is not None:
         # a fixed sample of the training rows: the same threshold for every call on the same data
@@ -500,8 +645,14 @@ def _search(
         ref = training[np.sort(ref_rows)]
         self_d = _nearest_distance(ref, ref, scale, cat, exclude_self=True)
         plaus_thr = float(np.quantile(self_d, plausibility_quantile)) + 1e-9
+        if not np.isfinite(plaus_thr):  # it would reject every candidate and report "none found": never quietly
+            raise RuntimeError(
+                f"counterfactual search: the plausibility threshold is {plaus_thr} (a bug, not your data); "
+                "set local.counterfactuals.plausibility_quantile: null to run without it meanwhile"
+            )
         ok = _nearest_distance(C, ref, scale, cat) <= plaus_thr
         owner, C = owner[ok], C[ok]
+    diagnostics["plausible"] = np.bincount(owner, minlength=n)
 
     # keep the n_refine best distinct candidates per instance
     cost = objective(C, X[owner])
@@ -512,14 +663,15 @@ def _search(
     owner, C = owner[keep], C[keep].copy()
     unrefined = C.copy()
 
-    # 3a. drop changes that are not needed (largest saving first)
+    # 3a. drop changes that are not needed (largest saving first); a tied group is dropped through its leader
     for _ in range(max_changes):
-        ii, jj = np.nonzero(C != X[owner])
+        ii, jj = np.nonzero(changed(C, X[owner]) & lead)
         if len(ii) == 0:
             break
         R = C[ii].copy()
         R[np.arange(len(ii)), jj] = X[owner[ii], jj]
-        ok = valid(score(R), owner[ii])
+        fits = tied(R, owner[ii])
+        ok = valid(score(R), owner[ii]) & fits
         if not ok.any():
             break
         saving = objective(C[ii], X[owner[ii]]) - objective(R, X[owner[ii]])
@@ -528,8 +680,9 @@ def _search(
         C[cands] = R[rows_ok[best]]
 
     # 3b. move changed numerics back towards the instance while the decision stays flipped
-    for j in np.flatnonzero(~cat):
-        sel = np.flatnonzero(C[:, j] != X[owner, j])
+    for j in np.flatnonzero(~cat & lead):
+        # a filled-in missing value has no "towards the instance"
+        sel = np.flatnonzero(changed(C[:, j], X[owner, j]) & ~np.isnan(X[owner, j]))
         if len(sel) == 0:
             continue
         x0, x1 = X[owner[sel], j], C[sel, j].copy()
@@ -548,10 +701,12 @@ def _search(
             mid = (lo_t + hi_t) / 2
             R = C[sel].copy()
             R[:, j] = at(mid)
-            ok = valid(score(R), owner[sel])
+            fits = tied(R, owner[sel])
+            ok = valid(score(R), owner[sel]) & fits
             hi_t = np.where(ok, mid, hi_t)
             lo_t = np.where(ok, lo_t, mid)
         C[sel, j] = at(hi_t)
+        tied(C, owner)  # followers of a bisected leader (their constraints held at every accepted step)
 
     # a refined candidate that left the training support's neighbourhood falls back to its unrefined (plausible) self
     nd = np.zeros(len(C))
@@ -565,10 +720,11 @@ def _search(
     ok = valid(p, owner)
     C, owner, p, nd = C[ok], owner[ok], p[ok], nd[ok]
     cost = distance(C, X[owner], scale, cat)
-    nchg = (C != X[owner]).sum(axis=1)
+    nchg = changed(C, X[owner]).sum(axis=1)
+    nlead = (changed(C, X[owner]) & lead).sum(axis=1)
 
     # 4. choose: cheapest first, then (for k > 1) candidates changing other feature sets
-    order = np.lexsort((nchg, cost + sparsity_weight * nchg, owner))
+    order = np.lexsort((nlead, cost + sparsity_weight * nlead, owner))
     C, owner, p, cost, nchg, nd = C[order], owner[order], p[order], cost[order], nchg[order], nd[order]
     starts = np.searchsorted(owner, np.arange(n + 1))
     for i in range(n):
@@ -579,8 +735,12 @@ def _search(
             for r in range(a, b):
                 if len(chosen) == k:
                     break
-                s = frozenset(np.flatnonzero(C[r] != X[i]))
-                if r in chosen or (pass_ == 0 and s in sets) or any(np.array_equal(C[r], C[c]) for c in chosen):
+                s = frozenset(np.flatnonzero(changed(C[r], X[i])))
+                if (
+                    r in chosen
+                    or (pass_ == 0 and s in sets)
+                    or any(np.array_equal(C[r], C[c], equal_nan=True) for c in chosen)
+                ):
                     continue
                 chosen.append(r)
                 sets.append(s)
@@ -588,8 +748,9 @@ def _search(
             out_cf[i, slot], out_p[i, slot], out_cost[i, slot] = C[r], p[r], cost[r]
             out_nc[i, slot], out_nd[i, slot] = nchg[r], nd[r]
     return Counterfactuals(
-        X, p0, out_cf, out_p, out_cost, out_nc, out_nd, scale, schema.feature_names, cat, threshold, plaus_thr, rows[0]
-    )
+        X, p0, out_cf, out_p, out_cost, out_nc, out_nd, scale, schema.feature_names, cat, threshold, plaus_thr,
+        rows[0], diagnostics,
+    )  # fmt: skip
 
 
 def _nearest_distance(A, ref, scale, cat, *, exclude_self: bool = False, chunk: int = 512) -> np.ndarray:
@@ -610,13 +771,18 @@ def _nearest_distance(A, ref, scale, cat, *, exclude_self: bool = False, chunk: 
 
     ref_oh = onehot(ref)
     ref_num = (ref[:, num] / scale[num]).astype(np.float32)
+    ref_nan = np.isnan(ref_num)
     out = np.empty(len(A))
     for s in range(0, len(A), chunk):
         a = A[s : s + chunk]
         d = len(cats) - onehot(a) @ ref_oh.T
         a_num = (a[:, num] / scale[num]).astype(np.float32)
+        a_nan = np.isnan(a_num)
         for c in range(len(num)):
-            d += np.abs(a_num[:, c, None] - ref_num[None, :, c])
+            gap = np.abs(a_num[:, c, None] - ref_num[None, :, c])
+            if a_nan[:, c].any() or ref_nan[:, c].any():  # one missing: 1; both missing: 0 (see distance)
+                gap = np.where(np.isnan(gap), (a_nan[:, c, None] != ref_nan[None, :, c]).astype(np.float32), gap)
+            d += gap
         if exclude_self:
             d[np.arange(d.shape[0]), np.arange(s, s + d.shape[0])] = np.inf
         out[s : s + chunk] = d.min(axis=1)
@@ -637,9 +803,11 @@ def counterfactual_metrics(result: Counterfactuals) -> dict[str, float]:
     cat = result.categorical_mask
     out = {"n_instances": int(len(found)), "validity": float(found.mean()) if len(found) else float("nan")}
     if found.any():
-        out["proximity_numeric"] = float((np.abs(cf - x)[:, ~cat] / result.scale[~cat]).mean())
-        out["categorical_changed"] = float((cf[:, cat] != x[:, cat]).mean()) if cat.any() else 0.0
-        out["sparsity"] = float((cf != x).sum(axis=1).mean())
+        gap = _numeric_gap(cf[:, ~cat], x[:, ~cat])
+        nan_pair = np.isnan(cf[:, ~cat]) | np.isnan(x[:, ~cat])
+        out["proximity_numeric"] = float(np.where(nan_pair, gap, gap / result.scale[~cat]).mean())
+        out["categorical_changed"] = float(changed(cf[:, cat], x[:, cat]).mean()) if cat.any() else 0.0
+        out["sparsity"] = float(changed(cf, x).sum(axis=1).mean())
         out["cost"] = float(np.nanmean(result.cost[:, 0]))
     k = result.counterfactuals.shape[1]
     if k > 1:
@@ -656,23 +824,34 @@ def counterfactual_metrics(result: Counterfactuals) -> dict[str, float]:
 def constraint_violations(
     result: Counterfactuals, training: np.ndarray, *, schema: Schema, constraints: Constraints
 ) -> dict[str, int]:
-    """Count, over every returned counterfactual, the violations of each constraint (independent of the search)."""
+    """Count, over every returned counterfactual, the violations of each constraint (independent of the search).
+
+    ``tied``: a counterfactual that changes a tied group to a combination of values no training row has.
+    """
     training = np.asarray(training, dtype=np.float64)
-    counts = dict.fromkeys(["immutable", "range", "monotone", "transition", "integer", "support"], 0)
+    counts = dict.fromkeys(["immutable", "range", "monotone", "transition", "integer", "support", "tied"], 0)
     integer = (
         set(constraints.integer)
         if constraints.integer is not None
         else {schema.feature_names[j] for j in np.flatnonzero(_integer_features(training, schema.categorical_mask))}
     )
+    names = schema.feature_names
+    groups = [[names.index(g) for g in group] for group in constraints.tied]
+    seen_combos = [{tuple(row) for row in np.round(training[:, g], 9).tolist()} for g in groups]
+    with np.errstate(invalid="ignore"), _quiet():
+        t_min, t_max = np.nanmin(training, axis=0), np.nanmax(training, axis=0)
     for i in range(len(result.instances)):
         for r in range(result.counterfactuals.shape[1]):
-            c = result.counterfactuals[i, r]
-            if np.isnan(c).any():
+            if np.isnan(result.cost[i, r]):
                 continue
+            c = result.counterfactuals[i, r]
             x = result.instances[i]
+            for g, combos in zip(groups, seen_combos, strict=True):
+                if changed(c[g], x[g]).any() and tuple(np.round(c[g], 9).tolist()) not in combos:
+                    counts["tied"] += 1
             for j, f in enumerate(schema.features):
                 a, b = x[j], c[j]
-                if a == b:
+                if not changed(np.array(a), np.array(b)):
                     continue
                 counts["immutable"] += f.name in constraints.immutable
                 if f.is_categorical:
@@ -683,10 +862,13 @@ def constraint_violations(
                         targets = constraints.transitions[f.name].get(f.levels[int(a)] if a < len(f.levels) else "", [])
                         counts["transition"] += f.levels[int(b)] not in targets
                     continue
+                if np.isnan(b):  # a counterfactual never proposes a missing value
+                    counts["support"] += 1
+                    continue
                 lo, hi = constraints.ranges.get(f.name, (None, None))
                 counts["range"] += (lo is not None and b < lo) or (hi is not None and b > hi)
-                counts["support"] += b < training[:, j].min() or b > training[:, j].max()
+                counts["support"] += b < t_min[j] or b > t_max[j]
                 d = constraints.monotone.get(f.name)
-                counts["monotone"] += (d == "increase" and b < a) or (d == "decrease" and b > a)
+                counts["monotone"] += (d == "increase" and not b > a) or (d == "decrease" and not b < a)
                 counts["integer"] += f.name in integer and b != round(b)
     return {key: int(v) for key, v in counts.items()}

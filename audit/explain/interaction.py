@@ -20,12 +20,13 @@ from audit.explain._common import PredictFn, as_generator
 
 @dataclass(frozen=True)
 class HStatistic:
-    """H for every pair of ``features`` (symmetric matrix; NaN on the diagonal)."""
+    """H for every pair of ``features`` (symmetric matrix; NaN on the diagonal); ``rows``: the sampled rows of X."""
 
     features: list[str]
     h: np.ndarray
     sample_size: int
     rows_evaluated: int
+    rows: np.ndarray | None = None
 
     def pairs(self) -> list[tuple[str, str, float]]:
         """Pairs sorted by H, strongest first."""
@@ -66,7 +67,8 @@ def h_statistic(
     """
     X = np.asarray(X, dtype=np.float64)
     rng = as_generator(random_state)
-    S = X[np.sort(rng.choice(len(X), size=min(sample_size, len(X)), replace=False))]
+    sample = np.sort(rng.choice(len(X), size=min(sample_size, len(X)), replace=False))
+    S = X[sample]
     m = len(S)
     one = {f: _pd_at_data(predict, S, [f]) for f in features}
     F = len(features)
@@ -78,4 +80,4 @@ def h_statistic(
         h[a, b] = h[b, a] = np.sqrt(num / denom) if denom > 1e-24 else 0.0
     names = feature_names or [str(f) for f in features]
     rows = m * m * (F + F * (F - 1) // 2)
-    return HStatistic(list(names), h, m, rows)
+    return HStatistic(list(names), h, m, rows, sample)

@@ -93,22 +93,26 @@ class _Stats:
                 vals, counts = np.unique(col, return_counts=True)
                 self.edges.append(None)
                 self.moments.append(None)
-            else:
-                qts = np.unique(np.percentile(col, [25, 50, 75]))
-                bins = np.searchsorted(qts, col)
-                vals, counts = np.unique(bins, return_counts=True)
+            else:  # quartile bins of the present values, and one more bin for missing values (drawn as missing)
+                present = col[~np.isnan(col)]
+                qts = np.unique(np.percentile(present, [25, 50, 75])) if present.size else np.zeros(1)
                 nb = len(qts) + 1
-                mean = np.array([col[bins == k].mean() if np.any(bins == k) else 0.0 for k in range(nb)])
-                sd = np.array([col[bins == k].std() if np.any(bins == k) else 0.0 for k in range(nb)]) + 1e-11
-                lo = np.concatenate([[col.min()], qts])
-                hi = np.concatenate([qts, [col.max()]])
+                bins = np.where(np.isnan(col), nb, np.searchsorted(qts, np.nan_to_num(col)))
+                vals, counts = np.unique(bins, return_counts=True)
+                mean = np.array([col[bins == k].mean() if np.any(bins == k) else 0.0 for k in range(nb)] + [np.nan])
+                sd = np.array([col[bins == k].std() if np.any(bins == k) else 0.0 for k in range(nb)] + [1.0]) + 1e-11
+                lo = np.concatenate([[present.min() if present.size else 0.0], qts, [np.nan]])
+                hi = np.concatenate([qts, [present.max() if present.size else 0.0], [np.nan]])
                 self.edges.append(qts)
                 self.moments.append((mean, sd, lo, hi))
             self.values.append(vals.astype(np.float64))
             self.freqs.append(counts / counts.sum())
 
     def bin_of(self, j: int, x: np.ndarray) -> np.ndarray:
-        return x if self.categorical[j] else np.searchsorted(self.edges[j], x).astype(np.float64)
+        if self.categorical[j]:
+            return x
+        e = self.edges[j]
+        return np.where(np.isnan(x), len(e) + 1, np.searchsorted(e, np.nan_to_num(x))).astype(np.float64)
 
     def condition(self, j: int, value: float) -> str:
         name = self.names[j]
@@ -118,6 +122,8 @@ class _Stats:
             label = levels[code] if levels is not None and code < len(levels) else f"{value:g}"
             return f"{name} = {label}"
         q = self.edges[j]
+        if np.isnan(value):
+            return f"{name} is missing"
         k = int(np.searchsorted(q, value))
         if k == 0:
             return f"{name} <= {q[0]:.2f}"
@@ -223,8 +229,15 @@ def lime_explanations(
             if stats.categorical[j]:
                 inv[:, :, j] = bins
             else:
-                mean, sd, lo, hi = (a[bins.astype(np.int64)] for a in stats.moments[j])
-                inv[:, :, j] = _truncated_normal(rng, mean, sd, lo, hi)
+                b = bins.astype(np.int64)
+                mean, sd, lo, hi = (a[b] for a in stats.moments[j])
+                missing = b == len(stats.edges[j]) + 1
+                if missing.any():
+                    mean, sd, lo, hi = (
+                        np.where(missing, v, a) for a, v in zip((mean, sd, lo, hi), (0, 1, -1, 1), strict=True)
+                    )
+                drawn = _truncated_normal(rng, mean, sd, lo, hi)
+                inv[:, :, j] = np.where(missing, np.nan, drawn)
         Z[:, 0, :] = 1.0
         inv[:, 0, :] = xs
         y = predict(inv.reshape(-1, m)).reshape(nb, s)

@@ -69,8 +69,10 @@ def summarize_background(
     method: str = "sample",
     categorical_mask: np.ndarray | None = None,
     random_state: int | np.random.Generator | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """A background set of at most ``size`` real rows, with weights summing to 1.
+    return_index: bool = False,
+) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A background set of at most ``size`` real rows, with weights summing to 1 (and, with ``return_index``, the
+    rows' positions in ``X``).
 
     ``"sample"``: a seeded sample without replacement, equal weights. ``"kmeans"``: k-means on standardised numerics
     and one-hot categoricals, then for each cluster the real row nearest its centre (a medoid, so category codes stay
@@ -85,10 +87,13 @@ def summarize_background(
     X = np.asarray(X, dtype=np.float64)
     rng = as_generator(random_state)
     if size >= len(X):
-        return X.copy(), np.full(len(X), 1.0 / len(X))
+        idx = np.arange(len(X))
+        out = X.copy(), np.full(len(X), 1.0 / len(X))
+        return (*out, idx) if return_index else out
     if method == "sample":
         idx = np.sort(rng.choice(len(X), size=size, replace=False))
-        return X[idx], np.full(size, 1.0 / size)
+        out = X[idx], np.full(size, 1.0 / size)
+        return (*out, idx) if return_index else out
     if method != "kmeans":
         raise ValueError(f"background method must be 'sample' or 'kmeans', got {method!r}")
     from sklearn.cluster import KMeans
@@ -100,9 +105,11 @@ def summarize_background(
         if cat[j]:
             levels = np.unique(col)
             parts.append((col[:, None] == levels[None, :]).astype(np.float64))
-        else:
-            sd = col.std()
-            parts.append(((col - col.mean()) / (sd if sd > 0 else 1.0))[:, None])
+        else:  # standardised; a missing value sits at the mean, with an indicator column so it clusters apart
+            miss = np.isnan(col)
+            mu, sd = (np.nanmean(col), np.nanstd(col)) if (~miss).any() else (0.0, 1.0)
+            z = (np.where(miss, mu, col) - mu) / (sd if sd > 0 else 1.0)
+            parts.append(np.column_stack([z, miss.astype(np.float64)]) if miss.any() else z[:, None])
     E = np.hstack(parts)
     km = KMeans(n_clusters=size, n_init=1, random_state=int(rng.integers(2**31 - 1))).fit(E)
     d = ((E[:, None, :] - km.cluster_centers_[None, :, :]) ** 2).sum(axis=2) if len(E) * size < 5e6 else None
@@ -111,7 +118,8 @@ def summarize_background(
     else:
         medoids = d.argmin(axis=0)
     weights = np.bincount(km.labels_, minlength=size).astype(np.float64)
-    return X[medoids], weights / weights.sum()
+    out = X[medoids], weights / weights.sum()
+    return (*out, np.asarray(medoids)) if return_index else out
 
 
 def _coalition_values(

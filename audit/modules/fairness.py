@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from audit.config import AuditConfig
-from audit.fairness import cramers_v, encode_groups, group_fairness_many, group_labels, verdict
+from audit.fairness import encode_groups, group_fairness_many, group_labels, verdict
 from audit.findings import Finding
 from audit.modules.base import AuditContext, Figure, ModuleResult, Table
 from audit.plotting import subplots, to_png
@@ -23,9 +23,23 @@ _SEVERITY = {
 
 
 def groupings(frame: pd.DataFrame, cfg: AuditConfig, sensitive: list[str]) -> dict[str, np.ndarray]:
-    """Group labels per sensitive feature (numeric ones binned) and per configured intersection."""
+    """Group labels per sensitive feature and per configured intersection.
+
+    Value labels (``dataset.value_labels``) name the groups; a column declared categorical (or labelled, or derived)
+    is grouped by its levels, never binned; numeric ones are binned by ``fairness.bins`` or quantiles (see
+    :func:`audit.fairness.group_labels`).
+    """
+    from audit.data import category_strings
+
     fc = cfg.fairness
-    out = {s: group_labels(frame[s], edges=fc.bins.get(s), quantiles=fc.quantiles) for s in sensitive}
+    ds = cfg.dataset
+    out = {}
+    for s in sensitive:
+        col = frame[s]
+        categorical = s in ds.features.categorical or s in ds.value_labels or s in fc.derived
+        if s in ds.value_labels:  # raw codes (a population) and labels (the loaded splits) give the same groups
+            col = pd.Series(category_strings(col, labels=dict(ds.value_labels[s])), index=col.index, dtype=object)
+        out[s] = group_labels(col, edges=fc.bins.get(s), quantiles=fc.quantiles, categorical=categorical)
     for combo in fc.intersections:
         levels, codes = encode_groups(out[combo[0]])
         for c in combo[1:]:  # combine integer codes, build each distinct label once
@@ -83,6 +97,7 @@ class FairnessModule:
             confidence=fc.confidence,
             random_state=seed,
             backend=ctx.backend,
+            favourable_positive=schema.favourable_is_positive,
         )
         findings, rows = [], []
         thresholds = fc.thresholds.model_dump()
@@ -121,19 +136,25 @@ class FairnessModule:
                         {"groups": res.insufficient},
                     )
                 )
-        proxies = self._proxies(ctx, sensitive)
+        proxies = self._proxies(ctx, sensitive, seed)
         findings += [
             Finding(
                 self.name,
-                f"{r.feature} is a likely proxy for {r.sensitive} (Cramér's V {r.cramers_v:.2f}"
+                f"{r.feature} is a likely proxy for {r.sensitive} (bias-corrected Cramér's V {r.cramers_v:.2f}, "
+                f"permutation p = {r.p_value:.3f}"
                 + (f", importance rank {int(r.importance_rank)})" if not math.isnan(r.importance_rank) else ")"),
                 "fail",
                 "medium",
-                {"cramers_v": r.cramers_v, "importance_rank": r.importance_rank},
-                f"Cramér's V < {fc.proxy_association}",
+                {
+                    "cramers_v": r.cramers_v,
+                    "cramers_v_uncorrected": r.cramers_v_uncorrected,
+                    "p_value": r.p_value,
+                    "importance_rank": r.importance_rank,
+                },
+                f"bias-corrected Cramér's V < {fc.proxy_association} or permutation p >= {fc.proxy_alpha}",
             )
             for r in proxies.itertuples()
-            if r.cramers_v >= fc.proxy_association
+            if r.flagged
         ]
         measures = pd.DataFrame(rows)
         tables = [
@@ -167,7 +188,10 @@ class FairnessModule:
                 "proxies",
                 "Association of each feature with each sensitive feature",
                 proxies,
-                "Cramér's V (numeric features in quintiles); importance rank from permutation importance when it ran.",
+                "Cramér's V corrected for bias (Bergsma 2013; the uncorrected V beside it grows with the number of "
+                f"levels even for unrelated columns), numeric features in quintiles; p-value from {fc.proxy_permutations} "
+                f"shuffles of the sensitive column. Flagged: corrected V >= {fc.proxy_association} and "
+                f"p < {fc.proxy_alpha}. Importance rank from permutation importance when it ran.",
             )
         )
         figures = [self._rates_figure(res) for res in results] + [self._roc_figure(y, p, sensitive, groups, cfg)]
@@ -193,23 +217,33 @@ class FairnessModule:
         )
 
     @staticmethod
-    def _proxies(ctx: AuditContext, sensitive: list[str]) -> pd.DataFrame:
+    def _proxies(ctx: AuditContext, sensitive: list[str], seed: int) -> pd.DataFrame:
+        from audit.fairness import association
+
+        fc = ctx.config.fairness
         schema = ctx.dataset.schema
         pi = ctx.results.get("permutation_importance")
         ranks = pi.data["rank_by_feature"] if pi is not None else {}
         X = ctx.X_audit
+        groups = audit_groupings(ctx)
+        rng = np.random.default_rng(seed)
         rows = []
+        labels = {f.name: group_labels(X[f.name], quantiles=5, categorical=f.is_categorical) for f in schema.features}
         for s in sensitive:
-            s_lab = group_labels(X[s], quantiles=5)
+            s_lab = groups[s]
+            shuffles = np.stack([rng.permutation(len(s_lab)) for _ in range(fc.proxy_permutations)]).astype(np.int32)
             for f in schema.feature_names:
                 if f == s:
                     continue
-                f_lab = group_labels(X[f], quantiles=5)
+                a = association(labels[f], s_lab, permutations=shuffles)
                 rows.append(
                     {
                         "sensitive": s,
                         "feature": f,
-                        "cramers_v": cramers_v(f_lab, s_lab),
+                        "cramers_v": a.v,
+                        "cramers_v_uncorrected": a.v_raw,
+                        "p_value": a.p_value,
+                        "flagged": bool(a.v >= fc.proxy_association and a.p_value < fc.proxy_alpha),
                         "importance_rank": ranks.get(f, np.nan),
                     }
                 )

@@ -66,6 +66,17 @@ def _panel_grid(count: int, cols: int, *, levels: list[int] | None = None):
     return fig, flat[:count]
 
 
+def tied_groups(groups: dict[str, list[str]], tied) -> dict[str, list[str]]:
+    """``groups`` plus one group per ``dataset.tied`` set not already grouped (named by its members joined by
+    " + "): features that encode the same thing are permuted together, else each looks unimportant."""
+    out = {k: list(v) for k, v in groups.items()}
+    grouped = {m for members in out.values() for m in members}
+    for g in tied:
+        if not set(g) & grouped:
+            out[" + ".join(g)] = list(g)
+    return out
+
+
 class PermutationModule:
     name = "permutation_importance"
     title = "Permutation importance"
@@ -76,6 +87,7 @@ class PermutationModule:
     def run(self, ctx: AuditContext) -> ModuleResult:
         cfg = ctx.config.modules.permutation_importance
         schema = ctx.dataset.schema
+        groups = tied_groups(cfg.groups, ctx.dataset.tied)
         if ctx.population is not None:  # every row, permuted within partitions (see audit.population)
             from audit.population import permutation_importance_population
 
@@ -86,7 +98,7 @@ class PermutationModule:
                 ctx.backend,
                 y=pop.scored.y,
                 proba=pop.scored.proba,
-                groups=cfg.groups,
+                groups=groups,
                 metric=cfg.metric,
                 n_repeats=cfg.n_repeats,
                 threshold=ctx.config.model.threshold,
@@ -99,7 +111,7 @@ class PermutationModule:
                 ctx.codes_audit,
                 ctx.y_audit,
                 feature_names=schema.feature_names,
-                groups=cfg.groups,
+                groups=groups,
                 metric=cfg.metric,
                 n_repeats=cfg.n_repeats,
                 max_rows=cfg.max_rows,
@@ -145,7 +157,12 @@ class PermutationModule:
                     f"Permutation importance (drop in {cfg.metric})",
                     table,
                     f"{cfg.n_repeats} repeats on {rows_note}; interval: 95% Student-t over repeats "
-                    "(permutation noise only).",
+                    "(permutation noise only)."
+                    + (
+                        f" Tied features (dataset.tied) are permuted together: {[list(g) for g in ctx.dataset.tied]}."
+                        if ctx.dataset.tied
+                        else ""
+                    ),
                 )
             ],
             figures=[self._figure(table, cfg.metric, set(watch))],
@@ -188,7 +205,8 @@ class PartialDependenceModule:
         schema = ctx.dataset.schema
         names = _check_features(cfg.features, schema, "modules.partial_dependence.features")
         seed = ctx.seed_for(self.name)
-        X = ctx.codes_audit[_sample(len(ctx.codes_audit), cfg.sample_size, seed)]
+        sample = _sample(len(ctx.codes_audit), cfg.sample_size, seed)
+        X = ctx.codes_audit[sample]
         ice_rows = _sample(len(X), cfg.ice_curves, seed + 1)
         predict = ctx.predictor.predict_codes
         results, rows = [], []
@@ -220,7 +238,7 @@ class PartialDependenceModule:
                 pd_ = replace(pd_, average=population_pd[i])
             labels, avg, ice = self._display(pd_, feat, freq, cfg.max_levels)
             het = pd_.heterogeneity()
-            results.append((name, feat, labels, avg, ice[ice_rows], het))
+            results.append((name, feat, labels, avg, ice[ice_rows], het, pd_))
             rows.append(
                 {
                     "feature": name,
@@ -246,7 +264,13 @@ class PartialDependenceModule:
                     )
                 )
         figures = self._figures(results, cfg.centered)
-        data = {"features": {n: {"labels": lab, "average": avg} for n, _, lab, avg, _, _ in results}}
+        # the full grid in raw values (level names), undisplayed levels included; rows: the audit rows averaged over
+        data = {
+            "rows": sample,
+            "ice_rows": sample[ice_rows],
+            "average_over": "population" if population_pd is not None else "rows",
+            "features": {r[0]: {"grid": _raw_grid(r[1], r[6].grid), "values": r[6].average} for r in results},
+        }
         for a, b in cfg.pairs:
             _check_features([a, b], schema, "modules.partial_dependence.pairs")
             figures.append(self._pair(predict, X, schema, a, b, min(cfg.grid_resolution, 12), data))
@@ -263,7 +287,7 @@ class PartialDependenceModule:
                     "PD range and ICE heterogeneity per feature",
                     table,
                     (
-                        f"PD averaged over all {ctx.population.population.rows} population rows; "
+                        f"PD averaged over all {ctx.population.population.n_rows} population rows; "
                         if population_pd is not None
                         else f"PD averaged over {len(X)} sampled test rows; "
                     )
@@ -308,7 +332,7 @@ class PartialDependenceModule:
         cat = [r for r in results if r[1].is_categorical]
         if num:
             fig, axes = _panel_grid(len(num), 3)
-            for ax, (name, _, labels, avg, ice, _) in zip(axes, num, strict=True):
+            for ax, (name, _, labels, avg, ice, _, _) in zip(axes, num, strict=True):
                 x = np.asarray(labels)
                 ice_plot = ice - ice[:, :1] + avg[0] if centered else ice
                 ax.plot(x, ice_plot.T, color="#7f8c8d", alpha=0.25, lw=0.7)
@@ -328,7 +352,7 @@ class PartialDependenceModule:
             )
         if cat:
             fig, axes = _panel_grid(len(cat), 2, levels=[len(r[2]) for r in cat])
-            for ax, (name, _, labels, avg, ice, _) in zip(axes, cat, strict=True):
+            for ax, (name, _, labels, avg, ice, _, _) in zip(axes, cat, strict=True):
                 y = np.arange(len(labels))
                 lo, hi = np.percentile(ice, [10, 90], axis=0)
                 ax.hlines(y, lo, hi, color="#95a5a6", lw=3, label="ICE 10–90%")
@@ -358,9 +382,9 @@ class PartialDependenceModule:
             )
         pd2 = partial_dependence_2d(predict, X, j, k, grids[0], grids[1], features=(a, b))
         data.setdefault("pairs", {})[f"{a} x {b}"] = {
-            "grid_1": pd2.grid_1,
-            "grid_2": pd2.grid_2,
-            "average": pd2.average,
+            "grid_1": _raw_grid(schema.feature(a), pd2.grid_1),
+            "grid_2": _raw_grid(schema.feature(b), pd2.grid_2),
+            "values": pd2.average,
         }
         fig, ax = subplots(figsize=(6.5, 5))
         lab = [[_tick(schema, name, v) for v in g] for name, g in ((a, grids[0]), (b, grids[1]))]
@@ -370,6 +394,13 @@ class PartialDependenceModule:
         ax.set(xlabel=a, ylabel=b, title=f"Two-way partial dependence: {a} × {b}")
         fig.colorbar(im, ax=ax, label="P(positive)")
         return Figure(f"pd2_{a}_{b}", f"Two-way PD of {a} and {b} (quantile grid of each).", to_png(fig))
+
+
+def _raw_grid(feat, grid: np.ndarray) -> list:
+    """Grid values as the data has them: level names for a categorical, numbers otherwise."""
+    if feat.is_categorical:
+        return [feat.levels[int(c)] if int(c) < len(feat.levels) else "<unknown>" for c in grid]
+    return [float(g) for g in grid]
 
 
 def _tick(schema: Schema, name: str, v: float) -> str:
@@ -391,7 +422,8 @@ class AleModule:
         schema = ctx.dataset.schema
         names = _check_features(cfg.features, schema, "modules.ale.features")
         seed = ctx.seed_for(self.name)
-        X = ctx.codes_audit[_sample(len(ctx.codes_audit), cfg.sample_size, seed)]
+        sample = _sample(len(ctx.codes_audit), cfg.sample_size, seed)
+        X = ctx.codes_audit[sample]
         predict = ctx.predictor.predict_codes
         mask = schema.categorical_mask
         results, rows = [], []
@@ -433,17 +465,18 @@ class AleModule:
         table = pd.DataFrame(rows).sort_values("ale_range", ascending=False, kind="stable")
         figures = self._figures(results, schema)
         data = {
+            "rows": sample,
             "features": {
                 a.feature: {
                     "kind": a.kind,
-                    "grid": a.grid,
+                    "grid": _raw_grid(schema.feature(a.feature), a.grid) if a.kind == "categorical" else a.grid,
                     "values": a.values,
                     "counts": a.counts,
                     "lower": a.lower,
                     "upper": a.upper,
                 }
                 for a in results
-            }
+            },
         }
         notes = []
         for a_name, b_name in cfg.pairs:
@@ -615,5 +648,5 @@ class InteractionModule:
                 Figure("h_statistic", "Friedman's H for each pair of the top features: 0 means additive.", to_png(fig))
             ],
             findings=findings,
-            data={"features": top, "h": res.h},
+            data={"features": top, "h": res.h, "rows": res.rows},
         )

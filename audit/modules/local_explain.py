@@ -36,6 +36,7 @@ def constraints_from_config(cfg: AuditConfig, schema: Schema) -> Constraints:
         monotone=dict(cc.monotone),
         transitions={k: dict(v) for k, v in cc.transitions.items()},
         integer=tuple(cc.integer) if cc.integer is not None else None,
+        tied=tuple(tuple(g) for g in cfg.dataset.tied),
     )
 
 
@@ -84,7 +85,7 @@ def select_instances(ctx: AuditContext) -> tuple[np.ndarray, dict[int, list[str]
             reasons.setdefault(i, []).append(why)
 
     add(sel.ids, "requested")
-    declined = np.flatnonzero(p < thr)
+    declined = np.flatnonzero(ctx.dataset.schema.declined(p, thr))
     if sel.declined and len(declined):
         add(np.sort(rng.choice(declined, size=min(sel.declined, len(declined)), replace=False)), "declined")
     if sel.borderline:
@@ -104,11 +105,51 @@ def select_instances(ctx: AuditContext) -> tuple[np.ndarray, dict[int, list[str]
     return out
 
 
+def _raw_records(schema: Schema, codes: np.ndarray) -> list[dict]:
+    """Code-space rows as records of raw values (level names; a missing number as None)."""
+    out = []
+    for row in codes:
+        rec = {}
+        for f, v in zip(schema.features, row, strict=True):
+            if f.is_categorical:
+                rec[f.name] = f.levels[int(v)] if int(v) < len(f.levels) else "<unknown>"
+            else:
+                rec[f.name] = None if np.isnan(v) else float(v)
+        out.append(rec)
+    return out
+
+
+def _counterfactual_records(schema: Schema, res) -> list[list[dict]]:
+    """Per explained row and counterfactual slot: ``found``, the changed features in raw values (``from``, ``to``),
+    the full counterfactual row in raw values, its score and cost. "Not found" is ``found: false``, never a row of
+    missing values."""
+    out = []
+    for i in range(len(res.instances)):
+        slots = []
+        for r in range(res.counterfactuals.shape[1]):
+            if np.isnan(res.cost[i, r]):
+                slots.append({"found": False})
+                continue
+            row = _raw_records(schema, res.counterfactuals[i, r][None, :])[0]
+            before = _raw_records(schema, res.instances[i][None, :])[0]
+            slots.append(
+                {
+                    "found": True,
+                    "changes": {f: {"from": before[f], "to": row[f]} for f, _, _ in res.changes(i, r)},
+                    "row": row,
+                    "score": float(res.prediction[i, r]),
+                    "cost": float(res.cost[i, r]),
+                }
+            )
+        out.append(slots)
+    return out
+
+
 def _value_text(feat, code: float) -> str:
     if feat.is_categorical:
         i = int(code)
         return feat.levels[i] if i < len(feat.levels) else "<unknown>"
-    return f"{code:g}"
+    return "missing" if np.isnan(code) else f"{code:g}"
 
 
 class ShapModule:
@@ -125,12 +166,13 @@ class ShapModule:
         names = schema.feature_names
         idx, why = select_instances(ctx)
         seed = ctx.seed_for(self.name)
-        B, w = summarize_background(
+        B, w, bg_rows = summarize_background(
             ctx.train_codes(),
             lc.background.size,
             method=lc.background.method,
             categorical_mask=schema.categorical_mask,
             random_state=seed,
+            return_index=True,
         )
         X = ctx.codes_audit[idx]
         if sc.engine == "shap":
@@ -176,8 +218,9 @@ class ShapModule:
             )
         ]
         thr = ctx.config.model.threshold
-        declined = np.flatnonzero(sv.predictions < thr)
-        codes = reason_codes(sv.values[declined], feature_names=names, k=sc.reason_codes)
+        declined = np.flatnonzero(schema.declined(sv.predictions, thr))
+        direction = "negative" if schema.favourable_is_positive else "positive"
+        codes = reason_codes(sv.values[declined], feature_names=names, k=sc.reason_codes, direction=direction)
         rc_rows = []
         for r, reasons in zip(declined, codes, strict=True):
             row = {"row": int(idx[r]), "probability": float(sv.predictions[r])}
@@ -226,6 +269,9 @@ class ShapModule:
                 "rows": idx,
                 "feature_names": names,
                 "values": sv.values,
+                "background_rows": bg_rows,
+                "background_weights": w,
+                "background": _raw_records(schema, B),
                 "base_value": sv.base_value,
                 "predictions": sv.predictions,
                 "additivity_error": err,
@@ -321,7 +367,9 @@ class LimeModule:
         main = explain(seed)
         k = min(lc.top_k, len(names))
         top = main.top_features(k)
-        reruns = [explain(seed + 1 + r) for r in range(lc.stability_runs)]
+        # with top_k >= the number of features every top-k set is all features: overlap 1 by construction
+        assessable = lc.top_k < len(names)
+        reruns = [explain(seed + 1 + r) for r in range(lc.stability_runs)] if assessable else []
         stability = (
             np.mean([top_k_jaccard(top, e.top_features(k)) for e in reruns], axis=0)
             if reruns
@@ -329,7 +377,7 @@ class LimeModule:
         )
         agreement = np.full(len(idx), np.nan)
         shap_res = ctx.results.get("shap")
-        if shap_res is not None and np.array_equal(shap_res.data["rows"], idx):
+        if assessable and shap_res is not None and np.array_equal(shap_res.data["rows"], idx):
             phi = np.asarray(shap_res.data["values"])
             shap_top = [list(r[:k]) for r in np.argsort(-np.abs(phi), axis=1, kind="stable")]
             agreement = top_k_jaccard(top, shap_top)
@@ -359,6 +407,18 @@ class LimeModule:
                 f"at most half the rows with surrogate R^2 < {lc.min_fidelity:g}",
             )
         )
+        if not assessable:
+            findings.append(
+                Finding(
+                    self.name,
+                    f"LIME stability and SHAP-LIME agreement not assessable: lime.top_k {lc.top_k} >= the "
+                    f"{len(names)} features, so every top-{k} set holds all features (overlap 1 by construction); "
+                    f"lower local.lime.top_k below {len(names)}",
+                    "not_assessable",
+                    "low",
+                    {"top_k": lc.top_k, "features": len(names)},
+                )
+            )
         if reruns:
             unstable = float(np.mean(stability < lc.min_stability))
             findings.append(
@@ -390,7 +450,10 @@ class LimeModule:
         if not np.isnan(agreement).all():
             a2.hist(agreement, bins=10, range=(0, 1), color="#e67e22", alpha=0.6, label="agreement with SHAP")
         a2.set(xlabel=f"top-{k} Jaccard", title="Stability and SHAP agreement")
-        a2.legend(fontsize=8)
+        if a2.get_legend_handles_labels()[0]:
+            a2.legend(fontsize=8)
+        else:
+            a2.text(0.5, 0.5, "not assessable", ha="center", va="center", transform=a2.transAxes)
         return ModuleResult(
             summary={
                 "instances": len(idx),
@@ -486,14 +549,28 @@ class CounterfactualModule:
         table = pd.DataFrame(rows)
         not_found = 1.0 - metrics["validity"]
         n_viol = sum(violations.values())
+        diag = res.diagnostics
+        none_flipped = int(((diag["flipped"] == 0) & ~found).sum())
+        implausible = int(((diag["flipped"] > 0) & (diag["plausible"] == 0) & ~found).sum())
+        why = (
+            f" ({none_flipped} with no change within the constraints that flips the decision, {implausible} whose "
+            "flipping changes were all farther from the training data than the plausibility limit)"
+            if not found.all()
+            else ""
+        )
         findings = [
             Finding(
                 self.name,
                 f"Counterfactuals found for {found.mean():.0%} of {len(idx)} rows; {not_found:.0%} have none within "
-                "the constraints",
+                "the constraints" + why,
                 "pass" if not_found <= cc.max_not_found else "fail",
                 "info" if not_found <= cc.max_not_found else "medium",
-                {"share_not_found": not_found, "rescored_flip_rate": flipped},
+                {
+                    "share_not_found": not_found,
+                    "rescored_flip_rate": flipped,
+                    "none_flip": none_flipped,
+                    "rejected_as_implausible": implausible,
+                },
                 f"share without a counterfactual <= {cc.max_not_found:g}",
             ),
             Finding(
@@ -516,7 +593,7 @@ class CounterfactualModule:
             )
         ]
         # recourse gap: cost of the cheapest counterfactual for declined rows, by sensitive group
-        declined = (res.original_prediction < thr) & found
+        declined = schema.declined(res.original_prediction, thr) & found
         gap_rows = []
         if schema.sensitive and declined.any():
             groups = {name: labels[idx] for name, labels in audit_groupings(ctx).items()}
@@ -565,7 +642,7 @@ class CounterfactualModule:
             findings=findings,
             data={
                 "rows": idx,
-                "counterfactuals": res.counterfactuals,
+                "counterfactuals": _counterfactual_records(schema, res),
                 "cost": res.cost,
                 "metrics": metrics,
                 "violations": violations,

@@ -47,19 +47,30 @@ def package_versions() -> dict[str, str | None]:
 
 
 def git_commit(path: Path) -> str | None:
+    """The commit checked out at ``path`` (``<sha>-dirty`` with uncommitted changes there), or None outside git."""
     try:
         res = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if res.returncode != 0 or not res.stdout.strip():
+            return None
+        dirty = subprocess.run(
+            ["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no", "--", "."],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
-    return res.stdout.strip() or None if res.returncode == 0 else None
+    return res.stdout.strip() + ("-dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
 
 
 def _table_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return frame.to_dict(orient="records")
 
 
-def build_report_json(run, ds: Dataset, fingerprint: str) -> dict[str, Any]:
-    """Every number of the run, its findings, and provenance, as plain JSON types."""
+def build_report_json(run, ds: Dataset, fingerprint: str, folder: Path | None = None) -> dict[str, Any]:
+    """Every number of the run, its findings, and provenance, as plain JSON types.
+
+    ``folder``: where the run's files are being written (for the sha256 of ``scores.parquet``)."""
     from audit.pipeline import to_jsonable
 
     cfg = run.config
@@ -107,12 +118,19 @@ def build_report_json(run, ds: Dataset, fingerprint: str) -> dict[str, Any]:
                 "features": ds.schema.to_json()["features"],
                 "target": ds.schema.target,
                 "positive_label": ds.schema.positive_label,
+                "favourable_label": ds.schema.favourable_label or ds.schema.positive_label,
+                "tied": [list(g) for g in ds.tied],
+                "filter": cfg.dataset.filter,
+                "index_col": cfg.dataset.index_col,
                 "notes": ds.notes,
             },
             "model": run.model_info,
             "compute": run.compute,
             "versions": package_versions(),
-            "git_commit": git_commit(Path(cfg.base_dir)),
+            "git_commit": git_commit(Path(__file__).resolve().parent),
+            "config_dir": cfg.base_dir,
+            "config_git_commit": git_commit(Path(cfg.base_dir)),
+            "sidecars": _sidecars(folder),
             "started": run.started.isoformat(),
             "finished": run.finished.isoformat() if run.finished else None,
             "duration_s": round(duration, 3) if duration is not None else None,
@@ -120,6 +138,20 @@ def build_report_json(run, ds: Dataset, fingerprint: str) -> dict[str, Any]:
         },
     }
     return to_jsonable(report)
+
+
+def _sidecars(folder: Path | None) -> dict[str, Any]:
+    """Files beside report.json that hold per-row data (``scores.parquet``), with their sha256."""
+    from audit.data import sha256_file
+
+    out: dict[str, Any] = {}
+    if folder is not None and (folder / "scores.parquet").is_file():
+        out["scores.parquet"] = {
+            "sha256": sha256_file(folder / "scores.parquet"),
+            "contents": "every audit row: row, data_row, label, score, decision, favourable, group:<sensitive>, "
+            "x:<raw column>",
+        }
+    return out
 
 
 def check_pdf_support() -> None:
@@ -221,7 +253,7 @@ def render_html(report: dict[str, Any], run) -> str:
                     }
                 )
         sections.append(sec)
-    order = {"fail": 0, "inconclusive": 1, "pass": 2, "info": 3}
+    order = {"fail": 0, "inconclusive": 1, "not_assessable": 2, "pass": 3, "info": 4}
     sev = {"high": 0, "medium": 1, "low": 2, "info": 3}
     findings = sorted(run.findings, key=lambda f: (order[f.status], sev[f.severity]))
     template = env.get_template("report.html.j2")
