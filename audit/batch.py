@@ -14,10 +14,10 @@ def resolve_model_path(cfg: AuditConfig, model: str | Path | None) -> Path:
         path = Path(model)
         key = "--model"
     elif cfg.model.source == "load":
-        path = cfg.resolve(cfg.model.path or "")
+        path = cfg.resolve(cfg.model.path or "", key="model.path")
         key = "model.path"
     else:
-        path = cfg.resolve(cfg.report.output_dir) / cfg.name / "latest" / "model"
+        path = cfg.resolve(cfg.report.output_dir, key="report.output_dir") / cfg.name / "latest" / "model"
         key = "the latest run's model"
         if not path.exists():
             raise ModelLoadError(
@@ -58,8 +58,12 @@ def reason_codes(
     from audit.population import open_population, reason_codes_population
 
     output = Path(output)
+    if output.is_dir():
+        raise ConfigError(f"--output: '{output}' is a folder; give the path of the Parquet file to write")
     if not output.parent.is_dir():
         raise ConfigError(f"--output: folder '{output.parent}' does not exist; create it or pick another path")
+    if len(output.name.encode()) > 250:
+        raise ConfigError("--output: the file name is longer than 250 bytes; use a shorter one")
     if Path(input).resolve() == output.resolve():
         raise ConfigError("--output: it is the input file; write the reason codes to another path")
     path = resolve_model_path(cfg, model)

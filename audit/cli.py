@@ -97,6 +97,12 @@ def _positive(text: str) -> int:
     return value
 
 
+def _one_line(text: str, limit: int = 2000) -> str:
+    """Messages are one line on stderr: newlines folded, length bounded."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
@@ -110,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "validate":
             if not args.no_data:
                 from audit.data import load_dataset
-                from audit.modules.local_explain import check_local_config
+                from audit.references import check_local_config
 
                 ds = load_dataset(cfg)
                 check_local_config(cfg, ds)
@@ -148,7 +154,12 @@ def main(argv: list[str] | None = None) -> int:
 
         run = run_audit(cfg, quiet=args.quiet, baseline=args.baseline)
     except AuditInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:  # a file system error no check foresaw: still one line, still bad input
+        where = f" ('{exc.filename}')" if exc.filename else ""
+        reason = exc.strerror or exc.__class__.__name__
+        print(f"error: {reason}{where}; check the paths in the config and the output folder", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted: no report was written", file=sys.stderr)

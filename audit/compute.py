@@ -112,7 +112,13 @@ class DaskBackend(Backend):
     name = "dask"
 
     def __init__(
-        self, address: str | None = None, *, n_workers: int = 2, threads_per_worker: int = 1, window: int = 8
+        self,
+        address: str | None = None,
+        *,
+        n_workers: int = 2,
+        threads_per_worker: int = 1,
+        window: int = 8,
+        timeout: float = 10.0,
     ) -> None:
         super().__init__(1)
         try:
@@ -135,8 +141,9 @@ class DaskBackend(Backend):
             )
             self.client = Client(self._cluster)
         else:
+            _preflight(address, timeout)
             try:
-                self.client = Client(address, timeout="10s")
+                self.client = Client(address, timeout=f"{timeout}s")
             except (OSError, TimeoutError) as exc:
                 raise ConfigError(
                     f"compute.address: cannot reach a Dask scheduler at {address!r} ({exc.__class__.__name__}); "
@@ -181,6 +188,34 @@ class DaskBackend(Backend):
             self._cluster.close()
 
 
+def _preflight(address: str, timeout: float) -> None:
+    """A Dask scheduler speaks first: on a new TCP connection it sends its handshake at once. Something that accepts
+    the connection and stays silent (a wrong port, a stuck process) would make ``Client`` wait for ever, whatever
+    its timeout (measured: over two minutes), so listen for that first byte, for ``timeout`` seconds at most."""
+    import socket
+
+    if not address.startswith("tcp://"):
+        return  # tls, inproc, ucx: left to Client's own timeout
+    hostport = address[len("tcp://") :].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            if not sock.recv(1):
+                raise ConnectionError("closed")
+    except (OSError, ValueError) as exc:
+        what = (
+            f"no Dask scheduler answered at {address!r} within {timeout:g} s (it accepted the connection and said "
+            "nothing)"
+            if isinstance(exc, TimeoutError | socket.timeout)
+            else f"cannot reach a Dask scheduler at {address!r} ({exc.__class__.__name__})"
+        )
+        raise ConfigError(
+            f"compute.address: {what}; start one (dask scheduler), fix the address, or set compute.address: null for "
+            "a local cluster"
+        ) from None
+
+
 def _in_worker(fn: Callable[..., Any], item: Any, **shared: Any) -> Any:
     """Run one task on a worker with torch on one thread (see :func:`single_threaded_torch`).
 
@@ -199,4 +234,9 @@ def make_backend(compute) -> Backend:
     """The backend a ``compute`` config section asks for."""
     if compute.backend == "local":
         return Backend()
-    return DaskBackend(compute.address, n_workers=compute.n_workers, threads_per_worker=compute.threads_per_worker)
+    return DaskBackend(
+        compute.address,
+        n_workers=compute.n_workers,
+        threads_per_worker=compute.threads_per_worker,
+        timeout=compute.timeout_s,
+    )

@@ -28,7 +28,8 @@ __all__ = [
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and NaN never reach a numerical library; no string in a config needs more than 20,000 characters
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, str_max_length=20_000)
 
 
 class ColumnKind:
@@ -65,29 +66,56 @@ CategoricalRef = Annotated[str, ColumnKind("categorical")]
 SensitiveRef = Annotated[str, ColumnKind("sensitive")]
 FeatureOrSensitiveRef = Annotated[str, ColumnKind("feature_or_sensitive")]
 
-PosInt = Annotated[int, Field(gt=0)]
+PosInt = Annotated[int, Field(gt=0, le=2**31 - 1)]
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+def Bounded(low: int, high: int):  # noqa: N802 - reads as a type
+    """An integer in [low, high]: every size that allocates memory or costs model evaluations has an upper bound."""
+    return Annotated[int, Field(ge=low, le=high)]
+
+
+def _path_text(v: Any) -> Any:
+    """A file path from a config: no NUL byte, at most 4,096 characters, a home folder (~user) that exists."""
+    if isinstance(v, str):
+        if "\x00" in v:
+            raise ValueError("contains a NUL byte; write the path without it")
+        if len(v) > 4096:
+            raise ValueError(f"is {len(v)} characters long, more than 4,096; shorten the path")
+        if v.startswith("~"):
+            try:
+                Path(v).expanduser()
+            except RuntimeError:
+                user = v[1:].split("/", 1)[0]
+                raise ValueError(
+                    f"names the home folder of '{user}', who does not exist here; give a full path"
+                ) from None
+    return v
+
+
+PathText = Annotated[str, BeforeValidator(_path_text)]
+ColumnList = Annotated[list[Column], Field(max_length=10_000)]
 
 
 class CsvOptions(_Section):
     """How to parse a CSV (or gzip CSV) file; passed to :func:`pandas.read_csv`."""
 
-    sep: str = ","
+    sep: str = Field(default=",", min_length=1, max_length=8)
     header: Literal["infer", "none"] = "infer"
-    names: list[str] | None = None
-    na_values: list[str] = Field(default_factory=list)
+    names: list[Annotated[str, Field(max_length=1000)]] | None = Field(default=None, max_length=10_000)
+    na_values: list[Annotated[str, Field(max_length=1000)]] = Field(default_factory=list, max_length=1000)
     skipinitialspace: bool = False
-    encoding: str = "utf-8"
+    encoding: str = Field(default="utf-8", max_length=64)
 
 
 class DataFile(_Section):
     """One data file. ``sha256`` is verified before parsing when given."""
 
-    path: str
+    path: PathText
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
     format: Literal["auto", "csv", "parquet"] = "auto"
-    skiprows: Annotated[int, Field(ge=0)] = 0
+    skiprows: Bounded(0, 1_000_000) = 0
 
 
 class SplitConfig(_Section):
@@ -100,14 +128,14 @@ class SplitConfig(_Section):
 class FeatureTypes(_Section):
     """Overrides for inferred feature types (numeric dtypes are numeric, everything else categorical)."""
 
-    numeric: list[Column] = Field(default_factory=list)
-    categorical: list[Column] = Field(default_factory=list)
+    numeric: ColumnList = Field(default_factory=list)
+    categorical: ColumnList = Field(default_factory=list)
 
 
 class DatasetConfig(_Section):
     """Where the data is and how to read it."""
 
-    name: str | None = None
+    name: str | None = Field(default=None, max_length=300)
     train: DataFile
     test: DataFile | None = None
     csv: CsvOptions = CsvOptions()
@@ -115,19 +143,19 @@ class DatasetConfig(_Section):
     positive_label: Text
     favourable_label: Text | None = None
     label_map: dict[Text, Text] = Field(default_factory=dict)
-    columns: list[Column] | None = None
+    columns: ColumnList | None = None
     index_col: Column | None = None
     filter: str | None = Field(default=None, max_length=2000)
-    value_labels: dict[Column, dict[Text, Text]] = Field(default_factory=dict)
+    value_labels: dict[Column, dict[Text, Text]] = Field(default_factory=dict, max_length=10_000)
     features: FeatureTypes = FeatureTypes()
-    drop: list[Column] = Field(default_factory=list)
-    tied: list[list[FeatureRef]] = Field(default_factory=list)
+    drop: ColumnList = Field(default_factory=list)
+    tied: list[list[FeatureRef]] = Field(default_factory=list, max_length=1000)
     split: SplitConfig = SplitConfig()
     validation_size: Fraction = 0.15
-    max_categories: PosInt = 1000
+    max_categories: Bounded(1, 1_000_000) = 1000
     max_rows: PosInt | None = None
-    max_columns: PosInt = 1000
-    max_file_mb: PosInt = 1024
+    max_columns: Bounded(1, 100_000) = 1000
+    max_file_mb: Bounded(1, 10_000_000) = 1024
     unseen_categories: Literal["unknown", "error"] = "unknown"
     population: DataFile | None = None
 
@@ -177,17 +205,17 @@ class ModelConfig(_Section):
     """Train the built-in tabular net, or load a saved artifact."""
 
     source: Literal["train", "load"] = "train"
-    path: str | None = None
-    hidden: list[PosInt] = Field(default_factory=lambda: [64, 64])
+    path: PathText | None = None
+    hidden: list[Bounded(1, 16_384)] = Field(default_factory=lambda: [64, 64], max_length=32)
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
-    embedding_dim: PosInt | None = None
-    max_epochs: PosInt = 30
-    batch_size: PosInt = 512
-    learning_rate: Annotated[float, Field(gt=0.0)] = 2e-3
-    weight_decay: Annotated[float, Field(ge=0.0)] = 1e-5
-    patience: PosInt = 3
+    embedding_dim: Bounded(1, 1024) | None = None
+    max_epochs: Bounded(1, 100_000) = 30
+    batch_size: Bounded(1, 1 << 20) = 512
+    learning_rate: Annotated[float, Field(gt=0.0, le=10.0)] = 2e-3
+    weight_decay: Annotated[float, Field(ge=0.0, le=10.0)] = 1e-5
+    patience: Bounded(1, 100_000) = 3
     threshold: Probability = 0.5
-    predict_batch_size: PosInt = 16384
+    predict_batch_size: Bounded(64, 1 << 22) = 16384
     trust: bool = False
 
     @model_validator(mode="after")
@@ -199,46 +227,46 @@ class ModelConfig(_Section):
 
 class PerformanceConfig(_Section):
     enabled: bool = True
-    n_bins: PosInt = 10
+    n_bins: Bounded(1, 1000) = 10
     min_roc_auc: Probability | None = None
     max_overfit_gap: Probability = 0.05
 
 
 class PermutationConfig(_Section):
     enabled: bool = True
-    metric: str = "roc_auc"
-    n_repeats: PosInt = 5
+    metric: str = Field(default="roc_auc", max_length=100)
+    n_repeats: Bounded(1, 1000) = 5
     max_rows: PosInt | None = None
-    groups: dict[str, list[FeatureRef]] = Field(default_factory=dict)
-    top_k: PosInt = 3
-    proxies: list[FeatureRef] = Field(default_factory=list)
+    groups: dict[str, list[FeatureRef]] = Field(default_factory=dict, max_length=10_000)
+    top_k: Bounded(1, 10_000) = 3
+    proxies: list[FeatureRef] = Field(default_factory=list, max_length=10_000)
 
 
 class PartialDependenceConfig(_Section):
     enabled: bool = True
-    features: list[FeatureRef] | None = None
-    grid_resolution: Annotated[int, Field(ge=2)] = 20
-    sample_size: PosInt = 1000
-    ice_curves: PosInt = 50
+    features: list[FeatureRef] | None = Field(default=None, max_length=10_000)
+    grid_resolution: Bounded(2, 1000) = 20
+    sample_size: Bounded(1, 1_000_000) = 1000
+    ice_curves: Bounded(1, 10_000) = 50
     centered: bool = True
-    max_levels: Annotated[int, Field(ge=2)] = 12
-    pairs: list[tuple[FeatureRef, FeatureRef]] = Field(default_factory=list)
+    max_levels: Bounded(2, 1000) = 12
+    pairs: list[tuple[FeatureRef, FeatureRef]] = Field(default_factory=list, max_length=50)
 
 
 class AleConfig(_Section):
     enabled: bool = True
-    features: list[FeatureRef] | None = None
-    n_bins: Annotated[int, Field(ge=2)] = 20
-    min_rows_per_bin: PosInt = 10
-    sample_size: PosInt = 2000
-    n_bootstrap: Annotated[int, Field(ge=0)] = 50
-    pairs: list[tuple[FeatureRef, FeatureRef]] = Field(default_factory=list)
+    features: list[FeatureRef] | None = Field(default=None, max_length=10_000)
+    n_bins: Bounded(2, 1000) = 20
+    min_rows_per_bin: Bounded(1, 1_000_000) = 10
+    sample_size: Bounded(1, 1_000_000) = 2000
+    n_bootstrap: Bounded(0, 10_000) = 50
+    pairs: list[tuple[FeatureRef, FeatureRef]] = Field(default_factory=list, max_length=50)
 
 
 class InteractionConfig(_Section):
     enabled: bool = True
-    top_features: Annotated[int, Field(ge=2)] = 5
-    sample_size: PosInt = 150
+    top_features: Bounded(2, 50) = 5
+    sample_size: Bounded(2, 5000) = 150
     flag_above: Probability = 0.2
 
 
@@ -255,9 +283,9 @@ class ModulesConfig(_Section):
 class InstanceSelection(_Section):
     """Which audit (test) rows get local explanations; the selections are combined and capped at ``max_instances``."""
 
-    ids: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
-    random: Annotated[int, Field(ge=0)] = 10
-    declined: Annotated[int, Field(ge=0)] = 20
+    ids: list[Bounded(0, 2**62)] = Field(default_factory=list, max_length=100_000)
+    random: Bounded(0, 100_000) = 10
+    declined: Bounded(0, 100_000) = 20
     borderline: Annotated[int, Field(ge=0)] = 10
     per_group: Annotated[int, Field(ge=0)] = 5
     max_instances: PosInt = 200
@@ -275,7 +303,7 @@ class InstanceSelection(_Section):
 class BackgroundConfig(_Section):
     """Reference rows for SHAP, drawn from the training split."""
 
-    size: PosInt = 100
+    size: Bounded(1, 10_000) = 100
     method: Literal["sample", "kmeans"] = "sample"
 
 
@@ -284,20 +312,20 @@ class ShapConfig(_Section):
     engine: Literal["audit", "shap"] = "audit"
     method: Literal["auto", "exact", "permutation"] = "auto"
     exact_max_features: Annotated[int, Field(ge=1, le=16)] = 10
-    n_permutations: PosInt = 10
-    additivity_tolerance: Annotated[float, Field(gt=0.0)] = 1e-6
-    reason_codes: PosInt = 4
-    waterfalls: Annotated[int, Field(ge=0)] = 3
+    n_permutations: Bounded(1, 1000) = 10
+    additivity_tolerance: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-6
+    reason_codes: Bounded(1, 100) = 4
+    waterfalls: Bounded(0, 50) = 3
 
 
 class LimeConfig(_Section):
     enabled: bool = True
     engine: Literal["audit", "lime"] = "audit"
-    num_samples: Annotated[int, Field(ge=100)] = 5000
-    num_features: PosInt | None = None
-    kernel_width: Annotated[float, Field(gt=0.0)] | None = None
-    stability_runs: Annotated[int, Field(ge=0)] = 2
-    top_k: PosInt = 5
+    num_samples: Bounded(100, 1_000_000) = 5000
+    num_features: Bounded(1, 100_000) | None = None
+    kernel_width: Annotated[float, Field(gt=0.0, le=1e6)] | None = None
+    stability_runs: Bounded(0, 50) = 2
+    top_k: Bounded(1, 1000) = 5
     min_stability: Probability = 0.6
     min_fidelity: Probability = 0.3
 
@@ -305,14 +333,14 @@ class LimeConfig(_Section):
 class CounterfactualConfig(_Section):
     enabled: bool = True
     per_instance: Annotated[int, Field(ge=1, le=10)] = 1
-    immutable: list[FeatureOrSensitiveRef] = Field(default_factory=list)
-    ranges: dict[NumericRef, tuple[float | None, float | None]] = Field(default_factory=dict)
-    monotone: dict[NumericRef, Literal["increase", "decrease"]] = Field(default_factory=dict)
-    transitions: dict[CategoricalRef, dict[Text, list[Text]]] = Field(default_factory=dict)
-    integer: list[NumericRef] | None = None
-    max_changes: PosInt = 5
-    sparsity_weight: Annotated[float, Field(ge=0.0)] = 3.0
-    n_random: Annotated[int, Field(ge=0)] = 300
+    immutable: list[FeatureOrSensitiveRef] = Field(default_factory=list, max_length=10_000)
+    ranges: dict[NumericRef, tuple[float | None, float | None]] = Field(default_factory=dict, max_length=10_000)
+    monotone: dict[NumericRef, Literal["increase", "decrease"]] = Field(default_factory=dict, max_length=10_000)
+    transitions: dict[CategoricalRef, dict[Text, list[Text]]] = Field(default_factory=dict, max_length=10_000)
+    integer: list[NumericRef] | None = Field(default=None, max_length=10_000)
+    max_changes: Bounded(1, 100) = 5
+    sparsity_weight: Annotated[float, Field(ge=0.0, le=1e6)] = 3.0
+    n_random: Bounded(0, 100_000) = 300
     plausibility_quantile: Probability | None = 0.99
     max_not_found: Probability = 0.2
 
@@ -339,22 +367,22 @@ class LocalConfig(_Section):
 
 class GradientsConfig(_Section):
     enabled: bool = True
-    steps: PosInt = 32
-    max_completeness_error: Annotated[float, Field(gt=0.0)] = 1e-3
+    steps: Bounded(1, 10_000) = 32
+    max_completeness_error: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-3
 
 
 class ActivationsConfig(_Section):
     enabled: bool = True
-    sample_size: PosInt = 2000
+    sample_size: Bounded(2, 1_000_000) = 2000
     tsne: bool = False
     max_dead_share: Probability = 0.2
 
 
 class UncertaintyConfig(_Section):
     enabled: bool = True
-    passes: Annotated[int, Field(ge=2)] = 30
+    passes: Bounded(2, 1000) = 30
     level: Fraction = 0.9
-    max_group_ratio: Annotated[float, Field(ge=1.0)] = 1.5
+    max_group_ratio: Annotated[float, Field(ge=1.0, le=1e6)] = 1.5
 
 
 class NetworkConfig(_Section):
@@ -371,20 +399,32 @@ class DerivedFeature(_Section):
     """A sensitive feature derived from another column by a regular expression (its first group)."""
 
     source: Column
-    regex: str
+    regex: str = Field(max_length=1000)
 
     @field_validator("regex")
     @classmethod
     def _compiles(cls, v: str) -> str:
-        import re
-
         try:
-            pat = re.compile(v)
-        except re.error as exc:
+            pat = compile_regex(v)
+        except ValueError as exc:
             raise ValueError(f"regex {v!r} does not compile: {exc}") from None
         if pat.groups < 1:
             raise ValueError(f"regex {v!r} needs one capturing group, e.g. '^(male|female)'")
         return v
+
+
+def compile_regex(pattern: str):
+    """Compile with RE2 (google-re2): matching takes time linear in the text, whatever the pattern, so a pattern such
+    as ``(a+)+b`` cannot hang the run. RE2 has no back-references or look-around; ValueError says so."""
+    import re2
+
+    options = re2.Options()
+    options.log_errors = False  # the error comes back as one line, not as a log on stderr
+    try:
+        return re2.compile(pattern, options)
+    except re2.error as exc:
+        reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise ValueError(f"{reason} (RE2 syntax: no back-references or look-around)") from None
 
 
 class FairnessThresholds(_Section):
@@ -401,13 +441,13 @@ class FairnessConfig(_Section):
     """Sensitive features and how their groups are audited."""
 
     enabled: bool = True
-    sensitive_features: list[Column] = Field(default_factory=list)
-    derived: dict[str, DerivedFeature] = Field(default_factory=dict)
-    bins: dict[SensitiveRef, list[float]] = Field(default_factory=dict)
-    quantiles: Annotated[int, Field(ge=2)] = 4
-    intersections: list[list[SensitiveRef]] = Field(default_factory=list)
+    sensitive_features: ColumnList = Field(default_factory=list)
+    derived: dict[str, DerivedFeature] = Field(default_factory=dict, max_length=100)
+    bins: dict[SensitiveRef, Annotated[list[float], Field(min_length=1, max_length=100)]] = Field(default_factory=dict)
+    quantiles: Bounded(2, 100) = 4
+    intersections: list[Annotated[list[SensitiveRef], Field(max_length=4)]] = Field(default_factory=list, max_length=20)
     min_group_size: PosInt = 30
-    n_bootstrap: Annotated[int, Field(ge=0)] = 200
+    n_bootstrap: Bounded(0, 10_000) = 200
     confidence: Fraction = 0.95
     thresholds: FairnessThresholds = FairnessThresholds()
     gate: list[
@@ -465,32 +505,43 @@ class ModelCard(_Section):
     limitations: str | None = None
     ethical_considerations: str | None = None
     contact: str | None = None
-    extra: dict[str, str] = Field(default_factory=dict)
+    extra: dict[str, str] = Field(default_factory=dict, max_length=100)
 
 
 class ReportConfig(_Section):
-    output_dir: str = "reports"
+    output_dir: PathText = "reports"
     compare: CompareConfig = CompareConfig()
-    title: str | None = None
+    title: str | None = Field(default=None, max_length=300)
     formats: list[Literal["json", "html", "pdf"]] = Field(default_factory=lambda: ["json", "html"])
     model_card: ModelCard = ModelCard()
+
+    @field_validator("formats")
+    @classmethod
+    def _json_always(cls, v: list[str]) -> list[str]:
+        if "json" not in v:
+            raise ValueError(
+                f"{v} writes no report.json, which every run needs (the verdict, the comparison next month); "
+                "add json, e.g. [json, html]"
+            )
+        return list(dict.fromkeys(v))
 
 
 class ComputeConfig(_Section):
     """How large data is evaluated: in chunks in this process, or as partitions on a Dask cluster."""
 
     backend: Literal["local", "dask"] = "local"
-    address: str | None = Field(default=None, pattern=r"^(tcp|tls|inproc|ucx)://.+")
-    n_workers: PosInt = 2
-    threads_per_worker: PosInt = 1
-    chunk_rows: Annotated[int, Field(ge=1024)] = 1 << 18
+    address: str | None = Field(default=None, pattern=r"^(tcp|tls|inproc|ucx)://.+", max_length=500)
+    n_workers: Bounded(1, 1024) = 2
+    threads_per_worker: Bounded(1, 1024) = 1
+    chunk_rows: Bounded(1024, 1 << 26) = 1 << 18
+    timeout_s: Annotated[float, Field(gt=0.0, le=3600.0)] = 10.0
 
 
 class AuditConfig(_Section):
     """The whole audit. ``name`` defaults to the config file's stem."""
 
-    name: str = Field(default="audit", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    seed: Annotated[int, Field(ge=0)] = 0
+    name: str = Field(default="audit", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
     dataset: DatasetConfig
     model: ModelConfig = ModelConfig()
     modules: ModulesConfig = ModulesConfig()
@@ -506,10 +557,20 @@ class AuditConfig(_Section):
     def _abs(cls, v: str) -> str:
         return str(Path(v).resolve())
 
-    def resolve(self, path: str) -> Path:
-        """Resolve a path from the config against the config file's folder."""
-        p = Path(path).expanduser()
-        return (p if p.is_absolute() else Path(self.base_dir) / p).resolve()
+    def resolve(self, path: str, *, key: str = "path") -> Path:
+        """Resolve a path from the config against the config file's folder.
+
+        Raises
+        ------
+        ConfigError
+            Naming ``key`` when the path cannot be resolved (a loop of symbolic links, an unknown home folder).
+        """
+        try:
+            p = Path(path).expanduser()
+            return (p if p.is_absolute() else Path(self.base_dir) / p).resolve()
+        except (OSError, RuntimeError, ValueError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc) or exc.__class__.__name__
+            raise ConfigError(f"{key}: '{path}' cannot be resolved ({reason}); fix the path") from None
 
     def config_hash(self) -> str:
         """sha256 of the resolved config (canonical JSON, without ``base_dir``)."""
@@ -553,7 +614,7 @@ def _format_error(err: dict[str, Any]) -> str:
         return f"{path}: unknown key '{key}'; {hint}allowed keys: {', '.join(allowed)}"
     if kind == "missing":
         return f"{path}: required key is missing"
-    shown = repr(value) if not isinstance(value, dict) else "a mapping"
+    shown = _short_repr(value)
     msg = err["msg"]
     if kind == "literal_error":
         return f"{path}: {shown} is not allowed; {msg[0].lower()}{msg[1:]}"
@@ -561,6 +622,17 @@ def _format_error(err: dict[str, Any]) -> str:
         msg = msg.removeprefix("Value error, ")
         return msg if msg.startswith(f"{path}.") or msg.startswith(f"{path}:") else f"{path}: {msg}"
     return f"{path}: got {shown}; {msg[0].lower()}{msg[1:]}"
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+    """repr of a bad value, never echoing a huge one back."""
+    if isinstance(value, dict):
+        return "a mapping"
+    text = repr(value)
+    if len(text) > limit:
+        size = f"{len(value):,} characters" if isinstance(value, str) else f"{len(text):,} characters as text"
+        return f"{text[: limit - 20]}... ({size})"
+    return text
 
 
 def config_from_dict(data: Any, *, base_dir: str | Path = ".", name: str | None = None) -> AuditConfig:
@@ -605,6 +677,95 @@ def config_from_dict(data: Any, *, base_dir: str | Path = ".", name: str | None 
         raise ConfigError("invalid config: " + " | ".join(lines)) from None
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config is a page of YAML; a larger file is refused before it is parsed
+MAX_ALIASES = 100  # YAML aliases (*name); a few are handy, thousands are an attack ("billion laughs")
+MAX_DEPTH = 32  # nesting of mappings and lists
+MAX_NODES = 100_000  # nodes after expanding every alias
+
+
+class _ConfigLimit(Exception):
+    pass
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader that counts aliases and nesting while composing, and refuses duplicate keys."""
+
+    def __init__(self, stream) -> None:
+        super().__init__(stream)
+        self.aliases = 0
+        self.depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_ALIASES:
+                raise _ConfigLimit(f"uses more than {MAX_ALIASES} YAML aliases (*name); write the values out")
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise _ConfigLimit(f"nests deeper than {MAX_DEPTH} levels")
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in seen:
+                    mark = key_node.start_mark
+                    raise _ConfigLimit(
+                        f"repeats the key {_short_repr(key)} at line {mark.line + 1} (first at line "
+                        f"{seen[key].line + 1}); keep one (YAML would silently keep the last)"
+                    )
+            except TypeError:
+                continue  # an unhashable key: the safe constructor reports it
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep)
+
+
+def _expanded_size(node, memo: dict[int, int]) -> int:
+    """Nodes in the document with every alias expanded (shared nodes counted each time they are used)."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    memo[key] = 1  # a cycle counts once (PyYAML's composer cannot build one from a plain document anyway)
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(v, memo) for v in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    memo[key] = min(size, MAX_NODES + 1)
+    return memo[key]
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """Parse a config document safely: aliases, nesting, expanded size and duplicate keys bounded before any Python
+    object is built. ConfigError names the problem."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}) > MAX_NODES:
+            raise _ConfigLimit(f"expands to more than {MAX_NODES:,} values once its aliases are resolved")
+        return loader.construct_document(node)
+    except _ConfigLimit as exc:
+        raise ConfigError(f"config file '{where}' {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"config file '{where}' is not valid YAML{at}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"config file '{where}' nests too deeply") from None
+    finally:
+        loader.dispose()
+
+
 def load_config(path: str | Path) -> AuditConfig:
     """Read and validate a YAML audit config.
 
@@ -618,20 +779,31 @@ def load_config(path: str | Path) -> AuditConfig:
     AuditConfig
     """
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file '{p}' does not exist; pass the path of a YAML file such as configs/adult.yaml")
     try:
-        text = p.read_text(encoding="utf-8")
+        is_file = p.is_file()
+        size = p.stat().st_size if is_file else 0
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(f"config file '{p}' cannot be opened ({reason}); pass the path of a YAML file") from None
+    if not is_file:
+        what = "does not exist" if not p.exists() else "is not a file (a folder, a device or a pipe)"
+        raise ConfigError(f"config file '{p}' {what}; pass the path of a YAML file such as configs/adult.yaml")
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"config file '{p}' is {size:,} bytes, more than {MAX_CONFIG_BYTES:,}; a config is a page of YAML"
+        )
+    try:
+        with open(p, "rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file '{p}' cannot be read ({exc.__class__.__name__}: {exc})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"config file '{p}' is not valid YAML{at}: {problem}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file '{p}' is more than {MAX_CONFIG_BYTES:,} bytes; a config is a page of YAML")
+    if "\x00" in text:
+        raise ConfigError(f"config file '{p}' contains NUL bytes; it is not a YAML text file")
+    data = parse_yaml(text, str(p))
     if data is None:
         raise ConfigError(f"config file '{p}' is empty; see configs/README.md for the keys")
-    stem = "".join(c if (c.isalnum() or c in "_.-") else "_" for c in p.stem)
+    stem = "".join(c if (c.isalnum() or c in "_.-") else "_" for c in p.stem)[:100] or "audit"
     return config_from_dict(data, base_dir=p.resolve().parent, name=stem)

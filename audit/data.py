@@ -331,7 +331,7 @@ def _open_limited(path: Path, limit: int) -> io.BufferedReader:
 def _read_file(cfg: AuditConfig, spec: DataFile, key: str) -> tuple[pd.DataFrame, str]:
     """Read one data file, bounded while reading: size, rows, columns, line length, decompression ratio."""
     ds = cfg.dataset
-    path = cfg.resolve(spec.path)
+    path = cfg.resolve(spec.path, key=f"{key}.path")
     limit = ds.max_file_mb << 20
     fmt = spec.format
     if fmt == "auto":
@@ -561,9 +561,18 @@ def write_parquet(path: Path, frames, *, schema=None, row_group_size: int | None
 
 # ---------------------------------------------------------------------------------------------------- steps
 def add_derived(frame: pd.DataFrame, derived: dict) -> None:
-    """Add the ``fairness.derived`` columns (a regex capture of a source column) to ``frame`` in place."""
+    """Add the ``fairness.derived`` columns (the first group of a regex search in a source column) to ``frame`` in
+    place. The regex runs in RE2 (linear time, see :func:`audit.config.compile_regex`), once per distinct value."""
+    from audit.config import compile_regex
+
     for name, spec in derived.items():
-        frame[name] = frame[spec.source].astype(str).str.extract(spec.regex, expand=False)
+        pattern = compile_regex(spec.regex)
+        values = frame[spec.source].astype(str)
+        found = {}
+        for v in pd.unique(values):
+            m = pattern.search(v)
+            found[v] = m.group(1) if m else None
+        frame[name] = values.map(found)
 
 
 def apply_filter(cfg: AuditConfig, frame: pd.DataFrame, where: str) -> pd.DataFrame:
@@ -597,7 +606,12 @@ def _labels(df: pd.DataFrame, cfg: AuditConfig, where: str) -> np.ndarray:
 
 def _rows_text(index: pd.Index, mask: np.ndarray, values: pd.Series, k: int = 4) -> str:
     pos = np.flatnonzero(mask)[:k]
-    return ", ".join(f"{values.iloc[p]!r} (data row {index[p]})" for p in pos)
+    return ", ".join(f"{_short(values.iloc[p])} (data row {index[p]})" for p in pos)
+
+
+def _short(value, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 5] + "...'"
 
 
 def _infer_kinds(cfg: AuditConfig, frame: pd.DataFrame, feature_cols: list[str], where: str, notes: list[str]):
@@ -691,10 +705,11 @@ def load_dataset(cfg: AuditConfig) -> Dataset:
     for name, spec in derived.items():
         unmatched = train_df[name].isna()
         if unmatched.any():
-            example = train_df.loc[unmatched, spec.source].iloc[0]
+            example = repr(train_df.loc[unmatched, spec.source].iloc[0])
+            example = example if len(example) <= 60 else example[:50] + "...'"
             raise DataError(
                 f"fairness.derived.{name}.regex: {spec.regex!r} does not match {int(unmatched.sum())} value(s) of "
-                f"'{spec.source}', e.g. {example!r}; widen the pattern"
+                f"'{spec.source}', e.g. {example}; widen the pattern"
             )
     derived_names = list(derived)
     for key, names in (
@@ -854,6 +869,20 @@ def load_dataset(cfg: AuditConfig) -> Dataset:
     y_test = (y_test_raw == pos).astype(np.int64)
     if len(train_df) < 10 or len(test_df) < 2:
         raise DataError(f"dataset: too few rows after loading ({len(train_df)} train, {len(test_df)} test)")
+    if len(np.unique(y_test)) < 2:
+        only = pos if y_test[0] == 1 else negative_label
+        raise DataError(
+            f"dataset.test: every audit row has the label {only!r}; ROC AUC, TPR, FPR and calibration need both "
+            "classes: use a test file (or dataset.split) with both"
+        )
+    for f in features:
+        if not f.is_categorical:
+            v = pd.to_numeric(test_df[f.name], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+            if np.isinf(v).any():
+                raise DataError(
+                    f"column '{f.name}': {int(np.isinf(v).sum())} infinite value(s) among the audit rows; "
+                    f"replace them or add '{f.name}' to dataset.drop"
+                )
     if ds.filter:
         notes.append(f"dataset.filter {ds.filter!r} kept {n_read} training-file rows")
     out = Dataset(

@@ -10,15 +10,13 @@ an interrupted run leaves no half-written report behind.
 from __future__ import annotations
 
 import datetime as dt
-import os
-import shutil
 import sys
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,8 +31,10 @@ from audit.errors import (
     ModelLoadError,
     ModelRuntimeError,
 )
-from audit.model.adapter import NetPredictor, Predictor
 from audit.modules.base import AuditContext, AuditModule, ModuleResult
+
+if TYPE_CHECKING:
+    from audit.model.adapter import Predictor
 
 
 def default_modules() -> list[AuditModule]:
@@ -126,16 +126,12 @@ class AuditRun:
         return [f for m in self.modules if m.result for f in m.result.findings]
 
 
-def _new_run_id(now: dt.datetime) -> str:
-    return now.strftime("%Y%m%dT%H%M%S") + f"-{now.microsecond // 1000:03d}Z"
-
-
 def prepare_model(cfg: AuditConfig, ds: Dataset, run_tmp: Path | None) -> tuple[Predictor, dict]:
     """Train or load the model; returns the predictor and its provenance."""
     from audit.model.artifact import load_model, model_hash, read_model_meta, save_model
 
     if cfg.model.source == "load":
-        path = cfg.resolve(cfg.model.path or "")
+        path = cfg.resolve(cfg.model.path or "", key="model.path")
         if path.is_file() and path.suffix.lower() in PICKLE_SUFFIXES:
             return _load_trusted_pickle(cfg, path, ds)
         predictor = load_model(path, batch_size=cfg.model.predict_batch_size)
@@ -148,6 +144,7 @@ def prepare_model(cfg: AuditConfig, ds: Dataset, run_tmp: Path | None) -> tuple[
         predictor.schema = ds.schema
         return predictor, {"source": "load", "path": str(path), "hash": model_hash(path), **_meta_info(meta)}
 
+    from audit.model.adapter import NetPredictor
     from audit.model.training import train_model
 
     codes = ds.schema.to_codes(ds.X_train)
@@ -246,6 +243,7 @@ def run_audit(
     write: bool = True,
     on_stage: Callable[[str], None] | None = None,
     baseline: str | Path | None = None,
+    clock: Callable[[], dt.datetime] | None = None,
 ) -> AuditRun:
     """Run a whole audit and write its report.
 
@@ -263,6 +261,8 @@ def run_audit(
         Called with each stage name as it starts (tests use it to interrupt a run).
     baseline : path-like, optional
         A run folder or report.json to compare with; by default the previous run of this config (``latest``).
+    clock : callable, optional
+        Returns the start time (UTC); tests inject one that does not move to force equal timestamps.
 
     Returns
     -------
@@ -274,21 +274,24 @@ def run_audit(
     AuditInputError
         Bad data or model input (exit code 2); nothing is left under the output folder.
     """
+    from audit.output import RunFolder, check_output_root, remove_stale
+
     progress = Progress(quiet)
-    started = dt.datetime.now(dt.UTC)
-    run = AuditRun(cfg, _new_run_id(started), started)
-    out_root = cfg.resolve(cfg.report.output_dir) / cfg.name
-    tmp_dir = out_root / f".tmp-{run.run_id}"
+    started = (clock or (lambda: dt.datetime.now(dt.UTC)))()
+    out_root = cfg.resolve(cfg.report.output_dir, key="report.output_dir") / cfg.name
+    folder = RunFolder(out_root, started)
+    run = AuditRun(cfg, folder.run_id, started)
     step = on_stage or (lambda name: None)
-    created: list[Path] = []
-    base_report, base_path = load_baseline(baseline, out_root)
+    if write:
+        check_output_root(out_root)  # a file in the way, no permission, latest as a real folder: exit 2, first
+    base_report, base_path, base_note = load_baseline(baseline, out_root)
     backend = Backend()
     pop_run = None
     try:
         step("load data")
         with progress.stage("load data"):
             ds = load_dataset(cfg)
-            from audit.modules.local_explain import check_local_config
+            from audit.references import check_local_config
 
             check_local_config(cfg, ds)
             population = None
@@ -301,16 +304,18 @@ def run_audit(
 
                 check_pdf_support()
         run.dataset = ds
+        if base_note:
+            ds.notes.append(base_note)
         if cfg.compute.backend != "local":
             step("compute")
             with progress.stage(f"start {cfg.compute.backend} backend"):
                 backend = make_backend(cfg.compute)  # bad address or missing extra: exit 2, nothing written
         run.compute = {**backend.describe(), "chunk_rows": cfg.compute.chunk_rows}
+        tmp_dir = None
         if write:
-            _remove_stale_runs(out_root)
-            created = [d for d in (out_root.parent, out_root) if not d.exists()]  # removed again on failure
-            tmp_dir.mkdir(parents=True, exist_ok=False)
-            (tmp_dir / ".pid").write_text(str(os.getpid()))
+            remove_stale(out_root)
+            tmp_dir = folder.create()  # exclusive: a run id that is taken gets another suffix
+            run.run_id = folder.run_id
         step("model")
         t0 = time.perf_counter()
         try:
@@ -338,7 +343,7 @@ def run_audit(
                 )
             )
             run.modules += [ModuleRecord(m.name, m.title, "not_run") for m in (modules or default_modules())]
-            return _finish(run, ds, progress, write, tmp_dir, out_root, step)
+            return _finish(run, ds, progress, folder if write else None, step)
         ctx = AuditContext(
             cfg,
             ds,
@@ -376,13 +381,9 @@ def run_audit(
                     )
                 )
         run.scores = scores_frame(ctx)
-        return _finish(run, ds, progress, write, tmp_dir, out_root, step)
+        return _finish(run, ds, progress, folder if write else None, step)
     except BaseException:
-        if write and tmp_dir.exists():
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-        for d in reversed(created):
-            if d.is_dir() and not any(d.iterdir()):
-                d.rmdir()
+        folder.discard()  # only the folder this run created
         raise
     finally:
         backend.close()
@@ -440,32 +441,47 @@ def _score_population(cfg, ds, population, predictor, backend, progress, step):
     return PopulationRun(population, scored)
 
 
-def load_baseline(baseline: str | Path | None, out_root: Path) -> tuple[dict | None, str | None]:
-    """The baseline report: an explicit run folder or report.json, else the config's ``latest`` run if any."""
+def load_baseline(baseline: str | Path | None, out_root: Path) -> tuple[dict | None, str | None, str | None]:
+    """The baseline report, its path and a note: an explicit run folder or report.json, else the config's ``latest``
+    run if any. A previous run whose report.json is unreadable or not an audit report is ignored with a note (it is
+    no reason to stop this run); an explicit ``--baseline`` that is unreadable is bad input."""
     import json
 
     from audit.errors import ConfigError
 
+    def read(path: Path) -> dict:
+        report = json.loads(path.read_text(encoding="utf-8"))
+        if not (
+            isinstance(report, dict)
+            and isinstance(report.get("audit"), dict)
+            and isinstance(report["audit"].get("run_id"), str)
+            and isinstance(report.get("provenance"), dict)
+            and isinstance(report["provenance"].get("config"), dict)
+            and isinstance(report.get("modules"), dict)
+            and isinstance(report.get("findings"), list)
+        ):
+            raise TypeError("not an audit report")
+        return report
+
     if baseline is None:
         path = out_root / "latest" / "report.json"
         if not path.is_file():
-            return None, None
+            return None, None, None
         try:
-            return json.loads(path.read_text(encoding="utf-8")), str(path.resolve())
-        except (OSError, ValueError):
-            return None, None  # an unreadable previous run is no reason to stop this one
+            return read(path), str(path.resolve()), None
+        except (OSError, ValueError, TypeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)[:80]
+            return None, None, f"the previous run's '{path}' is unreadable ({why}); this run has no baseline"
     path = Path(baseline)
     if path.is_dir():
         path = path / "report.json"
     try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-        report["audit"]["run_id"], report["provenance"]["config"]  # noqa: B018 - the keys a comparison reads
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return read(path), str(path.resolve()), None
+    except (OSError, ValueError, TypeError) as exc:
         raise ConfigError(
             f"--baseline: '{path}' is not a readable audit report.json ({exc.__class__.__name__}); "
             "pass a run folder such as reports/adult/latest"
         ) from None
-    return report, str(path.resolve())
 
 
 class ModelScoringError(Exception):
@@ -481,29 +497,15 @@ def _checked_scores(p, n: int) -> np.ndarray:
     return p
 
 
-def _finish(
-    run: AuditRun, ds: Dataset, progress: Progress, write: bool, tmp_dir: Path, out_root: Path, step
-) -> AuditRun:
+def _finish(run: AuditRun, ds: Dataset, progress: Progress, folder, step) -> AuditRun:
     run.stages = dict(progress.durations)
     run.finished = dt.datetime.now(dt.UTC)
     run.exit_code = _exit_code(run)
-    if write:
+    if folder is not None:
         step("report")
         with progress.stage("write report"):
-            _write(run, ds, tmp_dir, out_root)
+            _write(run, ds, folder)
     return run
-
-
-def _remove_stale_runs(out_root: Path) -> None:
-    """Delete the temporary folders of runs that were killed (their process no longer exists)."""
-    if not out_root.is_dir():
-        return
-    for tmp in out_root.glob(".tmp-*"):
-        try:
-            pid = int((tmp / ".pid").read_text())
-            os.kill(pid, 0)  # raises if no such process
-        except (OSError, ValueError):
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _exit_code(run: AuditRun) -> int:
@@ -514,31 +516,34 @@ def _exit_code(run: AuditRun) -> int:
     return EXIT_OK
 
 
-def _write(run: AuditRun, ds: Dataset, tmp_dir: Path, out_root: Path) -> None:
+def _write(run: AuditRun, ds: Dataset, folder) -> None:
+    """Write report.json (always), scores.parquet, report.html and report.pdf into the run folder, then publish it.
+
+    A file system error (no space, permissions changed under us) removes the folder and is bad input (exit 2)."""
+    from audit.output import OutputError
     from audit.report.writer import build_report_json, render_html, write_json, write_pdf
 
     t0 = time.perf_counter()
     formats = run.config.report.formats
-    if run.scores is not None:
-        run.scores.to_parquet(tmp_dir / "scores.parquet", index=False)
-    report = build_report_json(run, ds, dataset_fingerprint(ds), tmp_dir)
-    if "json" in formats:
+    tmp_dir = folder.tmp
+    try:
+        if run.scores is not None:
+            run.scores.to_parquet(tmp_dir / "scores.parquet", index=False)
+        report = build_report_json(run, ds, dataset_fingerprint(ds), tmp_dir)
         write_json(report, tmp_dir / "report.json")
-    if "html" in formats or "pdf" in formats:
-        html = render_html(report, run)
-        if "html" in formats:
-            (tmp_dir / "report.html").write_text(html, encoding="utf-8")
-        if "pdf" in formats:
-            write_pdf(html, tmp_dir / "report.pdf")
-    final = out_root / run.run_id
-    (tmp_dir / ".pid").unlink(missing_ok=True)
-    os.replace(tmp_dir, final)
-    link_tmp = out_root / ".latest.tmp"
-    if link_tmp.is_symlink() or link_tmp.exists():
-        link_tmp.unlink()
-    link_tmp.symlink_to(run.run_id, target_is_directory=True)
-    os.replace(link_tmp, out_root / "latest")
-    run.run_dir = final
+        if "html" in formats or "pdf" in formats:
+            html = render_html(report, run)
+            if "html" in formats:
+                (tmp_dir / "report.html").write_text(html, encoding="utf-8")
+            if "pdf" in formats:
+                write_pdf(html, tmp_dir / "report.pdf")
+        run.run_dir = folder.publish()
+    except OSError as exc:
+        folder.discard()
+        raise OutputError(
+            f"report.output_dir: writing the report into '{folder.out_root}' failed "
+            f"({exc.strerror or exc.__class__.__name__}); free some space or pick another folder; nothing was kept"
+        ) from None
     run.stages["write report"] = round(time.perf_counter() - t0, 3)
 
 

@@ -164,7 +164,7 @@ def open_population(
     if path is None:
         if spec is None:
             raise ValueError("the config has no dataset.population")
-        path = cfg.resolve(spec.path)
+        path = cfg.resolve(spec.path, key=f"{key}.path")
         digest = verified_digest(path, spec.sha256, path_key=f"{key}.path", sha_key=f"{key}.sha256")
     else:
         path = Path(path)
@@ -174,6 +174,13 @@ def open_population(
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a file that is not Parquet
         raise DataError(f"{key}: '{path}' is not a readable Parquet file ({exc.__class__.__name__})") from None
     have = set(pf.schema_arrow.names)
+    import pyarrow as pa
+
+    nested = [f.name for f in pf.schema_arrow if pa.types.is_nested(f.type)]
+    if nested:
+        raise DataError(
+            f"{key}: column(s) {nested[:5]} of '{path}' hold lists or structures, not single values; flatten them"
+        )
     derived = cfg.fairness.derived if labelled else {}
     need = list(schema.feature_names)
     row_filter = cfg.dataset.filter if labelled else None

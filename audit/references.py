@@ -196,3 +196,42 @@ def check_references(cfg: AuditConfig, schema, sensitive: list[str]) -> None:
             raise DataError(
                 f"{ref.path}: '{name}' is neither a feature nor a sensitive column{_closest(name, options)}"
             )
+
+
+def constraints_from_config(cfg: AuditConfig, schema):
+    """The counterfactual constraints of ``local.counterfactuals``; sensitive columns that are not model inputs are
+    left out of ``immutable`` (they cannot change anyway)."""
+    from audit.explain.counterfactual import Constraints
+
+    cc = cfg.local.counterfactuals
+    names = set(schema.feature_names)
+    return Constraints(
+        immutable=tuple(f for f in cc.immutable if f in names or f not in schema.sensitive),
+        ranges=dict(cc.ranges),
+        monotone=dict(cc.monotone),
+        transitions={k: dict(v) for k, v in cc.transitions.items()},
+        integer=tuple(cc.integer) if cc.integer is not None else None,
+        tied=tuple(tuple(g) for g in cfg.dataset.tied),
+    )
+
+
+def check_local_config(cfg: AuditConfig, ds) -> None:
+    """Checks of ``local`` that need the data: instance ids in range, constraints naming real features and levels.
+
+    Raises
+    ------
+    DataError
+        Naming the key, the bad value and the fix.
+    """
+    lc = cfg.local
+    if not lc.enabled:
+        return
+    n = len(ds.X_test)
+    bad = [i for i in lc.instances.ids if i >= n]
+    if bad:
+        raise DataError(f"local.instances.ids: {bad[:5]} out of range; the audit (test) rows are numbered 0 to {n - 1}")
+    if lc.counterfactuals.enabled:
+        try:
+            constraints_from_config(cfg, ds.schema).validate(ds.schema)
+        except ValueError as exc:
+            raise DataError(f"local.counterfactuals.{exc}") from None

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -42,16 +46,74 @@ def _text(name: str, content: str | bytes):
     return setup
 
 
+_TRAINED: list[Path] = []
+
+
 def _trained_model(mutate=None):
-    """Train a model into reports/small/latest/model, then optionally damage it."""
+    """A trained model copied to reports/small/latest/model (trained once per session), then optionally damaged."""
 
     def setup(d):
         synthetic_frame().to_csv(d / "data.csv", index=False)
-        assert main(["run", str(write_config(d, base_config())), "-q"]) == 0
+        if not _TRAINED:
+            home = Path(tempfile.mkdtemp(prefix="audit-model-"))
+            synthetic_frame().to_csv(home / "data.csv", index=False)
+            assert main(["run", str(write_config(home, base_config())), "-q"]) == 0
+            _TRAINED.append(home / "reports" / "small" / "latest" / "model")
+        target = d / "reports" / "small" / "latest" / "model"
+        shutil.copytree(_TRAINED[0], target)
         if mutate:
-            mutate(d / "reports" / "small" / "latest" / "model")
+            mutate(target)
 
     return setup
+
+
+def _json_edit(name: str, change):
+    """Damage one JSON file of a model folder with ``change(obj) -> obj``."""
+
+    def mutate(model: Path):
+        obj = json.loads((model / name).read_text())
+        (model / name).write_text(json.dumps(change(obj)))
+
+    return mutate
+
+
+def _fifo(name: str):
+    def setup(d):
+        os.mkfifo(d / name)
+
+    return setup
+
+
+def _loop(name: str):
+    def setup(d):
+        (d / "a").symlink_to(d / "b")
+        (d / "b").symlink_to(d / "a")
+        (d / name).symlink_to(d / "a")
+
+    return setup
+
+
+def _parquet(frame: pd.DataFrame, name: str = "data.parquet"):
+    def setup(d):
+        frame.to_parquet(d / name)
+
+    return setup
+
+
+def _arch(key, value):
+    def change(meta):
+        meta["architecture"][key] = value
+        return meta
+
+    return change
+
+
+def _cards(value):
+    def change(pre):
+        pre["cardinalities"] = [value] * len(pre["cardinalities"])
+        return pre
+
+    return change
 
 
 def _with_test_file(frame: pd.DataFrame):
@@ -60,6 +122,58 @@ def _with_test_file(frame: pd.DataFrame):
         frame.to_csv(d / "test.csv", index=False)
 
     return setup
+
+
+def _touch(path: Path) -> Path:
+    path.write_bytes(b"")
+    return path
+
+
+def _gzip_bomb(path: Path, gigabytes: int = 2) -> None:
+    """A gzip file that expands to ``gigabytes`` GB: one compressed member of 1 MB of zero rows, repeated."""
+    import gzip
+
+    member = gzip.compress(b"0,0,red,A,no\n" * ((1 << 20) // 13), compresslevel=9)
+    with open(path, "wb") as fh:
+        fh.write(gzip.compress(b"x1,x2,colour,group,y\n"))
+        for _ in range(gigabytes * 1024):
+            fh.write(member)
+
+
+def _wide(path: Path, columns: int) -> None:
+    header = ",".join(f"c{i}" for i in range(columns)) + ",y\n"
+    row = ",".join("1" for _ in range(columns)) + ",yes\n"
+    path.write_text(header + row * 5)
+
+
+def _many_rows(path: Path, rows: int) -> None:
+    path.write_bytes(b"x1,x2,y\n" + b"1,2,yes\n3,4,no\n" * (rows // 2))
+
+
+_SERVERS = []
+
+
+def _silent_server(d: Path) -> dict:
+    """A TCP server on 127.0.0.1 that accepts connections and never says a word (a stuck process on the port)."""
+    import socket
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    held = []
+
+    def accept():
+        while True:
+            try:
+                held.append(srv.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    _SERVERS.append((srv, held))
+    _data(synthetic_frame())(d)
+    return {"PORT": str(srv.getsockname()[1])}
 
 
 F = synthetic_frame
@@ -214,6 +328,195 @@ CASES = [
         _cfg(model={"source": "load", "path": "model.joblib"}),
         "unpickling runs arbitrary code; it is refused unless the config sets model.trust: true",
     ),
+    # ---- round two (issue 16): runs that would write no report
+    ("no report formats", None, _cfg(**{"report.formats": []}), "report.formats: [] writes no report.json"),
+    ("only html", None, _cfg(**{"report.formats": ["html"]}), "writes no report.json, which every run needs"),
+    # ---- values that reach numerical libraries
+    ("seed beyond 32 bits", None, _cfg(seed=2**40), "seed: got 1099511627776; input should be less than or equal"),
+    (
+        "learning rate inf",
+        None,
+        "seed: 0\ndataset: {train: {path: d.csv}, target: y, positive_label: 1}\nmodel: {learning_rate: .inf}\n",
+        "model.learning_rate: got inf",
+    ),  # fmt: skip
+    (
+        "learning rate nan",
+        None,
+        "seed: 0\ndataset: {train: {path: d.csv}, target: y, positive_label: 1}\nmodel: {learning_rate: .nan}\n",
+        "model.learning_rate: got nan",
+    ),  # fmt: skip
+    ("a billion hidden units", None, _cfg(**{"model.hidden": [10**9]}), "model.hidden.0: got 1000000000"),
+    ("too many layers", None, _cfg(**{"model.hidden": [8] * 40}), "model.hidden: got [8, 8"),
+    ("bootstrap of a million", None, _cfg(**{"fairness.n_bootstrap": 10**6}), "fairness.n_bootstrap: got 1000000"),
+    ("huge interaction sample", None, _cfg(**{"modules.interactions.sample_size": 10**6}), "sample_size: got 1000000"),
+    ("name too long", None, _cfg(name="n" * 300), "name: got 'nnnn"),
+    ("a megabyte title", None, _cfg(**{"report.title": "t" * 900_000}), "(900,000 characters)"),
+    # ---- YAML
+    ("duplicate top-level key", None, "seed: 0\nseed: 1\n", "repeats the key 'seed' at line 2 (first at line 1)"),
+    ("duplicate nested key", None, "dataset:\n  target: y\n  target: z\n", "repeats the key 'target' at line 3"),
+    ("many aliases", None, "a: &x 1\nb: [" + ", ".join(["*x"] * 150) + "]\n", "more than 100 YAML aliases"),
+    ("config that is a list", None, "- 1\n- 2\n", "expected a mapping of sections"),
+    # ---- paths and the file system
+    ("NUL byte in a path", None, _cfg(**{"dataset.train.path": "da\x00ta.csv"}), "contains a NUL byte"),
+    (
+        "unknown home folder",
+        None,
+        _cfg(**{"dataset.train.path": "~nosuchuser42/d.csv"}),
+        "'nosuchuser42', who does not",
+    ),
+    ("path too long", None, _cfg(**{"dataset.train.path": "x" * 5000}), "more than 4,096"),
+    ("unknown encoding", _data(F()), _cfg(**{"dataset.csv.encoding": "klingon"}), "'klingon' is not a known text"),
+    ("loop of symbolic links", _loop("data.csv"), _cfg(), "dataset.train.path: "),
+    ("data path is a FIFO", _fifo("data.csv"), _cfg(), "is not a file (a folder, a device or a pipe)"),
+    ("data path is /dev/zero", None, _cfg(**{"dataset.train.path": "/dev/zero"}), "is not a file"),
+    (
+        "output dir is a file",
+        lambda d: (_data(F())(d), _text("out", "x")(d)),
+        _cfg(**{"report.output_dir": "out"}),
+        "report.output_dir: '",
+    ),  # fmt: skip
+    (
+        "output folder name too long",
+        _data(F()),
+        _cfg(**{"report.output_dir": "o" * 300}),
+        "is longer than 255 bytes",
+    ),
+    (
+        "output dir on a read-only file system",
+        _data(F()),
+        _cfg(**{"report.output_dir": "/proc/audit-out"}),
+        "report.output_dir: ",
+    ),  # fmt: skip
+    (
+        "latest is a real folder",
+        lambda d: (_data(F())(d), (d / "bad_out" / "small" / "latest").mkdir(parents=True)),
+        _cfg(name="small"),
+        "is a real folder, not the link",
+    ),  # fmt: skip
+    # ---- cells and columns
+    (
+        "lists in a Parquet column",
+        _parquet(F().assign(x2=[[1, 2]] * 800)),
+        _cfg(**{"dataset.train.path": "data.parquet"}),
+        "hold lists or structures",
+    ),  # fmt: skip
+    (
+        "test split with one class",
+        _with_test_file(F(60, seed=4).assign(y="no")),
+        _cfg(**{"dataset.test": {"path": "test.csv"}}),
+        "every audit row has the label 'no'",
+    ),  # fmt: skip
+    (
+        "infinite values only in the test file",
+        _with_test_file(F(60, seed=4).assign(x1=np.inf)),
+        _cfg(**{"dataset.test": {"path": "test.csv"}}),
+        "column 'x1': 60 infinite value(s) among the audit rows",
+    ),  # fmt: skip
+    (
+        "regex with a back-reference",
+        _data(F()),
+        _cfg(**{"fairness.derived": {"s": {"source": "colour", "regex": "(r)\\1"}}}),
+        "RE2 syntax: no back-references",
+    ),  # fmt: skip
+    # ---- model artifacts
+    (
+        "model.json without architecture",
+        _trained_model(_json_edit("model.json", lambda m: {**m, "architecture": None})),
+        _cfg(model=LOAD),
+        "has a malformed model description",
+    ),  # fmt: skip
+    (
+        "model.json that is a list",
+        _trained_model(_json_edit("model.json", lambda m: [m])),
+        _cfg(model=LOAD),
+        "format_version 'list'",
+    ),  # fmt: skip
+    (
+        "model.json not JSON",
+        _trained_model(lambda m: (m / "model.json").write_text("{nope")),
+        _cfg(model=LOAD),
+        "is not readable JSON",
+    ),  # fmt: skip
+    (
+        "schema with other levels",
+        _trained_model(_json_edit("schema.json", lambda s: {**s, "features": s["features"][:-1]})),
+        _cfg(model=LOAD),
+        "describe different features",
+    ),  # fmt: skip
+]
+
+# Resource cases: each runs in a child process whose own wall time and peak memory are measured (os.wait4).
+RESOURCE_CASES = [
+    # (id, setup(folder) or None, config, expected substring)
+    (
+        "billion laughs",
+        None,
+        "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+        + "".join(f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True)),
+        "expands to more than 100,000 values",
+    ),  # fmt: skip
+    ("deep nesting", None, "a: " + "[" * 20000 + "]" * 20000 + "\n", "nests deeper than 32 levels"),
+    (
+        "tens of megabytes of config",
+        lambda d: (d / "bad.yaml").write_bytes(b"# " + b"x" * (30 << 20) + b"\n"),
+        None,
+        "more than 1,048,576",
+    ),  # fmt: skip
+    (
+        "a gzip bomb",
+        lambda d: _gzip_bomb(d / "data.csv.gz"),
+        _cfg(**{"dataset.train.path": "data.csv.gz"}),
+        "expands more than 100x when decompressed",
+    ),  # fmt: skip
+    (
+        "a sparse 3 GB file",
+        lambda d: os.truncate(_touch(d / "data.csv"), 3 << 30),
+        _cfg(),
+        "more than dataset.max_file_mb=1024",
+    ),  # fmt: skip
+    ("10,000 columns", lambda d: _wide(d / "data.csv", 10_000), _cfg(), "more than dataset.max_columns=1000"),
+    (
+        "a line of 64 MB",
+        lambda d: (d / "data.csv").write_bytes(b"a,b,y\n" + b"1" * (64 << 20)),
+        _cfg(),
+        "a line is longer than 4 MB",
+    ),  # fmt: skip
+    (
+        "rows beyond the cap",
+        lambda d: _many_rows(d / "data.csv", 3_000_000),
+        _cfg(**{"dataset.max_rows": 1000}),
+        "more than dataset.max_rows=1000 rows",
+    ),  # fmt: skip
+    (
+        "a hidden layer of 300,000",
+        _trained_model(_json_edit("model.json", _arch("hidden", [300_000]))),
+        _cfg(model=LOAD),
+        "must be 1 to 32 widths of 1 to 16,384",
+    ),  # fmt: skip
+    (
+        "an embedding of 10^10 rows",
+        _trained_model(_json_edit("preprocessing.json", _cards(10**10))),
+        _cfg(model=LOAD),
+        "more than 10,000,000 levels",
+    ),  # fmt: skip
+    (
+        "weights far smaller than claimed",
+        _trained_model(_json_edit("model.json", _arch("hidden", [16_000, 16_000]))),
+        _cfg(model=LOAD),
+        "parameters, but weights.pt holds",
+    ),  # fmt: skip
+    (
+        "a regex that backtracks for ever",
+        lambda d: F().assign(colour=["a" * 5000 + "!"] * 800).to_csv(d / "data.csv", index=False),
+        _cfg(**{"fairness.derived": {"s": {"source": "colour", "regex": "^((a+)+)$"}}}),
+        "does not match 800 value(s)",
+    ),  # fmt: skip
+    (
+        "a scheduler that never answers",
+        _silent_server,
+        _cfg(compute={"backend": "dask", "address": "tcp://127.0.0.1:PORT", "timeout_s": 1}),
+        "no Dask scheduler answered at 'tcp://127.0.0.1:",
+    ),  # fmt: skip
 ]
 
 
@@ -224,17 +527,73 @@ def test_bad_input_catalogue(tmp_path, capsys, case, setup, config, expected):
     capsys.readouterr()
     path = tmp_path / "bad.yaml"
     path.write_text(config if isinstance(config, str) else yaml.safe_dump(config, sort_keys=False))
+    before = _tree(tmp_path / "bad_out")
     code = main(["run", str(path), "-q"])
     err = capsys.readouterr().err
     assert code == 2, err
     assert err.count("\n") == 1 and err.startswith("error: "), err
     assert expected in err, err
     assert "Traceback" not in err
-    assert not (tmp_path / "bad_out").exists()
+    assert _tree(tmp_path / "bad_out") == before  # nothing written (usually: no output folder at all)
+
+
+def _tree(folder: Path) -> list[str] | None:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else None
 
 
 def test_catalogue_has_at_least_30_cases():
     assert len(CASES) >= 30
+    assert len(CASES) + len(RESOURCE_CASES) >= 43 + 40  # issue 16: at least 40 more than the first catalogue
+
+
+# Measures the audit process itself: a small helper starts it and reads its rusage with os.wait4. (Started straight
+# from pytest, the child would report pytest's own peak memory: Linux keeps the largest resident size across fork
+# and exec.)
+_HELPER = """
+import json, os, subprocess, sys, time
+t0 = time.perf_counter()
+p = subprocess.Popen(sys.argv[1:], stderr=subprocess.PIPE)
+err = p.stderr.read()
+_, status, usage = os.wait4(p.pid, 0)
+sys.stderr.buffer.write(err)
+print(json.dumps({"code": os.waitstatus_to_exitcode(status), "wall_s": time.perf_counter() - t0,
+                  "peak_mib": usage.ru_maxrss / 1024}))
+"""
+
+
+def _measured_run(folder: Path, config: Path, env: dict) -> tuple[dict, str]:
+    import subprocess
+    import sys
+
+    res = subprocess.run(
+        [sys.executable, "-c", _HELPER, sys.executable, "-m", "audit", "run", str(config), "-q"],
+        cwd=folder, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    return json.loads(res.stdout.strip().splitlines()[-1]), res.stderr
+
+
+@pytest.mark.parametrize(("case", "setup", "config", "expected"), RESOURCE_CASES, ids=[c[0] for c in RESOURCE_CASES])
+def test_hostile_input_fails_fast_and_small(tmp_path, case, setup, config, expected):
+    """Refused with exit 2 and one line, in under 5 s and 500 MiB of the audit process's own peak memory."""
+    from tests.conftest import ROOT
+
+    subs = setup(tmp_path) if setup is not None else None
+    subs = subs if isinstance(subs, dict) else {}
+    path = tmp_path / "bad.yaml"
+    if config is not None:
+        text = config if isinstance(config, str) else yaml.safe_dump(config, sort_keys=False)
+        for key, value in subs.items():
+            text = text.replace(key, value)
+        path.write_text(text)
+    before = _tree(tmp_path / "bad_out")
+    stats, err = _measured_run(tmp_path, path, {**os.environ, "PYTHONPATH": str(ROOT)})
+    assert stats["code"] == 2, err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    assert expected in err, err
+    assert len(err) < 1200
+    assert stats["wall_s"] < 5.0, stats
+    assert stats["peak_mib"] < 500, stats
+    assert _tree(tmp_path / "bad_out") == before
 
 
 @pytest.fixture

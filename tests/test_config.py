@@ -48,12 +48,12 @@ BAD = [
     (
         "zero repeats",
         _with("modules.permutation_importance.n_repeats", 0),
-        r"modules\.permutation_importance\.n_repeats: got 0; input should be greater than 0",
+        r"modules\.permutation_importance\.n_repeats: got 0; input should be greater than or equal to 1",
     ),
     (
         "negative batch size",
         _with("model.batch_size", -5),
-        r"model\.batch_size: got -5; input should be greater than 0",
+        r"model\.batch_size: got -5; input should be greater than or equal to 1",
     ),
     (
         "threshold above 1",

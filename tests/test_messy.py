@@ -334,7 +334,7 @@ def test_integer_keys_in_transitions_and_value_labels(tmp_path):
     assert parsed.dataset.value_labels["SEX"] == {"1": "male", "2": "female"}
     generate.write("clean", tmp_path)
     ds = load_dataset(parsed)
-    from audit.modules.local_explain import check_local_config
+    from audit.references import check_local_config
 
     check_local_config(parsed, ds)  # the integer keys name real levels
 

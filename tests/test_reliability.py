@@ -13,7 +13,7 @@ import pytest
 
 from audit.config import load_config
 from audit.pipeline import run_audit
-from tests.conftest import ROOT, base_config, write_config
+from tests.conftest import ROOT, base_config, synthetic_frame, write_config
 
 # run identity and timing; a comparison section names its baseline run, which is another run each time
 VOLATILE = {
@@ -142,3 +142,127 @@ def test_second_run_compares_with_the_first(workdir, capsys):
     assert main(["run", str(write_config(workdir, cfg)), "-q", "--baseline", str(first.run_dir)]) in (0, 1)
     assert main(["run", str(write_config(workdir, cfg)), "-q", "--baseline", str(workdir / "nope")]) == 2
     assert "--baseline: " in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ issue 16: no lost runs
+def test_two_runs_with_the_same_timestamp_both_complete(workdir, monkeypatch):
+    """A clock that does not move gives both runs the same timestamp; the first suffix drawn is the same too, so the
+    second run finds its temporary folder taken and draws another. Both complete; neither touches the other."""
+    import datetime as dt
+    import threading
+
+    import audit.output as output
+
+    frozen = dt.datetime(2026, 12, 1, 12, 0, 0, 123000, tzinfo=dt.UTC)
+    suffixes = iter(["beef", "beef", "beef", "cafe"])
+    lock = threading.Lock()
+
+    def suffix():
+        with lock:
+            return next(suffixes, "f00d")
+
+    monkeypatch.setattr(output, "new_suffix", suffix)
+    cfg = load_config(write_config(workdir, base_config()))
+    runs, errors = [], []
+
+    def go():
+        try:
+            runs.append(run_audit(cfg, quiet=True, clock=lambda: frozen))
+        except Exception as exc:  # noqa: BLE001 - the test reports it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    ids = sorted(r.run_id for r in runs)
+    assert ids[0] != ids[1] and all(i.startswith("20261201T120000-123Z-") for i in ids)
+    out = workdir / "reports" / "small"
+    for r in runs:
+        rep = json.loads((r.run_dir / "report.json").read_text())
+        assert rep["audit"]["run_id"] == r.run_id
+        assert (r.run_dir / "model" / "weights.pt").is_file()
+    assert not list(out.glob(".tmp-*")) and not list(out.glob(".latest.tmp-*"))
+    assert (out / "latest").resolve().name in ids
+
+
+def test_a_stale_folder_whose_pid_was_recycled_is_removed(workdir):
+    """A killed run's .pid names a process id that now belongs to another live process (here: pid 1, started long
+    before): the start time tells them apart, and the next run removes the folder."""
+    out = workdir / "reports" / "small"
+    stale = out / ".tmp-20250101T000000-000Z-dead"
+    stale.mkdir(parents=True)
+    (stale / ".pid").write_text(
+        json.dumps({"pid": 1, "started": "999999999", "host": __import__("socket").gethostname()})
+    )
+    (stale / "half.json").write_text("{")
+    mine = out / ".tmp-20250101T000000-000Z-live"
+    mine.mkdir()
+    from audit.output import _process_start
+
+    (mine / ".pid").write_text(
+        json.dumps(
+            {"pid": os.getpid(), "started": _process_start(os.getpid()), "host": __import__("socket").gethostname()}
+        )
+    )
+    run_audit(load_config(write_config(workdir, base_config())), quiet=True)
+    assert not stale.exists()
+    assert mine.exists()  # a live run's folder is never touched
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2, 3]", '{"audit": "x"}', ""])
+def test_a_broken_previous_report_does_not_break_later_runs(workdir, content):
+    cfg = load_config(write_config(workdir, base_config()))
+    first = run_audit(cfg, quiet=True)
+    (first.run_dir / "report.json").write_text(content)
+    second = run_audit(cfg, quiet=True)
+    rep = json.loads((second.run_dir / "report.json").read_text())
+    assert second.exit_code in (0, 1) and rep["modules"]["comparison"]["status"] == "ok"
+    assert rep["modules"]["comparison"]["summary"]["baseline"].startswith("none")
+    assert any("previous run" in n and "unreadable" in n for n in rep["provenance"]["dataset"]["notes"])
+    third = run_audit(cfg, quiet=True)  # and the run after compares with the second again
+    assert json.loads((third.run_dir / "report.json").read_text())["modules"]["comparison"]["data"]["baseline_run"] == (
+        second.run_id
+    )
+
+
+def test_a_full_disk_while_writing_the_report_is_bad_input_and_leaves_nothing(workdir, capsys, monkeypatch):
+    import errno
+
+    import audit.report.writer as writer
+    from audit.cli import main
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer, "write_json", full)
+    assert main(["run", str(write_config(workdir, base_config())), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err and "report.output_dir" in err
+    out = workdir / "reports" / "small"
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_column_empty_in_every_audit_row_is_audited(workdir):
+    frame = synthetic_frame()
+    frame.to_csv(workdir / "data.csv", index=False)
+    test = synthetic_frame(200, seed=5).assign(x2=float("nan"))
+    test.to_csv(workdir / "test.csv", index=False)
+    cfg = base_config()
+    cfg["dataset"]["test"] = {"path": "test.csv"}
+    run = run_audit(load_config(write_config(workdir, cfg)), quiet=True)
+    assert run.exit_code in (0, 1), [m.error for m in run.modules if m.error]
+
+
+def test_reason_codes_output_that_is_a_folder_is_refused_before_any_work(workdir, capsys):
+    from audit.cli import main
+
+    (workdir / "folder").mkdir()
+    (workdir / "in.parquet").write_bytes(b"")
+    cfg = write_config(workdir, base_config())
+    code = main(["reason-codes", str(cfg), "--input", str(workdir / "in.parquet"), "--output", str(workdir / "folder")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "--output: " in err and "is a folder" in err

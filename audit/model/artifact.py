@@ -19,14 +19,14 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from audit.data import Schema
 from audit.errors import ModelLoadError
-from audit.model.adapter import NetPredictor
-from audit.model.network import Preprocessing
-from audit.model.training import build_net
+from audit.model.preprocessing import Preprocessing
+
+if TYPE_CHECKING:  # torch is imported only once a model folder's description has been checked
+    from audit.model.adapter import NetPredictor
 
 FORMAT_VERSION = 1
 FILES = ("weights.pt", "preprocessing.json", "schema.json", "model.json")
@@ -36,6 +36,8 @@ def save_model(
     path: str | Path, predictor: NetPredictor, *, architecture: dict, history: list[dict], best_epoch: int
 ) -> str:
     """Write ``predictor`` to folder ``path`` and return the model hash (see :func:`model_hash`)."""
+    import torch
+
     p = Path(path)
     p.mkdir(parents=True, exist_ok=True)
     torch.save(predictor.net.state_dict(), p / "weights.pt")
@@ -93,18 +95,37 @@ def load_model(path: str | Path, *, batch_size: int = 16384) -> NetPredictor:
     missing = [n for n in FILES if not (p / n).is_file()]
     if missing:
         raise ModelLoadError(f"model.path: '{p}' lacks {missing}; it is not a complete model artifact")
+    texts = {}
+    for name in ("model.json", "schema.json", "preprocessing.json"):
+        f = p / name
+        try:
+            if f.stat().st_size > MAX_JSON_BYTES:
+                raise ModelLoadError(
+                    f"model.path: '{f}' is larger than {MAX_JSON_BYTES >> 20} MB; not a model artifact"
+                )
+            texts[name] = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as exc:
+            raise ModelLoadError(
+                f"model.path: '{f}' is not readable JSON ({exc.__class__.__name__}); the artifact is damaged, retrain"
+            ) from None
+    meta = texts["model.json"]
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        got = meta.get("format_version") if isinstance(meta, dict) else type(meta).__name__
+        raise ModelLoadError(f"model.path: '{p}' has format_version {got!r}; this audit reads {FORMAT_VERSION}")
     try:
-        meta = json.loads((p / "model.json").read_text(encoding="utf-8"))
-        schema = Schema.from_json(json.loads((p / "schema.json").read_text(encoding="utf-8")))
-        pre = Preprocessing.from_json(json.loads((p / "preprocessing.json").read_text(encoding="utf-8")))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        schema = Schema.from_json(texts["schema.json"])
+        pre = Preprocessing.from_json(texts["preprocessing.json"])
+        _check_sizes(schema, pre, meta.get("architecture"), (p / "weights.pt").stat().st_size)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ModelLoadError(
-            f"model.path: '{p}' has an unreadable JSON file ({exc.__class__.__name__}: {exc})"
+            f"model.path: '{p}' has a malformed model description ({exc.__class__.__name__}: "
+            f"{str(exc)[:150]}); the artifact is damaged or foreign, retrain"
         ) from None
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ModelLoadError(
-            f"model.path: '{p}' has format_version {meta.get('format_version')!r}; this audit reads {FORMAT_VERSION}"
-        )
+    import torch
+
+    from audit.model.adapter import NetPredictor
+    from audit.model.network import build_net
+
     net = build_net(pre, meta["architecture"])
     try:
         state = torch.load(p / "weights.pt", map_location="cpu", weights_only=True)
@@ -115,6 +136,48 @@ def load_model(path: str | Path, *, batch_size: int = 16384) -> NetPredictor:
             f"model.path: '{p / 'weights.pt'}' cannot be loaded ({first}); retrain the model"
         ) from None
     return NetPredictor(net, pre, schema, batch_size=batch_size)
+
+
+MAX_JSON_BYTES = 64 << 20
+MAX_PARAMETERS = 200_000_000  # what this auditor will allocate for a tabular net described by an artifact
+
+
+def _check_sizes(schema: Schema, pre: Preprocessing, arch, weights_bytes: int) -> None:
+    """Refuse, before allocating anything, a model description that is inconsistent or claims absurd sizes.
+
+    Raises ValueError / TypeError (the caller turns them into a one-line ModelLoadError).
+    """
+    if not isinstance(arch, dict):
+        raise TypeError("model.json has no architecture mapping")
+    hidden, dims = arch["hidden"], arch["embedding_dims"]
+    if not (isinstance(hidden, list) and 0 < len(hidden) <= 32 and all(_count(h, 16_384) for h in hidden)):
+        raise ValueError(f"hidden layers {str(hidden)[:60]} must be 1 to 32 widths of 1 to 16,384")
+    cards = list(pre.cardinalities)
+    if not (isinstance(dims, list) and len(dims) == len(cards) and all(_count(d, 1024) for d in dims)):
+        raise ValueError("embedding_dims must give one width of 1 to 1,024 per categorical feature")
+    if not all(_count(c, 10_000_000) for c in cards):
+        raise ValueError("an embedding table claims more than 10,000,000 levels")
+    if not 0.0 <= float(arch["dropout"]) < 1.0:
+        raise ValueError("dropout must be in [0, 1)")
+    n_num, n_cat = len(pre.numeric_idx), len(pre.categorical_idx)
+    if n_num + n_cat != len(schema.features) or n_cat != len(cards):
+        raise ValueError("preprocessing.json and schema.json describe different features")
+    for j, c in zip(pre.categorical_idx, cards, strict=True):
+        if not schema.features[j].is_categorical or len(schema.features[j].levels) + 1 != c:
+            raise ValueError(f"feature {schema.features[j].name!r} has another number of levels than its embedding")
+    params, width = sum(c * d for c, d in zip(cards, dims, strict=True)), n_num + sum(dims)
+    for h in [*hidden, 1]:
+        params += width * h + h
+        width = h
+    if params > MAX_PARAMETERS or params * 4 > 2 * weights_bytes + (1 << 20):
+        raise ValueError(
+            f"the description claims {params:,} parameters, but weights.pt holds {weights_bytes:,} bytes "
+            f"(at most {MAX_PARAMETERS:,} parameters are loaded)"
+        )
+
+
+def _count(v, high: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= high
 
 
 def read_model_meta(path: str | Path) -> dict:

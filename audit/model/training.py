@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from audit.config import ModelConfig
 from audit.data import Schema
-from audit.model.network import Preprocessing, TabularNet, embedding_dim_for
+from audit.model.network import Preprocessing, TabularNet, build_net, embedding_dim_for
 
 for _name in ("pytorch_lightning", "pytorch_lightning.utilities.rank_zero", "lightning.pytorch", "lightning_fabric"):
     logging.getLogger(_name).setLevel(logging.WARNING)
@@ -126,16 +126,6 @@ class TrainResult:
     architecture: dict
     history: list[dict] = field(default_factory=list)
     best_epoch: int = -1
-
-
-def build_net(preprocessing: Preprocessing, architecture: dict) -> TabularNet:
-    return TabularNet(
-        n_numeric=len(preprocessing.numeric_idx),
-        cardinalities=preprocessing.cardinalities,
-        embedding_dims=architecture["embedding_dims"],
-        hidden=architecture["hidden"],
-        dropout=architecture["dropout"],
-    )
 
 
 def train_model(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -11,7 +11,9 @@ import pandas as pd
 from audit.config import AuditConfig
 from audit.data import Dataset
 from audit.findings import Finding
-from audit.model.adapter import Predictor
+
+if TYPE_CHECKING:  # torch is imported when a model is, not when the pipeline is
+    from audit.model.adapter import Predictor
 
 
 @dataclass

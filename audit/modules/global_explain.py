@@ -426,10 +426,21 @@ class AleModule:
         X = ctx.codes_audit[sample]
         predict = ctx.predictor.predict_codes
         mask = schema.categorical_mask
-        results, rows = [], []
+        results, rows, findings = [], [], []
         rng = np.random.default_rng(seed)
         for name in names:
             j = schema.feature_names.index(name)
+            if not mask[j] and np.isnan(X[:, j]).all():
+                findings.append(
+                    Finding(
+                        self.name,
+                        f"ALE of {name} not assessable: it is missing in every sampled audit row",
+                        "not_assessable",
+                        "low",
+                        {"rows": len(X)},
+                    )
+                )
+                continue
             if mask[j]:
                 a = ale_categorical(
                     predict,
@@ -485,6 +496,9 @@ class AleModule:
             if mask[j] or mask[k]:
                 notes.append(f"2-D ALE of {a_name} x {b_name} skipped: implemented for numeric pairs only")
                 continue
+            if (np.isnan(X[:, j]) | np.isnan(X[:, k])).all():
+                notes.append(f"2-D ALE of {a_name} x {b_name} not assessable: no sampled row has both values")
+                continue
             a2 = ale_2d(predict, X, j, k, n_bins=min(cfg.n_bins, 10), features=(a_name, b_name))
             data.setdefault("pairs", {})[f"{a_name} x {b_name}"] = {
                 "edges_1": a2.edges_1,
@@ -493,7 +507,8 @@ class AleModule:
             }
             figures.append(self._pair(a2))
         return ModuleResult(
-            summary={"features": len(names), "rows": len(X), "bootstrap": cfg.n_bootstrap},
+            findings=findings,
+            summary={"features": len(results), "rows": len(X), "bootstrap": cfg.n_bootstrap},
             tables=[
                 Table(
                     "ale_range",

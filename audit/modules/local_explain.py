@@ -10,56 +10,14 @@ import numpy as np
 import pandas as pd
 
 from audit.config import AuditConfig
-from audit.data import Dataset, Schema
-from audit.errors import DataError
-from audit.explain.counterfactual import (
-    Constraints,
-    constraint_violations,
-    counterfactual_metrics,
-    counterfactuals,
-)
+from audit.data import Schema
+from audit.explain.counterfactual import constraint_violations, counterfactual_metrics, counterfactuals
 from audit.explain.local_surrogate import lime_explanations, lime_explanations_lime, top_k_jaccard
 from audit.explain.shapley import reason_codes, shapley_values, shapley_values_shap, summarize_background
 from audit.findings import Finding
 from audit.modules.base import AuditContext, Figure, ModuleResult, Table
 from audit.plotting import subplots, to_png
-
-
-def constraints_from_config(cfg: AuditConfig, schema: Schema) -> Constraints:
-    """The counterfactual constraints of ``local.counterfactuals``; sensitive columns that are not model inputs are
-    left out of ``immutable`` (they cannot change anyway)."""
-    cc = cfg.local.counterfactuals
-    names = set(schema.feature_names)
-    return Constraints(
-        immutable=tuple(f for f in cc.immutable if f in names or f not in schema.sensitive),
-        ranges=dict(cc.ranges),
-        monotone=dict(cc.monotone),
-        transitions={k: dict(v) for k, v in cc.transitions.items()},
-        integer=tuple(cc.integer) if cc.integer is not None else None,
-        tied=tuple(tuple(g) for g in cfg.dataset.tied),
-    )
-
-
-def check_local_config(cfg: AuditConfig, ds: Dataset) -> None:
-    """Checks of ``local`` that need the data: instance ids in range, constraints naming real features and levels.
-
-    Raises
-    ------
-    DataError
-        Naming the key, the bad value and the fix.
-    """
-    lc = cfg.local
-    if not lc.enabled:
-        return
-    n = len(ds.X_test)
-    bad = [i for i in lc.instances.ids if i >= n]
-    if bad:
-        raise DataError(f"local.instances.ids: {bad[:5]} out of range; the audit (test) rows are numbered 0 to {n - 1}")
-    if lc.counterfactuals.enabled:
-        try:
-            constraints_from_config(cfg, ds.schema).validate(ds.schema)
-        except ValueError as exc:
-            raise DataError(f"local.counterfactuals.{exc}") from None
+from audit.references import check_local_config, constraints_from_config  # noqa: F401 - re-exported
 
 
 def select_instances(ctx: AuditContext) -> tuple[np.ndarray, dict[int, list[str]]]:
