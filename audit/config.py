@@ -251,6 +251,7 @@ class PartialDependenceConfig(_Section):
     centered: bool = True
     max_levels: Bounded(2, 1000) = 12
     pairs: list[tuple[FeatureRef, FeatureRef]] = Field(default_factory=list, max_length=50)
+    max_features: Bounded(1, 10_000) = 30
 
 
 class AleConfig(_Section):
@@ -261,6 +262,7 @@ class AleConfig(_Section):
     sample_size: Bounded(1, 1_000_000) = 2000
     n_bootstrap: Bounded(0, 10_000) = 50
     pairs: list[tuple[FeatureRef, FeatureRef]] = Field(default_factory=list, max_length=50)
+    max_features: Bounded(1, 10_000) = 30
 
 
 class InteractionConfig(_Section):
@@ -314,6 +316,7 @@ class ShapConfig(_Section):
     exact_max_features: Annotated[int, Field(ge=1, le=16)] = 10
     n_permutations: Bounded(1, 1000) = 10
     additivity_tolerance: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-6
+    max_model_rows: Bounded(10_000, 10**10) = 5_000_000
     reason_codes: Bounded(1, 100) = 4
     waterfalls: Bounded(0, 50) = 3
 
@@ -328,6 +331,7 @@ class LimeConfig(_Section):
     top_k: Bounded(1, 1000) = 5
     min_stability: Probability = 0.6
     min_fidelity: Probability = 0.3
+    max_features: Bounded(1, 10_000) = 30
 
 
 class CounterfactualConfig(_Section):
@@ -341,6 +345,7 @@ class CounterfactualConfig(_Section):
     max_changes: Bounded(1, 100) = 5
     sparsity_weight: Annotated[float, Field(ge=0.0, le=1e6)] = 3.0
     n_random: Bounded(0, 100_000) = 300
+    max_features: Bounded(1, 10_000) = 30
     plausibility_quantile: Probability | None = 0.99
     max_not_found: Probability = 0.2
 

@@ -266,3 +266,35 @@ def test_reason_codes_output_that_is_a_folder_is_refused_before_any_work(workdir
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert "--output: " in err and "is a folder" in err
+
+
+def test_wide_data_is_capped_and_says_so(tmp_path):
+    """60 features: the modules whose cost grows with the feature count work on the 30 most important and say so
+    (issue 16: wide data must not run for minutes unnoticed)."""
+    import time
+
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    n, m = 800, 60
+    X = rng.normal(size=(n, m))
+    frame = pd.DataFrame({f"f{i}": X[:, i].round(3) for i in range(m)})
+    frame["group"] = rng.choice(["A", "B"], n)
+    frame["y"] = np.where(rng.uniform(size=n) < 1 / (1 + np.exp(-X[:, :3].sum(1))), "yes", "no")
+    frame.to_csv(tmp_path / "data.csv", index=False)
+    cfg = base_config()
+    cfg["modules"]["partial_dependence"].pop("pairs")
+    cfg["modules"]["ale"].pop("pairs")
+    cfg["local"]["shap"] = {"max_model_rows": 200_000}
+    t0 = time.perf_counter()
+    run = run_audit(load_config(write_config(tmp_path, cfg)), quiet=True)
+    assert time.perf_counter() - t0 < 120
+    rep = json.loads((run.run_dir / "report.json").read_text())
+    titles = [f["title"] for f in rep["findings"]]
+    for module in ("partial dependence", "ale"):
+        assert any(t.startswith(f"{module} computed for the 30 most important") for t in titles), module
+    assert len(rep["modules"]["partial_dependence"]["data"]["features"]) == 30
+    assert "background was reduced" in rep["modules"]["shap"]["data"]["method_note"]
+    html = (run.run_dir / "report.html").read_text()
+    assert "(local.lime.max_features)" in html and "(local.counterfactuals.max_features)" in html

@@ -167,6 +167,7 @@ def lime_explanations(
     kernel_width: float | None = None,
     batch_instances: int = 64,
     random_state: int | np.random.Generator | None = None,
+    perturbed: list[int] | None = None,
 ) -> LimeExplanations:
     """LIME surrogates for every row of ``X`` (see the module docstring for the estimator).
 
@@ -191,8 +192,12 @@ def lime_explanations(
     kernel_width : float, optional
         Default ``0.75 * sqrt(n_features)``.
     batch_instances : int
-        Instances whose neighbourhoods are built and scored together (bounds memory).
+        Instances whose neighbourhoods are built and scored together (memory is also capped at about 16 million
+        values).
     random_state : int, Generator or None
+    perturbed : list of int, optional
+        Features the neighbourhood varies (default all); the others keep the instance's value and get weight 0.
+        Wide data uses it: the surrogate's cost grows with the square of the features it fits.
 
     Returns
     -------
@@ -200,7 +205,9 @@ def lime_explanations(
     """
     X = np.atleast_2d(np.asarray(X, dtype=np.float64))
     training = np.asarray(training, dtype=np.float64)
-    n, m = X.shape
+    n, m_all = X.shape
+    active = np.arange(m_all) if perturbed is None else np.asarray(sorted(perturbed), dtype=np.int64)
+    m = len(active)
     if num_samples < 2:
         raise ValueError(f"num_samples must be >= 2, got {num_samples}")
     k = m if num_features is None else min(int(num_features), m)
@@ -212,20 +219,21 @@ def lime_explanations(
     rng = as_generator(random_state)
     stats = _Stats(training, categorical_mask, list(feature_names), level_names)
     s = num_samples
+    batch_instances = max(1, min(batch_instances, (1 << 24) // (s * m)))  # neighbourhoods in memory: ~16M values
 
-    weights = np.zeros((n, m))
-    selected = np.zeros((n, m), dtype=bool)
+    weights = np.zeros((n, m_all))
+    selected = np.zeros((n, m_all), dtype=bool)
     intercept, score, local_pred, pred = (np.empty(n) for _ in range(4))
     rows = 0
     for start in range(0, n, batch_instances):
         xs = X[start : start + batch_instances]
         nb = len(xs)
         Z = np.empty((nb, s, m))
-        inv = np.empty((nb, s, m))
-        for j in range(m):
+        inv = np.repeat(xs[:, None, :], s, axis=1)  # features not perturbed keep the instance's value
+        for a, j in enumerate(active):
             bins = stats.values[j][rng.choice(len(stats.values[j]), size=(nb, s), p=stats.freqs[j])]
             own = stats.bin_of(j, xs[:, j])
-            Z[:, :, j] = bins == own[:, None]
+            Z[:, :, a] = bins == own[:, None]
             if stats.categorical[j]:
                 inv[:, :, j] = bins
             else:
@@ -240,7 +248,7 @@ def lime_explanations(
                 inv[:, :, j] = np.where(missing, np.nan, drawn)
         Z[:, 0, :] = 1.0
         inv[:, 0, :] = xs
-        y = predict(inv.reshape(-1, m)).reshape(nb, s)
+        y = predict(inv.reshape(-1, m_all)).reshape(nb, s)
         rows += nb * s
         d = np.sqrt(m - Z.sum(axis=2))  # Euclidean distance to the all-ones row of the instance
         kw = np.sqrt(np.exp(-(d**2) / width**2))
@@ -253,12 +261,12 @@ def lime_explanations(
             Zk = Z
         coef, icpt, r2 = _weighted_ridge(Zk, y, kw, 1.0)
         sl = slice(start, start + nb)
-        np.put_along_axis(weights[sl], keep, coef, axis=1)
-        np.put_along_axis(selected[sl], keep, True, axis=1)
+        np.put_along_axis(weights[sl], active[keep], coef, axis=1)
+        np.put_along_axis(selected[sl], active[keep], True, axis=1)
         intercept[sl], score[sl] = icpt, r2
         local_pred[sl] = icpt + coef.sum(axis=1)  # the instance is the all-ones row
         pred[sl] = y[:, 0]
-    conditions = [[stats.condition(j, X[i, j]) for j in range(m)] for i in range(n)]
+    conditions = [[stats.condition(j, X[i, j]) for j in range(m_all)] for i in range(n)]
     return LimeExplanations(
         weights, selected, intercept, score, local_pred, pred, conditions, list(feature_names), s, width, rows
     )

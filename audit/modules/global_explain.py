@@ -42,6 +42,43 @@ def _check_features(names: list[str] | None, schema: Schema, key: str) -> list[s
     return list(names)
 
 
+def most_important(ctx: AuditContext, k: int, *, among: list[str] | None = None) -> tuple[list[str], str]:
+    """The ``k`` most important features (permutation importance when it ran, else feature order), in feature order,
+    and how they were chosen. Modules whose cost grows with the feature count use it on wide data."""
+    names = among if among is not None else ctx.dataset.schema.feature_names
+    if len(names) <= k:
+        return list(names), ""
+    pi = ctx.results.get("permutation_importance")
+    if pi is not None:
+        rank = pi.data["rank_by_feature"]
+        top = set(sorted(names, key=lambda n: rank.get(n, len(rank) + 1))[:k])
+        how = f"the {k} most important (permutation importance) of {len(names)} features"
+    else:
+        top = set(names[:k])
+        how = f"the first {k} of {len(names)} features (permutation importance did not run)"
+    return [n for n in names if n in top], how
+
+
+def _capped(ctx: AuditContext, module: str, names: list[str] | None, cap: int, key: str):
+    """``names`` as configured, or (unset, on wide data) the ``cap`` most important features, with a finding that
+    says so."""
+    schema = ctx.dataset.schema
+    if names is not None:
+        return _check_features(names, schema, f"modules.{module}.features"), []
+    chosen, how = most_important(ctx, cap)
+    if not how:
+        return chosen, []
+    note = Finding(
+        module,
+        f"{module.replace('_', ' ')} computed for {how}: its cost grows with the number of features; list them in "
+        f"modules.{module}.features or raise {key}",
+        "info",
+        "low",
+        {"features": len(chosen), "of": len(schema.feature_names)},
+    )
+    return chosen, [note]
+
+
 def _panel_grid(count: int, cols: int, *, levels: list[int] | None = None):
     """A figure of ``count`` panels in ``cols`` columns; unused axes are hidden.
 
@@ -203,7 +240,9 @@ class PartialDependenceModule:
     def run(self, ctx: AuditContext) -> ModuleResult:
         cfg = ctx.config.modules.partial_dependence
         schema = ctx.dataset.schema
-        names = _check_features(cfg.features, schema, "modules.partial_dependence.features")
+        names, cap_notes = _capped(
+            ctx, self.name, cfg.features, cfg.max_features, "modules.partial_dependence.max_features"
+        )
         seed = ctx.seed_for(self.name)
         sample = _sample(len(ctx.codes_audit), cfg.sample_size, seed)
         X = ctx.codes_audit[sample]
@@ -250,7 +289,7 @@ class PartialDependenceModule:
                 }
             )
         table = pd.DataFrame(rows).sort_values("pd_range", ascending=False, kind="stable")
-        findings = []
+        findings = list(cap_notes)
         for r in table.itertuples():
             if r.opposite_share >= 0.2 and r.ice_spread > 0.5 * max(r.pd_range, 1e-9):
                 findings.append(
@@ -420,13 +459,13 @@ class AleModule:
     def run(self, ctx: AuditContext) -> ModuleResult:
         cfg = ctx.config.modules.ale
         schema = ctx.dataset.schema
-        names = _check_features(cfg.features, schema, "modules.ale.features")
+        names, cap_notes = _capped(ctx, self.name, cfg.features, cfg.max_features, "modules.ale.max_features")
         seed = ctx.seed_for(self.name)
         sample = _sample(len(ctx.codes_audit), cfg.sample_size, seed)
         X = ctx.codes_audit[sample]
         predict = ctx.predictor.predict_codes
         mask = schema.categorical_mask
-        results, rows, findings = [], [], []
+        results, rows, findings = [], [], list(cap_notes)
         rng = np.random.default_rng(seed)
         for name in names:
             j = schema.feature_names.index(name)

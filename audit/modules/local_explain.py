@@ -20,6 +20,35 @@ from audit.plotting import subplots, to_png
 from audit.references import check_local_config, constraints_from_config  # noqa: F401 - re-exported
 
 
+def _shap_budget(
+    n: int, m: int, background: int, permutations: int, method: str, exact_max: int, max_rows: int
+) -> tuple[int, int, str]:
+    """Background size and pairs of orders that keep the model evaluations within ``max_rows`` (wide data), and a
+    note saying what was reduced. Cost: exact ``n (2^m - 2) B``, permutation about ``n 2P (m - 1) B`` rows; each row
+    costs in proportion to its width, so beyond 20 features the budget shrinks as 20 / m."""
+    exact = method == "exact" or (method == "auto" and m <= exact_max)
+    max_rows = int(max_rows * min(1.0, 20 / max(m, 1)))
+
+    def cost(b: int, p: int) -> int:
+        return n * b * ((2**m - 2) if exact else 2 * p * max(m - 1, 1))
+
+    b, p = background, permutations
+    while cost(b, p) > max_rows and b > 20:
+        b = max(20, b // 2)
+    while not exact and cost(b, p) > max_rows and p > 1:
+        p = max(1, p // 2)
+    if (b, p) == (background, permutations):
+        return b, p, ""
+    return (
+        b,
+        p,
+        (
+            f"to stay within local.shap.max_model_rows={max_rows:,} model evaluations for {m} features, the background "
+            f"was reduced to {b} rows" + (f" and the orders to {p} antithetic pairs" if p != permutations else "")
+        ),
+    )
+
+
 def select_instances(ctx: AuditContext) -> tuple[np.ndarray, dict[int, list[str]]]:
     """Audit-row indices to explain and why each was chosen (cached per run).
 
@@ -124,9 +153,13 @@ class ShapModule:
         names = schema.feature_names
         idx, why = select_instances(ctx)
         seed = ctx.seed_for(self.name)
+        bg_size, n_perm, budget_note = _shap_budget(
+            len(idx), len(names), lc.background.size, sc.n_permutations, sc.method, sc.exact_max_features,
+            sc.max_model_rows,
+        )  # fmt: skip
         B, w, bg_rows = summarize_background(
             ctx.train_codes(),
-            lc.background.size,
+            bg_size,
             method=lc.background.method,
             categorical_mask=schema.categorical_mask,
             random_state=seed,
@@ -140,7 +173,7 @@ class ShapModule:
                 B,
                 feature_names=names,
                 method=sc.method,
-                n_permutations=sc.n_permutations,
+                n_permutations=n_perm,
                 exact_max_features=sc.exact_max_features,
                 random_state=seed + 1,
             )
@@ -152,7 +185,7 @@ class ShapModule:
                 feature_names=names,
                 background_weights=w,
                 method=sc.method,
-                n_permutations=sc.n_permutations,
+                n_permutations=n_perm,
                 exact_max_features=sc.exact_max_features,
                 random_state=seed + 1,
             )
@@ -165,6 +198,8 @@ class ShapModule:
         )
         if sc.engine == "shap":
             method_note += "; computed by the shap library's own explainer (engine: shap)"
+        if budget_note:
+            method_note += "; " + budget_note
         findings = [
             Finding(
                 self.name,
@@ -306,6 +341,10 @@ class LimeModule:
         X = ctx.codes_audit[idx]
         seed = ctx.seed_for(self.name)
         levels = [list(f.levels) if f.is_categorical else None for f in schema.features]
+        from audit.modules.global_explain import most_important
+
+        chosen, how = most_important(ctx, lc.max_features)
+        extra = {"perturbed": [names.index(f) for f in chosen]} if how and lc.engine == "audit" else {}
 
         def explain(s):
             fn = lime_explanations_lime if lc.engine == "lime" else lime_explanations
@@ -320,6 +359,7 @@ class LimeModule:
                 num_features=lc.num_features,
                 kernel_width=lc.kernel_width,
                 random_state=s,
+                **extra,
             )
 
         main = explain(seed)
@@ -429,7 +469,12 @@ class LimeModule:
                     table.sort_values(f"agreement with SHAP (top-{k})", kind="stable"),
                     f"Surrogate: weighted ridge on {lc.num_samples} neighbours (quartile bins for numerics, levels for "
                     f"categoricals), kernel width {main.kernel_width:.2f}. Stability: top-{k} overlap with "
-                    f"{len(reruns)} reruns under other seeds.",
+                    f"{len(reruns)} reruns under other seeds."
+                    + (
+                        f" The neighbourhood varies {how} (local.lime.max_features); the others keep the row's values."
+                        if extra
+                        else ""
+                    ),
                 )
             ],
             figures=[
@@ -454,12 +499,24 @@ class CounterfactualModule:
         return config.local.enabled and config.local.counterfactuals.enabled
 
     def run(self, ctx: AuditContext) -> ModuleResult:
+        from dataclasses import replace
+
         from audit.modules.fairness import audit_groupings
+        from audit.modules.global_explain import most_important
 
         cc = ctx.config.local.counterfactuals
         schema = ctx.dataset.schema
         idx, why = select_instances(ctx)
         cons = constraints_from_config(ctx.config, schema)
+        mutable = [f for f in schema.feature_names if f not in cons.immutable]
+        searched, how = most_important(ctx, cc.max_features, among=mutable)
+        cap_note = ""
+        if how:  # wide data: the search's cost grows with the features it may change
+            cons = replace(cons, immutable=tuple(f for f in schema.feature_names if f not in searched))
+            cap_note = (
+                f" The search changes only {how.replace('features', 'mutable features')} "
+                "(local.counterfactuals.max_features)."
+            )
         thr = ctx.config.model.threshold
         train = ctx.train_codes()
         res = counterfactuals(
@@ -547,7 +604,7 @@ class CounterfactualModule:
                 table,
                 "Cost: scaled L1 distance (numerics divided by their median absolute deviation on the training rows, "
                 "or standard deviation where that is 0; 1 per changed category). Immutable: "
-                f"{', '.join(cons.immutable) or 'none'}; monotone: {dict(cons.monotone) or 'none'}.",
+                f"{', '.join(cons.immutable) or 'none'}; monotone: {dict(cons.monotone) or 'none'}." + cap_note,
             )
         ]
         # recourse gap: cost of the cheapest counterfactual for declined rows, by sensitive group
