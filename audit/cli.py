@@ -164,9 +164,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: no report was written", file=sys.stderr)
         return 130
-    verdict = {0: "PASS", 1: "FAIL (a gate failed)", 3: "ERROR (a module failed)"}[run.exit_code]
-    where = run.run_dir / "report.html" if run.run_dir else "(not written)"
-    print(f"{verdict}: {where}")
+    from audit.report.summary import cli_line, summarize
+
+    where = (
+        run.run_dir / ("report.html" if "html" in run.config.report.formats else "report.json")
+        if run.run_dir
+        else "(not written)"
+    )
+    print(cli_line(summarize(run.findings, run.modules, run.exit_code), str(where)))
     return run.exit_code
 
 

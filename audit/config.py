@@ -230,6 +230,7 @@ class PerformanceConfig(_Section):
     n_bins: Bounded(1, 1000) = 10
     min_roc_auc: Probability | None = None
     max_overfit_gap: Probability = 0.05
+    n_bootstrap: Bounded(0, 10_000) = 200
 
 
 class PermutationConfig(_Section):
@@ -240,6 +241,7 @@ class PermutationConfig(_Section):
     groups: dict[str, list[FeatureRef]] = Field(default_factory=dict, max_length=10_000)
     top_k: Bounded(1, 10_000) = 3
     proxies: list[FeatureRef] = Field(default_factory=list, max_length=10_000)
+    n_bootstrap: Bounded(0, 1000) = 50
 
 
 class PartialDependenceConfig(_Section):
@@ -346,6 +348,7 @@ class CounterfactualConfig(_Section):
     sparsity_weight: Annotated[float, Field(ge=0.0, le=1e6)] = 3.0
     n_random: Bounded(0, 100_000) = 300
     max_features: Bounded(1, 10_000) = 30
+    fragile_margin: Annotated[float, Field(ge=0.0, le=0.5)] = 0.02
     plausibility_quantile: Probability | None = 0.99
     max_not_found: Probability = 0.2
 
@@ -464,6 +467,7 @@ class FairnessConfig(_Section):
             "calibration_gap",
         ]
     ] = Field(default_factory=list)
+    reference_groups: dict[str, Text] = Field(default_factory=dict, max_length=100)
     proxy_association: Probability = 0.3
     proxy_alpha: Fraction = 0.01
     proxy_permutations: Annotated[int, Field(ge=19, le=9999)] = 199
@@ -513,8 +517,18 @@ class ModelCard(_Section):
     extra: dict[str, str] = Field(default_factory=dict, max_length=100)
 
 
+class FindingNote(_Section):
+    """Who acts on a finding, and how (``report.findings``)."""
+
+    owner: str | None = Field(default=None, max_length=300)
+    remediation: str | None = Field(default=None, max_length=5000)
+
+
 class ReportConfig(_Section):
     output_dir: PathText = "reports"
+    findings: dict[str, FindingNote] = Field(default_factory=dict, max_length=500)
+    max_table_rows: Bounded(5, 100_000) = 25
+    max_print_rows: Bounded(1, 100_000) = 6
     compare: CompareConfig = CompareConfig()
     title: str | None = Field(default=None, max_length=300)
     formats: list[Literal["json", "html", "pdf"]] = Field(default_factory=lambda: ["json", "html"])

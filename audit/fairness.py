@@ -11,6 +11,7 @@ size, and the intervals do not depend on chunking or on the compute backend. The
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,20 @@ MEASURES = {
     "equalized_odds_difference": ("max", "larger of the TPR gap and the FPR gap between groups"),
     "equal_opportunity_difference": ("max", "largest gap in true positive rate between groups"),
     "calibration_gap": ("max", "largest gap in expected calibration error between groups"),
+}
+RULES = {
+    "demographic_parity_difference": "demographic parity",
+    "disparate_impact_ratio": "four-fifths rule (US EEOC Uniform Guidelines)",
+    "equalized_odds_difference": "equalized odds (Hardt et al. 2016)",
+    "equal_opportunity_difference": "equal opportunity (Hardt et al. 2016)",
+    "calibration_gap": "calibration within groups",
+}
+# the per-group rate behind each measure, and whether its lowest value is the disadvantaged group
+_DRIVER = {
+    "demographic_parity_difference": ("selection_rate", True),
+    "disparate_impact_ratio": ("selection_rate", True),
+    "equal_opportunity_difference": ("tpr", True),
+    "calibration_gap": ("ece", False),
 }
 _N, _P, _S, _TP, _FP = range(5)
 
@@ -68,9 +83,39 @@ def group_labels(
     return category_strings(values)
 
 
+_BOUND = re.compile(r"^(<|>=)\s*(-?[\d.eE+-]+)$|^(-?[\d.eE+-]+)\s*[–-]\s*(-?[\d.eE+-]+)$|^(-?[\d.eE+-]+)$")
+
+
+def group_sort_key(label: str) -> tuple:
+    """Order of group labels for people: numeric bins by their lower edge (``< 25``, ``25–45``, ``45–65``,
+    ``>= 65``), numeric codes by value, text alphabetically, ``missing`` last; intersections part by part.
+
+    Examples
+    --------
+    >>> sorted([">= 65", "25–45", "< 25", "missing", "45–65"], key=group_sort_key)
+    ['< 25', '25–45', '45–65', '>= 65', 'missing']
+    """
+    out = []
+    for part in str(label).split(" & "):
+        m = _BOUND.match(part.strip())
+        if part == "missing":
+            out.append((2, 0.0, ""))
+        elif m and m.group(1) == "<":
+            out.append((0, -np.inf, ""))
+        elif m and m.group(1) == ">=":
+            out.append((0, float(m.group(2)), "~"))
+        elif m and m.group(3) is not None:
+            out.append((0, float(m.group(3)), ""))
+        elif m and m.group(5) is not None:
+            out.append((0, float(m.group(5)), ""))
+        else:
+            out.append((1, 0.0, part))
+    return tuple(out)
+
+
 def encode_groups(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted distinct labels and each row's index into them: ``np.unique(..., return_inverse=True)`` for strings,
-    by hashing (``pandas.factorize``) instead of sorting every row.
+    """Distinct labels in :func:`group_sort_key` order and each row's index into them, by hashing
+    (``pandas.factorize``) instead of sorting every row.
 
     Examples
     --------
@@ -80,7 +125,7 @@ def encode_groups(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     codes, uniques = pd.factorize(pd.Series(groups, dtype=object).astype(str), sort=False)
     levels = np.asarray(uniques, dtype=str)
-    order = np.argsort(levels, kind="stable")
+    order = np.array(sorted(range(len(levels)), key=lambda i: group_sort_key(levels[i])), dtype=np.int64)
     rank = np.empty(len(levels), dtype=np.int64)
     rank[order] = np.arange(len(levels))
     return levels[order], rank[codes]
@@ -293,7 +338,8 @@ class GroupFairness:
         One row per group: count, eligible, base rate, selection rate, accuracy, TPR, FPR, FNR, precision, ROC AUC,
         ECE, and for selection rate, TPR and FPR the bootstrap interval (``*_low``, ``*_high``).
     measures : DataFrame
-        One row per headline measure: value, ci_low, ci_high, over eligible groups only.
+        One row per headline measure: value, ci_low, ci_high, over eligible groups only; the rate behind it, the
+        disadvantaged and advantaged groups with their rates, and ``not_assessable`` (why, when it cannot be).
     insufficient : list of str
         Groups below the minimum size: reported, never used in a measure.
     """
@@ -303,6 +349,7 @@ class GroupFairness:
     measures: pd.DataFrame
     insufficient: list[str]
     n_bootstrap: int
+    overall: dict = None  # every rate over all rows (fairlearn's ``overall``)
 
 
 def group_fairness(
@@ -430,11 +477,49 @@ def group_fairness_many(
                 for key in ("selection_rate", "tpr", "fpr"):
                     lo, hi = np.nanquantile(rates[key], [alpha, 1 - alpha], axis=0)
                     table[f"{key}_low"], table[f"{key}_high"] = lo, hi
+        who = _who(point, eligible, levels, min_group_size)
         mframe = pd.DataFrame(
-            [(m, *v, MEASURES[m][0], MEASURES[m][1]) for m, v in measures.items()],
-            columns=["measure", "value", "ci_low", "ci_high", "kind", "definition"],
-        )
-        out.append(GroupFairness(name, table, mframe, [str(g) for g in levels[~eligible]], n_bootstrap))
+            [(m, *v, MEASURES[m][0], MEASURES[m][1], *who[m]) for m, v in measures.items()],
+            columns=["measure", "value", "ci_low", "ci_high", "kind", "definition", "rate", "disadvantaged",
+                     "disadvantaged_value", "advantaged", "advantaged_value", "not_assessable"],
+        )  # fmt: skip
+        overall = {k: float(v[0]) for k, v in _rates(point_sums[i].sum(axis=0)[None, :], n_bins).items()}
+        overall["roc_auc"] = _auc(y, p)
+        out.append(GroupFairness(name, table, mframe, [str(g) for g in levels[~eligible]], n_bootstrap, overall))
+    return out
+
+
+def _who(point: dict, eligible: np.ndarray, levels: np.ndarray, min_group_size: int) -> dict[str, tuple]:
+    """Per measure: the per-group rate behind it, the disadvantaged and advantaged groups with their rates, and why
+    it cannot be assessed (None when it can)."""
+    counts = point["count"]
+    out = {}
+    small = [f"'{g}' ({int(c)} rows)" for g, c in zip(levels, counts, strict=True) if c < min_group_size]
+    for m in MEASURES:
+        if eligible.sum() < 2:
+            why = f"only {int(eligible.sum())} group(s) have at least min_group_size {min_group_size} rows" + (
+                f"; smaller: {', '.join(small[:4])}" if small else ""
+            )
+            out[m] = (None, None, np.nan, None, np.nan, why)
+            continue
+        if m == "equalized_odds_difference":  # the larger of the two gaps decides
+            gaps = {}
+            for key in ("tpr", "fpr"):
+                v = np.where(eligible, point[key], np.nan)
+                gaps[key] = np.nanmax(v) - np.nanmin(v) if np.isfinite(v).any() else -1.0
+            key, low_is_bad = ("tpr" if gaps["tpr"] >= gaps["fpr"] else "fpr"), True
+        else:
+            key, low_is_bad = _DRIVER[m]
+        v = np.where(eligible, point[key], np.nan)
+        undefined = [str(g) for g, ok, x in zip(levels, eligible, v, strict=True) if ok and not np.isfinite(x)]
+        if not np.isfinite(v).any() or undefined:
+            need = {"tpr": "the favourable true outcome", "fpr": "the unfavourable true outcome"}.get(key, "rows")
+            why = f"{key} is undefined in group(s) {undefined[:4]} (no rows with {need})"
+            out[m] = (key, None, np.nan, None, np.nan, why)
+            continue
+        lo, hi = int(np.nanargmin(v)), int(np.nanargmax(v))
+        bad, good = (lo, hi) if low_is_bad else (hi, lo)
+        out[m] = (key, str(levels[bad]), float(v[bad]), str(levels[good]), float(v[good]), None)
     return out
 
 

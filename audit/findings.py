@@ -1,12 +1,22 @@
-"""Findings: what an audit concluded, with evidence, threshold and verdict."""
+"""Findings: what an audit concluded, with evidence, threshold and verdict, as data a script can read.
+
+Every finding has a stable ``id``: the same check on the same subject gets the same id in every run
+(``fairness.disparate_impact_ratio.sex``), so runs can be compared and owners assigned. Structured fields
+(``measure``, ``subject``, ``value``, ``ci_low``, ``ci_high``, ``limit``, ``rule``) carry the numbers that the
+``title`` spells out for a reader, and ``plain`` says what it means in a sentence.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 Severity = Literal["info", "low", "medium", "high"]
 Status = Literal["pass", "fail", "inconclusive", "info", "not_assessable"]
+
+SEVERITY_ORDER = {"high": 0, "medium": 1, "low": 2, "info": 3}
+STATUS_ORDER = {"fail": 0, "inconclusive": 1, "not_assessable": 2, "pass": 3, "info": 4}
 
 
 @dataclass(frozen=True)
@@ -30,6 +40,18 @@ class Finding:
         The rule applied, in words (e.g. "ROC AUC >= 0.85").
     gating : bool
         Whether a "fail" makes the audit's exit code 1.
+    id : str, optional
+        Stable identity of the check and its subject (derived from module and title without numbers when not given).
+    measure, subject : str, optional
+        What was measured (``roc_auc``, ``disparate_impact_ratio``) and of what (a feature, a grouping, a group).
+    value, ci_low, ci_high : float, optional
+        The number and its interval.
+    limit : float, optional
+        The threshold as a number; ``rule`` names it ("four-fifths rule").
+    plain : str, optional
+        What the finding means, in one plain sentence.
+    owner, remediation : str, optional
+        From ``report.findings`` in the config: who acts on it, and how.
     """
 
     module: str
@@ -39,6 +61,49 @@ class Finding:
     evidence: dict[str, Any] = field(default_factory=dict)
     threshold: str | None = None
     gating: bool = False
+    id: str | None = None
+    measure: str | None = None
+    subject: str | None = None
+    value: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    limit: float | None = None
+    rule: str | None = None
+    plain: str | None = None
+    owner: str | None = None
+    remediation: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The stable id (given, or derived from the module and the title with its numbers taken out)."""
+        return self.id or derived_id(self.module, self.title)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out["id"] = self.key
+        return out
+
+    def with_notes(self, owner: str | None, remediation: str | None) -> Finding:
+        return replace(self, owner=owner or self.owner, remediation=remediation or self.remediation)
+
+
+def derived_id(module: str, title: str) -> str:
+    """``module.slug`` of the title with numbers removed, e.g. ``performance.train_test_roc_auc_gap``.
+
+    Examples
+    --------
+    >>> derived_id("performance", "Train-test ROC AUC gap +0.058")
+    'performance.train_test_roc_auc_gap'
+    """
+    text = re.sub(r"[-+]?\d[\d.,]*(e[-+]?\d+)?%?", " ", title.split(":")[0] if ":" in title else title)
+    slug = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+    return f"{module}.{slug[:80]}"
+
+
+def sort_findings(findings: list[Finding]) -> list[Finding]:
+    """Failed first, gating before not gating, then by severity (high first), then inconclusive, not assessable,
+    passed and informational findings."""
+    return sorted(
+        findings,
+        key=lambda f: (STATUS_ORDER.get(f.status, 9), not f.gating, SEVERITY_ORDER.get(f.severity, 9)),
+    )

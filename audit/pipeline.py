@@ -10,7 +10,6 @@ an interrupted run leaves no half-written report behind.
 from __future__ import annotations
 
 import datetime as dt
-import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from audit.errors import (
     ModelRuntimeError,
 )
 from audit.modules.base import AuditContext, AuditModule, ModuleResult
+from audit.progress import Progress
 
 if TYPE_CHECKING:
     from audit.model.adapter import Predictor
@@ -49,6 +49,7 @@ def default_modules() -> list[AuditModule]:
     return [
         PerformanceModule(),
         PermutationModule(),
+        FairnessModule(),  # before the local explanations: reason codes that cite a flagged proxy are marked
         PartialDependenceModule(),
         AleModule(),
         InteractionModule(),
@@ -59,38 +60,8 @@ def default_modules() -> list[AuditModule]:
         GradientsModule(),
         ActivationsModule(),
         UncertaintyModule(),
-        FairnessModule(),
         ComparisonModule(),
     ]
-
-
-class Progress:
-    """Stage progress on stderr. Silent with ``quiet``; timings are always recorded."""
-
-    def __init__(self, quiet: bool = False) -> None:
-        self.quiet = quiet
-        self.durations: dict[str, float] = {}
-
-    def stage(self, name: str):
-        progress = self
-
-        class _Stage:
-            def __enter__(self):
-                self.t0 = time.perf_counter()
-                if not progress.quiet and sys.stderr.isatty():
-                    print(f"[audit] {name} ...", file=sys.stderr, flush=True)
-                return self
-
-            def __exit__(self, exc_type, exc, tb):
-                dt_ = time.perf_counter() - self.t0
-                progress.durations[name] = round(dt_, 3)
-                # bad input is reported by the CLI's one error line, so the stage stays silent then
-                if not progress.quiet and not (exc_type and issubclass(exc_type, AuditInputError | KeyboardInterrupt)):
-                    state = "done" if exc_type is None else "FAILED"
-                    print(f"[audit] {name}: {state} in {dt_:.1f}s", file=sys.stderr, flush=True)
-                return False
-
-        return _Stage()
 
 
 @dataclass
@@ -123,10 +94,41 @@ class AuditRun:
 
     @property
     def findings(self):
-        return [f for m in self.modules if m.result for f in m.result.findings]
+        """Every module's findings, with the owner and remediation that ``report.findings`` gives their ids."""
+        from fnmatch import fnmatchcase
+
+        notes = self.config.report.findings
+        out = []
+        for m in self.modules:
+            for f in m.result.findings if m.result else []:
+                note = next((n for pattern, n in notes.items() if fnmatchcase(f.key, pattern)), None)
+                out.append(f.with_notes(note.owner, note.remediation) if note else f)
+        return out
 
 
-def prepare_model(cfg: AuditConfig, ds: Dataset, run_tmp: Path | None) -> tuple[Predictor, dict]:
+def expected_stages(cfg: AuditConfig, modules: list[AuditModule] | None = None) -> int:
+    """How many stages a run has (for the ``[k/N]`` of progress), from the config alone: nothing is imported."""
+    if modules is not None:
+        n_modules = sum(m.enabled(cfg) for m in modules)
+    else:
+        mc, lc, nc = cfg.modules, cfg.local, cfg.network
+        fairness = cfg.fairness.enabled and bool(cfg.fairness.sensitive_features or cfg.fairness.derived)
+        local = [lc.shap.enabled, lc.lime.enabled, lc.counterfactuals.enabled] if lc.enabled else []
+        net = (
+            [nc.architecture, nc.gradients.enabled, nc.activations.enabled, nc.uncertainty.enabled]
+            if nc.enabled
+            else []
+        )
+        flags = [mc.performance.enabled, mc.permutation_importance.enabled, fairness, mc.partial_dependence.enabled,
+                 mc.ale.enabled, mc.interactions.enabled, *local, *net, cfg.report.compare.enabled]  # fmt: skip
+        n_modules = sum(flags)
+    extra = (cfg.dataset.population is not None) + (cfg.compute.backend != "local")
+    return 4 + n_modules + extra  # load data, model, score, write report
+
+
+def prepare_model(
+    cfg: AuditConfig, ds: Dataset, run_tmp: Path | None, progress: Progress | None = None
+) -> tuple[Predictor, dict]:
     """Train or load the model; returns the predictor and its provenance."""
     from audit.model.artifact import load_model, model_hash, read_model_meta, save_model
 
@@ -149,7 +151,13 @@ def prepare_model(cfg: AuditConfig, ds: Dataset, run_tmp: Path | None) -> tuple[
 
     codes = ds.schema.to_codes(ds.X_train)
     res = train_model(
-        ds.schema, codes, ds.y_train, cfg.model, validation_size=cfg.dataset.validation_size, seed=cfg.seed
+        ds.schema,
+        codes,
+        ds.y_train,
+        cfg.model,
+        validation_size=cfg.dataset.validation_size,
+        seed=cfg.seed,
+        on_epoch=progress.epochs if progress is not None else None,
     )
     predictor = NetPredictor(res.net, res.preprocessing, ds.schema, batch_size=cfg.model.predict_batch_size)
     info = {"source": "train", "architecture": res.architecture, "history": res.history, "best_epoch": res.best_epoch}
@@ -277,6 +285,7 @@ def run_audit(
     from audit.output import RunFolder, check_output_root, remove_stale
 
     progress = Progress(quiet)
+    progress.expect(expected_stages(cfg, modules))
     started = (clock or (lambda: dt.datetime.now(dt.UTC)))()
     out_root = cfg.resolve(cfg.report.output_dir, key="report.output_dir") / cfg.name
     folder = RunFolder(out_root, started)
@@ -320,7 +329,7 @@ def run_audit(
         t0 = time.perf_counter()
         try:
             with progress.stage("train model" if cfg.model.source == "train" else "load model"):
-                predictor, run.model_info = prepare_model(cfg, ds, tmp_dir if write else None)
+                predictor, run.model_info = prepare_model(cfg, ds, tmp_dir if write else None, progress)
             step("score")
             with progress.stage("score"):
                 codes_audit = ds.schema.to_codes(ds.X_test)
@@ -342,7 +351,8 @@ def run_audit(
                     "model", "Model", "error", time.perf_counter() - t0, str(exc), traceback.format_exc(limit=8)
                 )
             )
-            run.modules += [ModuleRecord(m.name, m.title, "not_run") for m in (modules or default_modules())]
+            module_list = modules if modules is not None else default_modules()
+            run.modules += [ModuleRecord(m.name, m.title, "not_run") for m in module_list]
             return _finish(run, ds, progress, folder if write else None, step)
         ctx = AuditContext(
             cfg,
@@ -360,7 +370,8 @@ def run_audit(
             population=pop_run,
             backend=backend,
         )
-        for module in modules if modules is not None else default_modules():
+        module_list = modules if modules is not None else default_modules()  # imported once the model is good
+        for module in module_list:
             if not module.enabled(cfg):
                 run.modules.append(ModuleRecord(module.name, module.title, "skipped"))
                 continue
@@ -426,7 +437,9 @@ def _score_population(cfg, ds, population, predictor, backend, progress, step):
     with progress.stage("score population"):
         population = replace(population, schema=ds.schema)  # a loaded model's own levels
         try:
-            scored = score_population(population, predictor, backend, unseen_categories=cfg.dataset.unseen_categories)
+            scored = score_population(
+                population, predictor, backend, unseen_categories=cfg.dataset.unseen_categories, progress=progress
+            )
             _checked_scores(scored.proba, scored.rows)
         except (AuditInputError, ModelScoringError):
             raise

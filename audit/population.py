@@ -254,7 +254,7 @@ def _score_partition(part: Partition, *, population: Population, predictor) -> t
 
 
 def score_population(
-    population: Population, predictor, backend, *, unseen_categories: str = "unknown"
+    population: Population, predictor, backend, *, unseen_categories: str = "unknown", progress=None
 ) -> ScoredPopulation:
     """Score every row, one partition at a time (see :mod:`audit.compute` for ``backend``).
 
@@ -270,9 +270,10 @@ def score_population(
     ys, ps, ss = [], [], []
     problems: dict[str, int] = {}
     unseen: dict[str, int] = {}
-    for y, p, s, bad, new in backend.map(
-        _score_partition, population.partitions, population=population, predictor=shared
-    ):
+    results = backend.map(_score_partition, population.partitions, population=population, predictor=shared)
+    if progress is not None:
+        results = progress.bar(results, total=len(population.partitions), unit="partition")
+    for y, p, s, bad, new in results:
         ys.append(y)
         ps.append(p)
         ss.append(s)

@@ -223,6 +223,22 @@ def check_local_config(cfg: AuditConfig, ds) -> None:
     DataError
         Naming the key, the bad value and the fix.
     """
+    refs = cfg.fairness.reference_groups
+    if refs:
+        from audit.modules.fairness import groupings
+
+        groups = groupings(ds.X_test, cfg, list(ds.schema.sensitive))
+        for name, label in refs.items():
+            if name not in groups:
+                raise DataError(
+                    f"fairness.reference_groups.{name}: not a sensitive feature or intersection{_closest(name, groups)};"
+                    f" groupings are {list(groups)}"
+                )
+            have = sorted(set(groups[name].tolist()))
+            if label not in have:
+                raise DataError(
+                    f"fairness.reference_groups.{name}: no group '{label}'{_closest(label, have)}; groups are {have[:20]}"
+                )
     lc = cfg.local
     if not lc.enabled:
         return

@@ -27,3 +27,24 @@ def test_metrics_match_sklearn():
     assert m["log_loss"] == pytest.approx(log_loss(y, np.clip(p, 1e-15, 1 - 1e-15)))
     assert m["accuracy"] == pytest.approx(np.mean((p >= 0.5) == y))
     assert m["brier"] == pytest.approx(np.mean((p - y) ** 2))
+
+
+def test_weighted_metrics_equal_sklearn_with_sample_weight():
+    from sklearn.metrics import accuracy_score, brier_score_loss, f1_score, log_loss, roc_auc_score
+
+    from audit.modules.performance import expected_calibration_error, weighted_metrics
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 3000)
+    p = np.round(np.clip(0.3 * y + 0.7 * rng.uniform(size=3000), 0, 1), 2)  # many ties
+    W = rng.poisson(1.0, size=(3000, 3)).astype(float)
+    out = weighted_metrics(y, p, W, threshold=0.5)
+    for b in range(3):
+        w = W[:, b]
+        assert out["roc_auc"][b] == pytest.approx(roc_auc_score(y, p, sample_weight=w), abs=1e-12)
+        assert out["accuracy"][b] == pytest.approx(accuracy_score(y, p >= 0.5, sample_weight=w), abs=1e-12)
+        assert out["f1"][b] == pytest.approx(f1_score(y, p >= 0.5, sample_weight=w), abs=1e-12)
+        assert out["log_loss"][b] == pytest.approx(log_loss(y, p.clip(1e-15, 1 - 1e-15), sample_weight=w), abs=1e-12)
+        assert out["brier"][b] == pytest.approx(brier_score_loss(y, p, sample_weight=w), abs=1e-12)
+        rep = np.repeat(np.arange(3000), w.astype(int))  # a weight is that many copies of the row
+        assert out["ece"][b] == pytest.approx(expected_calibration_error(y[rep], p[rep])[0], abs=1e-12)

@@ -26,7 +26,7 @@ def test_end_to_end_cli_run_writes_report(workdir, capsys):
     assert latest.is_symlink()
     report = json.loads((latest / "report.json").read_text())
     html = (latest / "report.html").read_text()
-    assert report["audit"]["verdict"] == "pass" and report["schema_version"] == "1.1"
+    assert report["audit"]["verdict"] == "pass" and report["schema_version"] == "1.2"
     assert set(report["modules"]) == {
         "performance",
         "permutation_importance",
@@ -50,10 +50,15 @@ def test_end_to_end_cli_run_writes_report(workdir, capsys):
     assert {"load data", "train model", "score", "performance"} <= set(prov["stages_s"])
     # self-contained: no external resources
     assert "http://" not in html.replace("http://www.w3.org", "") and "https://" not in html
-    assert html.index("Summary of findings") < html.index("Model performance") < html.index('id="provenance"')
+    assert (
+        html.index('id="verdict"')
+        < html.index("All findings")
+        < html.index("Model performance")
+        < html.index('id="provenance"')
+    )
     assert "data:image/png;base64," in html
     assert (latest / "model" / "weights.pt").is_file()
-    assert "PASS" in out.out
+    assert out.out.startswith(("PASS: ", "REVIEW: Gates passed"))  # exit 0: the gates passed
 
 
 def test_saved_model_is_reused_with_source_load(workdir):

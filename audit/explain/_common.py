@@ -37,6 +37,28 @@ def roc_auc_fast(y: np.ndarray, p: np.ndarray) -> float:
     return float((below + not_above) / 2 / (len(pos) * len(neg)))
 
 
+def weighted_auc(y: np.ndarray, p: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """ROC AUC for each column of row weights ``W`` of shape (n, B), a weight counting a row that many times.
+
+    One sort of the scores, then per group of tied scores the positive and negative weights: AUC =
+    sum over groups of positives x (negatives below + half the tied negatives) / (positives x negatives).
+    Equals ``sklearn.metrics.roc_auc_score(y, p, sample_weight=w)`` for every column (tested).
+
+    Examples
+    --------
+    >>> weighted_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8]), np.ones((4, 1))).tolist()
+    [0.75]
+    """
+    order = np.argsort(p, kind="stable")
+    ps, ys, Ws = np.asarray(p)[order], np.asarray(y, dtype=float)[order], W[order]
+    starts = np.flatnonzero(np.r_[True, ps[1:] != ps[:-1]])
+    pos = np.add.reduceat(Ws * ys[:, None], starts, axis=0)
+    neg = np.add.reduceat(Ws * (1 - ys)[:, None], starts, axis=0)
+    below = np.cumsum(neg, axis=0) - neg
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (pos * (below + 0.5 * neg)).sum(axis=0) / (pos.sum(axis=0) * neg.sum(axis=0))
+
+
 def make_scorer(metric: str, *, threshold: float = 0.5) -> Callable[[np.ndarray, np.ndarray], float]:
     """A greater-is-better score ``f(y_true, p)`` for a metric name.
 

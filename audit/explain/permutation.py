@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from audit.explain._common import PredictFn, as_generator, make_scorer
+from audit.explain._common import PredictFn, as_generator, make_scorer, weighted_auc
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,9 @@ class PermutationImportance:
         Rows scored per repeat.
     rows_evaluated : int
         Model evaluations, all repeats and units together.
+    sampling_interval : tuple of ndarray, optional
+        95% interval of each unit's mean importance over Poisson bootstrap resamples of the rows (ROC AUC only):
+        how much the importance would move with other data of the same kind, which the repeats alone do not show.
     """
 
     names: list[str]
@@ -38,6 +41,7 @@ class PermutationImportance:
     metric: str
     n_rows: int
     rows_evaluated: int
+    sampling_interval: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def importances_mean(self) -> np.ndarray:
@@ -57,7 +61,7 @@ class PermutationImportance:
         return self.importances_mean - half, self.importances_mean + half
 
     def to_frame(self) -> pd.DataFrame:
-        """Ranked table: feature, mean, std, 95% interval, rank."""
+        """Ranked table: feature, mean, std, 95% interval over repeats, the sampling interval when computed, rank."""
         lo, hi = self.interval()
         df = pd.DataFrame(
             {
@@ -69,6 +73,9 @@ class PermutationImportance:
                 "members": [", ".join(m) for m in self.members],
             }
         )
+        if self.sampling_interval is not None:
+            df.insert(5, "data_low", self.sampling_interval[0])
+            df.insert(6, "data_high", self.sampling_interval[1])
         df = df.sort_values("importance", ascending=False, kind="stable").reset_index(drop=True)
         df.insert(0, "rank", np.arange(1, len(df) + 1))
         return df
@@ -113,6 +120,7 @@ def permutation_importance(
     threshold: float = 0.5,
     chunk_rows: int = 1 << 20,
     random_state: int | np.random.Generator | None = None,
+    n_bootstrap: int = 0,
 ) -> PermutationImportance:
     """Score drop when each feature (or group of features) is shuffled.
 
@@ -143,6 +151,9 @@ def permutation_importance(
         chunks, so peak memory is about ``chunk_rows * n_features * 8`` bytes plus the predictions, whatever the data
         size; the numbers are the same either way.
     random_state : int, Generator or None
+    n_bootstrap : int, default 0
+        With ``metric="roc_auc"``: Poisson bootstrap resamples of the rows for :attr:`PermutationImportance.
+        sampling_interval` (the permuted scores are reused, nothing is re-evaluated).
 
     Returns
     -------
@@ -170,9 +181,15 @@ def permutation_importance(
     col = {name: j for j, name in enumerate(feature_names)}
     units = permutation_units(feature_names, groups or {})
 
-    baseline = score(y, predict(X))
+    p_base = predict(X)
+    baseline = score(y, p_base)
     rows = n
     imp = np.empty((len(units), n_repeats))
+    boot = None
+    if n_bootstrap > 0 and metric == "roc_auc":
+        W = np.random.default_rng(rng.integers(2**63 - 1)).poisson(1.0, size=(n, n_bootstrap)).astype(float)
+        auc_base = weighted_auc(y, p_base, W)
+        boot = np.zeros((len(units), n_bootstrap))
     stack_all = n * n_repeats <= chunk_rows  # small data: all repeats in one array and one call
     stacked = np.tile(X, (n_repeats, 1)) if stack_all else None  # reused: columns shuffled, then restored
     for u, (_, members) in enumerate(units):
@@ -186,6 +203,8 @@ def permutation_importance(
                 stacked[:, c] = np.tile(X[:, c], n_repeats)
             for r in range(n_repeats):
                 imp[u, r] = baseline - score(y, p[r * n : (r + 1) * n])
+                if boot is not None:
+                    boot[u] += (auc_base - weighted_auc(y, p[r * n : (r + 1) * n], W)) / n_repeats
         else:  # large data: one repeat at a time, in row chunks, so memory is bounded by chunk_rows
             p = np.empty(n)
             for r in range(n_repeats):
@@ -195,5 +214,12 @@ def permutation_importance(
                         block[:, c] = X[perms[r, s : s + chunk_rows], c]
                     p[s : s + len(block)] = predict(block)
                 imp[u, r] = baseline - score(y, p)
+                if boot is not None:
+                    boot[u] += (auc_base - weighted_auc(y, p, W)) / n_repeats
         rows += n * n_repeats
-    return PermutationImportance([u[0] for u in units], [u[1] for u in units], imp, float(baseline), metric, n, rows)
+    interval = None
+    if boot is not None:
+        interval = (np.quantile(boot, 0.025, axis=1), np.quantile(boot, 0.975, axis=1))
+    return PermutationImportance(
+        [u[0] for u in units], [u[1] for u in units], imp, float(baseline), metric, n, rows, interval
+    )

@@ -96,9 +96,11 @@ class TabularLitModule(pl.LightningModule):
 
 
 class _History(pl.Callback):
-    """Records per-epoch metrics and keeps the weights of the best validation epoch in memory."""
+    """Records per-epoch metrics and keeps the weights of the best validation epoch in memory; ``on_epoch`` (if
+    given) is called with ``(epoch, max_epochs, metrics)`` after each epoch (the CLI's progress line)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_epoch=None) -> None:
+        self.on_epoch = on_epoch
         self.epochs: list[dict] = []
         self.best_loss = float("inf")
         self.best_epoch = -1
@@ -114,6 +116,8 @@ class _History(pl.Callback):
             "val_auc": m.get("val_auc", float("nan")),
         }
         self.epochs.append(row)
+        if self.on_epoch is not None:
+            self.on_epoch(row["epoch"], trainer.max_epochs, row)
         if row["val_loss"] < self.best_loss - 1e-6:
             self.best_loss, self.best_epoch = row["val_loss"], row["epoch"]
             self.best_state = copy.deepcopy(pl_module.net.state_dict())
@@ -129,7 +133,14 @@ class TrainResult:
 
 
 def train_model(
-    schema: Schema, codes: np.ndarray, y: np.ndarray, cfg: ModelConfig, *, validation_size: float, seed: int
+    schema: Schema,
+    codes: np.ndarray,
+    y: np.ndarray,
+    cfg: ModelConfig,
+    *,
+    validation_size: float,
+    seed: int,
+    on_epoch=None,
 ) -> TrainResult:
     """Train a :class:`TabularNet` on code-space training rows, with early stopping on validation loss.
 
@@ -148,7 +159,7 @@ def train_model(
     torch.manual_seed(seed)
     net = build_net(pre, architecture)
     lit = TabularLitModule(net, learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    history = _History()
+    history = _History(on_epoch)
     trainer = pl.Trainer(
         max_epochs=cfg.max_epochs,
         accelerator="cpu",

@@ -24,6 +24,13 @@ class Figure:
     caption: str
     png: bytes
 
+    @property
+    def width_in(self) -> float | None:
+        """The figure's own width in inches (it is shown at that size, see :mod:`audit.plotting`)."""
+        from audit.plotting import png_info
+
+        return png_info(self.png).get("width_in")
+
 
 @dataclass
 class Table:

@@ -32,13 +32,122 @@ def finding_key(f: dict[str, Any]) -> str:
     return f"{f['module']}: " + re.sub(r"[-+]?\d[\d.,]*(e[-+]?\d+)?", "#", f["title"])
 
 
-def _drift(title: str, evidence: dict[str, Any], rule: str, gate: bool) -> Finding:
-    """A change beyond its tolerance since the baseline."""
-    return Finding(ComparisonModule.name, title, "fail", "medium", evidence, rule, gating=gate)
+def _drift(title: str, evidence: dict[str, Any], rule: str, gate: bool, **fields) -> Finding:
+    """A change beyond its tolerance and beyond sampling noise since the baseline."""
+    return Finding(ComparisonModule.name, title, "fail", "medium", evidence, rule, gating=gate, **fields)
+
+
+def beyond_noise(a: float, b: float, ci_a, ci_b, z: float = 1.96) -> bool | None:
+    """Whether ``b - a`` exceeds what sampling noise explains: each run's interval gives a standard error
+    (half-width / 1.96), and the change must exceed ``z`` standard errors of the difference. None without intervals.
+
+    Examples
+    --------
+    >>> beyond_noise(0.80, 0.82, (0.78, 0.82), (0.80, 0.84)), beyond_noise(0.80, 0.90, (0.79, 0.81), (0.89, 0.91))
+    (False, True)
+    """
+    try:
+        ses = [(float(hi) - float(lo)) / (2 * 1.96) for lo, hi in (ci_a, ci_b)]
+    except (TypeError, ValueError):
+        return None
+    if not all(np.isfinite(ses)):
+        return None
+    se = float(np.hypot(*ses))
+    return bool(abs(b - a) > z * se) if se > 0 else bool(b != a)
 
 
 def _current_findings(ctx: AuditContext) -> list[dict[str, Any]]:
     return [f.to_json() for r in ctx.results.values() for f in r.findings]
+
+
+def _importance_intervals(pi_data: dict) -> dict[str, tuple[float, float, float]]:
+    """Per feature: mean permutation importance and its interval, the data (bootstrap) interval when the run has
+    one, else the interval over repeats (groups count for each member)."""
+    from scipy import stats
+
+    raw = pi_data.get("importances")
+    imp = np.asarray(raw if raw is not None else [], dtype=float)
+    if imp.ndim != 2 or imp.shape[1] < 2:
+        return {}
+    mean = imp.mean(axis=1)
+    data = pi_data.get("data_interval")
+    if data is not None:
+        lo, hi = (np.asarray(a, dtype=float) for a in data)
+    else:
+        half = stats.t.ppf(0.975, imp.shape[1] - 1) * imp.std(axis=1, ddof=1) / np.sqrt(imp.shape[1])
+        lo, hi = mean - half, mean + half
+    return {
+        m: (float(v), float(a), float(b))
+        for members, v, a, b in zip(pi_data["members"], mean, lo, hi, strict=True)
+        for m in members
+    }
+
+
+def _important(pi_data: dict) -> list[str]:
+    """Features whose importance interval lies above 0."""
+    return [f for f, (_, lo, _) in _importance_intervals(pi_data).items() if lo > 0]
+
+
+PAIRED_REPLICATES = 200
+
+
+def paired_changes(ctx: AuditContext, base: dict[str, Any]) -> dict[str, Any] | None:
+    """When both runs scored the same audit rows (the baseline's scores.parquet has the same rows and labels), a
+    paired bootstrap of every change: each Poisson resample weights the same rows in both runs, so the noise of a
+    difference is the noise of the difference, not of two separate samples. Returns the 95% interval of each
+    metric's and each fairness measure's change, or None when the rows differ (then the runs' own intervals are
+    used)."""
+    from pathlib import Path
+
+    from audit.fairness import _measures, _rates, bootstrap_sums, encode_groups
+    from audit.modules.fairness import audit_groupings
+    from audit.modules.performance import weighted_metrics
+
+    if ctx.population is not None or not ctx.baseline_path:
+        return None
+    path = Path(ctx.baseline_path).parent / "scores.parquet"
+    try:
+        old = pd.read_parquet(path, columns=["label", "score"])
+    except Exception:  # noqa: BLE001 - no sidecar (an older report) or unreadable: fall back to the intervals
+        return None
+    y = ctx.y_audit
+    if len(old) != len(y) or not np.array_equal(old["label"].to_numpy(), y):
+        return None
+    p_old, p_new = old["score"].to_numpy(dtype=float), ctx.proba_audit
+    thr_old = float(base["provenance"]["config"].get("model", {}).get("threshold", 0.5))
+    thr_new = ctx.config.model.threshold
+    seed = ctx.seed_for("comparison.paired")
+    W = np.random.default_rng(seed).poisson(1.0, size=(len(y), PAIRED_REPLICATES)).astype(float)
+    a = weighted_metrics(y, p_old, W, threshold=thr_old)
+    b = weighted_metrics(y, p_new, W, threshold=thr_new)
+    out: dict[str, Any] = {"metrics": {}, "fairness": {}}
+    for m in a:
+        d = (b[m] - a[m])[np.isfinite(b[m] - a[m])]
+        if len(d) >= 10:
+            out["metrics"][m] = (float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975)))
+    fav = ctx.dataset.schema.favourable_is_positive
+    min_size = ctx.config.fairness.min_group_size
+    for name, labels in audit_groupings(ctx).items():
+        levels, codes = encode_groups(labels)
+        eligible = np.bincount(codes, minlength=len(levels)) >= min_size
+        reps = []
+        for p, thr in ((p_old, thr_old), (p_new, thr_new)):
+            sums = bootstrap_sums(
+                y, p, [codes], [len(levels)], threshold=thr, n_bins=10, n_replicates=PAIRED_REPLICATES, seed=seed,
+                favourable_positive=fav,
+            )[0]  # fmt: skip
+            with np.errstate(all="ignore"):
+                reps.append(_measures(_rates(sums, 10), eligible))
+        for m in reps[0]:
+            d = reps[1][m] - reps[0][m]
+            d = d[np.isfinite(d)]
+            if len(d) >= 10:
+                out["fairness"][(name, m)] = (float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975)))
+    return out
+
+
+def _outside(ci) -> bool:
+    return ci is not None and (ci[0] > 0 or ci[1] < 0)
 
 
 class ComparisonModule:
@@ -87,24 +196,47 @@ class ComparisonModule:
         # a population on both sides (e.g. this month's and last month's scored file) is what drifts; else the test split
         split = "population" if perf is not None and "population" in perf.data and "population" in old_data else "test"
         old_perf = old_data.get(split)
+        paired = paired_changes(ctx, base)
+        mode = "paired bootstrap of the same rows" if paired else "the two runs' own intervals"
         if perf is not None and old_perf:
             rows = []
+            ci_old = old_data.get(f"{split}_ci", {}) or {}
+            ci_new = perf.data.get(f"{split}_ci", {}) or {}
             for m in _METRICS:
                 a, b = old_perf.get(m), perf.data[split].get(m)
                 if a is None or b is None:
                     continue
-                rows.append({"metric": m, "baseline": a, "current": b, "change": b - a})
-                if m in ("roc_auc", "accuracy") and abs(b - a) > cfg.max_metric_change:
+                tol = abs(b - a) > cfg.max_metric_change
+                if paired and split == "test" and m in paired["metrics"]:
+                    noise = _outside(paired["metrics"][m])
+                else:
+                    noise = beyond_noise(a, b, ci_old.get(m), ci_new.get(m))
+                drift = m in ("roc_auc", "accuracy") and tol and noise is not False
+                rows.append(
+                    {"metric": m, "baseline": a, "current": b, "change": b - a, "beyond tolerance": tol,
+                     "beyond noise": "no interval" if noise is None else noise, "drift": drift}
+                )  # fmt: skip
+                if drift:
                     findings.append(
                         _drift(
                             f"{split.capitalize()} {m} moved {b - a:+.3f} since the baseline ({a:.3f} -> {b:.3f})",
-                            {"baseline": a, "current": b},
-                            f"|change| <= {cfg.max_metric_change}",
+                            {"baseline": a, "current": b, "beyond_noise": noise},
+                            f"|change| <= {cfg.max_metric_change} or within sampling noise",
                             cfg.gate,
+                            id=f"comparison.{split}.{m}",
+                            measure=m,
+                            value=float(b - a),
+                            limit=cfg.max_metric_change,
                         )
                     )
             tables.append(
-                Table("performance", f"{split.capitalize()} metrics: baseline and current", pd.DataFrame(rows))
+                Table(
+                    "performance",
+                    f"{split.capitalize()} metrics: baseline and current",
+                    pd.DataFrame(rows),
+                    f"Drift: a change beyond report.compare.max_metric_change that sampling noise does not explain "
+                    f"(judged by {mode}).",
+                )
             )
 
         # fairness measures
@@ -115,51 +247,108 @@ class ComparisonModule:
             cur = to_jsonable(fair.data)
             for grouping, entry in cur.items():
                 before = old_fair.get(grouping)
-                if not before:
-                    continue
-                old_m = dict(zip(before["measures"]["measure"], before["measures"]["value"], strict=True))
-                for m, v in zip(entry["measures"]["measure"], entry["measures"]["value"], strict=True):
-                    a = old_m.get(m)
+                if not (isinstance(entry, dict) and isinstance(before, dict) and "measures" in before):
+                    continue  # not a grouping (e.g. flagged_proxies), or not in the baseline
+                bm = before["measures"]
+                old_m = {
+                    m: (v, lo, hi)
+                    for m, v, lo, hi in zip(bm["measure"], bm["value"], bm["ci_low"], bm["ci_high"], strict=True)
+                }
+                em = entry["measures"]
+                for m, v, lo, hi in zip(em["measure"], em["value"], em["ci_low"], em["ci_high"], strict=True):
+                    a, a_lo, a_hi = old_m.get(m, (None, None, None))
                     if a is None or v is None:
                         continue
-                    rows.append({"grouping": grouping, "measure": m, "baseline": a, "current": v, "change": v - a})
-                    if abs(v - a) > cfg.max_fairness_change:
+                    tol = abs(v - a) > cfg.max_fairness_change
+                    if paired and (grouping, m) in paired["fairness"]:
+                        noise = _outside(paired["fairness"][(grouping, m)])
+                    else:
+                        noise = beyond_noise(a, v, (a_lo, a_hi), (lo, hi))
+                    drift = tol and noise is not False
+                    rows.append(
+                        {"grouping": grouping, "measure": m, "baseline": a, "current": v, "change": v - a,
+                         "beyond tolerance": tol, "beyond noise": "no interval" if noise is None else noise,
+                         "drift": drift}
+                    )  # fmt: skip
+                    if drift:
                         findings.append(
                             _drift(
                                 f"{m.replace('_', ' ')} by {grouping} moved {v - a:+.3f} since the baseline",
-                                {"baseline": a, "current": v},
-                                f"|change| <= {cfg.max_fairness_change}",
+                                {"baseline": a, "current": v, "beyond_noise": noise},
+                                f"|change| <= {cfg.max_fairness_change} or within sampling noise",
                                 cfg.gate,
+                                id=f"comparison.fairness.{m}.{grouping}",
+                                measure=m,
+                                subject=grouping,
+                                value=float(v - a),
+                                limit=cfg.max_fairness_change,
                             )
                         )
-            tables.append(Table("fairness", "Fairness measures: baseline and current", pd.DataFrame(rows)))
+            tables.append(
+                Table(
+                    "fairness",
+                    "Fairness measures: baseline and current",
+                    pd.DataFrame(rows),
+                    f"Drift: a change beyond report.compare.max_fairness_change that sampling noise does not explain "
+                    f"(judged by {mode}).",
+                )
+            )
 
-        # importance ranks
+        # importance ranks, over the features that clearly matter in both runs
         pi = ctx.results.get("permutation_importance")
-        old_rank = base["modules"].get("permutation_importance", {}).get("data", {}).get("rank_by_feature")
+        old_pi = base["modules"].get("permutation_importance", {}).get("data", {})
+        old_rank = old_pi.get("rank_by_feature")
         rho = None
         if pi is not None and old_rank:
             cur_rank = pi.data["rank_by_feature"]
             common = sorted(set(cur_rank) & set(old_rank))
-            if len(common) >= 3:
-                rho = float(spearmanr([old_rank[f] for f in common], [cur_rank[f] for f in common]).statistic)
+            clear = sorted(set(_important(pi.data)) & set(_important(old_pi)) & set(common))
+            if len(clear) >= 3:
+                rho = float(spearmanr([old_rank[f] for f in clear], [cur_rank[f] for f in clear]).statistic)
                 if not np.isfinite(rho):
                     rho = None
-            rows = [{"feature": f, "baseline_rank": old_rank.get(f), "current_rank": cur_rank.get(f)} for f in common]
+            rows = [
+                {
+                    "feature": f,
+                    "baseline_rank": old_rank.get(f),
+                    "current_rank": cur_rank.get(f),
+                    "compared": f in clear,
+                }
+                for f in common
+            ]
             tables.append(
                 Table(
                     "ranks",
-                    f"Importance ranks (Spearman correlation {rho if rho is None else round(rho, 3)})",
+                    f"Importance ranks (Spearman correlation {rho if rho is None else round(rho, 3)} over the "
+                    f"{len(clear)} features clearly important in both runs)",
                     pd.DataFrame(rows),
+                    "Compared: features whose permutation importance interval lies above 0 in both runs; the ranks "
+                    "of features with no measurable importance are noise and are left out.",
                 )
             )
-            if rho is not None and rho < cfg.min_rank_correlation:
+            iv_old, iv_new = _importance_intervals(old_pi), _importance_intervals(pi.data)
+            moved = [
+                f for f in clear
+                if beyond_noise(iv_old[f][0], iv_new[f][0], iv_old[f][1:], iv_new[f][1:])
+            ]  # fmt: skip
+            for r in rows:
+                r["importance moved beyond noise"] = r["feature"] in moved
+            tables[-1].frame = pd.DataFrame(rows)
+            top_old = sorted(old_rank, key=old_rank.get)[:3]
+            top_new = sorted(cur_rank, key=cur_rank.get)[:3]
+            top_changed = top_old[0] not in top_new or top_new[0] not in top_old
+            if rho is not None and rho < cfg.min_rank_correlation and moved and top_changed:
                 findings.append(
                     _drift(
-                        f"Importance ranking changed: Spearman {rho:.2f} against the baseline",
-                        {"spearman": rho},
-                        f"Spearman >= {cfg.min_rank_correlation}",
+                        f"Importance ranking changed: Spearman {rho:.2f} against the baseline over the {len(clear)} "
+                        f"features important in both runs; {', '.join(moved[:5])} moved beyond sampling noise",
+                        {"spearman": rho, "features": clear, "moved": moved},
+                        f"Spearman >= {cfg.min_rank_correlation}, or no importance moved beyond sampling noise, or "
+                        "the most important feature stayed in the other run's top three",
                         cfg.gate,
+                        id="comparison.importance_ranks",
+                        value=rho,
+                        limit=cfg.min_rank_correlation,
                     )
                 )
 
@@ -178,6 +367,7 @@ class ComparisonModule:
         return ModuleResult(
             summary={
                 "baseline_run": meta["baseline_run"],
+                "noise_judged_by": mode,
                 "config_changes": len(changed),
                 "new_failures": sum(d["change"] == "new" for d in delta),
                 "resolved_failures": sum(d["change"] == "resolved" for d in delta),

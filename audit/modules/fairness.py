@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
 
 from audit.config import AuditConfig
-from audit.fairness import encode_groups, group_fairness_many, group_labels, verdict
+from audit.fairness import MEASURES, RULES, encode_groups, group_fairness_many, group_labels, verdict
 from audit.findings import Finding
 from audit.modules.base import AuditContext, Figure, ModuleResult, Table
 from audit.plotting import subplots, to_png
@@ -69,6 +70,81 @@ def _audit_rows(ctx: AuditContext) -> tuple[np.ndarray, np.ndarray, str]:
     return ctx.y_audit, ctx.proba_audit, f"test rows ({len(ctx.y_audit)})"
 
 
+def _num(v) -> float | None:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def _named(grouping: str, label: str | None) -> str:
+    """A group as a reader names it: 'Female', but 'age < 25' for a bin or a code."""
+    if label is None:
+        return "?"
+    return f"{grouping} {label}" if re.match(r"^[<>\d-]", label) else label
+
+
+def _plain(m, grouping: str, fav: str) -> str:
+    """What a headline measure means, in one sentence naming the groups."""
+    dis, adv = _named(grouping, m.disadvantaged), _named(grouping, m.advantaged)
+    dv, av = m.disadvantaged_value, m.advantaged_value
+    if m.measure == "disparate_impact_ratio":
+        return (
+            f"{dis} get the {fav} at {m.value:.2f} times the rate of {adv} ({dv:.1%} vs {av:.1%}); the four-fifths "
+            "rule asks for at least 0.80."
+        )
+    if m.measure == "demographic_parity_difference":
+        return (
+            f"{dis} get the {fav} {m.value * 100:.1f} percentage points less often than {adv} ({dv:.1%} vs {av:.1%})."
+        )
+    if m.measure == "equal_opportunity_difference":
+        return (
+            f"Among people whose true outcome is favourable, {dis} get the {fav} {m.value * 100:.1f} points less often "
+            f"than {adv} (TPR {dv:.1%} vs {av:.1%})."
+        )
+    if m.measure == "equalized_odds_difference":
+        which = "true positive rate" if m.rate == "tpr" else "false positive rate"
+        return (
+            f"The larger gap is in the {which}: {dv:.1%} for {dis} against {av:.1%} for {adv} "
+            f"({m.value * 100:.1f} points)."
+        )
+    return (
+        f"Scores are worst calibrated for {dis} (expected calibration error {dv:.3f}) and best for {adv} ({av:.3f}); "
+        f"the gap is {m.value:.3f}."
+    )
+
+
+def _reference(res, configured: str | None) -> str | None:
+    """The reference group of a grouping: the configured one, else the largest group with enough rows."""
+    t = res.table
+    if configured is not None:
+        return configured
+    ok = t[t["eligible"]]
+    return str(ok.loc[ok["count"].idxmax(), "group"]) if len(ok) else None
+
+
+def _group_table(res, ref: str | None, min_group_size: int) -> Table:
+    """Group metrics with the overall row first, intervals, and the disparity against the reference group."""
+    t = res.table.copy()
+    overall = {"group": "overall (all rows)", "eligible": True, **res.overall}
+    overall["count"] = int(t["count"].sum())
+    t = pd.concat([pd.DataFrame([overall]), t], ignore_index=True)
+    if ref is not None and ref in set(t["group"]):
+        sr_ref = float(t.loc[t["group"] == ref, "selection_rate"].iloc[0])
+        t["selection_ratio_vs_ref"] = t["selection_rate"] / sr_ref if sr_ref > 0 else np.nan
+        t["selection_diff_vs_ref"] = t["selection_rate"] - sr_ref
+    cols = ["group", "count", "eligible", "base_rate", "selection_rate", "selection_rate_low", "selection_rate_high",
+            "selection_ratio_vs_ref", "selection_diff_vs_ref", "tpr", "tpr_low", "tpr_high", "fpr", "fpr_low",
+            "fpr_high", "accuracy", "precision", "roc_auc", "ece"]  # fmt: skip
+    t = t[[c for c in cols if c in t.columns]]
+    return Table(
+        f"groups_{res.name}",
+        f"Group metrics by {res.name} (reference group: {ref})",
+        t,
+        f"Base rate: actual share with the favourable outcome; selection rate: share given it by the model. Ratio "
+        f"and difference against the reference group '{ref}' (the largest eligible group unless "
+        f"fairness.reference_groups names one). Groups below {min_group_size} rows are shown but never used in a "
+        "measure (eligible: false).",
+    )
+
+
 class FairnessModule:
     name = "fairness"
     title = "Fairness and bias"
@@ -101,29 +177,69 @@ class FairnessModule:
         )
         findings, rows = [], []
         thresholds = fc.thresholds.model_dump()
+        fav = f"'{schema.favourable_label or schema.positive_label}' decision"
         for res in results:
             for m in res.measures.itertuples():
                 limit = thresholds[m.measure]
-                status = verdict(m.value, m.ci_low, m.ci_high, limit, m.kind) if limit is not None else "info"
-                rows.append({"grouping": res.name, **m._asdict()} | {"threshold": limit, "verdict": status})
-                if limit is None:
+                assessable = m.not_assessable is None and not math.isnan(m.value)
+                if not assessable:
+                    status = "not_assessable"
+                elif limit is None:
+                    status = "info"
+                else:
+                    status = verdict(m.value, m.ci_low, m.ci_high, limit, m.kind)
+                rule = RULES[m.measure]
+                rows.append(
+                    {
+                        "grouping": res.name,
+                        "measure": m.measure,
+                        "value": m.value,
+                        "ci_low": m.ci_low,
+                        "ci_high": m.ci_high,
+                        "threshold": limit,
+                        "verdict": status.replace("_", " "),
+                        "disadvantaged": m.disadvantaged,
+                        "advantaged": m.advantaged,
+                        "rule": rule,
+                        "meaning": _plain(m, res.name, fav) if assessable else f"not assessable: {m.not_assessable}",
+                    }
+                )
+                if limit is None and assessable:
                     continue
                 sign = "<=" if m.kind == "max" else ">="
+                label = m.measure.replace("_", " ")
+                if assessable:
+                    title = (
+                        f"{label} by {res.name}: {m.value:.3f} [{m.ci_low:.3f}, {m.ci_high:.3f}] "
+                        f"({m.disadvantaged} vs {m.advantaged})"
+                    )
+                else:
+                    title = f"{label} by {res.name}: not assessable, {m.not_assessable}"
                 findings.append(
                     Finding(
                         self.name,
-                        f"{m.measure.replace('_', ' ')} by {res.name}: {m.value:.3f} [{m.ci_low:.3f}, {m.ci_high:.3f}]",
+                        title,
                         status,
-                        _SEVERITY[m.measure] if status != "pass" else "info",
+                        _SEVERITY[m.measure] if status in ("fail", "inconclusive") else "info",
                         {
-                            "value": m.value,
-                            "ci_low": m.ci_low,
-                            "ci_high": m.ci_high,
                             "insufficient_groups": res.insufficient,
+                            "disadvantaged": m.disadvantaged,
+                            "advantaged": m.advantaged,
                         },
-                        f"{sign} {limit} ({int(fc.confidence * 100)}% bootstrap interval)",
+                        f"{sign} {limit} ({int(fc.confidence * 100)}% bootstrap interval)"
+                        if limit is not None
+                        else None,
                         gating=m.measure in fc.gate,
-                    )
+                        id=f"fairness.{m.measure}.{res.name}",
+                        measure=m.measure,
+                        subject=res.name,
+                        value=None if not assessable else float(m.value),
+                        ci_low=None if not assessable else _num(m.ci_low),
+                        ci_high=None if not assessable else _num(m.ci_high),
+                        limit=limit,
+                        rule=rule,
+                        plain=_plain(m, res.name, fav) if assessable else f"Not assessable: {m.not_assessable}.",
+                    )  # fmt: skip
                 )
             if res.insufficient:
                 findings.append(
@@ -134,6 +250,8 @@ class FairnessModule:
                         "info",
                         "low",
                         {"groups": res.insufficient},
+                        id=f"fairness.insufficient_groups.{res.name}",
+                        subject=res.name,
                     )
                 )
         proxies = self._proxies(ctx, sensitive, seed)
@@ -160,29 +278,56 @@ class FairnessModule:
         tables = [
             Table(
                 "measures",
-                "Headline fairness measures",
-                measures[["grouping", "measure", "value", "ci_low", "ci_high", "threshold", "verdict"]],
-                f"Over groups with at least {fc.min_group_size} rows; {int(fc.confidence * 100)}% percentile "
-                f"bootstrap intervals from {fc.n_bootstrap} Poisson resamples of the {audited}; 'inconclusive' when "
-                "the interval straddles the threshold.",
-            )
+                "Headline fairness measures: who, by how much, how sure",
+                measures[
+                    [
+                        "grouping",
+                        "measure",
+                        "value",
+                        "ci_low",
+                        "ci_high",
+                        "threshold",
+                        "verdict",
+                        "disadvantaged",
+                        "advantaged",
+                    ]
+                ],
+                f"Over groups with at least {fc.min_group_size} rows; {int(fc.confidence * 100)}% bootstrap "
+                f"intervals from {fc.n_bootstrap} Poisson resamples of the {audited}, shifted by the bootstrap "
+                "estimate of bias (gaps over groups are biased upward by resampling); 'inconclusive' when the interval "
+                "straddles the threshold. Disadvantaged / advantaged: the groups with the lowest and highest rate "
+                f"behind the measure (selection: the {fav}).",
+            )  # fmt: skip
         ]
+        references = {}
         for res in results:
-            cols = [
-                "group",
-                "count",
-                "eligible",
-                "base_rate",
-                "selection_rate",
-                "accuracy",
-                "tpr",
-                "fpr",
-                "fnr",
-                "precision",
-                "roc_auc",
-                "ece",
-            ]
-            tables.append(Table(f"groups_{res.name}", f"Group metrics by {res.name}", res.table[cols]))
+            ref = _reference(res, fc.reference_groups.get(res.name))
+            references[res.name] = ref
+            tables.append(_group_table(res, ref, fc.min_group_size))
+        tables.append(
+            Table(
+                "definitions",
+                "What the measures mean",
+                pd.DataFrame(
+                    [
+                        {
+                            "measure": m,
+                            "definition": MEASURES[m][1],
+                            "rule": RULES[m],
+                            "passes when": ("at most" if MEASURES[m][0] == "max" else "at least") + f" {thresholds[m]}"
+                            if thresholds[m] is not None
+                            else "no threshold set",
+                        }
+                        for m in MEASURES
+                    ]  # fmt: skip
+                ),
+                "Selection: the favourable decision (model score "
+                + (">=" if schema.favourable_is_positive else "<")
+                + f" {cfg.model.threshold}). TPR: share of people whose true outcome is favourable who are selected; "
+                "FPR: share of the others who are selected; ECE: expected calibration error (mean gap between score "
+                "and observed rate over 10 score bins).",
+            )
+        )
         tables.append(
             Table(
                 "proxies",
@@ -194,7 +339,10 @@ class FairnessModule:
                 f"p < {fc.proxy_alpha}. Importance rank from permutation importance when it ran.",
             )
         )
-        figures = [self._rates_figure(res) for res in results] + [self._roc_figure(y, p, sensitive, groups, cfg)]
+        single = [r for r in results if " x " not in r.name]
+        figures = [self._rates_figure(single, "fairness_rates")] if single else []
+        figures += [self._rates_figure([r], f"fairness_{r.name}") for r in results if " x " in r.name]
+        figures.append(self._roc_figure(y, p, sensitive, groups, cfg))
         return ModuleResult(
             summary={
                 "groupings": len(results),
@@ -211,8 +359,13 @@ class FairnessModule:
                     "groups": res.table.to_dict("list"),
                     "measures": res.measures.to_dict("list"),
                     "insufficient": res.insufficient,
+                    "overall": res.overall,
+                    "reference": references[res.name],
                 }
                 for res in results
+            }
+            | {
+                "flagged_proxies": sorted({r.feature for r in proxies.itertuples() if r.flagged}),
             },
         )
 
@@ -250,37 +403,41 @@ class FairnessModule:
         return pd.DataFrame(rows).sort_values("cramers_v", ascending=False, kind="stable").reset_index(drop=True)
 
     @staticmethod
-    def _rates_figure(res) -> Figure:
-        t = res.table
-        labels = [g if len(g) <= 28 else g[:27] + "…" for g in t["group"]]
-        y = np.arange(len(t))
-        fig, axes = subplots(1, 3, figsize=(11, max(2.8, 0.3 * len(t) + 1.6)), sharey=True)
-        for ax, key, title in zip(
-            axes,
-            ("selection_rate", "tpr", "fpr"),
-            ("selection rate", "true positive rate", "false positive rate"),
-            strict=True,
-        ):
-            v = t[key].to_numpy(dtype=float)
-            if f"{key}_low" in t:
-                err = np.vstack([v - t[f"{key}_low"], t[f"{key}_high"] - v])
-                ax.errorbar(v, y, xerr=np.nan_to_num(np.abs(err)), fmt="none", ecolor="#7f8c8d", capsize=2)
-            colors = np.where(t["eligible"], "#2e6db4", "#bdc3c7")
-            ax.scatter(v, y, c=colors, zorder=3, s=22)
-            ax.set(xlabel=title, xlim=(0, 1))
-            if key == "selection_rate":
-                eligible = t.loc[t["eligible"], key]
-                if len(eligible):
-                    line = 0.8 * eligible.max()
-                    ax.axvline(line, color="#c0392b", ls="--", lw=1, label="4/5 of the highest")
-                    ax.legend(fontsize=7, loc="lower right")
-        axes[0].set_yticks(y, labels, fontsize=8)
-        axes[0].invert_yaxis()
-        fig.suptitle(f"Rates by {res.name} (grey: below the minimum group size)")
-        fig.tight_layout()
+    def _rates_figure(results: list, name: str) -> Figure:
+        """Selection rate, TPR and FPR per group, one row of panels per grouping, with intervals."""
+        heights = [0.28 * len(r.table) + 0.9 for r in results]
+        fig, axes = subplots(
+            len(results), 3, figsize=(7.2, sum(heights) + 0.5), squeeze=False,
+            gridspec_kw={"height_ratios": heights},
+        )  # fmt: skip
+        for row, res in zip(axes, results, strict=True):
+            t = res.table
+            labels = [g if len(g) <= 24 else g[:23] + "…" for g in t["group"]]
+            y = np.arange(len(t))
+            for ax, key, title in zip(
+                row, ("selection_rate", "tpr", "fpr"), ("selection rate", "true positive rate", "false positive rate"),
+                strict=True,
+            ):  # fmt: skip
+                v = t[key].to_numpy(dtype=float)
+                if f"{key}_low" in t:
+                    err = np.vstack([v - t[f"{key}_low"], t[f"{key}_high"] - v])
+                    ax.errorbar(v, y, xerr=np.nan_to_num(np.abs(err)), fmt="none", ecolor="#7f8c8d", capsize=2)
+                colors = np.where(t["eligible"], "#2e6db4", "#bdc3c7")
+                ax.scatter(v, y, c=colors, zorder=3, s=18)
+                ax.set(xlim=(0, 1), ylim=(len(t) - 0.5, -0.5))
+                ax.set_xlabel(f"{title} (share)" if res is results[-1] else "")
+                if res is results[0]:
+                    ax.set_title(title)
+                if key == "selection_rate":
+                    eligible = t.loc[t["eligible"], key]
+                    if len(eligible):
+                        ax.axvline(0.8 * eligible.max(), color="#c0392b", ls="--", lw=1)
+                ax.set_yticks(y, labels if key == "selection_rate" else [])
+            row[0].set_ylabel(res.name)
         return Figure(
-            f"fairness_{res.name}",
-            f"Selection rate, TPR and FPR by {res.name} with bootstrap intervals; dashed red: four-fifths of the highest selection rate.",
+            name,
+            "Selection rate, true and false positive rate by group, with bootstrap intervals; dashed red: four-fifths "
+            "of the highest selection rate; grey: groups below the minimum size (not used in any measure).",
             to_png(fig),
         )
 

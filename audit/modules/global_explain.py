@@ -79,6 +79,23 @@ def _capped(ctx: AuditContext, module: str, names: list[str] | None, cap: int, k
     return chosen, [note]
 
 
+def _pages(items: list, levels: list[int], cols: int = 2, max_height: float = 9.0) -> list[list]:
+    """Split panels with category levels into figures no taller than ``max_height`` inches (see
+    :func:`_panel_grid`), so no figure is shrunk to fit a page and its labels stay legible."""
+    groups, current, height = [], [], 0.0
+    for start in range(0, len(items), cols):
+        row = items[start : start + cols]
+        h = 0.23 * max(levels[start : start + cols]) + 1.0
+        if current and height + h > max_height:
+            groups.append(current)
+            current, height = [], 0.0
+        current += row
+        height += h
+    if current:
+        groups.append(current)
+    return groups
+
+
 def _panel_grid(count: int, cols: int, *, levels: list[int] | None = None):
     """A figure of ``count`` panels in ``cols`` columns; unused axes are hidden.
 
@@ -155,6 +172,7 @@ class PermutationModule:
                 threshold=ctx.config.model.threshold,
                 chunk_rows=ctx.config.compute.chunk_rows,
                 random_state=ctx.seed_for(self.name),
+                n_bootstrap=cfg.n_bootstrap,
             )
             rows_note = f"{res.n_rows} test rows"
         table = res.to_frame()
@@ -193,8 +211,14 @@ class PermutationModule:
                     "importance",
                     f"Permutation importance (drop in {cfg.metric})",
                     table,
-                    f"{cfg.n_repeats} repeats on {rows_note}; interval: 95% Student-t over repeats "
-                    "(permutation noise only)."
+                    f"{cfg.n_repeats} repeats on {rows_note}; ci: 95% Student-t over repeats (permutation noise "
+                    "only)"
+                    + (
+                        f"; data: 95% interval over {cfg.n_bootstrap} bootstrap resamples of the rows (how much the "
+                        "importance would move with other data)."
+                        if res.sampling_interval is not None
+                        else "."
+                    )
                     + (
                         f" Tied features (dataset.tied) are permuted together: {[list(g) for g in ctx.dataset.tied]}."
                         if ctx.dataset.tied
@@ -209,6 +233,7 @@ class PermutationModule:
                 "names": res.names,
                 "members": res.members,
                 "importances": res.importances,
+                "data_interval": None if res.sampling_interval is None else [list(a) for a in res.sampling_interval],
                 "baseline_score": res.baseline_score,
                 "metric": res.metric,
             },
@@ -389,20 +414,20 @@ class PartialDependenceModule:
                     to_png(fig),
                 )
             )
-        if cat:
-            fig, axes = _panel_grid(len(cat), 2, levels=[len(r[2]) for r in cat])
-            for ax, (name, _, labels, avg, ice, _, _) in zip(axes, cat, strict=True):
+        groups = _pages(cat, [len(r[2]) for r in cat])
+        for g, part in enumerate(groups):
+            fig, axes = _panel_grid(len(part), 2, levels=[len(r[2]) for r in part])
+            for ax, (name, _, labels, avg, ice, _, _) in zip(axes, part, strict=True):
                 y = np.arange(len(labels))
                 lo, hi = np.percentile(ice, [10, 90], axis=0)
                 ax.hlines(y, lo, hi, color="#95a5a6", lw=3, label="ICE 10–90%")
                 ax.plot(avg, y, "o", color="#c0392b", label="PD")
                 ax.set_yticks(y, [_short(lab) for lab in labels], fontsize=8)
                 ax.invert_yaxis()
-                ax.set(xlabel="P(positive)", title=name)
-            fig.tight_layout()
+                ax.set(xlabel="P(positive), probability", title=name)
             figs.append(
                 Figure(
-                    "pd_categorical",
+                    "pd_categorical" + (f"_{g + 1}" if len(groups) > 1 else ""),
                     "Categorical features: PD per level (red) and the 10–90% range of "
                     "ICE values (grey); rare levels pooled as 'other'.",
                     to_png(fig),
@@ -440,6 +465,13 @@ def _raw_grid(feat, grid: np.ndarray) -> list:
     if feat.is_categorical:
         return [feat.levels[int(c)] if int(c) < len(feat.levels) else "<unknown>" for c in grid]
     return [float(g) for g in grid]
+
+
+def _most_supported(a, k: int) -> np.ndarray:
+    """Indices of the ``k`` levels of a categorical ALE with the most rows, in their similarity order."""
+    if len(a.grid) <= k:
+        return np.arange(len(a.grid))
+    return np.sort(np.argsort(-np.asarray(a.counts), kind="stable")[:k])
 
 
 def _tick(schema: Schema, name: str, v: float) -> str:
@@ -589,26 +621,29 @@ class AleModule:
                     to_png(fig),
                 )
             )
-        if cat:
-            fig, axes = _panel_grid(len(cat), 2, levels=[len(a.grid) for a in cat])
-            for ax, a in zip(axes, cat, strict=True):
+        shown = [_most_supported(a, 20) for a in cat]  # at most 20 levels a panel; report.json has them all
+        groups = _pages(list(range(len(cat))), [len(k) for k in shown])
+        for g, part in enumerate(groups):
+            fig, axes = _panel_grid(len(part), 2, levels=[len(shown[i]) for i in part])
+            for ax, i in zip(axes, part, strict=True):
+                a, keep = cat[i], shown[i]
                 f = schema.feature(a.feature)
-                labels = [_short(f.levels[int(c)] if int(c) < len(f.levels) else "<unknown>") for c in a.grid]
+                labels = [_short(f.levels[int(c)] if int(c) < len(f.levels) else "<unknown>") for c in a.grid[keep]]
                 y = np.arange(len(labels))
                 if a.lower is not None:
-                    ax.hlines(y, a.lower, a.upper, color="#9bb7dd", lw=3)
-                colors = np.where(a.low_support, "#c0392b", "#2e6db4")
-                ax.scatter(a.values, y, c=colors, zorder=3, s=18)
+                    ax.hlines(y, a.lower[keep], a.upper[keep], color="#9bb7dd", lw=3)
+                colors = np.where(a.low_support[keep], "#c0392b", "#2e6db4")
+                ax.scatter(a.values[keep], y, c=colors, zorder=3, s=18)
                 ax.axvline(0, color="grey", lw=0.7)
                 ax.set_yticks(y, labels, fontsize=8)
                 ax.invert_yaxis()
-                ax.set(xlabel="ALE (Δ P(positive))", title=a.feature)
-            fig.tight_layout()
+                more = f" ({len(keep)} of {len(a.grid)} levels)" if len(keep) < len(a.grid) else ""
+                ax.set(xlabel="ALE (Δ P(positive))", title=a.feature + more)
             figs.append(
                 Figure(
-                    "ale_categorical",
-                    "Categorical features: ALE per level in similarity order, 95% "
-                    "bootstrap interval; red points: levels with few rows.",
+                    "ale_categorical" + (f"_{g + 1}" if len(groups) > 1 else ""),
+                    "Categorical features: ALE per level in similarity order, 95% bootstrap interval; red points: "
+                    "levels with few rows. Features with more than 20 levels show their 20 most frequent.",
                     to_png(fig),
                 )
             )
@@ -672,7 +707,7 @@ class InteractionModule:
             for a, b, h in res.pairs()
             if h > cfg.flag_above
         ]
-        fig, ax = subplots(figsize=(5.8, 4.8))
+        fig, ax = subplots(figsize=(4.6, 3.9))
         import seaborn as sns
 
         sns.heatmap(

@@ -20,6 +20,34 @@ from audit.plotting import subplots, to_png
 from audit.references import check_local_config, constraints_from_config  # noqa: F401 - re-exported
 
 
+def _shap_versus_importance(ctx: AuditContext, mean_abs: pd.Series, n_rows: int) -> str:
+    """Which rows the SHAP summary describes, and how its ranking compares with permutation importance."""
+    text = (
+        f"Computed on the {n_rows} explained rows (declined, borderline, per group and random; see local.instances), "
+        "not on all audit rows."
+    )
+    pi = ctx.results.get("permutation_importance")
+    if pi is None:
+        return text
+    from scipy.stats import spearmanr
+
+    rank = pi.data["rank_by_feature"]
+    common = [f for f in mean_abs.index if f in rank]
+    if len(common) < 3:
+        return text
+    rho = float(spearmanr(range(len(common)), [rank[f] for f in common]).statistic)
+    top_shap = list(mean_abs.index[:3])
+    top_pi = sorted(rank, key=rank.get)[:3]
+    if set(top_shap) == set(top_pi):
+        return text + f" Its top three features are permutation importance's too (Spearman {rho:.2f} over all ranks)."
+    return text + (
+        f" Its top three ({', '.join(top_shap)}) differ from permutation importance's ({', '.join(top_pi)}; Spearman "
+        f"{rho:.2f}): SHAP measures how much a feature moves these rows' scores away from the background's average, "
+        "permutation importance how much the ranking quality (ROC AUC) of all audit rows drops without it; a feature "
+        "can move scores a lot where it rarely changes the ranking, and the explained rows over-represent declines."
+    )
+
+
 def _shap_budget(
     n: int, m: int, background: int, permutations: int, method: str, exact_max: int, max_rows: int
 ) -> tuple[int, int, str]:
@@ -214,20 +242,55 @@ class ShapModule:
         declined = np.flatnonzero(schema.declined(sv.predictions, thr))
         direction = "negative" if schema.favourable_is_positive else "positive"
         codes = reason_codes(sv.values[declined], feature_names=names, k=sc.reason_codes, direction=direction)
-        rc_rows = []
+        fair = ctx.results.get("fairness")
+        watched = {s: "sensitive" for s in schema.sensitive} | {
+            p: "proxy" for p in (fair.data.get("flagged_proxies", []) if fair is not None else [])
+        }
+        rc_rows, citing = [], {}
         for r, reasons in zip(declined, codes, strict=True):
             row = {"row": int(idx[r]), "probability": float(sv.predictions[r])}
+            cited = []
             for k, (f, phi) in enumerate(reasons, start=1):
-                row[f"reason {k}"] = f"{f} = {_value_text(schema.feature(f), X[r, names.index(f)])} ({phi:+.3f})"
+                mark = f" [{watched[f]}]" if f in watched else ""
+                row[f"reason {k}"] = f"{f} = {_value_text(schema.feature(f), X[r, names.index(f)])} ({phi:+.3f}){mark}"
+                if f in watched:
+                    cited.append(f)
+            row["cites sensitive or proxy"] = ", ".join(cited) if cited else "no"
+            for f in cited:
+                citing[f] = citing.get(f, 0) + 1
             rc_rows.append(row)
         rc = pd.DataFrame(rc_rows)
+        n_citing = sum(r["cites sensitive or proxy"] != "no" for r in rc_rows)
+        if rc_rows:
+            findings.append(
+                Finding(
+                    self.name,
+                    f"Reason codes of {n_citing} of {len(rc_rows)} declined rows cite a sensitive feature or a "
+                    f"flagged proxy"
+                    + (f" ({', '.join(f'{f} {n}x' for f, n in sorted(citing.items()))})" if citing else ""),
+                    "fail" if n_citing else "pass",
+                    "medium" if n_citing else "info",
+                    {"rows": len(rc_rows), "citing": n_citing, "features": citing},
+                    "no adverse-action reason names a sensitive feature or a likely proxy of one",
+                    id="shap.reason_codes_cite_sensitive",
+                    value=n_citing / len(rc_rows),
+                    plain=(
+                        f"{n_citing} of {len(rc_rows)} declined applicants' top reasons include a sensitive feature or "
+                        "a likely proxy of one: an adverse-action notice would cite it."
+                        if n_citing
+                        else "No declined applicant's top reasons cite a sensitive feature or a likely proxy."
+                    ),
+                )
+            )
         per_row = pd.DataFrame(sv.values, columns=names)
         per_row.insert(0, "row", idx)
         per_row.insert(1, "selected as", [", ".join(why[int(i)]) for i in idx])
         per_row.insert(2, "f(x)", sv.predictions)
         per_row["additivity error"] = err
         mean_abs = pd.Series(np.abs(sv.values).mean(axis=0), index=names).sort_values(ascending=False)
+        versus = _shap_versus_importance(ctx, mean_abs, len(idx))
         figures = [self._summary_figure(sv.values, X, names, mean_abs, schema)]
+        figures[0].caption += " " + versus
         if sc.waterfalls and len(declined):
             figures.append(self._waterfalls(sv, X, idx, declined[: sc.waterfalls], schema))
         return ModuleResult(
@@ -280,21 +343,27 @@ class ShapModule:
         ypos = np.arange(len(order))[::-1]
         a1.barh(ypos, mean_abs.to_numpy(), color="#2e6db4")
         a1.set(yticks=ypos, yticklabels=order, xlabel="mean |SHAP value|", title="Global importance (explained rows)")
+        a1.set_xlabel("mean |SHAP value| (probability)")
+        a1.set_title("Global importance (explained rows)")
         rng = np.random.default_rng(0)
+        mappable = None
         for y, f in zip(ypos, order, strict=True):
             j = names.index(f)
             v = values[:, j]
             jitter = y + rng.uniform(-0.3, 0.3, len(v))
             col = X[:, j]
-            if schema.feature(f).is_categorical or np.ptp(col) == 0:
+            if schema.feature(f).is_categorical or np.nanmax(col) == np.nanmin(col):
                 a2.scatter(v, jitter, color="#7f8c8d", s=9)
             else:
                 rank = pd.Series(col).rank(pct=True).to_numpy()
-                a2.scatter(v, jitter, c=rank, cmap="coolwarm", s=9, vmin=0, vmax=1)
+                mappable = a2.scatter(v, jitter, c=rank, cmap="coolwarm", s=9, vmin=0, vmax=1)
         a2.axvline(0, color="black", lw=0.8)
-        a2.set(
-            xlabel="SHAP value (effect on probability)", title="Per row (colour: numeric value, low blue - high red)"
-        )
+        a2.tick_params(axis="y", labelleft=True)
+        a2.set_yticks(ypos, order)
+        a2.set(xlabel="SHAP value (change in probability)", title="Per explained row")
+        if mappable is not None:
+            cb = a2.figure.colorbar(mappable, ax=a2, fraction=0.05, pad=0.02)
+            cb.set_label("feature value (percentile; grey: categorical)")
         return Figure(
             "shap_summary",
             "Mean |SHAP| per feature and every explained row's SHAP value (categoricals grey).",
@@ -438,6 +507,15 @@ class LimeModule:
                     f"(fully on {np.mean(agreement == 1):.0%} of rows)",
                     "info",
                     evidence={"mean_agreement": float(np.mean(agreement))},
+                    id="lime.shap_agreement",
+                    value=float(np.mean(agreement)),
+                    plain=(
+                        f"SHAP and LIME share {np.mean(agreement):.0%} of their top-{k} features. They answer different "
+                        "questions: SHAP splits the exact gap between the row's score and the background's average, "
+                        "LIME fits a line to the scores of random neighbours described by 'same bin as the row or "
+                        "not'; they part where a feature acts non-linearly inside a bin, through interactions, or "
+                        "where the surrogate fits poorly (low fidelity)."
+                    ),
                 )
             )
         fig, (a1, a2) = subplots(1, 2, figsize=(10, 3))
@@ -559,9 +637,12 @@ class CounterfactualModule:
                         "changes": "; ".join(changes) if changes else "none found within the constraints",
                         "cost": float(res.cost[i, slot]),
                         "features changed": float(res.n_changed[i, slot]),
+                        "fragile": bool(abs(res.prediction[i, slot] - thr) < cc.fragile_margin),
                     }
                 )
         table = pd.DataFrame(rows)
+        n_fragile = int(table["fragile"].sum()) if len(table) else 0
+        n_cf = int((~np.isnan(res.cost)).sum())
         not_found = 1.0 - metrics["validity"]
         n_viol = sum(violations.values())
         diag = res.diagnostics
@@ -587,6 +668,19 @@ class CounterfactualModule:
                     "rejected_as_implausible": implausible,
                 },
                 f"share without a counterfactual <= {cc.max_not_found:g}",
+            ),
+            Finding(
+                self.name,
+                f"{n_fragile} of {n_cf} counterfactuals land within {cc.fragile_margin:g} of the threshold (fragile)",
+                "info",
+                "low" if n_fragile else "info",
+                {"fragile": n_fragile, "counterfactuals": n_cf, "margin": cc.fragile_margin},
+                id="counterfactuals.fragile",
+                value=n_fragile / n_cf if n_cf else None,
+                plain=(
+                    f"{n_fragile} of {n_cf} counterfactuals only just cross the threshold (score within "
+                    f"{cc.fragile_margin:g} of it): a small change of the model or the data could undo them."
+                ),
             ),
             Finding(
                 self.name,

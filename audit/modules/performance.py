@@ -32,7 +32,7 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, *, n_bins: int = 10
     0.0
     """
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    b = np.clip(np.digitize(p, edges[1:-1], right=False), 0, n_bins - 1)
+    b = np.clip((np.asarray(p, dtype=float) * n_bins).astype(int), 0, n_bins - 1)  # as the fairness module bins
     counts = np.bincount(b, minlength=n_bins)
     sum_p = np.bincount(b, weights=p, minlength=n_bins)
     sum_y = np.bincount(b, weights=y, minlength=n_bins)
@@ -69,6 +69,74 @@ def classification_metrics(y: np.ndarray, p: np.ndarray, *, threshold: float, n_
     }
 
 
+def bootstrap_intervals(
+    y: np.ndarray,
+    p: np.ndarray,
+    *,
+    threshold: float,
+    n_bins: int = 10,
+    n_bootstrap: int = 200,
+    confidence: float = 0.95,
+    random_state: int | None = 0,
+) -> dict[str, tuple[float, float]]:
+    """Percentile intervals of the headline metrics from a Poisson(1) bootstrap of the rows.
+
+    Every metric is a weighted sum over rows, so a replicate is a column of row weights and all replicates are a
+    few matrix products: ROC AUC from one sort (ties share their weight half-and-half, as in the Mann-Whitney
+    statistic), accuracy, F1, log loss, Brier score and ECE from weighted sums.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> y = rng.integers(0, 2, 4000); p = np.clip(0.35 * y + 0.65 * rng.uniform(size=4000), 0, 1)
+    >>> lo, hi = bootstrap_intervals(y, p, threshold=0.5)["roc_auc"]
+    >>> bool(lo < roc_auc_score(y, p) < hi)
+    True
+    """
+    y = np.asarray(y).astype(float)
+    rng = np.random.default_rng(random_state)
+    W = rng.poisson(1.0, size=(len(y), n_bootstrap)).astype(float)
+    reps = weighted_metrics(y, np.asarray(p, dtype=float), W, threshold=threshold, n_bins=n_bins)
+    alpha = (1 - confidence) / 2
+    out = {}
+    for k, v in reps.items():
+        v = v[np.isfinite(v)]
+        out[k] = (float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))) if len(v) >= 10 else (np.nan, np.nan)
+    return out
+
+
+def weighted_metrics(
+    y: np.ndarray, p: np.ndarray, W: np.ndarray, *, threshold: float, n_bins: int = 10
+) -> dict[str, np.ndarray]:
+    """ROC AUC, accuracy, F1, log loss, Brier score and ECE for each column of row weights ``W`` (n, B).
+
+    A weight ``w`` counts a row ``w`` times (the bootstrap's resample); a test checks every metric against
+    scikit-learn's ``sample_weight``.
+    """
+    y = np.asarray(y).astype(float)
+    p = np.asarray(p, dtype=float)
+    from audit.explain._common import weighted_auc
+
+    tot = W.sum(axis=0)
+    auc = weighted_auc(y, p, W)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d = (p >= threshold).astype(float)
+        correct = (d == y).astype(float)
+        tp = W.T @ (d * y)
+        f1 = 2 * tp / (W.T @ (d + y))
+        pc = np.clip(p, 1e-15, 1 - 1e-15)
+        ll = -(W.T @ (y * np.log(pc) + (1 - y) * np.log(1 - pc))) / tot
+        brier = (W.T @ ((p - y) ** 2)) / tot
+        b = np.clip((p * n_bins).astype(int), 0, n_bins - 1)
+        ece = np.zeros(W.shape[1])
+        for k in range(n_bins):
+            m = b == k
+            if m.any():
+                ece += np.abs(W[m].T @ y[m] - W[m].T @ p[m])
+        ece /= tot
+    return {"roc_auc": auc, "accuracy": (W.T @ correct) / tot, "f1": f1, "log_loss": ll, "brier": brier, "ece": ece}
+
+
 class PerformanceModule:
     name = "performance"
     title = "Model performance"
@@ -93,6 +161,18 @@ class PerformanceModule:
             where = f"population ({len(y_a)} rows)"
         head = population or test
         metrics = pd.DataFrame(columns)
+        ci = bootstrap_intervals(
+            ctx.y_audit, ctx.proba_audit, threshold=thr, n_bins=cfg.n_bins, n_bootstrap=cfg.n_bootstrap,
+            random_state=ctx.seed_for(self.name),
+        ) if cfg.n_bootstrap else {}  # fmt: skip
+        metrics.insert(
+            list(metrics.columns).index("test") + 1, "test_low", [ci.get(m, (np.nan,))[0] for m in metrics.index]
+        )
+        metrics.insert(
+            list(metrics.columns).index("test") + 2,
+            "test_high",
+            [ci.get(m, (np.nan, np.nan))[1] for m in metrics.index],
+        )
         metrics["train - test"] = metrics["train"] - metrics["test"]
         metrics.loc["rows", "train - test"] = np.nan
         metrics.index.name = "metric"
@@ -108,15 +188,26 @@ class PerformanceModule:
         findings = []
         if cfg.min_roc_auc is not None:
             ok = head["roc_auc"] >= cfg.min_roc_auc
+            lo, hi = (np.nan, np.nan) if population else ci.get("roc_auc", (np.nan, np.nan))
+            interval = f" [{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) else ""
             findings.append(
                 Finding(
                     self.name,
-                    f"{'Population' if population else 'Test'} ROC AUC {head['roc_auc']:.3f}",
+                    f"{'Population' if population else 'Test'} ROC AUC {head['roc_auc']:.3f}{interval}",
                     "pass" if ok else "fail",
                     "high",
                     {"roc_auc": head["roc_auc"]},
                     f"ROC AUC >= {cfg.min_roc_auc}",
                     gating=True,
+                    id="performance.roc_auc",
+                    measure="roc_auc",
+                    subject="population" if population else "test",
+                    value=float(head["roc_auc"]),
+                    ci_low=float(lo) if np.isfinite(lo) else None,
+                    ci_high=float(hi) if np.isfinite(hi) else None,
+                    limit=cfg.min_roc_auc,
+                    plain=f"The model ranks {'population' if population else 'test'} rows with ROC AUC "
+                    f"{head['roc_auc']:.3f}{interval}; the gate asks for at least {cfg.min_roc_auc}.",
                 )
             )
         gap = train["roc_auc"] - test["roc_auc"]
@@ -128,6 +219,12 @@ class PerformanceModule:
                 "medium",
                 {"train_roc_auc": train["roc_auc"], "test_roc_auc": test["roc_auc"]},
                 f"gap <= {cfg.max_overfit_gap}",
+                id="performance.overfit_gap",
+                measure="roc_auc_gap",
+                value=float(gap),
+                limit=cfg.max_overfit_gap,
+                plain=f"The model ranks training rows better than test rows by {gap:.3f} in ROC AUC (allowed: "
+                f"{cfg.max_overfit_gap}).",
             )
         )
         on = " on the population" if population else ""
@@ -145,7 +242,8 @@ class PerformanceModule:
                     "metrics",
                     "Metrics on the " + ("population, " if population else "") + "test and training splits",
                     metrics.reset_index(),
-                    f"Threshold {thr} for accuracy, F1 and the confusion matrix.",
+                    f"Threshold {thr} for accuracy, F1 and the confusion matrix. Test intervals: 95% percentile "
+                    f"intervals from {cfg.n_bootstrap} Poisson bootstrap resamples of the test rows.",
                 ),
                 Table(
                     "confusion",
@@ -158,6 +256,7 @@ class PerformanceModule:
             findings=findings,
             data={
                 "test": test,
+                "test_ci": {m: list(v) for m, v in ci.items()},
                 "train": train,
                 **({"population": population} if population else {}),
                 "confusion_matrix": cm.tolist(),
@@ -167,7 +266,7 @@ class PerformanceModule:
 
     @staticmethod
     def _reliability(bins: pd.DataFrame, ece: float, where: str) -> Figure:
-        fig, ax = subplots(figsize=(4.6, 4.2))
+        fig, ax = subplots(figsize=(3.55, 3.4))
         ok = bins["rows"] > 0
         ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
         ax.plot(bins.loc[ok, "mean_predicted"], bins.loc[ok, "observed_rate"], marker="o", label="model")
@@ -185,7 +284,7 @@ class PerformanceModule:
     def _roc(ctx: AuditContext) -> Figure:
         from sklearn.metrics import roc_curve
 
-        fig, ax = subplots(figsize=(4.6, 4.2))
+        fig, ax = subplots(figsize=(3.55, 3.4))
         curves = [("test", ctx.y_audit, ctx.proba_audit), ("train", ctx.dataset.y_train, ctx.proba_train)]
         if ctx.population is not None:
             curves.insert(0, ("population", ctx.population.scored.y, ctx.population.scored.proba))

@@ -67,12 +67,38 @@ class AuditReport:
         return self.raw["audit"]["run_id"]
 
     @property
+    def schema_version(self) -> str:
+        return self.raw["schema_version"]
+
+    @property
     def findings(self) -> list[Finding]:
-        return [Finding(**f) for f in self.raw["findings"]]
+        """Every finding (a 1.1 report's findings get their id derived from module and title)."""
+        known = set(Finding.__dataclass_fields__)
+        return [Finding(**{k: v for k, v in f.items() if k in known}) for f in self.raw["findings"]]
+
+    def finding(self, id: str) -> Finding:
+        """The finding with this stable id; KeyError says which ids there are."""
+        for f in self.findings:
+            if f.key == id:
+                return f
+        raise KeyError(f"no finding {id!r}; ids are {[f.key for f in self.findings][:20]}")
 
     def failed(self, *, gating_only: bool = False) -> list[Finding]:
-        """Findings whose status is ``fail`` (only those that gate the exit code, with ``gating_only``)."""
-        return [f for f in self.findings if f.status == "fail" and (f.gating or not gating_only)]
+        """Failed findings, most severe first (gating first, then high, medium, low); with ``gating_only`` only those
+        that gate the exit code."""
+        from audit.findings import sort_findings
+
+        return sort_findings([f for f in self.findings if f.status == "fail" and (f.gating or not gating_only)])
+
+    @property
+    def headline(self) -> str:
+        """``pass``, ``review`` (gates passed, other checks failed), ``fail`` or ``error``; derived for 1.1 reports."""
+        summary = self.raw["audit"].get("summary")
+        if summary:
+            return summary["headline"]
+        if self.verdict != "pass":
+            return self.verdict
+        return "review" if self.raw["audit"]["n_failed"] else "pass"
 
     @property
     def modules(self) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import platform
 import subprocess
@@ -11,12 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from jinja2 import Environment, PackageLoader, select_autoescape
 
 from audit import __version__
 from audit.data import Dataset
 
-SCHEMA_VERSION = "1.1"  # 1.1: model_card; see audit/report/report.schema.json
+SCHEMA_VERSION = "1.2"  # 1.1: model_card; 1.2: audit.summary, structured findings with ids; see report.schema.json
 _PACKAGES = (
     "numpy",
     "pandas",
@@ -71,12 +69,15 @@ def build_report_json(run, ds: Dataset, fingerprint: str, folder: Path | None = 
     """Every number of the run, its findings, and provenance, as plain JSON types.
 
     ``folder``: where the run's files are being written (for the sha256 of ``scores.parquet``)."""
+    from audit.findings import sort_findings
     from audit.pipeline import to_jsonable
+    from audit.report.summary import summarize
 
     cfg = run.config
-    findings = [f.to_json() for f in run.findings]
+    findings = [f.to_json() for f in sort_findings(run.findings)]
     failed = [f for f in run.findings if f.status == "fail"]
     verdict = {0: "pass", 1: "fail", 3: "error"}.get(run.exit_code, "error")
+    summary = summarize(run.findings, run.modules, run.exit_code)
     modules = {}
     for m in run.modules:
         entry: dict[str, Any] = {"title": m.title, "status": m.status, "duration_s": round(m.duration_s, 3)}
@@ -101,6 +102,7 @@ def build_report_json(run, ds: Dataset, fingerprint: str, folder: Path | None = 
             "n_failed": len(failed),
             "n_gating_failed": sum(f.gating for f in failed),
             "modules_failed": [m.name for m in run.modules if m.status == "error"],
+            "summary": summary,
         },
         "findings": findings,
         "modules": modules,
@@ -202,65 +204,8 @@ def write_json(report: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(report, indent=1, allow_nan=False) + "\n", encoding="utf-8")
 
 
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        if v != v:
-            return "–"
-        if v == 0:
-            return "0"
-        return f"{v:.4g}" if abs(v) < 1e5 else f"{v:,.0f}"
-    return str(v)
-
-
 def render_html(report: dict[str, Any], run) -> str:
-    """One self-contained HTML page: CSS inline, figures as base64 PNG, no external requests."""
-    env = Environment(loader=PackageLoader("audit", "report/templates"), autoescape=select_autoescape(["html", "j2"]))
-    env.filters["fmt"] = _fmt
-    sections = []
-    for m in run.modules:
-        sec = {
-            "name": m.name,
-            "title": m.title,
-            "status": m.status,
-            "duration": m.duration_s,
-            "error": m.error,
-            "traceback": m.traceback,
-            "tables": [],
-            "figures": [],
-            "findings": [],
-            "summary": {},
-        }
-        if m.result is not None:
-            sec["summary"] = m.result.summary
-            sec["findings"] = m.result.findings
-            for t in m.result.tables:
-                sec["tables"].append(
-                    {
-                        "title": t.title,
-                        "caption": t.caption,
-                        "columns": [str(c) for c in t.frame.columns],
-                        "rows": t.frame.itertuples(index=False, name=None),
-                    }
-                )
-            for f in m.result.figures:
-                sec["figures"].append(
-                    {
-                        "caption": f.caption,
-                        "name": f.name,
-                        "src": "data:image/png;base64," + base64.b64encode(f.png).decode("ascii"),
-                    }
-                )
-        sections.append(sec)
-    order = {"fail": 0, "inconclusive": 1, "not_assessable": 2, "pass": 3, "info": 4}
-    sev = {"high": 0, "medium": 1, "low": 2, "info": 3}
-    findings = sorted(run.findings, key=lambda f: (order[f.status], sev[f.severity]))
-    template = env.get_template("report.html.j2")
-    return template.render(
-        report=report,
-        sections=sections,
-        findings=findings,
-        model_card=model_card_fields(run.config),
-        provenance_json=json.dumps(report["provenance"], indent=1),
-    )
+    """The report page (see :mod:`audit.report.html`)."""
+    from audit.report.html import render_html as _render
+
+    return _render(report, run)
