@@ -352,7 +352,7 @@ class ShapModule:
             v = values[:, j]
             jitter = y + rng.uniform(-0.3, 0.3, len(v))
             col = X[:, j]
-            if schema.feature(f).is_categorical or np.nanmax(col) == np.nanmin(col):
+            if schema.feature(f).is_categorical or np.isnan(col).all() or np.nanmax(col) == np.nanmin(col):
                 a2.scatter(v, jitter, color="#7f8c8d", s=9)
             else:
                 rank = pd.Series(col).rank(pct=True).to_numpy()
