@@ -116,8 +116,8 @@ class Schema:
             col = df[f.name]
             if f.is_categorical:
                 out[:, j] = category_codes(col, f)
-            elif pd.api.types.is_float_dtype(col) and not isinstance(col.dtype, pd.ArrowDtype):
-                out[:, j] = col.to_numpy(dtype=np.float64, na_value=np.nan)
+            elif isinstance(col.dtype, np.dtype) and col.dtype.kind in "iuf":
+                out[:, j] = col.to_numpy()  # plain NumPy numbers: copied straight in
             else:
                 out[:, j] = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
         return out
@@ -238,11 +238,11 @@ def category_codes(col: pd.Series, feature: Feature) -> np.ndarray:
         import pyarrow.compute as pc
 
         # Arrow strings (pandas' default text dtype): one hash lookup of every value in the levels, in C
-        idx = pc.index_in(col.array.__arrow_array__(), value_set=pa.array(levels, type=pa.string()))
-        out = idx.to_numpy(zero_copy_only=False).astype(np.float64)
-        missing = col.isna().to_numpy()
-        out[np.isnan(out) & ~missing] = n_levels
-        if missing.any():
+        arr = col.array.__arrow_array__()
+        idx = pc.index_in(arr, value_set=pa.array(levels, type=pa.string()))  # null: missing or never seen
+        out = pc.fill_null(idx, n_levels).to_numpy().astype(np.float64)
+        if arr.null_count:
+            missing = arr.is_null().to_numpy(zero_copy_only=False)
             out[missing] = levels.index(MISSING_LEVEL) if MISSING_LEVEL in levels else n_levels
         return out
     textual = pd.api.types.is_string_dtype(col) or col.dtype == object
@@ -739,6 +739,9 @@ def load_dataset(cfg: AuditConfig) -> Dataset:
             )
     # every key that names a column of the file, before any work
     check_columns(cfg, train_df.attrs.get("file_columns", list(train_df.columns)), list(train_df.columns))
+    for frame in (train_df, test_df):
+        if frame is not None:
+            frame.attrs.clear()  # pandas deep-copies attrs into every column it hands out: drop them once used
 
     train_df = apply_filter(cfg, train_df, "training file")
     if test_df is not None:
