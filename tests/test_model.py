@@ -115,3 +115,46 @@ def test_a_rows_score_does_not_depend_on_how_it_was_batched(tiny_model):
         np.testing.assert_array_equal(predictor.predict_codes(X), ref)
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(("n", "batch_size"), [(1000, 128), (1024, 128), (50, 64)])
+@pytest.mark.parametrize("stop_at_len", [False, True])
+def test_fast_batches_are_the_dataloaders_batches_and_random_draws(n, batch_size, stop_at_len):
+    """Issue 17: training slices whole tensors instead of collating rows; the batches and every random number drawn
+    (the shuffling generator and the global one dropout uses) must be exactly the DataLoader's, epoch after epoch,
+    whether the consumer runs the iterator to its end or stops after ``len`` batches as Lightning does."""
+    from itertools import islice
+
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from audit.model.training import Batches
+
+    g = torch.Generator().manual_seed(0)
+    tensors = (torch.randn(n, 3, generator=g), torch.randint(0, 5, (n, 2), generator=g), torch.rand(n, generator=g))
+
+    def epochs(make_train, make_val):
+        torch.manual_seed(7)
+        train, val, out = make_train(), make_val(), []
+        for _ in range(3):
+            it = iter(train)
+            for batch in islice(it, len(train)) if stop_at_len else it:
+                out.append([t.clone() for t in batch])
+                out.append([torch.rand(2)])  # dropout's draws from the global generator between batches
+            out.extend([list(b) for b in val])
+            out.append([torch.rand(2)])
+        return out
+
+    ref = epochs(
+        lambda: DataLoader(
+            TensorDataset(*tensors), batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(3)
+        ),
+        lambda: DataLoader(TensorDataset(*tensors), batch_size=300, shuffle=False),
+    )
+    fast = epochs(
+        lambda: Batches(tensors, batch_size, generator=torch.Generator().manual_seed(3)),
+        lambda: Batches(tensors, 300),
+    )
+    assert len(ref) == len(fast)
+    for a, b in zip(ref, fast, strict=True):
+        for x, y in zip(a, b, strict=True):
+            assert torch.equal(x, y)

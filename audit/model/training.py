@@ -13,7 +13,6 @@ import torch
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from audit.config import ModelConfig
 from audit.data import Schema
@@ -46,18 +45,53 @@ class TabularDataModule(pl.LightningDataModule):
         self.fit_set = self._tensors(fit_idx)
         self.val_set = self._tensors(val_idx)
 
-    def _tensors(self, idx: np.ndarray) -> TensorDataset:
+    def _tensors(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         assert self.preprocessing is not None
         x_num, x_cat = self.preprocessing.transform(self.codes[idx])
         y = self.y[idx].astype(np.float32).copy()
-        return TensorDataset(torch.from_numpy(x_num), torch.from_numpy(x_cat), torch.from_numpy(y))
+        return torch.from_numpy(x_num), torch.from_numpy(x_cat), torch.from_numpy(y)
 
-    def train_dataloader(self) -> DataLoader:
-        g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.fit_set, batch_size=self.batch_size, shuffle=True, generator=g, num_workers=0)
+    def train_dataloader(self) -> Batches:
+        return Batches(self.fit_set, self.batch_size, generator=torch.Generator().manual_seed(self.seed))
 
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=8192, shuffle=False, num_workers=0)
+    def val_dataloader(self) -> Batches:
+        return Batches(self.val_set, 8192)
+
+
+class Batches:
+    """Mini-batches sliced from whole tensors: what ``DataLoader(TensorDataset(...), shuffle=True)`` yields, without
+    collating one row at a time (that cost 6 ms of each 10 ms training step on Adult).
+
+    Random numbers are drawn exactly as the DataLoader draws them, so the batches, the dropout masks and the trained
+    weights are the ones it gave (tested): each pass first draws a worker base seed (from ``generator`` when given,
+    else from the global generator that dropout also uses), then with a ``generator`` the permutation
+    ``torch.randperm(n, generator=generator)`` of PyTorch's ``RandomSampler``, and once it is run to its end the second
+    permutation that sampler draws for its (empty) remainder.
+    """
+
+    def __init__(
+        self, tensors: tuple[torch.Tensor, ...], batch_size: int, *, generator: torch.Generator | None = None
+    ) -> None:
+        self.tensors, self.batch_size, self.generator = tensors, batch_size, generator
+        self.n = len(tensors[0])
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def __iter__(self):
+        torch.empty((), dtype=torch.int64).random_(generator=self.generator)  # the DataLoader's base seed
+        if self.generator is None:
+            for i in range(0, self.n, self.batch_size):
+                yield tuple(t[i : i + self.batch_size] for t in self.tensors)
+            return
+        order = torch.randperm(self.n, generator=self.generator)
+        for i in range(0, self.n, self.batch_size):
+            idx = order[i : i + self.batch_size]
+            if len(idx) < self.batch_size:  # filling a short last batch runs RandomSampler to its end, where it
+                torch.randperm(self.n, generator=self.generator)  # draws (and drops) one more permutation
+            yield tuple(t.index_select(0, idx) for t in self.tensors)
+        if self.n % self.batch_size == 0:  # asked past a full last batch, the sampler does the same
+            torch.randperm(self.n, generator=self.generator)
 
 
 class TabularLitModule(pl.LightningModule):
