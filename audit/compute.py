@@ -18,9 +18,76 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from audit.errors import ConfigError
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, which a container or ``taskset`` narrows), not the
+    machine's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class ThreadPlan:
+    """How an audit spends its ``threads``: a figure renderer process when there are two or more, the rest for
+    torch and BLAS in this process, and partitions side by side in the local backend."""
+
+    threads: int
+    compute_threads: int
+    renderer: bool
+
+    @classmethod
+    def for_threads(cls, threads: int | None) -> ThreadPlan:
+        n = threads or available_cpus()
+        return cls(n, max(1, n - 1) if n >= 2 else 1, n >= 2)
+
+    def describe(self) -> dict[str, Any]:
+        return {"threads": self.threads, "torch_threads": self.compute_threads, "figure_renderer": self.renderer}
+
+
+_WANTED: list[dict] = []
+
+
+@contextmanager
+def thread_limits(n: int):
+    """torch's intra-op threads and the BLAS/OpenMP pools (``threadpoolctl``) limited to ``n`` inside the block, and
+    restored after: a library call must not leave the caller's process changed. torch is not imported for this: if
+    it is imported inside the block, :func:`apply_torch_threads` (called where the model is loaded) sets it."""
+    from threadpoolctl import threadpool_limits
+
+    state: dict = {"n": n, "before": None}
+    _WANTED.append(state)
+    try:
+        apply_torch_threads()
+        with threadpool_limits(limits=n):
+            yield
+    finally:
+        _WANTED.remove(state)
+        if state["before"] is not None:
+            import torch
+
+            torch.set_num_threads(state["before"])
+
+
+def apply_torch_threads() -> None:
+    """Give torch the thread count of the enclosing :func:`thread_limits` block (nothing outside one, or while torch
+    is not imported)."""
+    import sys
+
+    if not _WANTED or "torch" not in sys.modules:
+        return
+    import torch
+
+    state = _WANTED[-1]
+    if state["before"] is None:
+        state["before"] = torch.get_num_threads()
+    torch.set_num_threads(state["n"])
 
 
 class Backend:
@@ -230,10 +297,10 @@ def _in_worker(fn: Callable[..., Any], item: Any, **shared: Any) -> Any:
     return fn(item, **shared)
 
 
-def make_backend(compute) -> Backend:
-    """The backend a ``compute`` config section asks for."""
+def make_backend(compute, threads: int | None = None) -> Backend:
+    """The backend a ``compute`` config section asks for (the local one runs ``threads`` partitions at once)."""
     if compute.backend == "local":
-        return Backend()
+        return Backend(threads)
     return DaskBackend(
         compute.address,
         n_workers=compute.n_workers,

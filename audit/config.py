@@ -216,6 +216,7 @@ class ModelConfig(_Section):
     patience: Bounded(1, 100_000) = 3
     threshold: Probability = 0.5
     predict_batch_size: Bounded(64, 1 << 22) = 16384
+    trainer: Literal["torch", "lightning"] = "torch"
     trust: bool = False
 
     @model_validator(mode="after")
@@ -549,6 +550,7 @@ class ComputeConfig(_Section):
     """How large data is evaluated: in chunks in this process, or as partitions on a Dask cluster."""
 
     backend: Literal["local", "dask"] = "local"
+    threads: Bounded(1, 1024) | None = None
     address: str | None = Field(default=None, pattern=r"^(tcp|tls|inproc|ucx)://.+", max_length=500)
     n_workers: Bounded(1, 1024) = 2
     threads_per_worker: Bounded(1, 1024) = 1

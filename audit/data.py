@@ -524,6 +524,22 @@ _MANGLED = re.compile(r"^(.*)\.(\d+)$")
 _UNNAMED = re.compile(r"^Unnamed: \d+$")
 
 
+def _could_be_numeric(col: pd.Series, share: float) -> bool:
+    """False only when fewer than ``share`` of the present values of a text column could be numbers, decided without
+    converting the column: a value ``pd.to_numeric`` reads as a number has a digit or spells infinity, so counting
+    those (one RE2 pass in Arrow) bounds the numeric share from above. Anything but an Arrow text column: True."""
+    if not isinstance(col.array, pd.arrays.ArrowStringArray):
+        return True
+    import pyarrow.compute as pc
+
+    arr = col.array.__arrow_array__()
+    present = len(arr) - arr.null_count
+    if present == 0:
+        return True
+    hits = pc.sum(pc.match_substring_regex(arr, r"\p{N}|^\s*[-+]?(?i:inf|infinity)\s*$")).as_py() or 0
+    return hits >= share * present
+
+
 def _check_headers(cfg: AuditConfig, df: pd.DataFrame, spec: DataFile, path: Path, key: str, fmt: str) -> None:
     """Header quirks of real files, each refused with the exact fix: repeated names, a second header row, an unnamed
     index column, a wrong separator."""
@@ -561,7 +577,7 @@ def _check_headers(cfg: AuditConfig, df: pd.DataFrame, spec: DataFile, path: Pat
     suspects = []
     for c in df.columns:
         rest = df[c].iloc[1:]
-        if pd.api.types.is_numeric_dtype(rest):
+        if pd.api.types.is_numeric_dtype(rest) or not _could_be_numeric(rest, 0.9):
             continue
         num = pd.to_numeric(rest, errors="coerce")
         share = num.notna().sum() / max(int(rest.notna().sum()), 1)
@@ -683,6 +699,9 @@ def _infer_kinds(cfg: AuditConfig, frame: pd.DataFrame, feature_cols: list[str],
             continue
         if pd.api.types.is_bool_dtype(col):
             kinds[c] = "categorical"
+            continue
+        if c not in ds.features.numeric and not _could_be_numeric(col, 0.9):
+            kinds[c] = "categorical"  # under 90% numbers whatever the conversion says: no need to convert
             continue
         conv = pd.to_numeric(col, errors="coerce")
         present = col.notna().to_numpy()

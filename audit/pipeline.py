@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from audit.compute import Backend, make_backend
+from audit.compute import Backend, ThreadPlan, apply_torch_threads, make_backend, thread_limits
 from audit.config import AuditConfig
 from audit.data import Dataset, dataset_fingerprint, load_dataset
 from audit.errors import (
@@ -149,6 +149,7 @@ def prepare_model(
     from audit.model.adapter import NetPredictor
     from audit.model.training import train_model
 
+    apply_torch_threads()  # torch is imported now: the thread plan applies to it
     codes = ds.schema.to_codes(ds.X_train)
     res = train_model(
         ds.schema,
@@ -282,7 +283,7 @@ def run_audit(
     AuditInputError
         Bad data or model input (exit code 2); nothing is left under the output folder.
     """
-    from audit.output import RunFolder, check_output_root, remove_stale
+    from audit.output import RunFolder, check_output_root
 
     progress = Progress(quiet)
     progress.expect(expected_stages(cfg, modules))
@@ -294,7 +295,18 @@ def run_audit(
     if write:
         check_output_root(out_root)  # a file in the way, no permission, latest as a real folder: exit 2, first
     base_report, base_path, base_note = load_baseline(baseline, out_root)
-    backend = Backend()
+    plan = ThreadPlan.for_threads(cfg.compute.threads)
+    from audit.figure_renderer import background_rendering
+
+    with thread_limits(plan.compute_threads), background_rendering(plan.renderer):
+        return _run(cfg, run, folder, progress, step, write, out_root, modules, base_report, base_path, base_note, plan)
+
+
+def _run(cfg, run, folder, progress, step, write, out_root, modules, base_report, base_path, base_note, plan):
+    """:func:`run_audit` under its thread plan."""
+    from audit.output import remove_stale
+
+    backend = Backend(plan.compute_threads)
     pop_run = None
     try:
         step("load data")
@@ -318,8 +330,8 @@ def run_audit(
         if cfg.compute.backend != "local":
             step("compute")
             with progress.stage(f"start {cfg.compute.backend} backend"):
-                backend = make_backend(cfg.compute)  # bad address or missing extra: exit 2, nothing written
-        run.compute = {**backend.describe(), "chunk_rows": cfg.compute.chunk_rows}
+                backend = make_backend(cfg.compute, plan.compute_threads)  # bad address or missing extra: exit 2
+        run.compute = {**backend.describe(), **plan.describe(), "chunk_rows": cfg.compute.chunk_rows}
         tmp_dir = None
         if write:
             remove_stale(out_root)
@@ -330,6 +342,7 @@ def run_audit(
         try:
             with progress.stage("train model" if cfg.model.source == "train" else "load model"):
                 predictor, run.model_info = prepare_model(cfg, ds, tmp_dir if write else None, progress)
+            apply_torch_threads()  # a loaded model imported torch too
             step("score")
             with progress.stage("score"):
                 codes_audit = ds.schema.to_codes(ds.X_test)

@@ -229,3 +229,20 @@ def test_fast_codes_equal_the_reference_codes_on_messy_columns(tmp_path):
     fast, ref = s.to_codes(df), s.to_codes_reference(df)
     np.testing.assert_array_equal(fast, ref)
     assert fast[:, 0].tolist() == [0, 3, 2, 4, 1, 0]  # None -> "missing", never-seen 'zz' -> unknown slot 4
+
+
+def test_numeric_prefilter_never_rejects_a_column_pandas_would_read_as_numbers():
+    """Issue 17: kind inference and the second-header check skip converting a text column when too few values could
+    be numbers. Every value pandas reads as a number must count as possible, or a column would be misjudged."""
+    from audit.data import _could_be_numeric
+
+    rng = np.random.default_rng(0)
+    pieces = ["1", "0", "9", ".", "-", "+", "e", "E", " ", "inf", "Infinity", "nan", "x", "٣", "_", ",", "0x1"]
+    values = ["".join(rng.choice(pieces, size=rng.integers(1, 5))) for _ in range(5000)]
+    values += ["1e5", " 42 ", "-inf", "+Infinity", "INF", "3.", ".5", "1_000", "٣", "NaN", "None", ""]
+    for v in values:
+        numeric = bool(pd.notna(pd.to_numeric(pd.Series([v], dtype="str"), errors="coerce")[0]))
+        if numeric:
+            assert _could_be_numeric(pd.Series([v], dtype="str"), 1.0), v
+    col = pd.Series(["a", "b", "1", None] * 10, dtype="str")
+    assert not _could_be_numeric(col, 0.9) and _could_be_numeric(col, 0.3)

@@ -158,3 +158,27 @@ def test_fast_batches_are_the_dataloaders_batches_and_random_draws(n, batch_size
     for a, b in zip(ref, fast, strict=True):
         for x, y in zip(a, b, strict=True):
             assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize(("max_epochs", "patience", "batch_size"), [(40, 1, 64), (3, 5, 100)])
+def test_plain_loop_trains_the_weights_lightning_trains(tiny_model, max_epochs, patience, batch_size):
+    """Issue 17: the default engine is a plain PyTorch loop (no Lightning import, no hooks); it must give the very
+    weights, history and early-stopping epoch of the Lightning engine, bit for bit, and leave the caller's random
+    state and determinism setting as they were."""
+    cfg, ds, _, _ = tiny_model
+    mc = cfg.model.model_copy(
+        update={"max_epochs": max_epochs, "patience": patience, "batch_size": batch_size, "learning_rate": 0.02}
+    )
+    codes = ds.schema.to_codes(ds.X_train)
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    plain = train_model(ds.schema, codes, ds.y_train, mc, validation_size=0.2, seed=3, trainer="torch")
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert not torch.are_deterministic_algorithms_enabled()
+    lit = train_model(ds.schema, codes, ds.y_train, mc, validation_size=0.2, seed=3, trainer="lightning")
+    assert plain.history == lit.history and plain.best_epoch == lit.best_epoch
+    if max_epochs == 40:
+        assert len(plain.history) < max_epochs  # early stopping fired, at the same epoch
+    a, b = plain.net.state_dict(), lit.net.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    torch.use_deterministic_algorithms(False)  # Lightning leaves it on; the plain loop does not

@@ -48,3 +48,28 @@ def test_weighted_metrics_equal_sklearn_with_sample_weight():
         assert out["brier"][b] == pytest.approx(brier_score_loss(y, p, sample_weight=w), abs=1e-12)
         rep = np.repeat(np.arange(3000), w.astype(int))  # a weight is that many copies of the row
         assert out["ece"][b] == pytest.approx(expected_calibration_error(y[rep], p[rep])[0], abs=1e-12)
+
+
+def test_whole_number_weight_auc_is_the_general_path_to_the_bit():
+    """Issue 17: bootstrap counts take the integer path of weighted_auc; it must equal the general (grouped) path
+    exactly, with ties inside and across classes, and both must equal scikit-learn; fractional weights keep the
+    general path."""
+    from sklearn.metrics import roc_auc_score
+
+    from audit.explain._common import _weighted_auc_counts, _weighted_auc_grouped, weighted_auc
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 5000)
+    p = np.clip(0.3 * y + 0.7 * rng.uniform(size=5000), 0, 1)
+    p[:2000] = np.round(p[:2000], 2)  # ties
+    W = rng.poisson(1.0, size=(5000, 40))
+    W[:, 0] = 0  # an empty resample column gives nan on both paths
+    W[:, 1] = 1
+    fast, general = _weighted_auc_counts(y, p, W.astype(np.int32)), _weighted_auc_grouped(y, p, W.astype(float))
+    np.testing.assert_array_equal(fast, general)
+    np.testing.assert_array_equal(weighted_auc(y, p, W.astype(float)), general)
+    assert np.isnan(fast[0]) and fast[1] == pytest.approx(roc_auc_score(y, p), abs=1e-15)
+    for b in range(2, 6):
+        assert fast[b] == pytest.approx(roc_auc_score(y, p, sample_weight=W[:, b]), abs=1e-12)
+    frac = W.astype(float) * 0.5 + 0.25
+    np.testing.assert_array_equal(weighted_auc(y, p, frac), _weighted_auc_grouped(y, p, frac))

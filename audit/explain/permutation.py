@@ -187,7 +187,7 @@ def permutation_importance(
     imp = np.empty((len(units), n_repeats))
     boot = None
     if n_bootstrap > 0 and metric == "roc_auc":
-        W = np.random.default_rng(rng.integers(2**63 - 1)).poisson(1.0, size=(n, n_bootstrap)).astype(float)
+        W = np.random.default_rng(rng.integers(2**63 - 1)).poisson(1.0, size=(n, n_bootstrap)).astype(np.int32)
         auc_base = weighted_auc(y, p_base, W)
         boot = np.zeros((len(units), n_bootstrap))
     stack_all = n * n_repeats <= chunk_rows  # small data: all repeats in one array and one call

@@ -14,15 +14,27 @@ from audit.findings import Finding
 
 if TYPE_CHECKING:  # torch is imported when a model is, not when the pipeline is
     from audit.model.adapter import Predictor
+    from audit.plotting import PendingPNG
 
 
 @dataclass
 class Figure:
-    """A rendered figure: PNG bytes plus a caption."""
+    """A rendered figure: PNG bytes plus a caption.
+
+    ``data`` is what :func:`audit.plotting.to_png` returned: the bytes, or a pending figure the renderer process is
+    still drawing; :attr:`png` gives the bytes either way.
+    """
 
     name: str
     caption: str
-    png: bytes
+    data: bytes | PendingPNG
+
+    @property
+    def png(self) -> bytes:
+        """The PNG bytes (waits for the renderer process if it is still drawing this figure)."""
+        if not isinstance(self.data, bytes):
+            self.data = self.data.result()
+        return self.data
 
     @property
     def width_in(self) -> float | None:

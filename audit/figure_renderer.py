@@ -1,0 +1,166 @@
+"""A process beside the audit that draws its figures while the audit computes on (see :mod:`audit.plotting`).
+
+Kept apart from :mod:`audit.plotting` so that starting it imports no matplotlib here. The PNG bytes are the ones
+drawing the figure in the audit's process gives (tested); if the renderer fails for any reason, a figure is drawn in
+the audit's process when its bytes are first asked for.
+"""
+
+from __future__ import annotations
+
+import pickle
+from concurrent.futures import Future
+from contextlib import contextmanager
+
+
+def _draw_here(blob: bytes, smallest: float) -> bytes:
+    from audit.plotting import _render_pickled
+
+    return _render_pickled(blob, smallest)
+
+
+class PendingPNG:
+    """A figure handed to the renderer process; :meth:`result` waits for its PNG bytes.
+
+    If the renderer failed (an exception, or the process died), the figure is drawn here from its pickle instead,
+    so a pending figure always yields the bytes drawing it directly gives.
+    """
+
+    def __init__(self, future: Future, blob: bytes, smallest: float) -> None:
+        self._future, self._blob, self._smallest = future, blob, smallest
+
+    def result(self) -> bytes:
+        try:
+            return self._future.result()
+        except Exception:  # noqa: BLE001 - see the class notes
+            return _draw_here(self._blob, self._smallest)
+
+
+_RENDERER: _Renderer | None = None
+
+
+def active() -> _Renderer | None:
+    """The renderer of the enclosing :func:`background_rendering` block, if any."""
+    return _RENDERER
+
+
+class _Renderer:
+    """A ``python -c 'from audit.figure_renderer import serve; serve()'`` process and the thread that feeds it.
+
+    A plain subprocess rather than a multiprocessing pool: spawning one would re-import the caller's ``__main__``
+    (a user's script without a main guard would run again), and forking a process that runs torch threads is not
+    safe. Requests are served one at a time, in order; a renderer that fails fails every later request, which
+    :class:`PendingPNG` then draws here.
+    """
+
+    def __init__(self) -> None:
+        import queue
+        import subprocess
+        import sys
+        import threading
+
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", "from audit.figure_renderer import serve; serve()"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        self._queue: queue.Queue = queue.Queue()
+        self._broken: BaseException | None = None
+        self._thread = threading.Thread(target=self._pump, name="audit-figure-renderer", daemon=True)
+        self._thread.start()
+
+    def submit(self, blob: bytes, smallest: float) -> Future:
+        future: Future = Future()
+        self._queue.put((future, blob, smallest))
+        return future
+
+    def _pump(self) -> None:
+        stdin, stdout = self._proc.stdin, self._proc.stdout
+        while (item := self._queue.get()) is not None:
+            future, blob, smallest = item
+            if self._broken is not None:
+                future.set_exception(self._broken)
+                continue
+            try:
+                _send(stdin, pickle.dumps((blob, smallest), protocol=pickle.HIGHEST_PROTOCOL))
+                ok, payload = pickle.loads(_receive(stdout))
+            except Exception as exc:  # noqa: BLE001 - the process died or the pipe broke
+                self._broken = exc
+                future.set_exception(exc)
+                continue
+            if ok:
+                future.set_result(payload)
+            else:
+                future.set_exception(RuntimeError(payload))
+
+    def close(self, *, wait: bool) -> None:
+        """Stop after the queued figures (``wait``) or at once (pending figures are then drawn here if asked for)."""
+        if not wait:
+            self._broken = RuntimeError("renderer stopped")
+        self._queue.put(None)
+        if wait:
+            self._thread.join()
+        try:
+            self._proc.stdin.close()
+            self._proc.wait(timeout=10 if wait else 0.5)
+        except Exception:  # noqa: BLE001 - it would not stop: make it
+            self._proc.kill()
+            self._proc.wait()
+
+
+def _send(stream, payload: bytes) -> None:
+    stream.write(len(payload).to_bytes(8, "little") + payload)
+    stream.flush()
+
+
+def _receive(stream) -> bytes:
+    head = stream.read(8)
+    if len(head) != 8:
+        raise EOFError("renderer closed its output")
+    size = int.from_bytes(head, "little")
+    payload = stream.read(size)
+    if len(payload) != size:
+        raise EOFError("renderer closed its output")
+    return payload
+
+
+def serve() -> None:
+    """The renderer process: read ``(pickled figure, smallest font)`` requests from stdin, answer each with
+    ``(True, png)`` or ``(False, error text)`` on stdout, until stdin closes."""
+    import os
+    import sys
+
+    from audit.plotting import _render_pickled
+
+    stdin, stdout = sys.stdin.buffer, os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    sys.stdout = sys.stderr  # nothing a library prints may reach the answers
+    while True:
+        try:
+            request = _receive(stdin)
+        except EOFError:
+            return
+        try:
+            blob, smallest = pickle.loads(request)
+            answer = (True, _render_pickled(blob, smallest))
+        except Exception as exc:  # noqa: BLE001 - reported to the audit, which draws the figure itself
+            answer = (False, f"{exc.__class__.__name__}: {exc}")
+        _send(stdout, pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+@contextmanager
+def background_rendering(enabled: bool = True):
+    """Within the block, figures passed to :func:`to_png` are drawn by a separate renderer process (started here,
+    so it loads matplotlib while the audit loads data and trains). Leaving the block normally waits for the queued
+    figures; leaving it on an exception stops the renderer at once."""
+    global _RENDERER
+    if not enabled or _RENDERER is not None:
+        yield
+        return
+    renderer = _RENDERER = _Renderer()
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        _RENDERER = None
+        renderer.close(wait=ok)

@@ -1,0 +1,120 @@
+"""Issue 17: the fast paths give exactly what the slow ones give.
+
+Speed itself is measured in ``bench/`` (``make bench-audit``), never asserted here.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+from audit import figure_renderer
+from audit.plotting import subplots, to_png
+
+
+def _figures():
+    """Figures of the kinds the report draws: lines and bands, a seaborn bar chart, a scatter, a heatmap, text."""
+    import pandas as pd
+    import seaborn as sns
+
+    rng = np.random.default_rng(0)
+    fig1, ax = subplots(figsize=(6, 3))
+    x = np.linspace(0, 1, 30)
+    for _ in range(20):
+        ax.plot(x, rng.normal(size=30).cumsum(), lw=0.6, alpha=0.5)
+    ax.fill_between(x, -1, 1, alpha=0.2)
+    ax.set_title("ICE curves")
+    fig2, ax = subplots(figsize=(5, 3))
+    sns.barplot(data=pd.DataFrame({"g": list("abcd"), "v": [0.1, 0.3, 0.2, 0.4]}), x="v", y="g", ax=ax)
+    fig3, (a, b) = subplots(1, 2, figsize=(8, 3))  # capped at the page width
+    a.scatter(rng.normal(size=2000), rng.normal(size=2000), s=3, c=rng.uniform(size=2000), cmap="coolwarm")
+    im = b.imshow(rng.uniform(size=(12, 12)), cmap="viridis")
+    fig3.colorbar(im, ax=b)
+    b.text(2, 2, "tiny", fontsize=4)  # raised to the minimum font
+    return [fig1, fig2, fig3]
+
+
+def test_renderer_process_draws_the_bytes_drawing_here_gives():
+    here = [to_png(f) for f in _figures()]
+    with figure_renderer.background_rendering():
+        pending = [to_png(f) for f in _figures()]
+        assert all(isinstance(p, figure_renderer.PendingPNG) for p in pending)
+        there = [p.result() for p in pending]
+    assert all(isinstance(b, bytes) and b.startswith(b"\x89PNG") for b in there)
+    assert there == here
+
+
+def test_a_failed_renderer_or_an_unpicklable_figure_is_drawn_here():
+    from matplotlib.ticker import FuncFormatter
+
+    here = [to_png(f) for f in _figures()]
+    with figure_renderer.background_rendering():
+        renderer = figure_renderer.active()
+        renderer._proc.kill()  # the renderer dies: every figure is still drawn, here
+        renderer._proc.wait()
+        got = [to_png(f) for f in _figures()]
+        assert [g.result() if not isinstance(g, bytes) else g for g in got] == here
+        fig, ax = subplots(figsize=(3, 2))
+        ax.plot([0, 1], [0, 1])
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0%}"))  # a lambda does not pickle
+        with pytest.raises(Exception):  # noqa: B017 - whatever pickle raises for it
+            pickle.dumps(fig)
+        assert isinstance(to_png(fig), bytes)
+    assert figure_renderer.active() is None
+
+
+def test_figure_waits_for_its_bytes():
+    from audit.modules.base import Figure
+
+    with figure_renderer.background_rendering():
+        f = Figure("x", "caption", to_png(_figures()[0]))
+        assert f.png.startswith(b"\x89PNG") and isinstance(f.data, bytes)
+        assert f.width_in == pytest.approx(6.0)
+
+
+def test_thread_plan_and_limits_are_restored():
+    import torch
+    from threadpoolctl import threadpool_info
+
+    from audit.compute import ThreadPlan, apply_torch_threads, available_cpus, thread_limits
+
+    assert ThreadPlan.for_threads(None).threads == available_cpus()
+    assert ThreadPlan.for_threads(1) == ThreadPlan(1, 1, False)
+    assert ThreadPlan.for_threads(4) == ThreadPlan(4, 3, True)
+    before = torch.get_num_threads()
+    with thread_limits(1):
+        apply_torch_threads()
+        assert torch.get_num_threads() == 1
+        assert all(p["num_threads"] == 1 for p in threadpool_info())
+    assert torch.get_num_threads() == before
+
+
+def test_thread_count_changes_no_number_and_no_figure(workdir):
+    """The same audit on 1 thread (figures drawn in the audit's process) and on 2 (figures drawn by the renderer,
+    torch on one thread): report.json agrees to the bit but for timings and run ids, and every figure is the same."""
+    from audit.config import config_from_dict
+    from audit.pipeline import run_audit
+    from tests.conftest import base_config
+
+    reports, pngs = [], []
+    for threads in (1, 2):
+        cfg = base_config()
+        cfg["compute"] = {"threads": threads}
+        run = run_audit(config_from_dict(cfg, base_dir=workdir, name=f"t{threads}"), quiet=True)
+        rep = json.loads((run.run_dir / "report.json").read_text())
+        assert rep["provenance"]["compute"]["figure_renderer"] is (threads == 2)
+        reports.append(rep["modules"])
+        pngs.append([f.png for m in run.modules if m.result is not None for f in m.result.figures])
+
+    def strip(d):
+        if isinstance(d, dict):
+            return {k: strip(v) for k, v in d.items() if k not in ("duration_s",)}
+        if isinstance(d, list):
+            return [strip(v) for v in d]
+        return d
+
+    assert strip(reports[0]) == strip(reports[1])
+    assert len(pngs[0]) > 10 and pngs[0] == pngs[1]
