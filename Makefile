@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 CONFIG ?= configs/adult.yaml
 STAMP  := $(VENV)/.installed
 
-.PHONY: audit test bench bench-scale lint format validate clean-venv
+.PHONY: audit test bench bench-audit bench-scale lint format validate clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: $(BENCH_STAMP)
 	$(PY) bench/run.py $(ARGS)
+
+# The default Adult audit end to end, 3 fresh processes: wall, stages, imports against issue 17's targets
+bench-audit: $(STAMP)
+	$(PY) bench/audit_run.py $(ARGS)
 
 # Large data: 100k, 1M and 5M rows (generated once into bench/.data); ARGS="--sizes 100000,1000000" for fewer
 bench-scale: $(BENCH_STAMP)

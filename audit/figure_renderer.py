@@ -52,14 +52,15 @@ class _Renderer:
     :class:`PendingPNG` then draws here.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, pdf: bool = False) -> None:
         import queue
         import subprocess
         import sys
         import threading
 
+        self.pdf = pdf
         self._proc = subprocess.Popen(
-            [sys.executable, "-c", "from audit.figure_renderer import serve; serve()"],
+            [sys.executable, "-c", f"from audit.figure_renderer import serve; serve(pdf={pdf})"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -70,19 +71,27 @@ class _Renderer:
         self._thread.start()
 
     def submit(self, blob: bytes, smallest: float) -> Future:
+        """A pickled figure to draw; the future's result is its PNG bytes."""
+        return self._put(("png", blob, smallest))
+
+    def submit_pdf(self, html: str, path: str) -> Future:
+        """The report page to write as a PDF at ``path``; the future's result is the page count."""
+        return self._put(("pdf", html, path))
+
+    def _put(self, request: tuple) -> Future:
         future: Future = Future()
-        self._queue.put((future, blob, smallest))
+        self._queue.put((future, request))
         return future
 
     def _pump(self) -> None:
         stdin, stdout = self._proc.stdin, self._proc.stdout
         while (item := self._queue.get()) is not None:
-            future, blob, smallest = item
+            future, request = item
             if self._broken is not None:
                 future.set_exception(self._broken)
                 continue
             try:
-                _send(stdin, pickle.dumps((blob, smallest), protocol=pickle.HIGHEST_PROTOCOL))
+                _send(stdin, pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL))
                 ok, payload = pickle.loads(_receive(stdout))
             except Exception as exc:  # noqa: BLE001 - the process died or the pipe broke
                 self._broken = exc
@@ -124,13 +133,23 @@ def _receive(stream) -> bytes:
     return payload
 
 
-def serve() -> None:
-    """The renderer process: read ``(pickled figure, smallest font)`` requests from stdin, answer each with
-    ``(True, png)`` or ``(False, error text)`` on stdout, until stdin closes."""
+def serve(pdf: bool = False) -> None:
+    """The renderer process: read requests from stdin (``("png", pickled figure, smallest font)`` or ``("pdf", html,
+    path)``), answer each with ``(True, png bytes or page count)`` or ``(False, error text)`` on stdout, until
+    stdin closes. With ``pdf`` it loads WeasyPrint once matplotlib is loaded, while the audit trains, so that
+    neither the import nor the first-use set-up (fonts) is on the audit's path."""
     import os
     import sys
 
     from audit.plotting import _render_pickled
+
+    if pdf:
+        try:
+            from audit.report.writer import warm_pdf
+
+            warm_pdf()
+        except Exception:  # noqa: BLE001 - reported if a PDF is asked for
+            pass
 
     stdin, stdout = sys.stdin.buffer, os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     sys.stdout = sys.stderr  # nothing a library prints may reach the answers
@@ -140,23 +159,31 @@ def serve() -> None:
         except EOFError:
             return
         try:
-            blob, smallest = pickle.loads(request)
-            answer = (True, _render_pickled(blob, smallest))
+            kind, *args = pickle.loads(request)
+            if kind == "pdf":
+                from pathlib import Path
+
+                from audit.report.writer import write_pdf_here
+
+                answer = (True, write_pdf_here(args[0], Path(args[1])))
+            else:
+                answer = (True, _render_pickled(*args))
         except Exception as exc:  # noqa: BLE001 - reported to the audit, which draws the figure itself
             answer = (False, f"{exc.__class__.__name__}: {exc}")
         _send(stdout, pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 @contextmanager
-def background_rendering(enabled: bool = True):
+def background_rendering(enabled: bool = True, *, pdf: bool = False):
     """Within the block, figures passed to :func:`to_png` are drawn by a separate renderer process (started here,
-    so it loads matplotlib while the audit loads data and trains). Leaving the block normally waits for the queued
-    figures; leaving it on an exception stops the renderer at once."""
+    so it loads matplotlib while the audit loads data and trains), and with ``pdf`` the report's PDF is written
+    there too (:func:`audit.report.writer.write_pdf`). Leaving the block normally waits for the queued work;
+    leaving it on an exception stops the renderer at once."""
     global _RENDERER
     if not enabled or _RENDERER is not None:
         yield
         return
-    renderer = _RENDERER = _Renderer()
+    renderer = _RENDERER = _Renderer(pdf=pdf)
     ok = False
     try:
         yield

@@ -298,7 +298,8 @@ def run_audit(
     plan = ThreadPlan.for_threads(cfg.compute.threads)
     from audit.figure_renderer import background_rendering
 
-    with thread_limits(plan.compute_threads), background_rendering(plan.renderer):
+    pdf = write and "pdf" in cfg.report.formats
+    with thread_limits(plan.compute_threads), background_rendering(plan.renderer, pdf=pdf):
         return _run(cfg, run, folder, progress, step, write, out_root, modules, base_report, base_path, base_note, plan)
 
 
@@ -557,12 +558,10 @@ def _write(run: AuditRun, ds: Dataset, folder) -> None:
             run.scores.to_parquet(tmp_dir / "scores.parquet", index=False)
         report = build_report_json(run, ds, dataset_fingerprint(ds), tmp_dir)
         write_json(report, tmp_dir / "report.json")
-        if "html" in formats or "pdf" in formats:
-            html = render_html(report, run)
-            if "html" in formats:
-                (tmp_dir / "report.html").write_text(html, encoding="utf-8")
-            if "pdf" in formats:
-                write_pdf(html, tmp_dir / "report.pdf")
+        if "html" in formats:
+            (tmp_dir / "report.html").write_text(render_html(report, run), encoding="utf-8")
+        if "pdf" in formats:
+            write_pdf(render_html(report, run, medium="print"), tmp_dir / "report.pdf")
         run.run_dir = folder.publish()
     except OSError as exc:
         folder.discard()

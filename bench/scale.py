@@ -39,7 +39,7 @@ dataset:
   target: outcome
   positive_label: repaid
   drop: [applicant_id, sex, ethnicity]
-model: {{source: {source}, path: model, hidden: [64, 32], max_epochs: 4, threshold: 0.6, predict_batch_size: 65536}}
+model: {{source: {source}, path: model, hidden: [64, 32], max_epochs: 4, threshold: 0.6}}
 modules:
   permutation_importance: {{n_repeats: 5}}
   partial_dependence: {{features: {pd_features}, grid_resolution: 10}}

@@ -219,6 +219,29 @@ def test_pdf_is_worth_printing(adult_run):
         assert needle in text, needle
 
 
+@pytest.mark.slow
+def test_pdf_is_the_screen_page_as_printed(adult_run, tmp_path):
+    """The PDF is laid out from a print page that leaves out what the print style sheet hides (half the elements);
+    it reads exactly as the screen page does when printed."""
+    import pdfplumber
+
+    from audit.report.writer import render_html, write_pdf_here
+
+    report = json.loads((adult_run.run_dir / "report.json").read_text())
+    page = render_html(report, adult_run, medium="print")
+    screen = (adult_run.run_dir / "report.html").read_text()
+    assert not re.search(r'class="[^"]*\b(noprint|quiet|csv)\b', page)
+    assert "<nav" not in page and "<details" not in page and "data:text/csv" not in page
+    assert len(page) < 0.7 * len(screen)
+    write_pdf_here(screen, tmp_path / "screen.pdf")
+
+    def text(path):  # page by page, without white space: a glossary link moves pdfplumber's word gaps, not the words
+        with pdfplumber.open(path) as pdf:
+            return ["".join(p.extract_text().split()) for p in pdf.pages]
+
+    assert text(tmp_path / "screen.pdf") == text(adult_run.run_dir / "report.pdf")
+
+
 def test_model_card_strings_are_escaped(adult_run):
     html = (adult_run.run_dir / "report.html").read_text()
     assert '<script>alert("card")' not in html

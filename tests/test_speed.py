@@ -75,6 +75,50 @@ def test_figure_waits_for_its_bytes():
         assert f.width_in == pytest.approx(6.0)
 
 
+def test_renderer_writes_the_pdf_this_process_writes(tmp_path):
+    """The PDF written by the renderer process is byte for byte the one written here; a dead renderer's PDF is
+    written here."""
+    from audit.report.html import print_warmup_page
+    from audit.report.writer import write_pdf, write_pdf_here
+
+    html = print_warmup_page()
+    assert write_pdf_here(html, tmp_path / "here.pdf") == 1
+    with figure_renderer.background_rendering(pdf=True):
+        renderer = figure_renderer.active()
+        assert renderer.pdf
+        assert write_pdf(html, tmp_path / "there.pdf") == 1
+        renderer._proc.kill()
+        renderer._proc.wait()
+        assert write_pdf(html, tmp_path / "fallback.pdf") == 1
+    here = (tmp_path / "here.pdf").read_bytes()
+    assert here.startswith(b"%PDF")
+    assert (tmp_path / "there.pdf").read_bytes() == here
+    assert (tmp_path / "fallback.pdf").read_bytes() == here
+
+
+def test_training_does_not_load_the_compiler():
+    """Training uses torch's own Adam update (tested bit-identical to Lightning's ``torch.optim.Adam``) without the
+    Optimizer class and sets the eager determinism flag directly: neither TorchDynamo nor SymPy gets imported."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+import numpy as np
+from audit.config import ModelConfig
+from audit.data import Feature, Schema
+from audit.model.training import train_model
+schema = Schema((Feature("a", "numeric"), Feature("b", "categorical", levels=("x", "y"))), "t", "1", "0")
+rng = np.random.default_rng(0)
+X = np.column_stack([rng.normal(size=300), rng.integers(0, 2, 300)]).astype(float)
+train_model(schema, X, (X[:, 0] > 0).astype(int), ModelConfig(hidden=[4], max_epochs=2), validation_size=0.2, seed=0)
+print(sorted(m for m in ("torch._dynamo", "sympy", "torch._inductor") if m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_thread_plan_and_limits_are_restored():
     import torch
     from threadpoolctl import threadpool_info
