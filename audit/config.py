@@ -215,7 +215,7 @@ class ModelConfig(_Section):
     weight_decay: Annotated[float, Field(ge=0.0, le=10.0)] = 1e-5
     patience: Bounded(1, 100_000) = 3
     threshold: Probability = 0.5
-    predict_batch_size: Bounded(64, 1 << 22) = 16384
+    predict_batch_size: Bounded(64, 1 << 22) = 8192
     trainer: Literal["torch", "lightning"] = "torch"
     trust: bool = False
 

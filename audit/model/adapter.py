@@ -40,7 +40,7 @@ class Predictor:
     """Base class: subclasses implement :meth:`_predict_codes`."""
 
     schema: Schema
-    batch_size: int = 16384
+    batch_size: int = 8192
 
     def __init__(self) -> None:
         self.rows_evaluated = 0
@@ -77,7 +77,7 @@ class NetPredictor(Predictor):
     """
 
     def __init__(
-        self, net: TabularNet, preprocessing: Preprocessing, schema: Schema, *, batch_size: int = 16384
+        self, net: TabularNet, preprocessing: Preprocessing, schema: Schema, *, batch_size: int = 8192
     ) -> None:
         super().__init__()
         self.net = net.eval()
@@ -104,7 +104,7 @@ class NetPredictor(Predictor):
 class CallablePredictor(Predictor):
     """Wraps any ``predict(df) -> positive-class probabilities`` function (slow path: rebuilds DataFrames)."""
 
-    def __init__(self, fn: Callable[[pd.DataFrame], np.ndarray], schema: Schema, *, batch_size: int = 16384) -> None:
+    def __init__(self, fn: Callable[[pd.DataFrame], np.ndarray], schema: Schema, *, batch_size: int = 8192) -> None:
         super().__init__()
         self.fn = fn
         self.schema = schema

@@ -69,7 +69,7 @@ def model_hash(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def load_model(path: str | Path, *, batch_size: int = 16384) -> NetPredictor:
+def load_model(path: str | Path, *, batch_size: int = 8192) -> NetPredictor:
     """Load a model folder written by :func:`save_model`.
 
     Parameters
