@@ -189,19 +189,9 @@ def _load_trusted_pickle(cfg: AuditConfig, path: Path, ds: Dataset) -> tuple[Pre
         obj = joblib.load(path)
     except Exception as exc:  # noqa: BLE001 - the trusted file itself is broken: a model failure, not bad config
         raise ModelRuntimeError(f"trusted model '{path}' failed to load: {exc.__class__.__name__}: {exc}") from exc
-    if not hasattr(obj, "predict_proba"):
-        raise ModelRuntimeError(f"trusted model '{path}' ({type(obj).__name__}) has no predict_proba method")
-    classes = [str(c) for c in getattr(obj, "classes_", [0, 1])]
-    pos = ds.schema.positive_label
-    col = classes.index(pos) if pos in classes else classes.index("1") if set(classes) == {"0", "1"} else None
-    if col is None:
-        raise ModelRuntimeError(f"trusted model '{path}' predicts classes {classes}, none of them {pos!r}")
-    names = ds.schema.feature_names
-
-    def predict(df):
-        return np.asarray(obj.predict_proba(df[names]))[:, col]
-
-    predictor = CallablePredictor(predict, ds.schema, batch_size=cfg.model.predict_batch_size)
+    predictor = CallablePredictor(
+        _estimator_proba(obj, ds.schema, f"trusted model '{path}'"), ds.schema, batch_size=cfg.model.predict_batch_size
+    )
     info = {
         "source": "load",
         "path": str(path),
@@ -210,6 +200,47 @@ def _load_trusted_pickle(cfg: AuditConfig, path: Path, ds: Dataset) -> tuple[Pre
         "kind": f"{type(obj).__module__}.{type(obj).__name__}",
     }
     return predictor, info
+
+
+def _estimator_proba(obj: Any, schema, what: str) -> Callable:
+    """``df -> positive-class probabilities`` of an estimator with ``predict_proba`` (and ``classes_``)."""
+    if not hasattr(obj, "predict_proba"):
+        raise ModelRuntimeError(f"{what} ({type(obj).__name__}) has no predict_proba method")
+    classes = [str(c) for c in getattr(obj, "classes_", [0, 1])]
+    pos = schema.positive_label
+    col = classes.index(pos) if pos in classes else classes.index("1") if set(classes) == {"0", "1"} else None
+    if col is None:
+        raise ModelRuntimeError(f"{what} predicts classes {classes}, none of them {pos!r}")
+    names = schema.feature_names
+
+    def predict(df):
+        return np.asarray(obj.predict_proba(df[names]))[:, col]
+
+    return predict
+
+
+def python_model(model: Any, ds: Dataset, batch_size: int) -> tuple[Predictor, dict]:
+    """A model handed over in Python (:func:`audit.api.run_audit`): an estimator with ``predict_proba`` or a plain
+    function ``predict_proba(df) -> probabilities of the positive label``."""
+    from audit.model.adapter import CallablePredictor
+
+    kind = f"{type(model).__module__}.{getattr(type(model), '__qualname__', type(model).__name__)}"
+    if hasattr(model, "predict_proba"):
+        fn = _estimator_proba(model, ds.schema, "the model passed to run_audit")
+    elif callable(model):
+        names = ds.schema.feature_names
+
+        def fn(df):
+            return model(df[names])
+
+        kind = getattr(model, "__qualname__", kind)
+    else:
+        raise ModelRuntimeError(
+            f"the model passed to run_audit ({type(model).__name__}) is neither callable nor has predict_proba; "
+            "pass predict_proba(df) -> probabilities of the positive label, or a fitted estimator"
+        )
+    predictor = CallablePredictor(fn, ds.schema, batch_size=batch_size)
+    return predictor, {"source": "python", "kind": kind, "hash": None, "path": None}
 
 
 def _meta_info(meta: dict) -> dict:
@@ -253,6 +284,7 @@ def run_audit(
     on_stage: Callable[[str], None] | None = None,
     baseline: str | Path | None = None,
     clock: Callable[[], dt.datetime] | None = None,
+    model: Any = None,
 ) -> AuditRun:
     """Run a whole audit and write its report.
 
@@ -272,6 +304,10 @@ def run_audit(
         A run folder or report.json to compare with; by default the previous run of this config (``latest``).
     clock : callable, optional
         Returns the start time (UTC); tests inject one that does not move to force equal timestamps.
+    model : object, optional
+        The model to audit instead of the config's ``model`` section: a function ``predict_proba(df) -> array`` of
+        positive-class probabilities, or an estimator with ``predict_proba`` and ``classes_`` (scikit-learn style;
+        the positive label's column is used). See :func:`audit.api.run_audit`.
 
     Returns
     -------
@@ -300,10 +336,12 @@ def run_audit(
 
     pdf = write and "pdf" in cfg.report.formats
     with thread_limits(plan.compute_threads), background_rendering(plan.renderer, pdf=pdf):
-        return _run(cfg, run, folder, progress, step, write, out_root, modules, base_report, base_path, base_note, plan)
+        return _run(
+            cfg, run, folder, progress, step, write, out_root, modules, base_report, base_path, base_note, plan, model
+        )
 
 
-def _run(cfg, run, folder, progress, step, write, out_root, modules, base_report, base_path, base_note, plan):
+def _run(cfg, run, folder, progress, step, write, out_root, modules, base_report, base_path, base_note, plan, model):
     """:func:`run_audit` under its thread plan."""
     from audit.output import remove_stale
 
@@ -341,8 +379,12 @@ def _run(cfg, run, folder, progress, step, write, out_root, modules, base_report
         step("model")
         t0 = time.perf_counter()
         try:
-            with progress.stage("train model" if cfg.model.source == "train" else "load model"):
-                predictor, run.model_info = prepare_model(cfg, ds, tmp_dir if write else None, progress)
+            if model is not None:
+                with progress.stage("model"):
+                    predictor, run.model_info = python_model(model, ds, cfg.model.predict_batch_size)
+            else:
+                with progress.stage("train model" if cfg.model.source == "train" else "load model"):
+                    predictor, run.model_info = prepare_model(cfg, ds, tmp_dir if write else None, progress)
             apply_torch_threads()  # a loaded model imported torch too
             step("score")
             with progress.stage("score"):

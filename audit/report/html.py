@@ -306,6 +306,8 @@ def render_html(report: dict[str, Any], run, *, medium: str = "screen") -> str:
         or (
             f"built-in tabular net, hidden layers {model.get('architecture', {}).get('hidden')}"
             if model.get("source") == "train"
+            else f"passed to run_audit in Python ({model.get('kind')})"
+            if model.get("source") == "python"
             else f"loaded from {model.get('path')}"
         ),
         "data": f"{prov['dataset']['name']} ({prov['dataset']['rows']['train']:,} training rows, "
