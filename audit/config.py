@@ -218,6 +218,8 @@ class ModelConfig(_Section):
     predict_batch_size: Bounded(64, 1 << 22) = 8192
     trainer: Literal["torch", "lightning"] = "torch"
     trust: bool = False
+    format: Literal["auto", "artifact", "onnx", "torchscript", "pickle"] = "auto"
+    export: list[Literal["onnx", "torchscript"]] = Field(default_factory=list, max_length=2)
 
     @model_validator(mode="after")
     def _path_for_load(self) -> ModelConfig:

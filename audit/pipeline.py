@@ -133,9 +133,14 @@ def prepare_model(
     from audit.model.artifact import load_model, model_hash, read_model_meta, save_model
 
     if cfg.model.source == "load":
+        from audit.model.artifact import detect_format
+
         path = cfg.resolve(cfg.model.path or "", key="model.path")
-        if path.is_file() and path.suffix.lower() in PICKLE_SUFFIXES:
+        fmt = detect_format(path, cfg.model.format)
+        if fmt == "pickle":
             return _load_trusted_pickle(cfg, path, ds)
+        if fmt in ("onnx", "torchscript"):
+            return _load_exported(cfg, path, fmt, ds)
         predictor = load_model(path, batch_size=cfg.model.predict_batch_size)
         _check_model_fits_data(predictor, ds)
         meta = read_model_meta(path)
@@ -167,10 +172,31 @@ def prepare_model(
             run_tmp / "model", predictor, architecture=res.architecture, history=res.history, best_epoch=res.best_epoch
         )
         info.update(path="model", hash=mh)
+        if cfg.model.export:
+            from audit.model.formats import export_model
+
+            info["exports"] = export_model(run_tmp / "model", predictor, list(cfg.model.export))
     return predictor, info
 
 
-PICKLE_SUFFIXES = {".pkl", ".pickle", ".joblib"}
+def _load_exported(cfg: AuditConfig, path: Path, fmt: str, ds: Dataset) -> tuple[Predictor, dict]:
+    """An exported ONNX or TorchScript file with our artifact's JSON beside it (see :mod:`audit.model.formats`)."""
+    from audit.data import sha256_file
+    from audit.model.formats import load_exported
+
+    predictor = load_exported(path, fmt, batch_size=cfg.model.predict_batch_size)
+    _check_model_fits_data(predictor, ds)
+    ds.schema = replace(predictor.schema, sensitive=ds.schema.sensitive, favourable_label=ds.schema.favourable_label)
+    predictor.schema = ds.schema
+    info = {
+        "source": "load",
+        "format": fmt,
+        "path": str(path),
+        "hash": sha256_file(path),
+        "runtime": predictor.runtime,
+        "trusted": "nothing: neither format runs Python code when loaded",
+    }
+    return predictor, info
 
 
 def _load_trusted_pickle(cfg: AuditConfig, path: Path, ds: Dataset) -> tuple[Predictor, dict]:

@@ -56,6 +56,26 @@ def save_model(
     return model_hash(p)
 
 
+def detect_format(path: Path, declared: str) -> str:
+    """``model.format``, or what ``path`` is when it is ``auto``: a folder is our artifact, ``.onnx`` ONNX,
+    ``.torchscript.pt`` / ``.ts`` TorchScript, ``.pkl`` / ``.pickle`` / ``.joblib`` a pickle."""
+    if declared != "auto":
+        return declared
+    name = path.name.lower()
+    if path.is_dir() or not path.exists():
+        return "artifact"  # a missing path gets the artifact loader's message
+    if name.endswith(".onnx"):
+        return "onnx"
+    if name.endswith((".torchscript.pt", ".ts")):
+        return "torchscript"
+    if name.endswith((".pkl", ".pickle", ".joblib")):
+        return "pickle"
+    raise ModelLoadError(
+        f"model.path: '{path}' is not a model folder, and its name does not say which format it is; set "
+        "model.format to one of artifact, onnx, torchscript, pickle"
+    )
+
+
 def _dump(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
@@ -95,32 +115,7 @@ def load_model(path: str | Path, *, batch_size: int = 8192) -> NetPredictor:
     missing = [n for n in FILES if not (p / n).is_file()]
     if missing:
         raise ModelLoadError(f"model.path: '{p}' lacks {missing}; it is not a complete model artifact")
-    texts = {}
-    for name in ("model.json", "schema.json", "preprocessing.json"):
-        f = p / name
-        try:
-            if f.stat().st_size > MAX_JSON_BYTES:
-                raise ModelLoadError(
-                    f"model.path: '{f}' is larger than {MAX_JSON_BYTES >> 20} MB; not a model artifact"
-                )
-            texts[name] = json.loads(f.read_text(encoding="utf-8"))
-        except (OSError, ValueError, RecursionError) as exc:
-            raise ModelLoadError(
-                f"model.path: '{f}' is not readable JSON ({exc.__class__.__name__}); the artifact is damaged, retrain"
-            ) from None
-    meta = texts["model.json"]
-    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
-        got = meta.get("format_version") if isinstance(meta, dict) else type(meta).__name__
-        raise ModelLoadError(f"model.path: '{p}' has format_version {got!r}; this audit reads {FORMAT_VERSION}")
-    try:
-        schema = Schema.from_json(texts["schema.json"])
-        pre = Preprocessing.from_json(texts["preprocessing.json"])
-        _check_sizes(schema, pre, meta.get("architecture"), (p / "weights.pt").stat().st_size)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ModelLoadError(
-            f"model.path: '{p}' has a malformed model description ({exc.__class__.__name__}: "
-            f"{str(exc)[:150]}); the artifact is damaged or foreign, retrain"
-        ) from None
+    schema, pre, meta = read_description(p, weights=p / "weights.pt")
     import torch
 
     from audit.model.adapter import NetPredictor
@@ -140,6 +135,42 @@ def load_model(path: str | Path, *, batch_size: int = 8192) -> NetPredictor:
 
 MAX_JSON_BYTES = 64 << 20
 MAX_PARAMETERS = 200_000_000  # what this auditor will allocate for a tabular net described by an artifact
+
+
+def read_description(p: Path, *, weights: Path) -> tuple[Schema, Preprocessing, dict]:
+    """The checked ``schema.json``, ``preprocessing.json`` and ``model.json`` of artifact folder ``p``, for the
+    weights in file ``weights`` (our ``weights.pt``, or an exported ``model.onnx`` / ``model.torchscript.pt``).
+
+    Raises ModelLoadError naming the file when one is missing, too large, not JSON, or describes sizes the weights
+    file cannot hold."""
+    texts = {}
+    for name in ("model.json", "schema.json", "preprocessing.json"):
+        f = p / name
+        try:
+            if f.stat().st_size > MAX_JSON_BYTES:
+                raise ModelLoadError(
+                    f"model.path: '{f}' is larger than {MAX_JSON_BYTES >> 20} MB; not a model artifact"
+                )
+            texts[name] = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as exc:
+            raise ModelLoadError(
+                f"model.path: '{f}' is not readable JSON ({exc.__class__.__name__}); the artifact is damaged, retrain "
+                "(an exported model needs the schema.json, preprocessing.json and model.json written beside it)"
+            ) from None
+    meta = texts["model.json"]
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        got = meta.get("format_version") if isinstance(meta, dict) else type(meta).__name__
+        raise ModelLoadError(f"model.path: '{p}' has format_version {got!r}; this audit reads {FORMAT_VERSION}")
+    try:
+        schema = Schema.from_json(texts["schema.json"])
+        pre = Preprocessing.from_json(texts["preprocessing.json"])
+        _check_sizes(schema, pre, meta.get("architecture"), weights.stat().st_size)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ModelLoadError(
+            f"model.path: '{p}' has a malformed model description ({exc.__class__.__name__}: "
+            f"{str(exc)[:150]}); the artifact is damaged or foreign, retrain"
+        ) from None
+    return schema, pre, meta
 
 
 def _check_sizes(schema: Schema, pre: Preprocessing, arch, weights_bytes: int) -> None:

@@ -1,0 +1,177 @@
+"""The built-in net exported as ONNX and TorchScript, and audits of those exported files.
+
+Export (``model.export: [onnx, torchscript]``) writes, beside the artifact's ``weights.pt``:
+
+- ``model.onnx``: inputs ``x_num`` (float32, rows x numeric features, already transformed as
+  ``preprocessing.json`` says) and ``x_cat`` (int64, rows x categorical features, embedding indices), output
+  ``logit`` (rows x 1); opset 17, the batch dimension dynamic. Runs in any ONNX runtime.
+- ``model.torchscript.pt``: the same function as a TorchScript module (``torch.jit.load``, no Python pickle).
+
+Loading one of them (``model.source: load`` with ``model.path`` the file, ``model.format`` auto-detected from the
+name) reads the ``schema.json``, ``preprocessing.json`` and ``model.json`` beside it: the same JSON as our artifact,
+so the raw columns are coded exactly as when the model was trained. Neither format runs Python code when loaded.
+The network sections (architecture, gradients, activations, uncertainty) need the built-in net's Python module and
+say "not applicable" for an exported file; every other section runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from audit.errors import ModelLoadError
+from audit.model.adapter import ROW_ALIGN, Predictor
+
+ONNX_FILE = "model.onnx"
+TORCHSCRIPT_FILE = "model.torchscript.pt"
+EXPORT_FILES = {"onnx": ONNX_FILE, "torchscript": TORCHSCRIPT_FILE}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def export_model(folder: str | Path, predictor, formats: list[str]) -> dict[str, dict]:
+    """Write the predictor's net into artifact ``folder`` in each of ``formats``; returns file name and sha256 of
+    each. The exported functions are checked against the net on a block of rows before anything is returned."""
+    import warnings
+
+    import torch
+
+    folder = Path(folder)
+    net = predictor.net.eval()
+    n_num = len(predictor.preprocessing.numeric_idx)
+    n_cat = len(predictor.preprocessing.categorical_idx)
+    x_num = torch.zeros((ROW_ALIGN, n_num), dtype=torch.float32)
+    x_cat = torch.zeros((ROW_ALIGN, n_cat), dtype=torch.int64)
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if "onnx" in formats:
+            torch.onnx.export(
+                net,
+                (x_num, x_cat),
+                str(folder / ONNX_FILE),
+                input_names=["x_num", "x_cat"],
+                output_names=["logit"],
+                dynamic_axes={"x_num": {0: "rows"}, "x_cat": {0: "rows"}, "logit": {0: "rows"}},
+                opset_version=17,
+                dynamo=False,
+            )
+        if "torchscript" in formats:
+            with torch.no_grad():
+                traced = torch.jit.trace(net, (x_num, x_cat))
+            torch.jit.save(traced, str(folder / TORCHSCRIPT_FILE))
+    for fmt in formats:
+        path = folder / EXPORT_FILES[fmt]
+        out[fmt] = {"file": path.name, "sha256": _sha256(path)}
+    return out
+
+
+def load_exported(path: str | Path, fmt: str, *, batch_size: int = 8192) -> Predictor:
+    """An exported ``model.onnx`` or ``model.torchscript.pt`` with the artifact JSON beside it."""
+    from audit.model.artifact import read_description
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"model.path: '{path}' is not a file; point it at the exported {fmt} model")
+    schema, pre, _ = read_description(path.parent, weights=path)
+    if fmt == "onnx":
+        return OnnxPredictor(path, pre, schema, batch_size=batch_size)
+    return TorchScriptPredictor(path, pre, schema, batch_size=batch_size)
+
+
+class _ExportedPredictor(Predictor):
+    """Shared by the exported formats: code-space rows -> the net's inputs, padded to whole blocks of ROW_ALIGN rows
+    as :class:`~audit.model.adapter.NetPredictor` does, so a row's score does not depend on its batch."""
+
+    format: str = ""
+
+    def __init__(self, path: Path, preprocessing, schema, *, batch_size: int) -> None:
+        super().__init__()
+        self.path, self.preprocessing, self.schema, self.batch_size = path, preprocessing, schema, batch_size
+
+    def _inputs(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        x_num, x_cat = self.preprocessing.transform(np.asarray(X, dtype=np.float64))
+        n = len(x_num)
+        pad = -n % ROW_ALIGN
+        if pad:
+            x_num = np.concatenate([x_num, np.zeros((pad, x_num.shape[1]), dtype=x_num.dtype)])
+            x_cat = np.concatenate([x_cat, np.zeros((pad, x_cat.shape[1]), dtype=x_cat.dtype)])
+        return np.ascontiguousarray(x_num), np.ascontiguousarray(x_cat), n
+
+
+class OnnxPredictor(_ExportedPredictor):
+    """An exported ``model.onnx`` run by onnxruntime (CPU, threads as torch's in this process)."""
+
+    format = "onnx"
+
+    def __init__(self, path: Path, preprocessing, schema, *, batch_size: int = 8192) -> None:
+        super().__init__(path, preprocessing, schema, batch_size=batch_size)
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise ModelLoadError(
+                "model.format: onnx needs onnxruntime (pip install onnxruntime; make installs it)"
+            ) from exc
+        import torch
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for a damaged graph
+            raise ModelLoadError(
+                f"model.path: '{path}' is not a loadable ONNX graph ({str(exc).splitlines()[0][:200]})"
+            ) from None
+        names = sorted(i.name for i in self.session.get_inputs())
+        outputs = [o.name for o in self.session.get_outputs()]
+        if names != ["x_cat", "x_num"] or not {"logit", "probability"} & set(outputs):
+            raise ModelLoadError(
+                f"model.path: '{path}' takes inputs {names} and gives {outputs}; this audit runs graphs with inputs "
+                "x_num and x_cat and an output logit or probability (as model.export writes them)"
+            )
+        self.output = "probability" if "probability" in outputs else "logit"
+        self.runtime = f"onnxruntime {ort.__version__}"
+
+    def _predict_codes(self, X: np.ndarray) -> np.ndarray:
+        x_num, x_cat, n = self._inputs(X)
+        out = self.session.run([self.output], {"x_num": x_num, "x_cat": x_cat})[0].reshape(-1)[:n]
+        if self.output == "probability":
+            return out.astype(np.float64)
+        import torch
+
+        return torch.sigmoid(torch.from_numpy(np.ascontiguousarray(out))).double().numpy()
+
+
+class TorchScriptPredictor(_ExportedPredictor):
+    """An exported ``model.torchscript.pt`` (``torch.jit.load``: a TorchScript archive, no Python pickle)."""
+
+    format = "torchscript"
+
+    def __init__(self, path: Path, preprocessing, schema, *, batch_size: int = 8192) -> None:
+        super().__init__(path, preprocessing, schema, batch_size=batch_size)
+        import torch
+
+        try:
+            self.module = torch.jit.load(str(path), map_location="cpu").eval()
+        except Exception as exc:  # noqa: BLE001 - a damaged or foreign archive
+            raise ModelLoadError(
+                f"model.path: '{path}' is not a loadable TorchScript archive ({str(exc).splitlines()[0][:200]})"
+            ) from None
+        self.runtime = f"torch {torch.__version__}"
+
+    def _predict_codes(self, X: np.ndarray) -> np.ndarray:
+        import torch
+
+        x_num, x_cat, n = self._inputs(X)
+        with torch.inference_mode():
+            logit = self.module(torch.from_numpy(x_num), torch.from_numpy(x_cat))
+            return torch.sigmoid(logit).reshape(-1)[:n].double().numpy()

@@ -1,0 +1,85 @@
+"""Issue 18, items 1, 2 and 8: the built-in net exported as ONNX and TorchScript, and audits of those files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from audit.cli import main
+from tests.conftest import base_config, write_config
+
+
+def test_exported_files_score_as_the_net_does(tiny_model, tmp_path):
+    from audit.model.artifact import save_model
+    from audit.model.formats import export_model, load_exported
+
+    cfg, ds, pred, res = tiny_model
+    save_model(tmp_path, pred, architecture=res.architecture, history=res.history, best_epoch=res.best_epoch)
+    files = export_model(tmp_path, pred, ["onnx", "torchscript"])
+    assert set(files) == {"onnx", "torchscript"}
+    codes = ds.schema.to_codes(ds.X_test)
+    native = pred.predict_codes(codes)
+    for fmt, info in files.items():
+        other = load_exported(tmp_path / info["file"], fmt)
+        got = other.predict_codes(codes)
+        assert np.abs(got - native).max() <= 1e-6, fmt
+        # a row's score does not depend on the rows scored with it (blocks padded as the native net pads them)
+        np.testing.assert_array_equal(other.predict_codes(codes[:5]), got[:5])
+        assert other.predict_proba(ds.X_test[ds.schema.feature_names]).shape == (len(codes),)
+
+
+def _numbers(obj):
+    """Every number in a JSON structure, in order (strings and keys must match exactly)."""
+    if isinstance(obj, dict):
+        return [x for k in sorted(obj) for x in [k, *_numbers(obj[k])]]
+    if isinstance(obj, list):
+        return [x for v in obj for x in _numbers(v)]
+    return [obj]
+
+
+def _close(a, b, tol=1e-6):
+    na, nb = _numbers(a), _numbers(b)
+    assert len(na) == len(nb)
+    for x, y in zip(na, nb, strict=True):
+        if isinstance(x, float) or isinstance(y, float):
+            assert x is not None and y is not None and abs(x - y) <= tol * max(1.0, abs(x)), (x, y)
+        else:
+            assert x == y, (x, y)
+
+
+def test_an_audit_of_the_exported_files_matches_the_native_audit(workdir):
+    cfg = base_config()
+    cfg["name"] = "native"
+    cfg["fairness"] = {"sensitive_features": ["group"]}
+    cfg["model"] = {"export": ["onnx", "torchscript"], "max_epochs": 3}
+    assert main(["run", str(write_config(workdir, cfg, "native.yaml")), "-q"]) in (0, 1)
+    folder = workdir / "reports" / "native" / "latest"
+    native = json.loads((folder / "report.json").read_text())
+    exports = native["provenance"]["model"]["exports"]
+    from audit.data import sha256_file
+
+    for info in exports.values():  # the report records each file's hash
+        assert sha256_file(folder / "model" / info["file"]) == info["sha256"]
+    for fmt, name in (("onnx", "model.onnx"), ("torchscript", "model.torchscript.pt")):
+        cfg = base_config()
+        cfg["name"] = fmt
+        cfg["fairness"] = {"sensitive_features": ["group"]}
+        cfg["model"] = {"source": "load", "path": str(folder / "model" / name)}  # format detected from the name
+        assert main(["run", str(write_config(workdir, cfg, f"{fmt}.yaml")), "-q"]) in (0, 1)
+        rep = json.loads((workdir / "reports" / fmt / "latest" / "report.json").read_text())
+        model = rep["provenance"]["model"]
+        assert model["format"] == fmt and model["hash"] == exports[fmt]["sha256"] and model["runtime"]
+        _close(rep["modules"]["fairness"]["tables"], native["modules"]["fairness"]["tables"])
+        _close(rep["modules"]["partial_dependence"]["data"], native["modules"]["partial_dependence"]["data"])
+        _close(rep["modules"]["performance"]["data"]["test"], native["modules"]["performance"]["data"]["test"])
+        assert rep["modules"]["gradients"]["summary"] == {"applicable": False}
+
+
+def test_a_file_whose_format_cannot_be_told_is_bad_config(workdir, capsys):
+    (workdir / "model.bin").write_bytes(b"\x00" * 10)
+    cfg = base_config()
+    cfg["model"] = {"source": "load", "path": "model.bin"}
+    assert main(["run", str(write_config(workdir, cfg)), "-q"]) == 2
+    assert "set model.format" in capsys.readouterr().err
+    assert not (workdir / "reports").exists() or not any((workdir / "reports").rglob("report.json"))
