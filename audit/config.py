@@ -218,7 +218,10 @@ class ModelConfig(_Section):
     predict_batch_size: Bounded(64, 1 << 22) = 8192
     trainer: Literal["torch", "lightning"] = "torch"
     trust: bool = False
-    format: Literal["auto", "artifact", "onnx", "torchscript", "pickle"] = "auto"
+    format: Literal["auto", "artifact", "onnx", "torchscript", "skops", "pickle"] = "auto"
+    trusted_types: list[Annotated[str, Field(min_length=1, max_length=300)]] = Field(
+        default_factory=list, max_length=200
+    )
     export: list[Literal["onnx", "torchscript"]] = Field(default_factory=list, max_length=2)
 
     @model_validator(mode="after")

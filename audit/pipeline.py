@@ -141,6 +141,8 @@ def prepare_model(
             return _load_trusted_pickle(cfg, path, ds)
         if fmt in ("onnx", "torchscript"):
             return _load_exported(cfg, path, fmt, ds)
+        if fmt == "skops":
+            return _load_skops(cfg, path, ds)
         predictor = load_model(path, batch_size=cfg.model.predict_batch_size)
         _check_model_fits_data(predictor, ds)
         meta = read_model_meta(path)
@@ -224,6 +226,52 @@ def _load_trusted_pickle(cfg: AuditConfig, path: Path, ds: Dataset) -> tuple[Pre
         "hash": sha256_file(path),
         "trusted_pickle": True,
         "kind": f"{type(obj).__module__}.{type(obj).__name__}",
+    }
+    return predictor, info
+
+
+def _load_skops(cfg: AuditConfig, path: Path, ds: Dataset) -> tuple[Predictor, dict]:
+    """A scikit-learn model saved with ``skops.io``: only types skops trusts by default or ``model.trusted_types``
+    lists are built; any other type refuses the file before anything in it is constructed."""
+    from audit.data import sha256_file
+    from audit.model.adapter import CallablePredictor
+
+    if not path.is_file():
+        raise ModelLoadError(f"model.path: '{path}' is not a file; point it at the .skops file")
+    try:
+        import skops
+        import skops.io as sio
+    except ImportError:
+        raise ModelLoadError(
+            "model.format: skops needs the skops package (pip install skops; make installs it)"
+        ) from None
+    try:
+        untrusted = list(sio.get_untrusted_types(file=path))  # reads the file's schema; constructs nothing
+    except Exception as exc:  # noqa: BLE001 - not a zip, no schema, a foreign file
+        raise ModelLoadError(
+            f"model.path: '{path}' is not a readable skops file ({exc.__class__.__name__}: {str(exc)[:150]})"
+        ) from None
+    refused = [t for t in untrusted if t not in cfg.model.trusted_types]
+    if refused:
+        raise ModelLoadError(
+            f"model.path: '{path}' holds types that skops does not trust by default: {refused[:20]}; nothing was "
+            "loaded. List the ones you trust in model.trusted_types"
+        )
+    try:
+        obj = sio.load(path, trusted=untrusted)
+    except Exception as exc:  # noqa: BLE001 - the trusted file itself is broken: a model failure
+        raise ModelRuntimeError(f"skops model '{path}' failed to load: {exc.__class__.__name__}: {exc}") from exc
+    predictor = CallablePredictor(
+        _estimator_proba(obj, ds.schema, f"skops model '{path}'"), ds.schema, batch_size=cfg.model.predict_batch_size
+    )
+    info = {
+        "source": "load",
+        "format": "skops",
+        "path": str(path),
+        "hash": sha256_file(path),
+        "runtime": f"skops {skops.__version__}",
+        "kind": f"{type(obj).__module__}.{type(obj).__name__}",
+        "trusted": untrusted or "only the types skops trusts by default",
     }
     return predictor, info
 

@@ -83,3 +83,80 @@ def test_a_file_whose_format_cannot_be_told_is_bad_config(workdir, capsys):
     assert main(["run", str(write_config(workdir, cfg)), "-q"]) == 2
     assert "set model.format" in capsys.readouterr().err
     assert not (workdir / "reports").exists() or not any((workdir / "reports").rglob("report.json"))
+
+
+# ------------------------------------------------------------------------------------------------------ skops
+MARKER = "built.marker"
+
+
+class MarkingScaler:
+    """A transformer whose construction from a file leaves a marker: proves whether a loader built it."""
+
+    def __init__(self, folder: str = ".") -> None:
+        self.folder = folder
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        from pathlib import Path
+
+        (Path(self.folder) / MARKER).write_text("constructed")
+
+    def fit(self, X, y=None):
+        return self
+
+    def transform(self, X):
+        return X
+
+
+def _skops_pipeline(workdir, marking: bool):
+    import skops.io as sio
+    from sklearn.compose import make_column_transformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    from tests.conftest import synthetic_frame
+
+    frame = synthetic_frame()
+    steps = [
+        make_column_transformer((OneHotEncoder(handle_unknown="ignore"), ["colour", "group"]), remainder="passthrough")
+    ]
+    if marking:
+        steps.append(MarkingScaler(str(workdir)))
+    pipe = make_pipeline(*steps, LogisticRegression(max_iter=500)).fit(
+        frame[["x1", "x2", "colour", "group"]], frame["y"]
+    )
+    sio.dump(pipe, workdir / "model.skops")
+    (workdir / MARKER).unlink(missing_ok=True)
+    return pipe
+
+
+def test_a_skops_pipeline_is_audited(workdir):
+    import pandas as pd
+
+    pipe = _skops_pipeline(workdir, marking=False)
+    cfg = base_config()
+    cfg["model"] = {"source": "load", "path": "model.skops"}
+    assert main(["run", str(write_config(workdir, cfg)), "-q"]) in (0, 1)
+    folder = workdir / "reports" / "small" / "latest"
+    model = json.loads((folder / "report.json").read_text())["provenance"]["model"]
+    assert model["format"] == "skops" and model["kind"] == "sklearn.pipeline.Pipeline" and model["runtime"]
+    scores = pd.read_parquet(folder / "scores.parquet")
+    X = pd.DataFrame({c: scores[f"x:{c}"] for c in ("x1", "x2", "colour", "group")})
+    col = list(pipe.classes_).index("yes")
+    np.testing.assert_array_equal(scores["score"], pipe.predict_proba(X)[:, col])
+
+
+def test_a_skops_file_with_an_untrusted_type_is_refused_unbuilt(workdir, capsys):
+    _skops_pipeline(workdir, marking=True)
+    cfg = base_config()
+    cfg["model"] = {"source": "load", "path": "model.skops"}
+    assert main(["run", str(write_config(workdir, cfg)), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "MarkingScaler" in err and "model.trusted_types" in err, err
+    assert not (workdir / MARKER).exists()  # refused before anything in the file was constructed
+    assert not any((workdir / "reports").rglob("report.json")) if (workdir / "reports").exists() else True
+    # trusted by name: built (the marker proves it) and audited
+    cfg["model"]["trusted_types"] = [f"{MarkingScaler.__module__}.{MarkingScaler.__qualname__}"]
+    assert main(["run", str(write_config(workdir, cfg)), "-q"]) in (0, 1)
+    assert (workdir / MARKER).exists()
