@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from itertools import islice
 
 import numpy as np
@@ -240,6 +241,17 @@ class Adam:
             avgs.append(avg)
             sqs.append(sq)
             steps.append(step)
+        options = {
+            "foreach": None,
+            "capturable": False,
+            "differentiable": False,
+            "fused": None,
+            "grad_scale": None,
+            "found_inf": None,
+            "has_complex": any(torch.is_complex(p) for p in params),
+            "decoupled_weight_decay": False,  # torch >= 2.6; older versions have no such option (the same update)
+        }
+        accepted = _adam_options()
         adam(
             params,
             grads,
@@ -247,14 +259,7 @@ class Adam:
             sqs,
             [],
             steps,
-            foreach=None,
-            capturable=False,
-            differentiable=False,
-            fused=None,
-            grad_scale=None,
-            found_inf=None,
-            has_complex=any(torch.is_complex(p) for p in params),
-            decoupled_weight_decay=False,
+            **{k: v for k, v in options.items() if k in accepted},
             amsgrad=False,
             beta1=0.9,
             beta2=0.999,
@@ -263,6 +268,16 @@ class Adam:
             eps=1e-8,
             maximize=False,
         )
+
+
+@lru_cache(maxsize=1)
+def _adam_options() -> frozenset[str]:
+    """The keyword options this torch's functional ``adam`` takes (they grew over versions)."""
+    import inspect
+
+    from torch.optim.adam import adam
+
+    return frozenset(inspect.signature(adam).parameters)
 
 
 def _fit(net: TabularNet, data: Prepared, cfg: ModelConfig, *, seed: int, on_epoch=None):
