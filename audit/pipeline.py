@@ -144,13 +144,8 @@ def prepare_model(
         if fmt == "skops":
             return _load_skops(cfg, path, ds)
         predictor = load_model(path, batch_size=cfg.model.predict_batch_size)
-        _check_model_fits_data(predictor, ds)
+        _adopt_model_schema(predictor, ds)
         meta = read_model_meta(path)
-        # Encode audit data with the model's own levels, not the ones re-learnt from this data.
-        ds.schema = replace(
-            predictor.schema, sensitive=ds.schema.sensitive, favourable_label=ds.schema.favourable_label
-        )
-        predictor.schema = ds.schema
         return predictor, {"source": "load", "path": str(path), "hash": model_hash(path), **_meta_info(meta)}
 
     from audit.model.adapter import NetPredictor
@@ -187,9 +182,7 @@ def _load_exported(cfg: AuditConfig, path: Path, fmt: str, ds: Dataset) -> tuple
     from audit.model.formats import load_exported
 
     predictor = load_exported(path, fmt, batch_size=cfg.model.predict_batch_size)
-    _check_model_fits_data(predictor, ds)
-    ds.schema = replace(predictor.schema, sensitive=ds.schema.sensitive, favourable_label=ds.schema.favourable_label)
-    predictor.schema = ds.schema
+    _adopt_model_schema(predictor, ds)
     info = {
         "source": "load",
         "format": fmt,
@@ -319,6 +312,14 @@ def python_model(model: Any, ds: Dataset, batch_size: int) -> tuple[Predictor, d
 
 def _meta_info(meta: dict) -> dict:
     return {k: meta.get(k) for k in ("architecture", "history", "best_epoch")}
+
+
+def _adopt_model_schema(predictor: Predictor, ds: Dataset) -> None:
+    """Check a saved model fits the data, then encode the audit data with the model's own levels, not the ones
+    re-learnt from this data (the config still decides the sensitive features and the favourable label)."""
+    _check_model_fits_data(predictor, ds)
+    ds.schema = replace(predictor.schema, sensitive=ds.schema.sensitive, favourable_label=ds.schema.favourable_label)
+    predictor.schema = ds.schema
 
 
 def _check_model_fits_data(predictor: Predictor, ds: Dataset) -> None:

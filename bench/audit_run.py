@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -82,12 +83,6 @@ def import_seconds(modules: list[str]) -> float:
         os.unlink(fh.name)
 
 
-def median(values):
-    v = sorted(values)
-    n = len(v)
-    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3)
@@ -135,7 +130,7 @@ def main() -> int:
     print(f"{'':{width}}  median   runs                   target")
     met = True
     for name, values, target in rows:
-        m = median(values)
+        m = statistics.median(values)
         mark = ""
         if target is not None:
             ok = m <= target
@@ -147,7 +142,7 @@ def main() -> int:
     ok = min(auc) >= MIN_AUC
     met &= ok
     print(
-        f"test ROC AUC {median(auc):.4f} (>= {MIN_AUC} {'met' if ok else 'NOT met'}; same in every run: {len(set(auc)) == 1})"
+        f"test ROC AUC {statistics.median(auc):.4f} (>= {MIN_AUC} {'met' if ok else 'NOT met'}; same in every run: {len(set(auc)) == 1})"
     )
     print("all targets met" if met else "some targets NOT met")
     if args.json:

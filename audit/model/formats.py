@@ -16,25 +16,17 @@ say "not applicable" for an exported file; every other section runs.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 
+from audit.data import sha256_file
 from audit.errors import ModelLoadError
 from audit.model.adapter import ROW_ALIGN, Predictor
 
 ONNX_FILE = "model.onnx"
 TORCHSCRIPT_FILE = "model.torchscript.pt"
 EXPORT_FILES = {"onnx": ONNX_FILE, "torchscript": TORCHSCRIPT_FILE}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def export_model(folder: str | Path, predictor, formats: list[str]) -> dict[str, dict]:
@@ -70,7 +62,7 @@ def export_model(folder: str | Path, predictor, formats: list[str]) -> dict[str,
             torch.jit.save(traced, str(folder / TORCHSCRIPT_FILE))
     for fmt in formats:
         path = folder / EXPORT_FILES[fmt]
-        out[fmt] = {"file": path.name, "sha256": _sha256(path)}
+        out[fmt] = {"file": path.name, "sha256": sha256_file(path)}
     return out
 
 
