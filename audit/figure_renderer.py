@@ -104,14 +104,17 @@ class _Renderer:
 
     def close(self, *, wait: bool) -> None:
         """Stop after the queued figures (``wait``) or at once (pending figures are then drawn here if asked for)."""
-        if not wait:
+        if not wait:  # abandoned (the audit failed): nothing it would still do is wanted, so it is not waited for
             self._broken = RuntimeError("renderer stopped")
+            self._queue.put(None)
+            self._proc.kill()  # it may be loading matplotlib and WeasyPrint and read no request for a second
+            self._proc.wait()
+            return
         self._queue.put(None)
-        if wait:
-            self._thread.join()
+        self._thread.join()
         try:
             self._proc.stdin.close()
-            self._proc.wait(timeout=10 if wait else 0.5)
+            self._proc.wait(timeout=10)
         except Exception:  # noqa: BLE001 - it would not stop: make it
             self._proc.kill()
             self._proc.wait()
