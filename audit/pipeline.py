@@ -190,6 +190,7 @@ def _load_exported(cfg: AuditConfig, path: Path, fmt: str, ds: Dataset) -> tuple
         "hash": sha256_file(path),
         "runtime": predictor.runtime,
         "trusted": "nothing: neither format runs Python code when loaded",
+        "gradient_handle": predictor.gradient_handle,
     }
     return predictor, info
 

@@ -10,8 +10,12 @@ Export (``model.export: [onnx, torchscript]``) writes, beside the artifact's ``w
 Loading one of them (``model.source: load`` with ``model.path`` the file, ``model.format`` auto-detected from the
 name) reads the ``schema.json``, ``preprocessing.json`` and ``model.json`` beside it: the same JSON as our artifact,
 so the raw columns are coded exactly as when the model was trained. Neither format runs Python code when loaded.
-The network sections (architecture, gradients, activations, uncertainty) need the built-in net's Python module and
-say "not applicable" for an exported file; every other section runs.
+
+The network sections (architecture, gradients, activations, uncertainty) need the net's layers. A TorchScript
+archive (or a Lightning checkpoint) whose weights have the built-in net's structure gets a gradient handle: a
+:class:`~audit.model.network.TabularNet` rebuilt from the archive's own weights and checked to compute the same
+logits as the archive on a block of probe rows (scores always come from the archive itself). An ONNX graph, or an
+archive of another structure, has no handle: those sections say "not applicable to this model format".
 """
 
 from __future__ import annotations
@@ -73,17 +77,71 @@ def load_exported(path: str | Path, fmt: str, *, batch_size: int = 8192) -> Pred
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"model.path: '{path}' is not a file; point it at the exported {fmt} model")
-    schema, pre, _ = read_description(path.parent, weights=path)
+    schema, pre, meta = read_description(path.parent, weights=path)
     if fmt == "onnx":
         return OnnxPredictor(path, pre, schema, batch_size=batch_size)
-    return TorchScriptPredictor(path, pre, schema, batch_size=batch_size)
+    pred = TorchScriptPredictor(path, pre, schema, batch_size=batch_size)
+    pred.net, pred.gradient_handle = gradient_handle(pred.module, pred.module.state_dict(), pre, meta)
+    return pred
+
+
+PROBE_ROWS = 256
+HANDLE_TOLERANCE = 1e-5
+
+
+def gradient_handle(module, state: dict, pre, meta: dict, *, prefix: str = "") -> tuple[object | None, str]:
+    """A :class:`TabularNet` rebuilt from ``state`` (keys after ``prefix``) that computes what ``module(x_num,
+    x_cat)`` computes, or ``None`` and why not.
+
+    The rebuilt net is compared with ``module`` on :data:`PROBE_ROWS` random rows (numerics standard normal, every
+    code drawn within its table, seeded); it is used only if no logit differs by more than :data:`HANDLE_TOLERANCE`.
+    """
+    import torch
+
+    from audit.model.network import build_net
+
+    try:
+        net = build_net(pre, meta["architecture"])
+        own = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        net.load_state_dict(own, strict=True)
+    except Exception as exc:  # noqa: BLE001 - another structure: no handle, said in the report
+        return None, f"none: the weights are not the built-in net's ({exc.__class__.__name__})"
+    net = net.float().eval()
+    g = torch.Generator().manual_seed(0)
+    x_num = torch.randn((PROBE_ROWS, len(pre.numeric_idx)), generator=g)
+    x_cat = torch.stack([torch.randint(0, c, (PROBE_ROWS,), generator=g) for c in pre.cardinalities], dim=1)
+    if not len(pre.cardinalities):
+        x_cat = torch.zeros((PROBE_ROWS, 0), dtype=torch.int64)
+    with torch.inference_mode():
+        try:
+            theirs = module(x_num, x_cat).reshape(-1).double()
+        except Exception as exc:  # noqa: BLE001
+            return None, f"none: the model does not take (x_num, x_cat) ({exc.__class__.__name__})"
+        diff = float((net(x_num, x_cat).double() - theirs).abs().max())
+    if not diff <= HANDLE_TOLERANCE:
+        return None, f"none: a net rebuilt from the weights differs from the model by {diff:.2g} on probe rows"
+    return (
+        net,
+        f"TabularNet rebuilt from the file's weights; logits equal to the file's within {diff:.1g} on {PROBE_ROWS} probe rows",
+    )
 
 
 class _ExportedPredictor(Predictor):
     """Shared by the exported formats: code-space rows -> the net's inputs, padded to whole blocks of ROW_ALIGN rows
-    as :class:`~audit.model.adapter.NetPredictor` does, so a row's score does not depend on its batch."""
+    as :class:`~audit.model.adapter.NetPredictor` does, so a row's score does not depend on its batch.
+
+    ``net`` is the gradient handle the network sections use (``None``: they say "not applicable")."""
 
     format: str = ""
+    net = None
+    gradient_handle = "none: an ONNX graph's layers are not differentiable here"
+
+    def tensors(self, X: np.ndarray):
+        """Code-space array -> the network's input tensors, as :meth:`NetPredictor.tensors`."""
+        import torch
+
+        x_num, x_cat = self.preprocessing.transform(np.asarray(X, dtype=np.float64))
+        return torch.from_numpy(x_num), torch.from_numpy(x_cat)
 
     def __init__(self, path: Path, preprocessing, schema, *, batch_size: int) -> None:
         super().__init__()

@@ -20,15 +20,16 @@ from audit.plotting import subplots, to_png
 
 
 def _not_applicable(name: str, ctx: AuditContext) -> ModuleResult | None:
-    if isinstance(ctx.predictor, NetPredictor):
+    """These sections need the net's layers: the built-in net, or a loaded file with a gradient handle (see
+    :mod:`audit.model.formats`); any other model gets an info finding saying why not."""
+    pred = ctx.predictor
+    if isinstance(pred, NetPredictor) or getattr(pred, "net", None) is not None:
         return None
+    fmt = getattr(pred, "format", "") or type(pred).__name__
+    why = getattr(pred, "gradient_handle", "the model is not a network this audit can open")
     return ModuleResult(
         summary={"applicable": False},
-        findings=[
-            Finding(
-                name, f"not applicable: the model is a {type(ctx.predictor).__name__}, not the built-in network", "info"
-            )
-        ],
+        findings=[Finding(name, f"not applicable to this model format ({fmt}): gradient handle {why}", "info")],
     )
 
 
