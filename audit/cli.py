@@ -1,4 +1,4 @@
-"""Command line: ``python -m audit run CONFIG``, ``validate CONFIG`` and ``reason-codes CONFIG``.
+"""Command line: ``python -m audit run CONFIG``, ``validate CONFIG``, ``reason-codes CONFIG`` and ``serve MODEL``.
 
 Exit codes: 0 all gates passed, 1 a gating finding failed, 2 bad config or input (nothing written),
 3 a module errored (the report says which), 130 interrupted.
@@ -27,7 +27,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = p.add_subparsers(dest="command", required=True, metavar="{run,validate,reason-codes}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{run,validate,reason-codes,serve}")
     run = sub.add_parser(
         "run",
         help="run an audit and write its report",
@@ -84,6 +84,16 @@ def _parser() -> argparse.ArgumentParser:
         "--id-column", metavar="COL", help="an input column to copy into the output (e.g. an application id)"
     )
     rc.add_argument("-q", "--quiet", action="store_true", help="no summary line")
+    srv = sub.add_parser(
+        "serve",
+        help="serve a saved model over HTTP (kserve-v2 and mlflow payloads) for an endpoint audit",
+        description="A local test server for model.format: http. POST /v2/models/audit/infer (KServe v2) and "
+        "POST /invocations (MLflow) score rows with the saved model; GET /v2/health/ready says it is up. "
+        "No TLS, no authentication: for trying and testing endpoint audits, not for production.",
+    )
+    srv.add_argument("model", help="an artifact folder (reports/<name>/latest/model) or an exported model.onnx")
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    srv.add_argument("--port", type=_positive, default=8080, help="port (default 8080)")
     return p
 
 
@@ -110,6 +120,11 @@ def main(argv: list[str] | None = None) -> int:
 
     warnings.filterwarnings("ignore")
     try:
+        if args.command == "serve":
+            from audit.serve import serve
+
+            serve(args.model, host=args.host, port=args.port)
+            return 0
         from audit.config import load_config
 
         cfg = load_config(args.config)

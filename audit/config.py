@@ -218,16 +218,59 @@ class ModelConfig(_Section):
     predict_batch_size: Bounded(64, 1 << 22) = 8192
     trainer: Literal["torch", "lightning"] = "torch"
     trust: bool = False
-    format: Literal["auto", "artifact", "onnx", "torchscript", "skops", "pickle"] = "auto"
+    format: Literal["auto", "artifact", "onnx", "torchscript", "lightning", "skops", "mlflow", "pickle", "http"] = (
+        "auto"
+    )
     trusted_types: list[Annotated[str, Field(min_length=1, max_length=300)]] = Field(
         default_factory=list, max_length=200
     )
     export: list[Literal["onnx", "torchscript"]] = Field(default_factory=list, max_length=2)
+    # lightning: the user's LightningModule, "package.module:ClassName"
+    module_class: str | None = Field(
+        default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$", max_length=300
+    )
+    # which output holds the positive label's probability (ONNX output / kserve output / mlflow mapping key), and
+    # its column when the output has one column per class
+    output: str | None = Field(default=None, min_length=1, max_length=300)
+    output_index: Bounded(0, 10_000) | None = None
+    # http: a scoring endpoint
+    url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$", max_length=2000)
+    payload: Literal["kserve-v2", "mlflow-invocations", "template"] = "kserve-v2"
+    template: str | None = Field(default=None, max_length=100_000)
+    response_path: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]*$", max_length=300)
+    timeout_s: Annotated[float, Field(gt=0.0, le=3600.0)] = 30.0
+    retries: Bounded(0, 20) = 3
+    backoff_s: Annotated[float, Field(ge=0.0, le=60.0)] = 0.5
+    max_concurrency: Bounded(1, 64) = 4
+    max_requests: PosInt | None = None
+    max_rows: Annotated[int, Field(gt=0, le=10**12)] | None = None
+    token_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=200)
 
     @model_validator(mode="after")
     def _path_for_load(self) -> ModelConfig:
-        if self.source == "load" and not self.path:
+        http = self.format == "http" or (self.format == "auto" and self.url is not None)
+        if http:
+            if self.source != "load" or not self.url:
+                raise ValueError("model.format 'http' needs model.source: load and model.url (the endpoint's address)")
+            if self.path:
+                raise ValueError("model.url and model.path are both set; an endpoint needs only model.url")
+        elif self.url is not None:
+            raise ValueError(f"model.url is set but model.format is {self.format!r}; set model.format: http")
+        elif self.source == "load" and not self.path:
             raise ValueError("model.source is 'load' but model.path is missing; set model.path to a saved model folder")
+        if self.payload == "template" and http:
+            if not self.template:
+                raise ValueError("model.payload is 'template' but model.template is missing; give the JSON request")
+            try:
+                doc = json.loads(self.template)
+            except ValueError as exc:
+                raise ValueError(f"model.template is not JSON ({exc}); write the request body as JSON") from None
+            if not any(f'"{p}"' in json.dumps(doc) for p in ("$records", "$rows")):
+                raise ValueError('model.template has no "$records" or "$rows" placeholder for the rows')
+        if self.format == "lightning" and not self.module_class:
+            raise ValueError(
+                "model.format 'lightning' needs model.module_class, the LightningModule as 'package.module:ClassName'"
+            )
         return self
 
 

@@ -73,6 +73,7 @@ class ModuleRecord:
     error: str | None = None
     traceback: str | None = None
     result: ModuleResult | None = None
+    rows_evaluated: int | None = None  # rows the model scored for this module
 
 
 @dataclass
@@ -132,6 +133,8 @@ def prepare_model(
     """Train or load the model; returns the predictor and its provenance."""
     from audit.model.artifact import load_model, model_hash, read_model_meta, save_model
 
+    if cfg.model.source == "load" and cfg.model.url:
+        return _connect_endpoint(cfg, ds)
     if cfg.model.source == "load":
         from audit.model.artifact import detect_format
 
@@ -173,6 +176,23 @@ def prepare_model(
             from audit.model.formats import export_model
 
             info["exports"] = export_model(run_tmp / "model", predictor, list(cfg.model.export))
+    return predictor, info
+
+
+def _connect_endpoint(cfg: AuditConfig, ds: Dataset) -> tuple[Predictor, dict]:
+    """A model behind ``model.url`` (see :mod:`audit.model.endpoint`); the raw columns are the dataset's."""
+    from audit.model.endpoint import HttpPredictor
+
+    predictor = HttpPredictor(cfg.model, ds.schema)
+    info = {
+        "source": "load",
+        "format": "http",
+        "path": None,
+        "url": cfg.model.url,
+        "hash": None,
+        "runtime": predictor.runtime,
+        "trusted": "nothing: the audit only sends rows and reads scores",
+    }
     return predictor, info
 
 
@@ -469,7 +489,7 @@ def _run(cfg, run, folder, progress, step, write, out_root, modules, base_report
                 try:
                     proba_audit = _checked_scores(predictor.predict_codes(codes_audit), len(codes_audit))
                     proba_train = _checked_scores(predictor.predict_codes(codes_train), len(codes_train))
-                except (AuditInputError, ModelScoringError):
+                except (AuditInputError, ModelScoringError, ModelRuntimeError):
                     raise
                 except Exception as exc:  # noqa: BLE001 - a black-box model raising on the audit data
                     raise ModelScoringError(f"scoring the data failed: {exc.__class__.__name__}: {exc}") from exc
@@ -478,6 +498,7 @@ def _run(cfg, run, folder, progress, step, write, out_root, modules, base_report
                 run.compute["population"] = pop_run.provenance()
         except (ModelRuntimeError, ModelScoringError) as exc:
             # The model itself failed: no module can run, but the report records what happened (exit code 3).
+            _record_requests(run, locals().get("predictor"))
             run.modules.append(
                 ModuleRecord(
                     "model", "Model", "error", time.perf_counter() - t0, str(exc), traceback.format_exc(limit=8)
@@ -503,33 +524,52 @@ def _run(cfg, run, folder, progress, step, write, out_root, modules, base_report
             backend=backend,
         )
         module_list = modules if modules is not None else default_modules()  # imported once the model is good
+        budget = None
+        rows_left = predictor.rows_left() if hasattr(predictor, "rows_left") else None
+        if rows_left is not None:  # a remote model with a request budget: fit the sample sizes to it
+            from audit.budget import BudgetPlan
+
+            with progress.stage("plan the request budget"):
+                budget = BudgetPlan(ctx, module_list, rows_left)
         for module in module_list:
             if not module.enabled(cfg):
                 run.modules.append(ModuleRecord(module.name, module.title, "skipped"))
                 continue
             step(module.name)
-            t0 = time.perf_counter()
+            if budget is not None:
+                ctx.config = budget.config_for(module.name, predictor.rows_left())
+            t0, rows0 = time.perf_counter(), predictor.rows_evaluated
             try:
                 with progress.stage(module.name):
                     result = module.run(ctx)
                 ctx.results[module.name] = result
-                run.modules.append(
-                    ModuleRecord(module.name, module.title, "ok", time.perf_counter() - t0, result=result)
-                )
+                record = ModuleRecord(module.name, module.title, "ok", time.perf_counter() - t0, result=result)
             except Exception as exc:  # noqa: BLE001 - isolation is the point: record and go on
                 msg = f"{exc.__class__.__name__}: {exc}"
-                run.modules.append(
-                    ModuleRecord(
-                        module.name, module.title, "error", time.perf_counter() - t0, msg, traceback.format_exc(limit=8)
-                    )
+                record = ModuleRecord(
+                    module.name, module.title, "error", time.perf_counter() - t0, msg, traceback.format_exc(limit=8)
                 )
+            record.rows_evaluated = predictor.rows_evaluated - rows0
+            run.modules.append(record)
+        if budget is not None:
+            ctx.config = cfg
+            run.model_info["budget"] = budget.describe()
+            if budget.note():
+                ds.notes.append(budget.note())
         run.scores = scores_frame(ctx)
+        _record_requests(run, predictor)
         return _finish(run, ds, progress, folder if write else None, step)
     except BaseException:
         folder.discard()  # only the folder this run created
         raise
     finally:
         backend.close()
+
+
+def _record_requests(run: AuditRun, predictor) -> None:
+    """A remote model's traffic (requests, rows, retries, the budget) into the report's provenance."""
+    if predictor is not None and hasattr(predictor, "describe"):
+        run.model_info["requests"] = predictor.describe()
 
 
 def scores_frame(ctx: AuditContext):

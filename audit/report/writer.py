@@ -81,6 +81,8 @@ def build_report_json(run, ds: Dataset, fingerprint: str, folder: Path | None = 
     modules = {}
     for m in run.modules:
         entry: dict[str, Any] = {"title": m.title, "status": m.status, "duration_s": round(m.duration_s, 3)}
+        if m.rows_evaluated is not None:
+            entry["rows_evaluated"] = m.rows_evaluated  # rows this module had the model score (its cost)
         if m.error:
             entry["error"] = m.error
         if m.result is not None:

@@ -1,0 +1,314 @@
+"""A model reachable only over HTTP (``model.format: http``, ``model.url``).
+
+Every row an explainer evaluates becomes part of a JSON request: rows are sent in batches of
+``model.predict_batch_size``, at most ``model.max_concurrency`` requests at a time, each with a timeout
+(``model.timeout_s``); a 429 or 5xx answer (or a refused / reset connection) is retried up to ``model.retries``
+times with exponential backoff (``model.backoff_s``, doubled per attempt, or the server's ``Retry-After`` if
+longer, capped at 60 s). A request that times out is not retried: a hung endpoint fails the audit after one timeout.
+
+Payload formats (``model.payload``), raw feature values with missing ones as JSON ``null``:
+
+- ``kserve-v2``: the KServe / Triton "open inference protocol" ``{"inputs": [{"name": column, "shape": [n, 1],
+  "datatype": "FP64" | "BYTES", "data": [...]}, ...]}``, one input per raw feature column; the answer's ``outputs``
+  entry named ``model.output`` (default: the first) holds ``n`` probabilities, or ``n x k`` of them and
+  ``model.output_index`` (default 1 when k is 2) picks the positive label's column.
+- ``mlflow-invocations``: MLflow's scoring server ``{"dataframe_split": {"columns": [...], "data": [[...], ...]}}``;
+  the answer's ``predictions`` (or a bare list) holds one number, list or mapping per row.
+- ``template``: ``model.template``, a JSON document in which the string ``"$records"`` is replaced by the rows as
+  ``[{column: value}, ...]``, ``"$rows"`` by ``[[value, ...], ...]`` and ``"$columns"`` by the column names; the
+  answer's list is found at ``model.response_path`` (dotted, list positions as numbers: ``outputs.0.data``).
+
+The request budget: ``model.max_requests`` and ``model.max_rows`` bound the whole audit. A call that would exceed
+either is refused before anything is sent (the module that made it fails and the report says which cap); the
+pipeline also lowers the explainers' sample sizes to fit (see :mod:`audit.budget`). A bearer token
+is read from the environment variable ``model.token_env`` names; the token never appears in the config or report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pandas as pd
+
+from audit.errors import ModelLoadError, ModelRuntimeError
+from audit.model.adapter import Predictor
+
+MAX_RESPONSE_BYTES = 64 << 20
+MAX_RETRY_WAIT_S = 60.0
+PLACEHOLDERS = ("$records", "$rows", "$columns")
+
+
+class EndpointError(ModelRuntimeError):
+    """The endpoint failed, hung or answered something unusable (exit code 3; the module is marked failed)."""
+
+
+class BudgetSpent(EndpointError):
+    """A request would exceed ``model.max_requests`` or ``model.max_rows``."""
+
+
+class HttpPredictor(Predictor):
+    """Scores rows by sending them to ``cfg.url`` (see the module docstring for the protocol).
+
+    Parameters
+    ----------
+    cfg : ModelConfig
+        ``url``, ``payload``, ``template``, ``response_path``, ``output``, ``output_index``, ``timeout_s``,
+        ``retries``, ``backoff_s``, ``max_concurrency``, ``max_requests``, ``max_rows``, ``token_env``,
+        ``predict_batch_size``.
+    schema : Schema
+        The raw columns sent (in this order) and their kinds.
+    """
+
+    format = "http"
+    net = None
+    gradient_handle = "none: a remote endpoint exposes only its scores"
+
+    def __init__(self, cfg, schema) -> None:
+        super().__init__()
+        self.cfg, self.schema = cfg, schema
+        self.url = cfg.url
+        self.batch_size = cfg.predict_batch_size
+        self.requests_sent = 0  # every attempt, retries included
+        self.rows_sent = 0
+        self.retried = 0
+        self.elapsed_s = 0.0
+        self._lock = threading.Lock()
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if cfg.token_env:
+            token = os.environ.get(cfg.token_env)
+            if not token:
+                raise ModelLoadError(
+                    f"model.token_env: the environment variable {cfg.token_env!r} is not set; export the bearer "
+                    "token in it (the token itself never goes into the config)"
+                )
+            self._headers["Authorization"] = f"Bearer {token}"
+        self.template = json.loads(cfg.template) if cfg.payload == "template" else None
+        self.runtime = f"http ({cfg.payload})"
+
+    # ------------------------------------------------------------------------------------------------ budget
+    def describe(self) -> dict:
+        """What was sent: for the report's provenance."""
+        return {
+            "url": self.url,
+            "payload": self.cfg.payload,
+            "requests": self.requests_sent,
+            "rows": self.rows_sent,
+            "retries": self.retried,
+            "seconds_waiting": round(self.elapsed_s, 3),
+            "max_requests": self.cfg.max_requests,
+            "max_rows": self.cfg.max_rows,
+            "batch_size": self.batch_size,
+            "max_concurrency": self.cfg.max_concurrency,
+            "authorization": f"bearer token from ${self.cfg.token_env}" if self.cfg.token_env else None,
+        }
+
+    def rows_left(self) -> int | None:
+        """Rows the budget still allows (``None``: no cap), counting the requests cap as full batches."""
+        caps = []
+        if self.cfg.max_rows is not None:
+            caps.append(self.cfg.max_rows - self.rows_sent)
+        if self.cfg.max_requests is not None:
+            caps.append((self.cfg.max_requests - self.requests_sent) * self.batch_size)
+        return max(0, min(caps)) if caps else None
+
+    def _reserve(self, rows: int, requests: int) -> None:
+        with self._lock:
+            cfg = self.cfg
+            if cfg.max_rows is not None and self.rows_sent + rows > cfg.max_rows:
+                raise BudgetSpent(
+                    f"the request budget is spent: {rows:,} more rows would exceed model.max_rows ({cfg.max_rows:,}; "
+                    f"{self.rows_sent:,} sent); raise it or lower this section's sample sizes"
+                )
+            if cfg.max_requests is not None and self.requests_sent + requests > cfg.max_requests:
+                raise BudgetSpent(
+                    f"the request budget is spent: {requests:,} more requests would exceed model.max_requests "
+                    f"({cfg.max_requests:,}; {self.requests_sent:,} sent); raise it or lower the sample sizes"
+                )
+            self.rows_sent += rows
+            self.requests_sent += requests
+
+    # ------------------------------------------------------------------------------------------------ scoring
+    def predict_codes(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != len(self.schema.features):
+            raise ValueError(f"expected a code array of shape (n, {len(self.schema.features)}), got {X.shape}")
+        n = len(X)
+        if n == 0:
+            return np.zeros(0)
+        step = self.batch_size
+        spans = [(i, min(i + step, n)) for i in range(0, n, step)]
+        self._reserve(n, len(spans))
+        self.rows_evaluated += n
+        frame = self.schema.from_codes(X)
+        t0 = time.perf_counter()
+        try:
+            if len(spans) == 1:
+                parts = [self._score(frame)]
+            else:
+                with ThreadPoolExecutor(max_workers=min(self.cfg.max_concurrency, len(spans))) as pool:
+                    parts = list(pool.map(lambda s: self._score(frame.iloc[s[0] : s[1]]), spans))
+        finally:
+            self.elapsed_s += time.perf_counter() - t0
+        return np.concatenate(parts)
+
+    def _score(self, frame: pd.DataFrame) -> np.ndarray:
+        answer = self._post(self._body(frame))
+        p = self._parse(answer, len(frame))
+        if not (np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()):
+            bad = int((~np.isfinite(p)).sum() + ((p < 0) | (p > 1)).sum())
+            raise EndpointError(
+                f"model.url: the endpoint returned {bad} score(s) that are NaN or outside [0, 1] for {len(frame)} "
+                "rows; it must return the probability of the positive label"
+            )
+        return p
+
+    def _body(self, frame: pd.DataFrame) -> bytes:
+        cols = list(frame.columns)
+        values = {c: _json_values(frame[c]) for c in cols}
+        if self.cfg.payload == "kserve-v2":
+            body = {
+                "inputs": [
+                    {
+                        "name": c,
+                        "shape": [len(frame), 1],
+                        "datatype": "BYTES" if self.schema.feature(c).is_categorical else "FP64",
+                        "data": values[c],
+                    }
+                    for c in cols
+                ]
+            }
+        else:
+            rows = [list(r) for r in zip(*(values[c] for c in cols), strict=True)]
+            if self.cfg.payload == "mlflow-invocations":
+                body = {"dataframe_split": {"columns": cols, "data": rows}}
+            else:
+                fill = {
+                    "$rows": rows,
+                    "$records": [dict(zip(cols, r, strict=True)) for r in rows],
+                    "$columns": cols,
+                }
+                body = _substitute(self.template, fill)
+        return json.dumps(body, allow_nan=False).encode()
+
+    def _post(self, body: bytes):
+        cfg = self.cfg
+        attempt = 0
+        while True:
+            req = urllib.request.Request(self.url, data=body, headers=self._headers, method="POST")
+            try:
+                with urllib.request.urlopen(req, timeout=cfg.timeout_s) as resp:  # noqa: S310 - http(s) only, checked
+                    raw = resp.read(MAX_RESPONSE_BYTES + 1)
+                break
+            except urllib.error.HTTPError as exc:
+                retry = exc.code == 429 or exc.code >= 500
+                if not retry or attempt >= cfg.retries:
+                    detail = exc.read(300).decode("utf-8", "replace").strip().splitlines()
+                    raise EndpointError(
+                        f"model.url: the endpoint answered HTTP {exc.code} {exc.reason}"
+                        + (f" ({detail[0][:200]})" if detail else "")
+                        + (f" after {attempt + 1} attempts" if attempt else "")
+                    ) from None
+                wait = _retry_after(exc.headers.get("Retry-After"))
+            except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as exc:
+                reason = getattr(exc, "reason", exc)
+                if isinstance(reason, TimeoutError) or isinstance(exc, TimeoutError):
+                    raise EndpointError(
+                        f"model.url: the endpoint did not answer within model.timeout_s ({cfg.timeout_s:g} s)"
+                    ) from None
+                if attempt >= cfg.retries:
+                    raise EndpointError(
+                        f"model.url: cannot reach {self.url} ({reason}) after {attempt + 1} attempt(s); is the server up?"
+                    ) from None
+                wait = 0.0
+            attempt += 1
+            self._reserve(0, 1)  # a retry is a request too: the budget bounds it
+            with self._lock:
+                self.retried += 1
+            time.sleep(min(MAX_RETRY_WAIT_S, max(wait, cfg.backoff_s * 2 ** (attempt - 1))))
+        if len(raw) > MAX_RESPONSE_BYTES:
+            raise EndpointError(f"model.url: an answer was larger than {MAX_RESPONSE_BYTES >> 20} MB")
+        try:
+            return json.loads(raw)
+        except (ValueError, RecursionError):
+            raise EndpointError(
+                f"model.url: the endpoint's answer is not JSON ({raw[:80].decode('utf-8', 'replace')!r})"
+            ) from None
+
+    def _parse(self, answer, n: int) -> np.ndarray:
+        cfg = self.cfg
+        try:
+            if cfg.payload == "kserve-v2":
+                outputs = answer["outputs"]
+                out = next(o for o in outputs if o.get("name") == cfg.output) if cfg.output else outputs[0]
+                data = np.asarray(out["data"], dtype=np.float64)
+                shape = [int(s) for s in out.get("shape") or [len(data)]]
+                data = data.reshape(shape[0], -1) if shape and shape[0] == n else data.reshape(-1, 1)
+                items = data
+            else:
+                if cfg.payload == "template":
+                    items = answer
+                    for key in (cfg.response_path or "").split("."):
+                        if key:
+                            items = items[int(key)] if isinstance(items, list) else items[key]
+                else:
+                    items = answer["predictions"] if isinstance(answer, dict) else answer
+                items = [self._pick(v) for v in items]
+                items = np.asarray(items, dtype=np.float64).reshape(len(items), -1)
+        except (KeyError, IndexError, TypeError, ValueError, StopIteration) as exc:
+            raise EndpointError(
+                f"model.url: the endpoint's answer does not have the {cfg.payload} shape this audit reads "
+                f"({exc.__class__.__name__}: {str(exc)[:100]}); check model.payload, model.output and "
+                "model.response_path"
+            ) from None
+        if len(items) != n:
+            raise EndpointError(f"model.url: the endpoint returned {len(items)} scores for {n} rows")
+        if items.shape[1] == 1:
+            return items[:, 0].copy()
+        index = cfg.output_index if cfg.output_index is not None else (1 if items.shape[1] == 2 else None)
+        if index is None or index >= items.shape[1]:
+            raise EndpointError(
+                f"model.url: the endpoint returns {items.shape[1]} numbers per row; set model.output_index to the "
+                "positive label's column"
+            )
+        return items[:, index].copy()
+
+    def _pick(self, v):
+        """One row of an mlflow / template answer: a number, a list of class probabilities or a mapping."""
+        if isinstance(v, dict):
+            key = self.cfg.output or self.schema.positive_label
+            return v[key] if key in v else v[str(key)]
+        return v
+
+
+def _json_values(s: pd.Series) -> list:
+    """A column as JSON values: numbers as floats, levels as strings, missing values as ``None``."""
+    missing = s.isna().to_numpy()
+    if pd.api.types.is_numeric_dtype(s):
+        vals = s.to_numpy(dtype=np.float64, na_value=np.nan).tolist()
+    else:
+        vals = [str(v) for v in s.astype(object).where(~missing, "").tolist()]
+    return [None if m else v for v, m in zip(vals, missing.tolist(), strict=True)]
+
+
+def _substitute(node, fill: dict):
+    if isinstance(node, str) and node in fill:
+        return fill[node]
+    if isinstance(node, list):
+        return [_substitute(v, fill) for v in node]
+    if isinstance(node, dict):
+        return {k: _substitute(v, fill) for k, v in node.items()}
+    return node
+
+
+def _retry_after(value) -> float:
+    try:
+        return min(MAX_RETRY_WAIT_S, max(0.0, float(value)))
+    except (TypeError, ValueError):
+        return 0.0
