@@ -146,6 +146,8 @@ def prepare_model(
             return _load_exported(cfg, path, fmt, ds)
         if fmt == "skops":
             return _load_skops(cfg, path, ds)
+        if fmt == "lightning":
+            return _load_lightning(cfg, path, ds)
         predictor = load_model(path, batch_size=cfg.model.predict_batch_size)
         _adopt_model_schema(predictor, ds)
         meta = read_model_meta(path)
@@ -210,6 +212,30 @@ def _load_exported(cfg: AuditConfig, path: Path, fmt: str, ds: Dataset) -> tuple
         "hash": sha256_file(path),
         "runtime": predictor.runtime,
         "trusted": "nothing: neither format runs Python code when loaded",
+        "gradient_handle": predictor.gradient_handle,
+    }
+    return predictor, info
+
+
+def _load_lightning(cfg: AuditConfig, path: Path, ds: Dataset) -> tuple[Predictor, dict]:
+    """A Lightning checkpoint of the user's module (see :func:`audit.model.formats.load_lightning`)."""
+    from audit.data import sha256_file
+    from audit.model.formats import load_lightning
+
+    if not cfg.model.module_class:
+        raise ModelLoadError("model.path is a Lightning checkpoint; set model.module_class to 'package.module:Class'")
+    predictor = load_lightning(
+        path, cfg.model.module_class, trust=cfg.model.trust, batch_size=cfg.model.predict_batch_size
+    )
+    _adopt_model_schema(predictor, ds)
+    info = {
+        "source": "load",
+        "format": "lightning",
+        "path": str(path),
+        "hash": sha256_file(path),
+        "runtime": predictor.runtime,
+        "module_class": cfg.model.module_class,
+        "trusted": predictor.trusted,
         "gradient_handle": predictor.gradient_handle,
     }
     return predictor, info

@@ -58,7 +58,7 @@ def save_model(
 
 def detect_format(path: Path, declared: str) -> str:
     """``model.format``, or what ``path`` is when it is ``auto``: a folder is our artifact, ``.onnx`` ONNX,
-    ``.torchscript.pt`` / ``.ts`` TorchScript, ``.skops`` skops, ``.pkl`` / ``.pickle`` / ``.joblib`` a pickle."""
+    ``.torchscript.pt`` / ``.ts`` TorchScript, ``.ckpt`` a Lightning checkpoint, ``.skops`` skops, ``.pkl`` / ``.pickle`` / ``.joblib`` a pickle."""
     if declared != "auto":
         return declared
     name = path.name.lower()
@@ -70,11 +70,13 @@ def detect_format(path: Path, declared: str) -> str:
         return "torchscript"
     if name.endswith(".skops"):
         return "skops"
+    if name.endswith(".ckpt"):
+        return "lightning"
     if name.endswith((".pkl", ".pickle", ".joblib")):
         return "pickle"
     raise ModelLoadError(
         f"model.path: '{path}' is not a model folder, and its name does not say which format it is; set "
-        "model.format to one of artifact, onnx, torchscript, skops, pickle"
+        "model.format to one of artifact, onnx, torchscript, lightning, skops, mlflow, pickle"
     )
 
 

@@ -225,3 +225,99 @@ class TorchScriptPredictor(_ExportedPredictor):
         with torch.inference_mode():
             logit = self.module(torch.from_numpy(x_num), torch.from_numpy(x_cat))
             return torch.sigmoid(logit).reshape(-1)[:n].double().numpy()
+
+
+# ------------------------------------------------------------------------------------------ Lightning checkpoints
+def load_lightning(path: str | Path, module_class: str, *, trust: bool, batch_size: int = 8192) -> LightningPredictor:
+    """A Lightning checkpoint (``.ckpt``) of the user's LightningModule ``module_class`` ("package.module:Class").
+
+    The checkpoint is read with ``torch.load(weights_only=True)``, which builds only tensors and plain containers
+    and runs no code from the file. A checkpoint holding other Python objects fails that and is refused unless
+    ``trust`` is true (it is then unpickled: only for files you produced or verified). The class is built with the
+    checkpoint's ``hyper_parameters`` as keyword arguments and given its ``state_dict``, as Lightning's
+    ``load_from_checkpoint`` does; its ``forward(x_num, x_cat)`` must return logits, taking the inputs that the
+    artifact JSON beside the file describes (as our exported files do).
+    """
+    import importlib
+    import pickle
+
+    import torch
+
+    from audit.model.artifact import read_description
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"model.path: '{path}' is not a file; point it at the Lightning checkpoint (.ckpt)")
+    schema, pre, meta = read_description(path.parent, weights=path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        trusted = "nothing: the checkpoint loaded with torch.load(weights_only=True)"
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, ValueError) as exc:
+        if not trust:
+            first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:160]
+            raise ModelLoadError(
+                f"model.path: '{path}' does not load with torch.load(weights_only=True) ({first}); it holds Python "
+                "objects, and unpickling them runs code: it is refused unless model.trust: true (only for a "
+                "checkpoint you produced or verified)"
+            ) from None
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc2:  # noqa: BLE001 - a trusted but broken file
+            raise ModelLoadError(
+                f"model.path: '{path}' is not a loadable checkpoint ({exc2.__class__.__name__})"
+            ) from None
+        trusted = "the whole checkpoint (model.trust: true): it was unpickled"
+    except Exception as exc:  # noqa: BLE001 - not a torch file at all
+        raise ModelLoadError(
+            f"model.path: '{path}' is not a loadable checkpoint ({exc.__class__.__name__}: {str(exc)[:120]})"
+        ) from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise ModelLoadError(f"model.path: '{path}' has no state_dict; it is not a Lightning checkpoint")
+    mod_name, _, cls_name = module_class.partition(":")
+    try:
+        cls = importlib.import_module(mod_name)
+        for part in cls_name.split("."):
+            cls = getattr(cls, part)
+    except (ImportError, AttributeError) as exc:
+        raise ModelLoadError(
+            f"model.module_class: cannot import {module_class!r} ({exc.__class__.__name__}: {exc}); give the "
+            "LightningModule as 'package.module:ClassName', importable in this environment"
+        ) from None
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+        raise ModelLoadError(f"model.module_class: {module_class!r} is not a LightningModule (nn.Module) class")
+    hparams = dict(ckpt.get("hyper_parameters") or {})
+    try:
+        module = cls(**hparams)
+        module.load_state_dict(ckpt["state_dict"])
+    except Exception as exc:  # noqa: BLE001 - the class and the checkpoint do not fit
+        raise ModelLoadError(
+            f"model.path: '{path}' does not fit {module_class!r} ({exc.__class__.__name__}: {str(exc)[:160]})"
+        ) from None
+    pred = LightningPredictor(path, pre, schema, module.eval(), batch_size=batch_size)
+    pred.trusted = trusted
+    state = module.state_dict()
+    prefix = next((k[: -len("head.weight")] for k in state if k.endswith("head.weight")), "")
+    pred.net, pred.gradient_handle = gradient_handle(module, state, pre, meta, prefix=prefix)
+    return pred
+
+
+class LightningPredictor(_ExportedPredictor):
+    """The user's LightningModule restored from a checkpoint; scores with its own ``forward``."""
+
+    format = "lightning"
+
+    def __init__(self, path: Path, preprocessing, schema, module, *, batch_size: int = 8192) -> None:
+        super().__init__(path, preprocessing, schema, batch_size=batch_size)
+        import pytorch_lightning as pl
+        import torch
+
+        self.module = module
+        self.runtime = f"torch {torch.__version__}, pytorch-lightning {pl.__version__}"
+
+    def _predict_codes(self, X: np.ndarray) -> np.ndarray:
+        import torch
+
+        x_num, x_cat, n = self._inputs(X)
+        with torch.inference_mode():
+            logit = self.module(torch.from_numpy(x_num), torch.from_numpy(x_cat))
+            return torch.sigmoid(logit).reshape(-1)[:n].double().numpy()
