@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,pdf,dask]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,pdf,dask,mlflow]'
 	touch $(STAMP)
 
 audit: $(STAMP)
@@ -27,7 +27,7 @@ test: $(STAMP)
 BENCH_STAMP := $(VENV)/.installed-bench
 
 $(BENCH_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,pdf,dask,bench]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,pdf,dask,mlflow,bench]'
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)

@@ -148,6 +148,8 @@ def prepare_model(
             return _load_skops(cfg, path, ds)
         if fmt == "lightning":
             return _load_lightning(cfg, path, ds)
+        if fmt == "mlflow":
+            return _load_mlflow(cfg, path, ds)
         predictor = load_model(path, batch_size=cfg.model.predict_batch_size)
         _adopt_model_schema(predictor, ds)
         meta = read_model_meta(path)
@@ -239,6 +241,86 @@ def _load_lightning(cfg: AuditConfig, path: Path, ds: Dataset) -> tuple[Predicto
         "gradient_handle": predictor.gradient_handle,
     }
     return predictor, info
+
+
+MAX_MLMODEL_BYTES = 1 << 20
+
+
+def _load_mlflow(cfg: AuditConfig, path: Path, ds: Dataset) -> tuple[Predictor, dict]:
+    """An MLflow pyfunc model folder (local path), only with ``model.trust: true``: loading one unpickles its Python
+    model (cloudpickle) and imports its code. Its ``predict(df)`` must return the positive label's probability (one
+    column, or one per class with ``model.output_index``, or a frame with the column ``model.output``)."""
+    import yaml
+
+    from audit.model.adapter import CallablePredictor
+
+    mlmodel = path / "MLmodel"
+    if not mlmodel.is_file():
+        raise ModelLoadError(f"model.path: '{path}' has no MLmodel file; point it at an MLflow model folder")
+    if mlmodel.stat().st_size > MAX_MLMODEL_BYTES:
+        raise ModelLoadError(f"model.path: '{mlmodel}' is larger than 1 MB; not an MLflow model description")
+    try:
+        desc = yaml.safe_load(mlmodel.read_text(encoding="utf-8"))
+        flavors = sorted(desc["flavors"])
+    except Exception as exc:  # noqa: BLE001 - a damaged or foreign MLmodel
+        raise ModelLoadError(
+            f"model.path: '{mlmodel}' is not an MLflow model description ({exc.__class__.__name__})"
+        ) from None
+    if "python_function" not in flavors:
+        raise ModelLoadError(f"model.path: '{path}' has flavors {flavors}, none of them python_function (pyfunc)")
+    if not cfg.model.trust:
+        raise ModelLoadError(
+            f"model.path: '{path}' is an MLflow model; loading one unpickles its Python model and runs its code, so "
+            "it is refused unless the config sets model.trust: true (only for models you produced or verified)"
+        )
+    try:
+        import mlflow
+        import mlflow.pyfunc
+    except ImportError:
+        raise ModelLoadError("model.format: mlflow needs MLflow: pip install '.[mlflow]' (make installs it)") from None
+    try:
+        model = mlflow.pyfunc.load_model(str(path))
+    except Exception as exc:  # noqa: BLE001 - the trusted model itself is broken: a model failure
+        raise ModelRuntimeError(f"MLflow model '{path}' failed to load: {exc.__class__.__name__}: {exc}") from exc
+    names = ds.schema.feature_names
+    index, column = cfg.model.output_index, cfg.model.output
+
+    def predict(df):
+        out = model.predict(df[names])
+        if hasattr(out, "columns"):  # a DataFrame: the named column, else the only / indexed one
+            out = out[column] if column else out.iloc[:, index if index is not None else out.shape[1] - 1]
+        out = np.asarray(out, dtype=np.float64)
+        if out.ndim == 2 and out.shape[1] > 1:
+            out = out[:, index if index is not None else 1 if out.shape[1] == 2 else -1]
+        return out.reshape(-1)
+
+    predictor = CallablePredictor(predict, ds.schema, batch_size=cfg.model.predict_batch_size)
+    predictor.format = "mlflow"
+    info = {
+        "source": "load",
+        "format": "mlflow",
+        "path": str(path),
+        "hash": _folder_sha256(path),
+        "hash_of": "every file in the folder (relative names and bytes, sorted)",
+        "runtime": f"mlflow {mlflow.__version__}",
+        "flavors": flavors,
+        "logged_with": desc.get("mlflow_version"),
+        "trusted": "the whole model (model.trust: true): its Python model was unpickled and its code imported",
+    }
+    return predictor, info
+
+
+def _folder_sha256(folder: Path) -> str:
+    """sha256 over a folder's files: each relative name, then its bytes' sha256, in sorted order."""
+    import hashlib
+
+    from audit.data import sha256_file
+
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(folder)).encode())
+        h.update(bytes.fromhex(sha256_file(f)))
+    return h.hexdigest()
 
 
 def _load_trusted_pickle(cfg: AuditConfig, path: Path, ds: Dataset) -> tuple[Predictor, dict]:

@@ -57,11 +57,14 @@ def save_model(
 
 
 def detect_format(path: Path, declared: str) -> str:
-    """``model.format``, or what ``path`` is when it is ``auto``: a folder is our artifact, ``.onnx`` ONNX,
-    ``.torchscript.pt`` / ``.ts`` TorchScript, ``.ckpt`` a Lightning checkpoint, ``.skops`` skops, ``.pkl`` / ``.pickle`` / ``.joblib`` a pickle."""
+    """``model.format``, or what ``path`` is when it is ``auto``: a folder with an ``MLmodel`` file an MLflow model,
+    any other folder our artifact, ``.onnx`` ONNX, ``.torchscript.pt`` / ``.ts`` TorchScript, ``.ckpt`` a Lightning
+    checkpoint, ``.skops`` skops, ``.pkl`` / ``.pickle`` / ``.joblib`` a pickle."""
     if declared != "auto":
         return declared
     name = path.name.lower()
+    if path.is_dir() and (path / "MLmodel").is_file():
+        return "mlflow"
     if path.is_dir() or not path.exists():
         return "artifact"  # a missing path gets the artifact loader's message
     if name.endswith(".onnx"):
