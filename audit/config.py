@@ -201,6 +201,17 @@ class DatasetConfig(_Section):
         return self
 
 
+class OnnxColumn(_Section):
+    """One column of an ONNX graph's float matrix input: a numeric ``(value - mean) / scale``, or a categorical as
+    one-hot columns over ``one_hot`` levels (an unlisted level: all zero) or its index in ``codes`` (unlisted: -1)."""
+
+    column: FeatureRef
+    mean: float = 0.0
+    scale: Annotated[float, Field(gt=0.0)] = 1.0
+    one_hot: list[Text] | None = Field(default=None, min_length=1, max_length=100_000)
+    codes: list[Text] | None = Field(default=None, min_length=1, max_length=100_000)
+
+
 class ModelConfig(_Section):
     """Train the built-in tabular net, or load a saved artifact."""
 
@@ -233,6 +244,8 @@ class ModelConfig(_Section):
     # its column when the output has one column per class
     output: str | None = Field(default=None, min_length=1, max_length=300)
     output_index: Bounded(0, 10_000) | None = None
+    # onnx: the columns of a graph that takes one float matrix, in order
+    onnx_columns: list[OnnxColumn] | None = Field(default=None, min_length=1, max_length=100_000)
     # http: a scoring endpoint
     url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$", max_length=2000)
     payload: Literal["kserve-v2", "mlflow-invocations", "template"] = "kserve-v2"
@@ -267,6 +280,8 @@ class ModelConfig(_Section):
                 raise ValueError(f"model.template is not JSON ({exc}); write the request body as JSON") from None
             if not any(f'"{p}"' in json.dumps(doc) for p in ("$records", "$rows")):
                 raise ValueError('model.template has no "$records" or "$rows" placeholder for the rows')
+        if self.onnx_columns and (self.source != "load" or self.format not in ("auto", "onnx")):
+            raise ValueError("model.onnx_columns describes an ONNX graph's input; it needs source: load, format: onnx")
         if self.format == "lightning" and not self.module_class:
             raise ValueError(
                 "model.format 'lightning' needs model.module_class, the LightningModule as 'package.module:ClassName'"

@@ -203,10 +203,14 @@ def _connect_endpoint(cfg: AuditConfig, ds: Dataset) -> tuple[Predictor, dict]:
 def _load_exported(cfg: AuditConfig, path: Path, fmt: str, ds: Dataset) -> tuple[Predictor, dict]:
     """An exported ONNX or TorchScript file with our artifact's JSON beside it (see :mod:`audit.model.formats`)."""
     from audit.data import sha256_file
-    from audit.model.formats import load_exported
+    from audit.model.formats import load_exported, load_onnx
 
-    predictor = load_exported(path, fmt, batch_size=cfg.model.predict_batch_size)
-    _adopt_model_schema(predictor, ds)
+    if fmt == "onnx":
+        predictor = load_onnx(path, cfg.model, ds.schema, batch_size=cfg.model.predict_batch_size)
+    else:
+        predictor = load_exported(path, fmt, batch_size=cfg.model.predict_batch_size)
+    if predictor.schema is not ds.schema:  # the file came with our JSON: its levels code the data
+        _adopt_model_schema(predictor, ds)
     info = {
         "source": "load",
         "format": fmt,
@@ -215,6 +219,8 @@ def _load_exported(cfg: AuditConfig, path: Path, fmt: str, ds: Dataset) -> tuple
         "runtime": predictor.runtime,
         "trusted": "nothing: neither format runs Python code when loaded",
         "gradient_handle": predictor.gradient_handle,
+        "inputs": getattr(predictor, "mode", "exported"),
+        "output": getattr(predictor, "output", None),
     }
     return predictor, info
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from audit.cli import main
 from tests.conftest import base_config, write_config
@@ -167,3 +168,94 @@ def test_a_skops_file_with_an_untrusted_type_is_refused_unbuilt(workdir, capsys)
     cfg["model"]["trusted_types"] = [f"{MarkingScaler.__module__}.{MarkingScaler.__qualname__}"]
     assert main(["run", str(write_config(workdir, cfg)), "-q"]) in (0, 1)
     assert (workdir / MARKER).exists()
+
+
+# -------------------------------------------------------------------------------- ONNX graphs from other tools
+def _sklearn_pipeline():
+    from sklearn.compose import make_column_transformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    from tests.conftest import synthetic_frame
+
+    frame = synthetic_frame()
+    X = frame[["x1", "x2", "colour", "group"]].astype({"x1": "float32", "x2": "float32"})
+    ct = make_column_transformer((OneHotEncoder(handle_unknown="ignore"), ["colour", "group"]), remainder="passthrough")
+    return make_pipeline(ct, LogisticRegression(max_iter=500)).fit(X, frame["y"])
+
+
+def _audited_scores(workdir, name):
+    import pandas as pd
+
+    scores = pd.read_parquet(workdir / "reports" / name / "latest" / "scores.parquet")
+    X = pd.DataFrame({c: scores[f"x:{c}"] for c in ("x1", "x2", "colour", "group")})
+    return scores, X.astype({"x1": "float32", "x2": "float32"})
+
+
+@pytest.mark.parametrize("zipmap", [True, False], ids=["zipmap", "tensor"])
+def test_an_skl2onnx_graph_with_one_input_per_column_is_audited(workdir, zipmap):
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType, StringTensorType
+
+    pipe = _sklearn_pipeline()
+    types = [("x1", FloatTensorType([None, 1])), ("x2", FloatTensorType([None, 1]))]
+    types += [("colour", StringTensorType([None, 1])), ("group", StringTensorType([None, 1]))]
+    onx = convert_sklearn(pipe, initial_types=types, options={id(pipe.steps[-1][1]): {"zipmap": zipmap}})
+    (workdir / "sk.onnx").write_bytes(onx.SerializeToString())
+    cfg = base_config()
+    cfg["name"] = "sk"
+    cfg["model"] = {"source": "load", "path": "sk.onnx"}
+    assert main(["run", str(write_config(workdir, cfg)), "-q"]) in (0, 1)
+    rep = json.loads((workdir / "reports" / "sk" / "latest" / "report.json").read_text())
+    assert rep["provenance"]["model"]["inputs"] == "columns"
+    assert rep["provenance"]["model"]["output"] in ("output_probability", "probabilities")
+    scores, X = _audited_scores(workdir, "sk")
+    want = pipe.predict_proba(X)[:, list(pipe.classes_).index("yes")]
+    assert np.abs(scores["score"].to_numpy() - want).max() <= 1e-6  # float32 graph against float64 scikit-learn
+
+
+def test_an_onnx_graph_on_one_float_matrix_uses_the_declared_columns(workdir, capsys):
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.linear_model import LogisticRegression
+
+    from tests.conftest import synthetic_frame
+
+    frame = synthetic_frame()
+    levels = {"colour": ["red", "green", "blue"], "group": ["A", "B"]}
+
+    def matrix(df):
+        cols = [(df["x1"].to_numpy(float) - 0.1) / 2.0, df["x2"].to_numpy(float)]
+        cols += [(df[c].astype(str).to_numpy() == lv).astype(float) for c in levels for lv in levels[c]]
+        return np.column_stack(cols).astype(np.float32)
+
+    model = LogisticRegression(max_iter=500).fit(matrix(frame), frame["y"])
+    onx = convert_sklearn(model, initial_types=[("input", FloatTensorType([None, 7]))], options={"zipmap": False})
+    (workdir / "m.onnx").write_bytes(onx.SerializeToString())
+    cfg = base_config()
+    cfg["name"] = "matrix"
+    cfg["model"] = {
+        "source": "load",
+        "path": "m.onnx",
+        "output": "probabilities",
+        "output_index": 1,
+        "onnx_columns": [
+            {"column": "x1", "mean": 0.1, "scale": 2.0},
+            {"column": "x2"},
+            {"column": "colour", "one_hot": levels["colour"]},
+            {"column": "group", "one_hot": levels["group"]},
+        ],
+    }
+    assert main(["run", str(write_config(workdir, cfg)), "-q"]) in (0, 1)
+    scores, X = _audited_scores(workdir, "matrix")
+    want = model.predict_proba(matrix(X))[:, 1]
+    assert np.abs(scores["score"].to_numpy() - want).max() <= 1e-6
+    # a wrong output name, or a categorical without its levels: exit 2, one line
+    cfg["model"]["output"] = "proba"
+    assert main(["run", str(write_config(workdir, cfg)), "-q"]) == 2
+    assert "model.output: the graph has no output 'proba'" in capsys.readouterr().err
+    cfg["model"]["output"] = "probabilities"
+    cfg["model"]["onnx_columns"][2] = {"column": "colour"}
+    assert main(["run", str(write_config(workdir, cfg)), "-q"]) == 2
+    assert "give its levels as one_hot or codes" in capsys.readouterr().err

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from audit.data import sha256_file
+from audit.data import MISSING_LEVEL, UNKNOWN_LEVEL, sha256_file
 from audit.errors import ModelLoadError
 from audit.model.adapter import ROW_ALIGN, Predictor
 
@@ -161,26 +161,13 @@ class OnnxPredictor(_ExportedPredictor):
     """An exported ``model.onnx`` run by onnxruntime (CPU, threads as torch's in this process)."""
 
     format = "onnx"
+    mode = "exported"
 
-    def __init__(self, path: Path, preprocessing, schema, *, batch_size: int = 8192) -> None:
+    def __init__(self, path: Path, preprocessing, schema, *, batch_size: int = 8192, session=None) -> None:
         super().__init__(path, preprocessing, schema, batch_size=batch_size)
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise ModelLoadError(
-                "model.format: onnx needs onnxruntime (pip install onnxruntime; make installs it)"
-            ) from exc
-        import torch
+        import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for a damaged graph
-            raise ModelLoadError(
-                f"model.path: '{path}' is not a loadable ONNX graph ({str(exc).splitlines()[0][:200]})"
-            ) from None
+        self.session = session if session is not None else _onnx_session(path)
         names = sorted(i.name for i in self.session.get_inputs())
         outputs = [o.name for o in self.session.get_outputs()]
         if names != ["x_cat", "x_num"] or not {"logit", "probability"} & set(outputs):
@@ -199,6 +186,196 @@ class OnnxPredictor(_ExportedPredictor):
         import torch
 
         return torch.sigmoid(torch.from_numpy(np.ascontiguousarray(out))).double().numpy()
+
+
+def _onnx_session(path: Path):
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise ModelLoadError(
+            "model.format: onnx needs onnxruntime (pip install onnxruntime; make installs it)"
+        ) from exc
+    import torch
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for a damaged graph
+        raise ModelLoadError(
+            f"model.path: '{path}' is not a loadable ONNX graph ({str(exc).splitlines()[0][:200]})"
+        ) from None
+
+
+def load_onnx(path: str | Path, cfg, data_schema, *, batch_size: int = 8192) -> Predictor:
+    """Any of the three ONNX graph shapes this audit runs (see :class:`OnnxGraphPredictor`), told apart by the
+    graph's inputs: ``x_num`` + ``x_cat`` (our export, JSON beside it), one input per raw column, or one float
+    matrix (columns declared in ``model.onnx_columns``, or our JSON beside the file)."""
+    from audit.model.artifact import read_description
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"model.path: '{path}' is not a file; point it at the .onnx graph")
+    session = _onnx_session(path)
+    inputs = session.get_inputs()
+    names = sorted(i.name for i in inputs)
+    sidecar = (path.parent / "schema.json").is_file() and (path.parent / "preprocessing.json").is_file()
+    if names == ["x_cat", "x_num"]:
+        schema, pre, _ = read_description(path.parent, weights=path)
+        return OnnxPredictor(path, pre, schema, batch_size=batch_size, session=session)
+    features = set(data_schema.feature_names)
+    if len(inputs) == 1 and inputs[0].name not in features:
+        if cfg.onnx_columns:
+            return OnnxGraphPredictor(path, session, data_schema, cfg, mode="matrix", batch_size=batch_size)
+        if sidecar:
+            schema, pre, _ = read_description(path.parent, weights=path)
+            pred = OnnxGraphPredictor(path, session, schema, cfg, mode="matrix", batch_size=batch_size)
+            pred.preprocessing = pre
+            return pred
+        raise ModelLoadError(
+            f"model.path: '{path}' takes one matrix input {inputs[0].name!r}; declare its columns in "
+            "model.onnx_columns (or put our artifact's schema.json and preprocessing.json beside the file)"
+        )
+    if set(names) & features:
+        missing, extra = sorted(features - set(names)), sorted(set(names) - features)
+        if extra:
+            raise ModelLoadError(
+                f"model.path: '{path}' takes inputs {extra} that are not feature columns of the dataset; the graph's "
+                "inputs must be the raw feature columns, by name"
+            )
+        if missing:
+            raise ModelLoadError(
+                f"model.path: '{path}' does not use the feature column(s) {missing}; add them to dataset.drop"
+            )
+        return OnnxGraphPredictor(path, session, data_schema, cfg, mode="columns", batch_size=batch_size)
+    raise ModelLoadError(
+        f"model.path: '{path}' takes inputs {names[:10]}; this audit runs graphs with inputs x_num and x_cat (as "
+        "model.export writes), one input per raw feature column (as skl2onnx writes), or one float matrix with "
+        "model.onnx_columns"
+    )
+
+
+class OnnxGraphPredictor(Predictor):
+    """An ONNX graph from another tool.
+
+    - ``mode="columns"``: one input per raw feature column, named as the column (skl2onnx's shape): strings for
+      ``tensor(string)`` inputs (a missing value as ""), numbers for float / double / int64 ones (a missing numeric
+      as NaN, or -1 for an int64 input);
+    - ``mode="matrix"``: one float input; its columns are built as ``model.onnx_columns`` declares (a numeric
+      ``(value - mean) / scale``, a categorical one-hot over ``one_hot`` levels or its index in ``codes``), or,
+      with our artifact's JSON beside the file, as the standardised numerics followed by the category codes.
+
+    The output is ``model.output`` if given, else the first output named ``probability``/``probabilities``/
+    ``output_probability``, else ``logit``/``logits`` (turned into probabilities with a sigmoid), else the last one.
+    A per-class output (columns or skl2onnx's ZipMap of label -> probability) gives the positive label's value:
+    by its label in a map, else column ``model.output_index`` (default 1 of 2).
+    """
+
+    format = "onnx"
+    net = None
+    gradient_handle = "none: an ONNX graph's layers are not differentiable here"
+
+    def __init__(self, path: Path, session, schema, cfg, *, mode: str, batch_size: int = 8192) -> None:
+        super().__init__()
+        import onnxruntime as ort
+
+        self.path, self.session, self.schema, self.cfg, self.mode = path, session, schema, cfg, mode
+        self.batch_size = batch_size
+        self.preprocessing = None
+        self.inputs = {i.name: i.type for i in session.get_inputs()}
+        outputs = [o.name for o in session.get_outputs()]
+        if cfg.output is not None:
+            if cfg.output not in outputs:
+                raise ModelLoadError(f"model.output: the graph has no output {cfg.output!r}; it has {outputs}")
+            self.output = cfg.output
+        else:
+            preferred = ("probability", "probabilities", "output_probability", "logit", "logits")
+            self.output = next((o for o in preferred if o in outputs), outputs[-1])
+        self.logit = self.output in ("logit", "logits")
+        self.runtime = f"onnxruntime {ort.__version__}"
+        if mode == "matrix" and cfg.onnx_columns:
+            self._check_matrix_spec()
+
+    def _check_matrix_spec(self) -> None:
+        feats = {f.name: f for f in self.schema.features}
+        for i, c in enumerate(self.cfg.onnx_columns):
+            f = feats[c.column]
+            if (c.one_hot or c.codes) and not f.is_categorical:
+                raise ModelLoadError(
+                    f"model.onnx_columns[{i}]: {c.column!r} is numeric; one_hot / codes are for categoricals"
+                )
+            if f.is_categorical and not (c.one_hot or c.codes):
+                raise ModelLoadError(
+                    f"model.onnx_columns[{i}]: {c.column!r} is categorical; give its levels as one_hot or codes"
+                )
+
+    def _feeds(self, X: np.ndarray) -> dict[str, np.ndarray]:
+        name, kind = next(iter(self.inputs.items()))
+        if self.mode == "matrix" and self.preprocessing is not None:
+            x_num, x_cat = self.preprocessing.transform(X)
+            m = np.concatenate([x_num, x_cat.astype(np.float32)], axis=1)
+            return {name: m.astype(np.float64 if "double" in kind else np.float32)}
+        frame = self.schema.from_codes(X)
+        if self.mode == "matrix":
+            cols = []
+            for c in self.cfg.onnx_columns:
+                v = frame[c.column].to_numpy()
+                if c.one_hot:
+                    cols.append((v[:, None] == np.asarray(c.one_hot, dtype=object)[None, :]).astype(np.float64))
+                elif c.codes:
+                    index = {lv: k for k, lv in enumerate(c.codes)}
+                    cols.append(np.array([index.get(x, -1) for x in v], dtype=np.float64)[:, None])
+                else:
+                    cols.append(((v.astype(np.float64) - c.mean) / c.scale)[:, None])
+            m = np.concatenate(cols, axis=1)
+            return {name: m.astype(np.float64 if "double" in kind else np.float32)}
+        feeds = {}
+        for col, kind in self.inputs.items():
+            s = frame[col]
+            missing = s.isna().to_numpy().copy()  # pandas may hand out a read-only view
+            if self.schema.feature(col).is_categorical:  # our missing / unseen levels are the graph's ""
+                missing |= np.isin(s.astype(object).to_numpy(), [MISSING_LEVEL, UNKNOWN_LEVEL])
+            if "string" in kind:
+                v = np.where(missing, "", s.astype(str).to_numpy()).astype(object)
+            elif "int" in kind:
+                v = np.where(missing, -1, pd_numeric(s)).astype(np.int64)
+            else:
+                v = pd_numeric(s).astype(np.float64 if "double" in kind else np.float32)
+            feeds[col] = v.reshape(-1, 1)
+        return feeds
+
+    def _predict_codes(self, X: np.ndarray) -> np.ndarray:
+        out = self.session.run([self.output], self._feeds(np.asarray(X, dtype=np.float64)))[0]
+        if isinstance(out, list):  # skl2onnx's ZipMap: one {label: probability} per row
+            pos = self.schema.positive_label
+            first = out[0] if out else {}
+            key = next((k for k in first if str(k) == str(pos)), None)
+            if key is None:
+                raise ModelLoadError(
+                    f"model.path: the graph's output {self.output!r} has labels {list(first)[:10]}, none of them "
+                    f"the positive label {pos!r}"
+                )
+            return np.array([row[key] for row in out], dtype=np.float64)
+        a = np.asarray(out, dtype=np.float64)
+        a = a.reshape(len(X), -1)
+        if a.shape[1] > 1:
+            index = self.cfg.output_index if self.cfg.output_index is not None else 1 if a.shape[1] == 2 else None
+            if index is None or index >= a.shape[1]:
+                raise ModelLoadError(
+                    f"model.output_index: the graph's output {self.output!r} has {a.shape[1]} columns; set "
+                    "model.output_index to the positive label's"
+                )
+            a = a[:, index : index + 1]
+        p = a[:, 0]
+        return 1.0 / (1.0 + np.exp(-p)) if self.logit else p
+
+
+def pd_numeric(s) -> np.ndarray:
+    """A column as float64 (level text such as "3" read as a number; anything else NaN)."""
+    import pandas as pd
+
+    return pd.to_numeric(pd.Series(s), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
 
 
 class TorchScriptPredictor(_ExportedPredictor):
