@@ -1,4 +1,5 @@
-"""Command line: ``python -m audit run CONFIG``, ``validate CONFIG``, ``reason-codes CONFIG`` and ``serve MODEL``.
+"""Command line: ``python -m audit run CONFIG``, ``validate CONFIG``, ``reason-codes CONFIG``, ``serve MODEL`` and
+``export MODEL``.
 
 Exit codes: 0 all gates passed, 1 a gating finding failed, 2 bad config or input (nothing written),
 3 a module errored (the report says which), 130 interrupted.
@@ -27,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = p.add_subparsers(dest="command", required=True, metavar="{run,validate,reason-codes,serve}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{run,validate,reason-codes,serve,export}")
     run = sub.add_parser(
         "run",
         help="run an audit and write its report",
@@ -94,6 +95,18 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("model", help="an artifact folder (reports/<name>/latest/model) or an exported model.onnx")
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     srv.add_argument("--port", type=_positive, default=8080, help="port (default 8080)")
+    exp = sub.add_parser(
+        "export",
+        help="write a saved model folder's net as ONNX and/or TorchScript beside it",
+        description="Load an artifact folder (e.g. reports/adult/latest/model) and write model.onnx and/or "
+        "model.torchscript.pt into it, checked against the net; prints each file's sha256. "
+        "model.export: [onnx, torchscript] does the same while training.",
+        epilog="exit codes: 0 written, 2 bad input",
+    )
+    exp.add_argument("model", help="an artifact folder")
+    exp.add_argument(
+        "--format", action="append", choices=["onnx", "torchscript"], dest="formats", help="repeatable (default: onnx)"
+    )
     return p
 
 
@@ -124,6 +137,14 @@ def main(argv: list[str] | None = None) -> int:
             from audit.serve import serve
 
             serve(args.model, host=args.host, port=args.port)
+            return 0
+        if args.command == "export":
+            from audit.model.artifact import load_model
+            from audit.model.formats import export_model
+
+            files = export_model(args.model, load_model(args.model), sorted(set(args.formats or ["onnx"])))
+            for fmt, info in files.items():
+                print(f"{fmt}: {args.model.rstrip('/')}/{info['file']} sha256 {info['sha256']}")
             return 0
         from audit.config import load_config
 

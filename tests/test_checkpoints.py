@@ -128,3 +128,18 @@ def test_checkpoint_config_mistakes_are_exit_2(native, capsys):
     del cfg["model"]["module_class"]
     assert main(["run", str(write_config(folder, cfg, "bad.yaml")), "-q"]) == 2
     assert "model.module_class" in capsys.readouterr().err
+
+
+def test_a_malicious_pickle_is_refused_unloaded(tmp_path, capsys):
+    import pickle
+
+    synthetic_frame().to_csv(tmp_path / "data.csv", index=False)
+    (tmp_path / "model.pkl").write_bytes(pickle.dumps(Payload(str(tmp_path))))
+    cfg = base_config()
+    cfg["model"] = {"source": "load", "path": "model.pkl"}
+    assert main(["run", str(write_config(tmp_path, cfg)), "-q"]) == 2
+    assert "model.trust: true" in capsys.readouterr().err
+    assert not (tmp_path / MARKER).exists()  # refused before it was unpickled
+    cfg["model"]["trust"] = True  # trusted: unpickled (and then found to have no predict_proba: exit 3)
+    assert main(["run", str(write_config(tmp_path, cfg)), "-q"]) == 3
+    assert (tmp_path / MARKER).exists()

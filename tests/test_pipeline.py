@@ -156,6 +156,11 @@ def test_validate_and_help_commands(capsys):
     assert "exit codes" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_every_shipped_config_validates(config, capsys):
+    assert main(["validate", str(ROOT / "configs" / config)]) == 0, capsys.readouterr().err
+
+
 def test_python_m_audit_subprocess(workdir):
     path = write_config(workdir, base_config() | {"sead": 3})
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
