@@ -90,6 +90,9 @@ def test_an_endpoint_audit_matches_the_native_audit(native, model_server, payloa
     rows = sum(m.get("rows_evaluated", 0) for m in rep["modules"].values())
     assert sent["rows"] >= rows > 0 and sent["requests"] >= sent["rows"] / 256 and sent["retries"] == 0
     assert rep["modules"]["gradients"]["summary"] == {"applicable": False}
+    html = (folder / "reports" / name / "latest" / "report.html").read_text()
+    assert f"sent {sent['rows']:,} rows in {sent['requests']:,} requests (0 retries" in html
+    assert "scored by the endpoint" in html
 
 
 class Faulty(BaseHTTPRequestHandler):
@@ -204,3 +207,41 @@ def test_endpoint_config_mistakes_fail_at_validate(workdir, capsys):
     cfg = _endpoint_config("bad", url="http://127.0.0.1:1/x", payload="template", template='{"rows": 1}')
     assert main(["validate", str(write_config(workdir, cfg)), "--no-data"]) == 2
     assert "placeholder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_adult_net_served_in_both_payload_formats_audits_as_the_native_net(tmp_path):
+    """Acceptance: the Adult net behind a local server, kserve-v2 and mlflow-invocations, against the native run."""
+    import yaml
+
+    from audit.serve import load_for_serving, make_server
+    from tests.conftest import ROOT
+
+    cfg = yaml.safe_load((ROOT / "configs" / "adult.yaml").read_text())
+    for split in ("train", "test"):
+        cfg["dataset"][split]["path"] = str(ROOT / "configs" / cfg["dataset"][split]["path"])
+    cfg["report"] = {"output_dir": str(tmp_path / "out"), "formats": ["json"]}
+    cfg["model"]["max_epochs"] = 3
+    cfg["local"] = {"enabled": False}
+    cfg["network"] = {"enabled": False}
+    cfg["fairness"]["n_bootstrap"] = 20
+    cfg["modules"] = {
+        "performance": {"n_bootstrap": 20},
+        "permutation_importance": {"enabled": False},
+        "partial_dependence": {"features": ["age", "education-num", "sex"], "sample_size": 200, "ice_curves": 20},
+        "ale": {"enabled": False},
+        "interactions": {"enabled": False},
+    }
+    cfg["name"] = "adult-native"
+    assert main(["run", str(write_config(tmp_path, cfg, "native.yaml")), "-q"]) in (0, 1)
+    run = tmp_path / "out" / "adult-native" / "latest"
+    ref = json.loads((run / "report.json").read_text())
+    with serving(make_server(load_for_serving(run / "model"))) as url:
+        for payload, route in (("kserve-v2", "/v2/models/audit/infer"), ("mlflow-invocations", "/invocations")):
+            cfg["name"] = f"adult-{payload}"
+            cfg["model"] = {"source": "load", "url": url + route, "payload": payload, "max_concurrency": 2}
+            assert main(["run", str(write_config(tmp_path, cfg, f"{payload}.yaml")), "-q"]) in (0, 1)
+            rep = json.loads((tmp_path / "out" / cfg["name"] / "latest" / "report.json").read_text())
+            _close(rep["modules"]["fairness"]["tables"], ref["modules"]["fairness"]["tables"])
+            _close(rep["modules"]["partial_dependence"]["data"], ref["modules"]["partial_dependence"]["data"])
+            assert rep["provenance"]["model"]["requests"]["rows"] >= 48_842  # train + test scored over HTTP

@@ -259,3 +259,34 @@ def test_an_onnx_graph_on_one_float_matrix_uses_the_declared_columns(workdir, ca
     cfg["model"]["onnx_columns"][2] = {"column": "colour"}
     assert main(["run", str(write_config(workdir, cfg)), "-q"]) == 2
     assert "give its levels as one_hot or codes" in capsys.readouterr().err
+
+
+def test_an_onnx_graph_on_one_matrix_with_our_json_beside_it(tiny_model, tmp_path):
+    """One float matrix input (the standardised numerics, then the category codes), described by our artifact JSON."""
+    import torch
+
+    from audit.model.artifact import save_model
+    from audit.model.formats import load_onnx
+
+    cfg, ds, pred, res = tiny_model
+    save_model(tmp_path, pred, architecture=res.architecture, history=res.history, best_epoch=res.best_epoch)
+    n_num = len(pred.preprocessing.numeric_idx)
+
+    class OneMatrix(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, m):
+            return torch.sigmoid(self.net(m[:, :n_num], m[:, n_num:].long()))
+
+    width = n_num + len(pred.preprocessing.categorical_idx)
+    torch.onnx.export(
+        OneMatrix(pred.net).eval(), (torch.zeros((64, width)),), str(tmp_path / "matrix.onnx"),
+        input_names=["features"], output_names=["probability"], dynamic_axes={"features": {0: "rows"}},
+        opset_version=17, dynamo=False,
+    )  # fmt: skip
+    other = load_onnx(tmp_path / "matrix.onnx", cfg.model, ds.schema)
+    assert other.mode == "matrix" and other.schema is not ds.schema  # the JSON's schema, not the data's
+    codes = ds.schema.to_codes(ds.X_test)
+    assert np.abs(other.predict_codes(codes) - pred.predict_codes(codes)).max() <= 1e-6

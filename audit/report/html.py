@@ -308,7 +308,9 @@ def render_html(report: dict[str, Any], run, *, medium: str = "screen") -> str:
             if model.get("source") == "train"
             else f"passed to run_audit in Python ({model.get('kind')})"
             if model.get("source") == "python"
-            else f"loaded from {model.get('path')}"
+            else f"scored by the endpoint {model.get('url')}"
+            if model.get("format") == "http"
+            else f"loaded from {model.get('path')}" + (f" ({model['format']})" if model.get("format") else "")
         ),
         "data": f"{prov['dataset']['name']} ({prov['dataset']['rows']['train']:,} training rows, "
         f"{prov['dataset']['rows']['test']:,} audit rows"
