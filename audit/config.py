@@ -338,9 +338,45 @@ class InteractionConfig(_Section):
     flag_above: Probability = 0.2
 
 
+class DataQualityConfig(_Section):
+    """Data quality of the audit rows against the training rows (issue 19)."""
+
+    enabled: bool = True
+    max_missing: Probability = 0.2  # share of audit rows missing a feature
+    max_missing_increase: Probability = 0.05  # audit minus training share missing
+    near_constant: Annotated[float, Field(gt=0.5, le=1.0)] = 0.99  # top value's share that makes a column near-constant
+    max_duplicates: Probability = 0.05
+    max_out_of_range: Probability = 0.01  # share of audit rows outside a numeric's training range
+    max_unseen: Probability = 0.01  # share of audit rows at a level never seen in training
+    max_class_balance_shift: Probability = 0.1  # |audit - training| positive rate
+
+
+class DriftConfig(_Section):
+    """Drift of the audit rows (and the score) away from the training rows: PSI / CSI and a test per feature."""
+
+    enabled: bool = True
+    n_bins: Bounded(2, 100) = 10
+    psi_moderate: Annotated[float, Field(gt=0.0, le=10.0)] = 0.1
+    psi_significant: Annotated[float, Field(gt=0.0, le=10.0)] = 0.25
+    alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
+    correction: Literal["holm", "bh", "bonferroni", "none"] = "holm"
+    features: list[FeatureRef] | None = Field(default=None, max_length=10_000)
+    gate: bool = False  # a drifted feature or score fails the exit code
+
+    @model_validator(mode="after")
+    def _bands(self) -> DriftConfig:
+        if self.psi_significant <= self.psi_moderate:
+            raise ValueError(
+                f"psi_significant ({self.psi_significant}) must be above psi_moderate ({self.psi_moderate})"
+            )
+        return self
+
+
 class ModulesConfig(_Section):
     """Each audit module, on or off, with its own settings."""
 
+    data_quality: DataQualityConfig = DataQualityConfig()
+    drift: DriftConfig = DriftConfig()
     performance: PerformanceConfig = PerformanceConfig()
     permutation_importance: PermutationConfig = PermutationConfig()
     partial_dependence: PartialDependenceConfig = PartialDependenceConfig()

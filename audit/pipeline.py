@@ -43,10 +43,13 @@ def default_modules() -> list[AuditModule]:
     from audit.modules.fairness import FairnessModule
     from audit.modules.global_explain import AleModule, InteractionModule, PartialDependenceModule, PermutationModule
     from audit.modules.local_explain import CounterfactualModule, LimeModule, ShapModule
+    from audit.modules.monitoring import DataQualityModule, DriftModule
     from audit.modules.network import ActivationsModule, ArchitectureModule, GradientsModule, UncertaintyModule
     from audit.modules.performance import PerformanceModule
 
     return [
+        DataQualityModule(),
+        DriftModule(),
         PerformanceModule(),
         PermutationModule(),
         FairnessModule(),  # before the local explanations: reason codes that cite a flagged proxy are marked

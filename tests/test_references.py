@@ -140,6 +140,10 @@ CASES = {
         _set("local.counterfactuals.transitions", {"colr": {"red": ["blue"]}}),
         "local.counterfactuals.transitions.colr: 'colr' is not a model feature (did you mean 'colour'?)",
     ),
+    "modules.drift.features[]": (
+        _set("modules.drift.features", ["x_1"]),
+        "modules.drift.features[0]: 'x_1' is not a model feature (did you mean 'x1'?)",
+    ),
     "model.onnx_columns[].column": (
         _set("model", {"source": "load", "path": "m.onnx", "onnx_columns": [{"column": "x_1"}]}),
         "model.onnx_columns[0].column: 'x_1' is not a model feature (did you mean 'x1'?)",

@@ -1,0 +1,254 @@
+"""Data quality and drift of the audit rows against the training rows (issue 19; see :mod:`audit.monitoring`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from audit.config import AuditConfig
+from audit.findings import Finding
+from audit.modules.base import AuditContext, Figure, ModuleResult, Table
+from audit.plotting import subplots, to_png
+
+
+class DataQualityModule:
+    name = "data_quality"
+    title = "Data quality"
+
+    def enabled(self, config: AuditConfig) -> bool:
+        return config.modules.data_quality.enabled
+
+    def run(self, ctx: AuditContext) -> ModuleResult:
+        from audit.monitoring import column_quality, duplicate_share
+
+        cfg = ctx.config.modules.data_quality
+        schema = ctx.dataset.schema
+        train_codes = ctx.train_codes()
+        audit = column_quality(ctx.X_audit, ctx.codes_audit, schema, train_codes=train_codes)
+        train = column_quality(ctx.dataset.X_train, train_codes, schema)
+        table = audit.rename(columns={"missing": "missing_audit", "top_value_share": "top_value_share_audit"})
+        table.insert(3, "missing_train", train["missing"].to_numpy())
+        names = schema.feature_names
+        dup_audit = duplicate_share(ctx.X_audit[names])
+        dup_train = duplicate_share(ctx.dataset.X_train[names])
+        pos_train, pos_audit = float(np.mean(ctx.dataset.y_train)), float(np.mean(ctx.y_audit))
+        findings = []
+
+        def check(title, value, limit, rule, measure, subject=None, severity="medium", plain=""):
+            findings.append(
+                Finding(
+                    self.name,
+                    title,
+                    "pass" if value <= limit else "fail",
+                    severity,
+                    {measure: value},
+                    rule,
+                    measure=measure,
+                    subject=subject,
+                    value=float(value),
+                    limit=float(limit),
+                    plain=plain,
+                )  # fmt: skip
+            )
+
+        worst = table.sort_values("missing_audit", ascending=False).iloc[0]
+        check(
+            f"Most missing feature in the audit rows: {worst['feature']} ({worst['missing_audit']:.1%})",
+            float(worst["missing_audit"]), cfg.max_missing, f"missing share <= {cfg.max_missing}", "missing_share",
+            plain="The share of audit rows without a value for the feature that lacks most; the model sees them as "
+            "'missing'.",
+        )  # fmt: skip
+        increase = (table["missing_audit"] - table["missing_train"]).to_numpy()
+        k = int(np.argmax(increase))
+        check(
+            f"Largest rise in missing values since training: {names[k]} ({increase[k]:+.1%})",
+            float(increase[k]), cfg.max_missing_increase, f"rise <= {cfg.max_missing_increase}", "missing_increase",
+            subject=names[k], plain="A feature missing more often than in training points to a broken data feed.",
+        )  # fmt: skip
+        constant = table[table["top_value_share_audit"] >= cfg.near_constant]["feature"].tolist()
+        findings.append(
+            Finding(
+                self.name,
+                f"{len(constant)} near-constant feature(s) in the audit rows" + (f": {constant}" if constant else ""),
+                "fail" if constant else "pass",
+                "low",
+                {"features": constant},
+                f"no feature with one value in >= {cfg.near_constant:.0%} of rows",
+                measure="near_constant",
+                value=float(len(constant)),
+                limit=0.0,
+                plain="A feature that hardly varies carries no information and often means a feed stuck on a default.",
+            )  # fmt: skip
+        )
+        check(
+            f"Duplicate audit rows: {dup_audit:.1%} (training {dup_train:.1%})", dup_audit, cfg.max_duplicates,
+            f"duplicate share <= {cfg.max_duplicates}", "duplicate_share", severity="low",
+            plain="Rows repeating an earlier row in every feature: a double load, or a large share of identical "
+            "applicants.",
+        )  # fmt: skip
+        numeric = table[table["kind"] == "numeric"]
+        if len(numeric):
+            row = numeric.sort_values("outside_train_range", ascending=False).iloc[0]
+            check(
+                f"Values outside the training range: {row['feature']} ({row['outside_train_range']:.2%} of rows)",
+                float(row["outside_train_range"]), cfg.max_out_of_range, f"share <= {cfg.max_out_of_range}",
+                "out_of_range", subject=str(row["feature"]),
+                plain="The model extrapolates on values it never saw; its scores there are least supported.",
+            )  # fmt: skip
+        cat = table[table["kind"] == "categorical"]
+        if len(cat):
+            row = cat.sort_values("unseen_level", ascending=False).iloc[0]
+            check(
+                f"Levels never seen in training: {row['feature']} ({row['unseen_level']:.2%} of rows)",
+                float(row["unseen_level"]), cfg.max_unseen, f"share <= {cfg.max_unseen}", "unseen_levels",
+                subject=str(row["feature"]),
+                plain="Rows at a level the model never saw are scored through its 'unknown' slot.",
+            )  # fmt: skip
+        shift = abs(pos_audit - pos_train)
+        check(
+            f"Positive rate {pos_audit:.1%} in the audit rows, {pos_train:.1%} in training",
+            shift, cfg.max_class_balance_shift, f"|difference| <= {cfg.max_class_balance_shift}",
+            "class_balance_shift", plain="A different share of positives changes what accuracy and calibration mean.",
+        )  # fmt: skip
+        return ModuleResult(
+            summary={
+                "max_missing_audit": float(table["missing_audit"].max()),
+                "duplicate_share_audit": dup_audit,
+                "positive_rate_train": pos_train,
+                "positive_rate_audit": pos_audit,
+                "near_constant": constant,
+            },
+            tables=[
+                Table(
+                    "columns",
+                    "Data quality per feature: audit rows against training rows",
+                    table,
+                    "missing: share of rows without a value; top_value_share: share of the most frequent value; "
+                    "unseen_level: share of audit rows at a level never seen in training; outside_train_range: "
+                    "share of audit rows below the training minimum or above its maximum.",
+                )
+            ],
+            findings=findings,
+            data={"columns": table.to_dict(orient="list"), "duplicates": {"audit": dup_audit, "train": dup_train}},
+        )
+
+
+class DriftModule:
+    name = "drift"
+    title = "Drift since training (PSI / CSI and tests)"
+
+    def enabled(self, config: AuditConfig) -> bool:
+        return config.modules.drift.enabled
+
+    def run(self, ctx: AuditContext) -> ModuleResult:
+        from audit.monitoring import band, feature_drift, score_psi
+
+        cfg = ctx.config.modules.drift
+        schema = ctx.dataset.schema
+        drifts = feature_drift(
+            ctx.train_codes(), ctx.codes_audit, schema, n_bins=cfg.n_bins, moderate=cfg.psi_moderate,
+            significant=cfg.psi_significant, alpha=cfg.alpha, correction=cfg.correction, features=cfg.features,
+        )  # fmt: skip
+        table = pd.DataFrame([d.__dict__ for d in drifts]).sort_values("psi", ascending=False, kind="stable")
+        s_psi, s_table = score_psi(ctx.proba_train, ctx.proba_audit, n_bins=cfg.n_bins)
+        s_band = band(s_psi, cfg.psi_moderate, cfg.psi_significant)
+        rule = (
+            f"PSI < {cfg.psi_moderate}, or the {cfg.correction}-adjusted p-value >= {cfg.alpha} (drifted: both "
+            f"PSI >= {cfg.psi_moderate} and adjusted p < {cfg.alpha})"
+        )
+        findings = [
+            Finding(
+                self.name,
+                f"Score PSI {s_psi:.3f} ({s_band})",
+                "fail" if s_psi >= cfg.psi_moderate else "pass",
+                "high" if s_band == "significant" else "medium",
+                {"psi": s_psi},
+                f"score PSI < {cfg.psi_moderate}",
+                gating=cfg.gate,
+                id="drift.score_psi",
+                measure="score_psi",
+                subject="score",
+                value=s_psi,
+                limit=cfg.psi_moderate,
+                plain=f"The distribution of the model's scores on the audit rows moved from training's by PSI "
+                f"{s_psi:.3f} (bands: < {cfg.psi_moderate} stable, up to {cfg.psi_significant} moderate, above "
+                "significant).",
+            )
+        ]
+        for d in drifts:
+            if not d.drifted:
+                continue
+            findings.append(
+                Finding(
+                    self.name,
+                    f"{d.feature} drifted: CSI {d.psi:.3f} ({d.band}), {d.test} p = {d.p_adjusted:.2g} adjusted",
+                    "fail",
+                    "high" if d.band == "significant" else "medium",
+                    {"psi": d.psi, "statistic": d.statistic, "p_value": d.p_value, "p_adjusted": d.p_adjusted},
+                    rule,
+                    gating=cfg.gate,
+                    id=f"drift.feature.{d.feature}",
+                    measure="csi",
+                    subject=d.feature,
+                    value=d.psi,
+                    limit=cfg.psi_moderate,
+                    plain=f"The audit rows' {d.feature} is distributed differently from training's, by more than "
+                    "sampling noise explains and by enough to matter.",
+                )  # fmt: skip
+            )
+        n_drift = int(sum(d.drifted for d in drifts))
+        if not n_drift:
+            findings.append(
+                Finding(
+                    self.name,
+                    f"No feature drifted ({len(drifts)} checked)",
+                    "pass",
+                    "medium",
+                    {"features": len(drifts)},
+                    rule,
+                    gating=cfg.gate,
+                    id="drift.features",
+                    measure="drifted_features",
+                    value=0.0,
+                    limit=0.0,
+                    plain=f"No feature moved by CSI >= {cfg.psi_moderate} with a significant test.",
+                )  # fmt: skip
+            )
+        return ModuleResult(
+            summary={"score_psi": s_psi, "drifted_features": n_drift, "max_csi": float(table["psi"].max())},
+            tables=[
+                Table(
+                    "features",
+                    "Drift per feature: audit rows against training rows",
+                    table,
+                    f"psi: the feature's CSI over {cfg.n_bins} training-quantile bins (plus missing) or its levels; "
+                    f"test: Kolmogorov-Smirnov (numeric) or chi-square (categorical); p_adjusted: {cfg.correction}.",
+                ),
+                Table("score", "Score distribution: training against audit rows", s_table),
+            ],
+            figures=[self._figure(table, cfg)],
+            findings=findings,
+            data={
+                "features": table.to_dict(orient="list"),
+                "score_psi": s_psi,
+                "score_bins": s_table.to_dict(orient="list"),
+            },
+        )
+
+    @staticmethod
+    def _figure(table: pd.DataFrame, cfg) -> Figure:
+        top = table.head(20).iloc[::-1]
+        fig, ax = subplots(figsize=(6.0, 0.3 * len(top) + 1.2))
+        colours = [
+            "#b2182b" if b == "significant" else "#ef8a62" if b == "moderate" else "#67a9cf" for b in top["band"]
+        ]
+        ax.barh(top["feature"], top["psi"], color=colours)
+        ax.axvline(cfg.psi_moderate, ls="--", color="grey", lw=1)
+        ax.axvline(cfg.psi_significant, ls=":", color="grey", lw=1)
+        ax.set(xlabel="CSI (PSI of the feature)", title="Feature drift since training")
+        return Figure(
+            "csi",
+            f"Characteristic Stability Index per feature; dashed: {cfg.psi_moderate} (moderate), dotted: "
+            f"{cfg.psi_significant} (significant). Red: significant, orange: moderate.",
+            to_png(fig),
+        )

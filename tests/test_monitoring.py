@@ -1,0 +1,145 @@
+"""Issue 19: drift (PSI / CSI, KS and chi-square with a multiple-testing correction) and data quality."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from audit.cli import main
+from audit.data import Feature, Schema
+from audit.monitoring import adjust_pvalues, feature_drift, numeric_counts, psi, quantile_edges, score_psi
+from tests.conftest import base_config, synthetic_frame, write_config
+
+SCHEMA = Schema(
+    (
+        Feature("age", "numeric"),
+        Feature("income", "numeric"),
+        Feature("region", "categorical", ("north", "south", "east", "missing")),
+        Feature("product", "categorical", ("a", "b")),
+    ),
+    "y",
+    "1",
+    "0",
+)
+
+
+def _rows(n, rng, *, age_shift=0.0, east=0.2):
+    """Code-space rows of SCHEMA; ``age_shift`` in standard deviations, ``east`` the share of region east."""
+    age = rng.normal(40 + 12 * age_shift, 12, n)
+    income = rng.lognormal(10, 0.5, n)
+    income[rng.uniform(size=n) < 0.03] = np.nan
+    rest = (1 - east - 0.02) / 2
+    region = rng.choice(4, size=n, p=[rest, rest, east, 0.02])
+    product = rng.choice(2, size=n, p=[0.6, 0.4])
+    return np.column_stack([age, income, region, product]).astype(float)
+
+
+def _psi_by_hand(ref, cur, bins):
+    """PSI the long way: pandas' interval bins from the reference's quantiles, shares, 1e-4 floor."""
+    edges = np.unique(np.quantile(ref[~np.isnan(ref)], np.linspace(0, 1, bins + 1)[1:-1]))
+    cut = [-np.inf, *edges, np.inf]
+    e = pd.cut(pd.Series(ref), cut).value_counts(sort=False).to_numpy().astype(float)
+    a = pd.cut(pd.Series(cur), cut).value_counts(sort=False).to_numpy().astype(float)
+    e = np.append(e, np.isnan(ref).sum())
+    a = np.append(a, np.isnan(cur).sum())
+    e, a = np.maximum(e / e.sum(), 1e-4), np.maximum(a / a.sum(), 1e-4)
+    total = 0.0
+    for ei, ai in zip(e, a, strict=True):
+        total += (ai - ei) * np.log(ai / ei)
+    return total
+
+
+def test_psi_csi_and_tests_match_hand_computation_and_scipy():
+    rng = np.random.default_rng(0)
+    ref, cur = _rows(5000, rng), _rows(3000, rng, age_shift=0.3, east=0.35)
+    drifts = {d.feature: d for d in feature_drift(ref, cur, SCHEMA, n_bins=10, correction="none")}
+    for j, name in enumerate(["age", "income"]):
+        assert abs(drifts[name].psi - _psi_by_hand(ref[:, j], cur[:, j], 10)) <= 1e-9
+        r, c = ref[:, j][~np.isnan(ref[:, j])], cur[:, j][~np.isnan(cur[:, j])]
+        ks = stats.ks_2samp(r, c)
+        assert abs(drifts[name].statistic - ks.statistic) <= 1e-12 and abs(drifts[name].p_value - ks.pvalue) <= 1e-12
+    # categorical: PSI over levels by hand, chi-square from the contingency table of the raw labels
+    for j, name in ((2, "region"), (3, "product")):
+        e = np.array([(ref[:, j] == k).mean() for k in range(4)])
+        a = np.array([(cur[:, j] == k).mean() for k in range(4)])
+        keep = (e > 0) | (a > 0)
+        e, a = np.maximum(e[keep], 1e-4), np.maximum(a[keep], 1e-4)
+        assert abs(drifts[name].psi - float(np.sum((a - e) * np.log(a / e)))) <= 1e-9
+        table = pd.crosstab(np.r_[np.zeros(len(ref)), np.ones(len(cur))], np.r_[ref[:, j], cur[:, j]])
+        chi2, p, _, _ = stats.chi2_contingency(table.to_numpy(), correction=False)
+        assert abs(drifts[name].statistic - chi2) <= 1e-9 and abs(drifts[name].p_value - p) <= 1e-12
+    assert drifts["age"].drifted is False  # correction "none" still needs PSI >= 0.1: age's 0.3 sd is ~0.09
+    assert drifts["region"].band in ("moderate", "significant")
+
+
+def test_psi_fixtures():
+    assert abs(psi([50, 50], [40, 60]) - (-0.1 * np.log(0.8) + 0.1 * np.log(1.2))) <= 1e-15
+    assert abs(psi([10, 0], [5, 5]) - ((0.5 - 1) * np.log(0.5 / 1) + (0.5 - 1e-4) * np.log(0.5 / 1e-4))) <= 1e-12
+    edges = quantile_edges(np.arange(1, 11, dtype=float), 5)
+    np.testing.assert_allclose(edges, [2.8, 4.6, 6.4, 8.2])
+    np.testing.assert_array_equal(numeric_counts(np.array([1.0, 2.8, 2.9, 9.0, np.nan]), edges), [2, 1, 0, 0, 1, 1])
+    p, table = score_psi(np.linspace(0, 1, 1000), np.linspace(0, 1, 500))
+    assert p < 1e-3 and len(table) == 10
+
+
+def test_multiple_testing_corrections():
+    p = np.array([0.01, 0.04, 0.03, 0.005, np.nan])
+    # Holm by hand: sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04 -> running max
+    np.testing.assert_allclose(adjust_pvalues(p, "holm")[:4], [0.03, 0.06, 0.06, 0.02])
+    np.testing.assert_allclose(adjust_pvalues(p, "bonferroni")[:4], [0.04, 0.16, 0.12, 0.02])
+    # Benjamini-Hochberg by hand: p_(i) * m / i, then the running min from the top
+    np.testing.assert_allclose(adjust_pvalues(p, "bh")[:4], [0.02, 0.04, 0.04, 0.02])
+    assert np.isnan(adjust_pvalues(p, "holm")[4])
+
+
+@pytest.mark.parametrize("drift_from", [7, None], ids=["drift-from-month-7", "no-drift"])
+def test_twelve_months_drift_fires_from_the_injected_month_and_never_without(drift_from):
+    """A training sample, then 12 monthly samples; from ``drift_from`` on, age moves by 0.6 sd and region east grows
+    from 20% to 40%. The drift finding must fire exactly from that month (and never, with no drift)."""
+    rng = np.random.default_rng(2026)
+    ref = _rows(8000, rng)
+    fired = []
+    for month in range(1, 13):
+        drifting = drift_from is not None and month >= drift_from
+        cur = _rows(2000, rng, age_shift=0.6 if drifting else 0.0, east=0.4 if drifting else 0.2)
+        drifted = {d.feature for d in feature_drift(ref, cur, SCHEMA) if d.drifted}
+        fired.append(drifted)
+        if drifting:
+            assert drifted == {"age", "region"}, (month, drifted)
+        else:
+            assert drifted == set(), (month, drifted)
+
+
+def test_drift_and_data_quality_in_an_audit(workdir):
+    """A test file whose x1 moved and whose colour has a new level and missing values: both sections say so."""
+    frame = synthetic_frame(seed=1)
+    frame["x1"] = frame["x1"] + 1.0
+    frame.loc[:40, "colour"] = "purple"
+    frame.loc[41:140, "x2"] = np.nan
+    frame.to_csv(workdir / "test.csv", index=False)
+    cfg = base_config()
+    cfg["dataset"]["test"] = {"path": "test.csv"}
+    cfg["local"]["enabled"] = False
+    cfg["network"] = {"enabled": False}
+    assert main(["run", str(write_config(workdir, cfg)), "-q"]) in (0, 1)
+    rep = json.loads((workdir / "reports" / "small" / "latest" / "report.json").read_text())
+    drift = [f for f in rep["findings"] if f["module"] == "drift" and f["status"] == "fail"]
+    assert {f["subject"] for f in drift} >= {"x1", "score"}
+    dq = {f["measure"]: f for f in rep["findings"] if f["module"] == "data_quality"}
+    assert dq["unseen_levels"]["status"] == "fail" and dq["unseen_levels"]["subject"] == "colour"
+    assert abs(dq["unseen_levels"]["value"] - 41 / 800) <= 1e-12
+    assert dq["missing_increase"]["subject"] == "x2" and dq["missing_increase"]["status"] == "fail"
+    assert rep["modules"]["drift"]["summary"]["drifted_features"] >= 1
+
+
+def test_no_drift_between_a_random_split(workdir):
+    cfg = base_config()
+    cfg["local"]["enabled"] = False
+    assert main(["run", str(write_config(workdir, cfg)), "-q"]) in (0, 1)
+    rep = json.loads((workdir / "reports" / "small" / "latest" / "report.json").read_text())
+    assert rep["modules"]["drift"]["summary"]["drifted_features"] == 0
+    assert any(f["title"].startswith("No feature drifted") and f["status"] == "pass" for f in rep["findings"])
