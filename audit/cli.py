@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = p.add_subparsers(dest="command", required=True, metavar="{run,validate,reason-codes,serve,export}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{run,validate,reason-codes,history,serve,export}")
     run = sub.add_parser(
         "run",
         help="run an audit and write its report",
@@ -85,6 +85,14 @@ def _parser() -> argparse.ArgumentParser:
         "--id-column", metavar="COL", help="an input column to copy into the output (e.g. an application id)"
     )
     rc.add_argument("-q", "--quiet", action="store_true", help="no summary line")
+    hist = sub.add_parser(
+        "history",
+        help="print the history of a config's runs (what reports/<name>/index.html shows)",
+        description="One line per run of this config found in its output folder: date, verdict, failed checks by "
+        "severity, ROC AUC, ECE, score PSI and the model hash; --write also rewrites index.html.",
+    )
+    hist.add_argument("config", help="path of the YAML config")
+    hist.add_argument("--write", action="store_true", help="rewrite reports/<name>/index.html too")
     srv = sub.add_parser(
         "serve",
         help="serve a saved model over HTTP (kserve-v2 and mlflow payloads) for an endpoint audit",
@@ -168,6 +176,18 @@ def main(argv: list[str] | None = None) -> int:
                 )
             else:
                 print(f"{args.config}: valid config")
+            return 0
+        if args.command == "history":
+            from audit.history import collect, table_text, write_index
+
+            out_root = cfg.resolve(cfg.report.output_dir, key="report.output_dir") / cfg.name
+            rows = collect(out_root)
+            if not rows:
+                print(f"no runs of {cfg.name!r} in '{out_root}' yet")
+                return 0
+            print(table_text(rows))
+            if args.write:
+                print(f"wrote {write_index(out_root, cfg.name)}")
             return 0
         if args.command == "reason-codes":
             from audit.batch import reason_codes

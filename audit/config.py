@@ -633,6 +633,7 @@ class ReportConfig(_Section):
     title: str | None = Field(default=None, max_length=300)
     formats: list[Literal["json", "html", "pdf"]] = Field(default_factory=lambda: ["json", "html"])
     model_card: ModelCard = ModelCard()
+    keep_last: Bounded(1, 100_000) | None = None  # prune older run folders (never latest, never its baseline)
 
     @field_validator("formats")
     @classmethod

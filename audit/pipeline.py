@@ -95,6 +95,7 @@ class AuditRun:
     run_dir: Path | None = None
     compute: dict[str, Any] = field(default_factory=dict)  # backend, chunk size, population provenance
     scores: Any = None  # DataFrame written as scores.parquet: every audit row's label, score, decision, groups
+    pruned: list[str] = field(default_factory=list)  # run folders removed by report.keep_last after this run
 
     @property
     def findings(self):
@@ -838,6 +839,7 @@ def _write(run: AuditRun, ds: Dataset, folder) -> None:
         if "pdf" in formats:
             write_pdf(render_html(report, run, medium="print"), tmp_dir / "report.pdf")
         run.run_dir = folder.publish()
+        _update_history(run, folder.out_root)
     except OSError as exc:
         folder.discard()
         raise OutputError(
@@ -845,6 +847,21 @@ def _write(run: AuditRun, ds: Dataset, folder) -> None:
             f"({exc.strerror or exc.__class__.__name__}); free some space or pick another folder; nothing was kept"
         ) from None
     run.stages["write report"] = round(time.perf_counter() - t0, 3)
+
+
+def _update_history(run: AuditRun, out_root: Path) -> None:
+    """Prune old runs (``report.keep_last``) and rewrite ``index.html``; a failure here leaves the published run as
+    it is and says so on stderr (the report itself is complete)."""
+    import sys
+
+    from audit.history import update
+
+    try:
+        removed = update(out_root, run.config.name, run.config.report.keep_last)
+    except OSError as exc:
+        print(f"warning: the history page in '{out_root}' was not updated ({exc.strerror or exc})", file=sys.stderr)
+        return
+    run.pruned = removed
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -143,3 +143,62 @@ def test_no_drift_between_a_random_split(workdir):
     rep = json.loads((workdir / "reports" / "small" / "latest" / "report.json").read_text())
     assert rep["modules"]["drift"]["summary"]["drifted_features"] == 0
     assert any(f["title"].startswith("No feature drifted") and f["status"] == "pass" for f in rep["findings"])
+
+
+# -------------------------------------------------------------------------------------------------------- history
+def _quick(workdir, **report):
+    cfg = base_config()
+    cfg["local"] = {"enabled": False}
+    cfg["network"] = {"enabled": False}
+    cfg["modules"].update(
+        partial_dependence={"enabled": False}, ale={"enabled": False}, interactions={"enabled": False}
+    )
+    cfg["report"].update(report)
+    return write_config(workdir, cfg)
+
+
+def test_history_page_and_command(workdir, capsys, tmp_path):
+    import re
+    import subprocess
+
+    from tests.test_report import _chromium
+
+    path = _quick(workdir)
+    for _ in range(3):
+        assert main(["run", str(path), "-q"]) in (0, 1)
+    index = workdir / "reports" / "small" / "index.html"
+    page = index.read_text()
+    assert page.count('<tr class="run') == 3 and "ROC AUC (test)" in page and "score PSI" in page
+    assert "<script" not in page and "http://" not in page and "https://" not in page  # offline, self-contained
+    capsys.readouterr()
+    assert main(["history", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 4 and out[0].startswith("run") and all(re.match(r"\d{8}T", line) for line in out[1:])
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("Chromium is not installed and could not be installed")
+    dom = subprocess.run(
+        [exe, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'p'}", "--dump-dom",
+         index.as_uri()], capture_output=True, text=True, timeout=180,
+    ).stdout  # fmt: skip
+    assert len(re.findall(r'<tr class="run', dom)) == 3
+    charts = re.findall(r'<svg class="trend"', dom)
+    assert len(charts) >= 3 and len(re.findall(r"<polyline", dom)) == len(charts)
+
+
+def test_keep_last_prunes_but_never_latest_nor_its_baseline(workdir):
+    from audit.history import run_folders
+
+    out = workdir / "reports" / "small"
+    path = _quick(workdir)
+    assert main(["run", str(path), "-q"]) in (0, 1)
+    first = run_folders(out)[0].name
+    for _ in range(2):
+        assert main(["run", str(path), "-q"]) in (0, 1)
+    # the fourth run compares itself with the first, and keeps only 2 runs
+    path = _quick(workdir, keep_last=2)
+    assert main(["run", str(path), "-q", "--baseline", str(out / first)]) in (0, 1)
+    left = [p.name for p in run_folders(out)]
+    assert len(left) == 3 and left[0] == first  # the baseline survived; the second run went
+    assert (out / "latest").resolve().name == left[-1]
+    assert (out / "index.html").read_text().count('<tr class="run') == 3
