@@ -36,7 +36,7 @@ def psi(reference_counts, current_counts, *, eps: float = EPS) -> float:
     Examples
     --------
     >>> round(psi([50, 50], [40, 60]), 6)  # (0.4-0.5)ln(0.4/0.5) + (0.6-0.5)ln(0.6/0.5)
-    0.040546
+    0.040547
     >>> psi([10, 10], [10, 10])
     0.0
     """
@@ -240,3 +240,142 @@ def column_quality(
 def duplicate_share(X: pd.DataFrame) -> float:
     """Share of rows that repeat an earlier row exactly (all feature columns)."""
     return float(X.duplicated().mean()) if len(X) else 0.0
+
+
+# ------------------------------------------------------------------------------- label-free performance (CBPE)
+@dataclass
+class PerformanceEstimate:
+    """Confidence-based performance estimation (CBPE, as NannyML's): what the model's performance is expected to be
+    on rows without labels, from its calibrated scores.
+
+    Each row's label is taken to be positive with the calibrated probability ``q`` of its score (the calibration
+    fitted on a labelled reference). Labels are drawn that way
+    ``n_simulations`` times; each draw gives a ROC AUC (of the raw scores), an accuracy (at the threshold) and a positive
+    rate. The calibration map is Platt scaling of the logit (:class:`PlattCalibrator`), fitted on the reference. The estimate is their mean, its interval their percentiles: the range the realised figure falls in if the
+    model is as calibrated on these rows as on the reference. It cannot see a change in P(label | features): under such
+    a change (concept shift) the estimate is wrong and only labels show it.
+    """
+
+    rows: int
+    roc_auc: float
+    roc_auc_low: float
+    roc_auc_high: float
+    accuracy: float
+    accuracy_low: float
+    accuracy_high: float
+    positive_rate: float
+    positive_rate_low: float
+    positive_rate_high: float
+    predicted_positive_rate: float
+    reference_ece_raw: float
+    reference_ece_calibrated: float
+    n_simulations: int
+    confidence: float
+
+
+class PlattCalibrator:
+    """``q = sigmoid(a * logit(p) + b)`` fitted by maximum likelihood on labelled scores (Platt scaling on the logit).
+
+    Smooth and monotone: unlike isotonic regression, whose flat steps give every row of a step the same probability
+    and so make simulated labels ignore the score order within a step (measured: the estimated ROC AUC then falls
+    about one standard deviation below the realised one, and the interval covers it in only 80% of resamples), it
+    keeps the order the model's scores have. A calibrated model gets ``a = 1, b = 0`` back.
+    """
+
+    def __init__(self) -> None:
+        self.a, self.b = 1.0, 0.0
+
+    @staticmethod
+    def _logit(p: np.ndarray) -> np.ndarray:
+        p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
+        return np.log(p / (1 - p))
+
+    def fit(self, p: np.ndarray, y: np.ndarray) -> PlattCalibrator:
+        """Maximum likelihood by Newton's method on the two parameters (tested against scikit-learn's unpenalised
+        logistic regression); it is refitted on every bootstrap resample of :func:`cbpe`, so it has to be quick."""
+        x = self._logit(p)
+        y = np.asarray(y, dtype=np.float64)
+        X = np.column_stack([x, np.ones_like(x)])
+        w = np.array([1.0, 0.0])
+        for _ in range(50):
+            q = 1.0 / (1.0 + np.exp(-(X @ w)))
+            grad = X.T @ (y - q)
+            hess = (X * (q * (1 - q))[:, None]).T @ X + 1e-12 * np.eye(2)
+            step = np.linalg.solve(hess, grad)
+            w = w + step
+            if np.abs(step).max() < 1e-10:
+                break
+        self.a, self.b = float(w[0]), float(w[1])
+        return self
+
+    def predict(self, p: np.ndarray) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-(self.a * self._logit(p) + self.b)))
+
+
+def fit_calibrator(y_reference: np.ndarray, p_reference: np.ndarray) -> PlattCalibrator:
+    """The calibration map fitted on the labelled reference (see :class:`PlattCalibrator`)."""
+    return PlattCalibrator().fit(p_reference, y_reference)
+
+
+def cbpe(
+    scores: np.ndarray,
+    y_reference: np.ndarray,
+    p_reference: np.ndarray,
+    *,
+    threshold: float = 0.5,
+    n_simulations: int = 400,
+    confidence: float = 0.95,
+    random_state: int | None = 0,
+    chunk: int = 10,
+) -> PerformanceEstimate:
+    """Estimate ROC AUC, accuracy and the positive rate of unlabelled rows with ``scores`` (see
+    :class:`PerformanceEstimate`), calibrating on the labelled reference ``(y_reference, p_reference)``.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> p = rng.beta(2, 3, 4000); y = (rng.uniform(size=4000) < p).astype(int)
+    >>> est = cbpe(p[2000:], y[:2000], p[:2000], random_state=0)
+    >>> bool(est.roc_auc_low < 0.72 < est.roc_auc_high)  # the realised AUC of such rows is about 0.72
+    True
+    """
+    from scipy.stats import rankdata
+
+    from audit.modules.performance import expected_calibration_error
+
+    s = np.asarray(scores, dtype=np.float64)
+    y_ref = np.asarray(y_reference, dtype=np.float64)
+    p_ref = np.asarray(p_reference, dtype=np.float64)
+    calibrator = fit_calibrator(y_ref, p_ref)
+    rng = np.random.default_rng(random_state)
+    ranks = rankdata(s)  # average ranks: ties count half, as in the Mann-Whitney statistic
+    pred = s >= threshold
+    n = len(s)
+    aucs, accs, rates = [], [], []
+    for start in range(0, n_simulations, chunk):
+        b = min(chunk, n_simulations - start)
+        # the calibration map is itself estimated: each chunk of draws uses a map fitted on a bootstrap resample of
+        # the reference, so the interval carries that uncertainty too (without it, a 5,000-row reference whose
+        # fitted slope came out 0.92 instead of 1 put the interval around a ROC AUC 0.015 too low)
+        boot = rng.integers(0, len(y_ref), len(y_ref))
+        q = fit_calibrator(y_ref[boot], p_ref[boot]).predict(s)
+        Y = rng.uniform(size=(n, b)) < q[:, None]
+        n1 = Y.sum(axis=0).astype(np.float64)
+        n0 = n - n1
+        with np.errstate(invalid="ignore", divide="ignore"):
+            aucs.append((ranks @ Y - n1 * (n1 + 1) / 2) / (n1 * n0))
+        accs.append((Y == pred[:, None]).mean(axis=0))
+        rates.append(n1 / n)
+    auc, acc, rate = (np.concatenate(v) for v in (aucs, accs, rates))
+    auc = auc[np.isfinite(auc)]
+    a = (1 - confidence) / 2
+
+    def band(v):
+        return float(v.mean()), float(np.quantile(v, a)), float(np.quantile(v, 1 - a))
+
+    return PerformanceEstimate(
+        n, *band(auc), *band(acc), *band(rate), float(pred.mean()),
+        expected_calibration_error(y_ref, p_ref)[0],
+        expected_calibration_error(y_ref, calibrator.predict(p_ref))[0],
+        n_simulations, confidence,
+    )  # fmt: skip

@@ -202,3 +202,57 @@ def test_keep_last_prunes_but_never_latest_nor_its_baseline(workdir):
     assert len(left) == 3 and left[0] == first  # the baseline survived; the second run went
     assert (out / "latest").resolve().name == left[-1]
     assert (out / "index.html").read_text().count('<tr class="run') == 3
+
+
+# ------------------------------------------------------------------------------------------------------------ CBPE
+def _calibrated(n, rng, shift=0.0):
+    """Scores and labels; the labels follow the scores (calibrated) unless ``shift`` moves their log-odds."""
+    p = rng.beta(2.0, 3.0, n)
+    logit = np.log(p / (1 - p)) + shift
+    y = (rng.uniform(size=n) < 1 / (1 + np.exp(-logit))).astype(int)
+    return p, y
+
+
+def test_cbpe_interval_covers_the_realised_roc_auc_when_calibrated():
+    from sklearn.metrics import accuracy_score, roc_auc_score
+
+    from audit.monitoring import cbpe
+
+    rng = np.random.default_rng(19)
+    p_ref, y_ref = _calibrated(16_000, rng)  # the labelled reference: as large as Adult's test split
+    covered = acc_covered = 0
+    for seed in range(50):
+        r = np.random.default_rng(seed)
+        p, y = _calibrated(2000, r)
+        est = cbpe(p, y_ref, p_ref, random_state=10_000 + seed, n_simulations=300)
+        covered += est.roc_auc_low <= roc_auc_score(y, p) <= est.roc_auc_high
+        acc_covered += est.accuracy_low <= accuracy_score(y, p >= 0.5) <= est.accuracy_high
+    assert covered >= 45 and acc_covered >= 45, (covered, acc_covered)
+
+
+def test_platt_fit_matches_scikit_learn():
+    from sklearn.linear_model import LogisticRegression
+
+    from audit.monitoring import PlattCalibrator
+
+    p, y = _calibrated(3000, np.random.default_rng(3), shift=0.7)
+    ours = PlattCalibrator().fit(p, y)
+    ref = LogisticRegression(penalty=None, tol=1e-12, max_iter=10_000).fit(PlattCalibrator._logit(p)[:, None], y)
+    assert abs(ours.a - ref.coef_[0, 0]) <= 1e-6 and abs(ours.b - ref.intercept_[0]) <= 1e-6
+
+
+def test_cbpe_misses_under_a_calibration_shift():
+    """Labels whose log-odds moved by 1.5 (concept shift): the realised accuracy leaves the estimate's interval in
+    (nearly) every resample, so with labels the audit can say the estimate is unreliable."""
+    from sklearn.metrics import accuracy_score
+
+    from audit.monitoring import cbpe
+
+    rng = np.random.default_rng(7)
+    p_ref, y_ref = _calibrated(5000, rng)
+    missed = 0
+    for seed in range(20):
+        p, y = _calibrated(2000, np.random.default_rng(100 + seed), shift=1.5)
+        est = cbpe(p, y_ref, p_ref, random_state=10_000 + seed, n_simulations=200)
+        missed += not (est.accuracy_low <= accuracy_score(y, p >= 0.5) <= est.accuracy_high)
+    assert missed >= 18
