@@ -295,6 +295,8 @@ class PerformanceConfig(_Section):
     min_roc_auc: Probability | None = None
     max_overfit_gap: Probability = 0.05
     n_bootstrap: Bounded(0, 10_000) = 200
+    estimate: bool = True  # with a population: the label-free estimate (CBPE), checked against labels when it has them
+    n_simulations: Bounded(20, 10_000) = 400
 
 
 class PermutationConfig(_Section):

@@ -60,6 +60,7 @@ class Population:
     labelled: bool = True  # has the target and sensitive columns
     filter: str | None = None  # dataset.filter, applied to every partition as it is read
     kept: tuple[int, ...] | None = None  # rows per partition after the filter (known once scored)
+    has_labels: bool = True  # False: the file has no target column (label-needing sections say "no labels")
 
     def read(self, part: Partition, extra: tuple[str, ...] = ()) -> pd.DataFrame:
         """The partition's rows that pass ``dataset.filter`` (only the needed columns, plus ``extra``)."""
@@ -92,7 +93,7 @@ class Population:
             return codes, None, None, {}, self.unseen(codes)
         if self.derived:
             add_derived(frame, {n: _Derived(src, rx) for n, src, rx in self.derived})
-        y, problems = self.labels(frame)
+        y, problems = self.labels(frame) if self.has_labels else (None, {})
         sens = frame[list(self.schema.sensitive)].reset_index(drop=True)
         return codes, y, sens, problems, self.unseen(codes)
 
@@ -184,8 +185,10 @@ def open_population(
     derived = cfg.fairness.derived if labelled else {}
     need = list(schema.feature_names)
     row_filter = cfg.dataset.filter if labelled else None
+    has_labels = cfg.dataset.target in have
     if labelled:
-        need.append(cfg.dataset.target)
+        if has_labels:  # a population without the target is audited without labels (see ScoredPopulation.y)
+            need.append(cfg.dataset.target)
         need += [s for s in schema.sensitive if s not in derived and s not in need]
         need += [d.source for d in derived.values() if d.source not in need]
         if row_filter:
@@ -230,6 +233,7 @@ def open_population(
         tuple(need),
         labelled,
         row_filter,
+        has_labels=has_labels or not labelled,
     )
 
 
@@ -238,7 +242,7 @@ def open_population(
 class ScoredPopulation:
     """Labels, scores and sensitive columns of every row of a population, in file order."""
 
-    y: np.ndarray
+    y: np.ndarray | None  # None: the population has no labels
     proba: np.ndarray
     sensitive: pd.DataFrame
     rows: int
@@ -294,14 +298,14 @@ def score_population(
             f"dataset.population: level(s) never seen in training in {unseen} (rows per column); set "
             "dataset.unseen_categories: unknown to score them through the model's unknown slot"
         )
-    y = np.concatenate(ys)
-    if len(y) == 0:
-        raise DataError(f"dataset.filter: {population.filter!r} keeps none of the population's {population.rows} rows")
     proba = np.concatenate(ps)
+    y = np.concatenate(ys) if population.has_labels else None
+    if len(proba) == 0:
+        raise DataError(f"dataset.filter: {population.filter!r} keeps none of the population's {population.rows} rows")
     sens = pd.concat(ss, ignore_index=True)
     return ScoredPopulation(
-        y, proba, sens, len(y), len(population.partitions), round(time.perf_counter() - t0, 3), unseen,
-        tuple(len(v) for v in ys),
+        y, proba, sens, len(proba), len(population.partitions), round(time.perf_counter() - t0, 3), unseen,
+        tuple(len(v) for v in ps),
     )  # fmt: skip
 
 
@@ -321,6 +325,7 @@ class PopulationRun:
             "partitions": len(p.partitions),
             "scoring_s": self.scored.seconds,
             "unseen_levels": self.scored.unseen,
+            "labels": self.population.has_labels,
         }
 
 

@@ -256,3 +256,45 @@ def test_cbpe_misses_under_a_calibration_shift():
         est = cbpe(p, y_ref, p_ref, random_state=10_000 + seed, n_simulations=200)
         missed += not (est.accuracy_low <= accuracy_score(y, p >= 0.5) <= est.accuracy_high)
     assert missed >= 18
+
+
+def _population(workdir, *, labels: bool, shift: float = 0.0):
+    frame = synthetic_frame(n=3000, seed=5)
+    if shift:  # the outcome moves away from the features: a calibration (concept) shift
+        rng = np.random.default_rng(6)
+        logit = 2.0 * frame["x1"] + shift
+        frame["y"] = np.where(rng.uniform(size=len(frame)) < 1 / (1 + np.exp(-logit)), "yes", "no")
+    if not labels:
+        frame = frame.drop(columns="y")
+    frame.to_parquet(workdir / "pop.parquet", row_group_size=1000)
+    cfg = base_config()
+    cfg["dataset"]["population"] = {"path": "pop.parquet"}
+    cfg["local"] = {"enabled": False}
+    cfg["network"] = {"enabled": False}
+    cfg["modules"].update(ale={"enabled": False}, interactions={"enabled": False})
+    return write_config(workdir, cfg)
+
+
+def test_a_population_without_labels_is_audited_with_an_estimate(workdir):
+    assert main(["run", str(_population(workdir, labels=False)), "-q"]) in (0, 1)
+    rep = json.loads((workdir / "reports" / "small" / "latest" / "report.json").read_text())
+    na = [f for f in rep["findings"] if f["status"] == "not_assessable" and "no labels" in f["title"]]
+    assert {f["module"] for f in na} == {"performance", "fairness", "permutation_importance"}
+    est = rep["modules"]["performance"]["data"]["estimate"]
+    assert est["rows"] == 3000 and est["roc_auc_low"] < est["roc_auc"] < est["roc_auc_high"]
+    assert "population_roc_auc" not in rep["modules"]["performance"]["summary"]
+    assert rep["provenance"]["compute"]["population"]["labels"] is False
+    assert rep["modules"]["partial_dependence"]["status"] == "ok"  # needs no labels: on every population row
+    page = (workdir / "reports" / "small" / "latest" / "report.html").read_text()
+    assert "Label-free performance estimate" in page and "An estimate, not a measurement" in page
+
+
+@pytest.mark.parametrize("shift", [0.0, 2.5], ids=["calibrated", "calibration-shift"])
+def test_with_labels_the_estimate_is_checked(workdir, shift):
+    assert main(["run", str(_population(workdir, labels=True, shift=shift)), "-q"]) in (0, 1)
+    rep = json.loads((workdir / "reports" / "small" / "latest" / "report.json").read_text())
+    check = next(f for f in rep["findings"] if f.get("measure") == "estimate_check")
+    if shift:
+        assert check["status"] == "fail" and check["title"].startswith("Label-free estimate unreliable")
+    else:
+        assert check["status"] == "pass", check["title"]

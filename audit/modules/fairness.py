@@ -64,10 +64,25 @@ def audit_groupings(ctx: AuditContext) -> dict[str, np.ndarray]:
 
 def _audit_rows(ctx: AuditContext) -> tuple[np.ndarray, np.ndarray, str]:
     """Labels and scores the fairness numbers are computed on: the population if there is one, else the test split."""
-    if ctx.population is not None:
+    if labelled_population(ctx):
         sp = ctx.population.scored
         return sp.y, sp.proba, f"population ({sp.rows} rows)"
     return ctx.y_audit, ctx.proba_audit, f"test rows ({len(ctx.y_audit)})"
+
+
+def no_labels_finding(module: str, what: str, instead: str) -> Finding:
+    """The finding a label-needing section gives for a population without labels."""
+    return Finding(
+        module, f"{what[0].upper()}{what[1:]}: not assessable: no labels (shown on {instead})", "not_assessable",
+        "info", {}, plain=f"The population has no labels, so {what} cannot be measured; the figures are those of "
+        f"{instead}, the last labelled data.",
+    )  # fmt: skip
+
+
+def labelled_population(ctx: AuditContext) -> bool:
+    """Whether label-needing sections use the population (it exists and has labels); else they use the test split
+    and say the population has no labels."""
+    return ctx.population is not None and ctx.population.scored.y is not None
 
 
 def _num(v) -> float | None:
@@ -159,7 +174,7 @@ class FairnessModule:
         sensitive = list(schema.sensitive)
         seed = ctx.seed_for(self.name)
         y, p, audited = _audit_rows(ctx)
-        if ctx.population is not None:  # every row of the population, grouped the same way
+        if labelled_population(ctx):  # every row of the population, grouped the same way
             groups = groupings(ctx.population.scored.sensitive, cfg, sensitive)
         else:
             groups = audit_groupings(ctx)
@@ -176,6 +191,8 @@ class FairnessModule:
             favourable_positive=schema.favourable_is_positive,
         )
         findings, rows = [], []
+        if ctx.population is not None and not labelled_population(ctx):
+            findings.append(no_labels_finding(self.name, "fairness on the population", "the test split"))
         thresholds = fc.thresholds.model_dump()
         fav = f"'{schema.favourable_label or schema.positive_label}' decision"
         for res in results:

@@ -142,7 +142,7 @@ class PermutationModule:
         cfg = ctx.config.modules.permutation_importance
         schema = ctx.dataset.schema
         groups = tied_groups(cfg.groups, ctx.dataset.tied)
-        if ctx.population is not None:  # every row, permuted within partitions (see audit.population)
+        if ctx.population is not None and ctx.population.scored.y is not None:  # every row, permuted in partitions
             from audit.population import permutation_importance_population
 
             pop = ctx.population
@@ -177,6 +177,10 @@ class PermutationModule:
             rows_note = f"{res.n_rows} test rows"
         table = res.to_frame()
         findings = []
+        if ctx.population is not None and ctx.population.scored.y is None:
+            from audit.modules.fairness import no_labels_finding
+
+            findings.append(no_labels_finding(self.name, "permutation importance on the population", "the test split"))
         watch = {s: "sensitive" for s in schema.sensitive} | {p: "proxy" for p in cfg.proxies}
         for _, row in table.iterrows():
             hits = [m for m in row["members"].split(", ") if m in watch]

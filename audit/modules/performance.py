@@ -154,7 +154,8 @@ class PerformanceModule:
         y_a, p_a, where = ctx.y_audit, ctx.proba_audit, "test split"
         columns = {"test": test, "train": train}
         population = None
-        if ctx.population is not None:
+        unlabelled = ctx.population is not None and ctx.population.scored.y is None
+        if ctx.population is not None and not unlabelled:
             y_a, p_a = ctx.population.scored.y, ctx.population.scored.proba
             population = classification_metrics(y_a, p_a, threshold=thr, n_bins=cfg.n_bins)
             columns = {"population": population, **columns}
@@ -229,6 +230,10 @@ class PerformanceModule:
         )
         on = " on the population" if population else ""
         findings.append(Finding(self.name, f"Expected calibration error {ece:.3f}{on}", "info", "info", {"ece": ece}))
+        estimate, est_table = None, None
+        if ctx.population is not None and cfg.estimate:
+            estimate, est_table, more = self._estimate(ctx, test, population, thr)
+            findings += more
 
         return ModuleResult(
             summary={"test_roc_auc": test["roc_auc"], "test_accuracy": test["accuracy"], "test_ece": test["ece"]}
@@ -236,7 +241,8 @@ class PerformanceModule:
                 {"population_roc_auc": population["roc_auc"], "population_ece": ece, "population_rows": len(y_a)}
                 if population
                 else {}
-            ),
+            )
+            | ({"estimated_roc_auc": estimate.roc_auc} if estimate is not None else {}),
             tables=[
                 Table(
                     "metrics",
@@ -251,7 +257,8 @@ class PerformanceModule:
                     cm_frame.reset_index(names=""),
                 ),
                 Table("calibration", f"Reliability table, {where}", bins),
-            ],
+            ]
+            + ([est_table] if est_table is not None else []),
             figures=[self._reliability(bins, ece, where), self._roc(ctx)],
             findings=findings,
             data={
@@ -259,10 +266,106 @@ class PerformanceModule:
                 "test_ci": {m: list(v) for m, v in ci.items()},
                 "train": train,
                 **({"population": population} if population else {}),
+                **({"estimate": estimate.__dict__} if estimate is not None else {}),
                 "confusion_matrix": cm.tolist(),
                 "calibration_bins": bins.to_dict("list"),
             },
         )
+
+    def _estimate(self, ctx: AuditContext, test: dict, population: dict | None, thr: float):
+        """CBPE on the population, calibrated on the test split (see :func:`audit.monitoring.cbpe`); with labels,
+        checked against the realised figures."""
+        from audit.monitoring import cbpe
+
+        cfg = ctx.config.modules.performance
+        est = cbpe(
+            ctx.population.scored.proba, ctx.y_audit, ctx.proba_audit, threshold=thr,
+            n_simulations=cfg.n_simulations, random_state=ctx.seed_for("estimate"),
+        )  # fmt: skip
+        rows = []
+        for m in ("roc_auc", "accuracy", "positive_rate"):
+            rows.append(
+                {
+                    "metric": m,
+                    "estimate": getattr(est, m),
+                    "low": getattr(est, f"{m}_low"),
+                    "high": getattr(est, f"{m}_high"),
+                    "realised_on_population": population[m] if population else None,
+                    "test_split (last labelled)": test[m],
+                }
+            )
+        frame = pd.DataFrame(rows)
+        table = Table(
+            "estimate",
+            "Label-free performance estimate on the population (CBPE)",
+            frame,
+            f"An estimate, not a measurement: each row's label is drawn with its calibrated score's probability "
+            f"({est.n_simulations} draws, {est.confidence:.0%} intervals), the calibration map fitted on the labelled "
+            f"test split (its ECE {est.reference_ece_raw:.3f} before, {est.reference_ece_calibrated:.3f} after). It "
+            "holds only while the model stays as calibrated on the population as on the test split; a change in "
+            "how outcomes follow the features is invisible to it.",
+        )
+        interval = f"{est.roc_auc:.3f} [{est.roc_auc_low:.3f}, {est.roc_auc_high:.3f}]"
+        findings = []
+        if population is None:
+            findings.append(
+                Finding(
+                    self.name,
+                    "Population performance: not assessable: no labels",
+                    "not_assessable",
+                    "info",
+                    {},
+                    plain="The population has no labels; the estimate below stands in for its ROC AUC and accuracy.",
+                )  # fmt: skip
+            )
+            findings.append(
+                Finding(
+                    self.name,
+                    f"Estimated population ROC AUC {interval} (no labels; test split {test['roc_auc']:.3f})",
+                    "info",
+                    "info",
+                    {"estimate": est.roc_auc, "low": est.roc_auc_low, "high": est.roc_auc_high},
+                    measure="estimated_roc_auc",
+                    subject="population",
+                    value=est.roc_auc,
+                    ci_low=est.roc_auc_low,
+                    ci_high=est.roc_auc_high,
+                    plain=f"Without labels, the model's ROC AUC on the population is estimated at {interval} from "
+                    f"its calibrated scores; the last labelled figure (test split) is {test['roc_auc']:.3f}. The "
+                    "estimate holds only while the model stays calibrated.",
+                )  # fmt: skip
+            )
+        else:
+            missed = [
+                m for m in ("roc_auc", "accuracy")
+                if not getattr(est, f"{m}_low") <= population[m] <= getattr(est, f"{m}_high")
+            ]  # fmt: skip
+            findings.append(
+                Finding(
+                    self.name,
+                    "Label-free estimate "
+                    + (
+                        "unreliable: the realised " + " and ".join(missed) + " fall outside its interval"
+                        if missed
+                        else f"agrees with the realised figures (ROC AUC {interval})"
+                    ),
+                    "fail" if missed else "pass",
+                    "medium",
+                    {m: {"estimate": getattr(est, m), "realised": population[m]} for m in ("roc_auc", "accuracy")},
+                    "the realised ROC AUC and accuracy inside the estimate's intervals",
+                    id="performance.estimate",
+                    measure="estimate_check",
+                    plain="The population has labels, so the label-free estimate can be checked: "
+                    + (
+                        "it missed: the model is not calibrated on the population as it was on the test split, so "
+                        "estimates for unlabelled months are not to be trusted until it is recalibrated."
+                        if missed
+                        else "it holds, so estimates for months whose labels have not arrived yet can be relied on while the "
+                        "data stay alike."
+                    ),
+                )  # fmt: skip
+            )
+        return est, table, findings
 
     @staticmethod
     def _reliability(bins: pd.DataFrame, ece: float, where: str) -> Figure:
@@ -286,7 +389,7 @@ class PerformanceModule:
 
         fig, ax = subplots(figsize=(3.55, 3.4))
         curves = [("test", ctx.y_audit, ctx.proba_audit), ("train", ctx.dataset.y_train, ctx.proba_train)]
-        if ctx.population is not None:
+        if ctx.population is not None and ctx.population.scored.y is not None:
             curves.insert(0, ("population", ctx.population.scored.y, ctx.population.scored.proba))
         for name, y, p in curves:
             fpr, tpr, _ = roc_curve(y, p)
