@@ -379,3 +379,135 @@ def cbpe(
         expected_calibration_error(y_ref, calibrator.predict(p_ref))[0],
         n_simulations, confidence,
     )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------- populations, chunk by chunk
+@dataclass
+class Reference:
+    """What the training rows contribute to every comparison: per numeric feature its PSI edges and its sorted
+    distinct values with the reference's ECDF at each; per categorical its number of code slots."""
+
+    schema: object
+    n_bins: int
+    edges: dict[int, np.ndarray]
+    values: dict[int, np.ndarray]
+    ecdf: dict[int, np.ndarray]
+    counts: dict[int, np.ndarray]  # the reference's own PSI bin / level counts
+    n: dict[int, int]  # non-missing reference values per numeric
+
+    @classmethod
+    def build(cls, codes: np.ndarray, schema, n_bins: int = 10) -> Reference:
+        edges, values, ecdf, counts, n = {}, {}, {}, {}, {}
+        for j, f in enumerate(schema.features):
+            col = codes[:, j]
+            if f.is_categorical:
+                counts[j] = level_counts(col, len(f.levels) + 1)
+                continue
+            edges[j] = quantile_edges(col, n_bins)
+            counts[j] = numeric_counts(col, edges[j])
+            v = np.sort(col[np.isfinite(col)])
+            values[j] = np.unique(v)
+            n[j] = len(v)
+            ecdf[j] = np.searchsorted(v, values[j], side="right") / max(len(v), 1)
+        return cls(schema, n_bins, edges, values, ecdf, counts, n)
+
+
+def profile(codes: np.ndarray, ref: Reference) -> dict[int, dict[str, np.ndarray]]:
+    """Counts of one block of current rows against ``ref``: they add up over blocks (partitions) to those of all
+    rows. Numeric: PSI bin counts, and for each reference value u the rows ``< u`` (``left``) and ``<= u``
+    (``right``), which give the exact two-sample KS statistic; categorical: level counts."""
+    out = {}
+    for j, f in enumerate(ref.schema.features):
+        col = codes[:, j]
+        if f.is_categorical:
+            out[j] = {"counts": level_counts(col, len(f.levels) + 1)}
+            continue
+        v = col[np.isfinite(col)]
+        u = ref.values[j]
+        k = len(u)
+        # searchsorted(u, v, "right") = i: u_{i-1} <= v < u_i, so v < u_k exactly when i <= k;
+        # searchsorted(u, v, "left") = i: u_{i-1} < v <= u_i, so v <= u_k exactly when i <= k
+        below = np.cumsum(np.bincount(np.searchsorted(u, v, side="right"), minlength=k + 1))[:k]
+        at_or_below = np.cumsum(np.bincount(np.searchsorted(u, v, side="left"), minlength=k + 1))[:k]
+        out[j] = {"counts": numeric_counts(col, ref.edges[j]), "left": below, "right": at_or_below}
+    return out
+
+
+def add_profiles(a: dict | None, b: dict) -> dict:
+    if a is None:
+        return {j: {k: v.copy() for k, v in d.items()} for j, d in b.items()}
+    for j, d in b.items():
+        for k, v in d.items():
+            a[j][k] += v
+    return a
+
+
+def ks_from_counts(ref_ecdf: np.ndarray, left: np.ndarray, right: np.ndarray, n_ref: int, n_cur: int):
+    """The exact two-sample KS statistic from the reference ECDF at its distinct values and the current rows'
+    counts below / at-or-below each; the p-value as scipy's ``ks_2samp(method="asymp")`` computes it."""
+    from scipy.stats import distributions
+
+    if n_cur == 0 or n_ref == 0:
+        return float("nan"), float("nan")
+    before = np.concatenate([[0.0], ref_ecdf[:-1]])
+    d = max(np.abs(ref_ecdf - right / n_cur).max(), np.abs(before - left / n_cur).max())
+    en = n_ref * n_cur / (n_ref + n_cur)
+    return float(d), float(np.clip(distributions.kstwo.sf(d, np.round(en)), 0, 1))
+
+
+def drift_from_profile(
+    ref: Reference, cur: dict, *, moderate=0.1, significant=0.25, alpha=0.05, correction="holm", features=None
+) -> list[FeatureDrift]:
+    """:func:`feature_drift` from counts (a population scanned partition by partition): the same PSI and chi-square
+    to rounding, the exact KS statistic, KS p-values from the asymptotic distribution."""
+    from scipy.stats import chi2_contingency
+
+    out = []
+    for j, f in enumerate(ref.schema.features):
+        if features is not None and f.name not in features:
+            continue
+        rc, cc = ref.counts[j], cur[j]["counts"]
+        if f.is_categorical:
+            table = np.vstack([rc, cc])
+            table = table[:, table.sum(axis=0) > 0]
+            stat, p = chi2_contingency(table, correction=False)[:2] if table.shape[1] >= 2 else (0.0, 1.0)
+            miss = f.levels.index("missing") if "missing" in f.levels else None
+            rm = float(rc[miss] / max(rc.sum(), 1)) if miss is not None else 0.0
+            cm = float(cc[miss] / max(cc.sum(), 1)) if miss is not None else 0.0
+            out.append(FeatureDrift(f.name, "categorical", psi(rc, cc), "chi-square", float(stat), float(p),
+                                    reference_missing=rm, current_missing=cm))  # fmt: skip
+        else:
+            n_cur = int(cc[:-1].sum())
+            stat, p = ks_from_counts(ref.ecdf[j], cur[j]["left"], cur[j]["right"], ref.n[j], n_cur)
+            out.append(FeatureDrift(f.name, "numeric", psi(rc, cc), "Kolmogorov-Smirnov (asymptotic)", stat, p,
+                                    reference_missing=float(rc[-1] / max(rc.sum(), 1)),
+                                    current_missing=float(cc[-1] / max(cc.sum(), 1))))  # fmt: skip
+    adjusted = adjust_pvalues([d.p_value for d in out], correction)
+    for d, q in zip(out, adjusted, strict=True):
+        d.p_adjusted = float(q)
+        d.band = band(d.psi, moderate, significant)
+        d.drifted = bool(d.psi >= moderate and np.isfinite(q) and q < alpha)
+    return out
+
+
+def quality_from_profile(ref: Reference, cur: dict, rows: int) -> pd.DataFrame:
+    """:func:`column_quality` from counts: missing share, the most frequent level's share (numerics: the most
+    frequent *training* value's share), unseen levels, values outside the training range."""
+    out = []
+    n = max(rows, 1)
+    for j, f in enumerate(ref.schema.features):
+        cc = cur[j]["counts"]
+        if f.is_categorical:
+            miss = f.levels.index("missing") if "missing" in f.levels else None
+            out.append({"feature": f.name, "kind": f.kind, "missing": float(cc[miss] / n) if miss is not None else 0.0,
+                        "top_value_share": float(cc.max() / n), "unseen_level": float(cc[-1] / n),
+                        "outside_train_range": float("nan")})  # fmt: skip
+        else:
+            left, right = cur[j]["left"], cur[j]["right"]
+            finite = int(cc[:-1].sum())
+            at = right - left  # rows equal to each training value
+            outside = (left[0] + finite - right[-1]) / n if len(left) else float("nan")
+            out.append({"feature": f.name, "kind": f.kind, "missing": float(cc[-1] / n),
+                        "top_value_share": float(at.max() / n) if len(at) else 0.0, "unseen_level": float("nan"),
+                        "outside_train_range": float(outside)})  # fmt: skip
+    return pd.DataFrame(out)

@@ -612,3 +612,24 @@ def _reason_schema(frame: pd.DataFrame, id_type):
         else:
             fields.append(pa.field(c, id_type))
     return pa.schema(fields)
+
+
+# ------------------------------------------------------------------------------------- drift and data quality
+def _profile_partition(part: Partition, *, population: Population, reference) -> tuple[dict, int]:
+    from audit.monitoring import profile
+
+    codes = population.schema.to_codes(population.read(part))
+    return profile(codes, reference), len(codes)
+
+
+def profile_population(population: Population, reference, backend) -> tuple[dict, int]:
+    """Counts of every population row against the training ``reference`` (:class:`audit.monitoring.Reference`),
+    one partition at a time on ``backend``: what the drift and data quality sections need, in bounded memory."""
+    from audit.monitoring import add_profiles
+
+    total, rows = None, 0
+    shared = backend.share(reference)
+    for prof, n in backend.map(_profile_partition, population.partitions, population=population, reference=shared):
+        total = add_profiles(total, prof)
+        rows += n
+    return total, rows

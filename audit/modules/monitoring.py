@@ -11,6 +11,18 @@ from audit.modules.base import AuditContext, Figure, ModuleResult, Table
 from audit.plotting import subplots, to_png
 
 
+def population_profile(ctx: AuditContext):
+    """(reference, counts, rows) of the population against the training rows, scanned once per run."""
+    if "population_profile" not in ctx.cache:
+        from audit.monitoring import Reference
+        from audit.population import profile_population
+
+        ref = Reference.build(ctx.train_codes(), ctx.dataset.schema, ctx.config.modules.drift.n_bins)
+        counts, rows = profile_population(ctx.population.population, ref, ctx.backend)
+        ctx.cache["population_profile"] = (ref, counts, rows)
+    return ctx.cache["population_profile"]
+
+
 class DataQualityModule:
     name = "data_quality"
     title = "Data quality"
@@ -24,7 +36,15 @@ class DataQualityModule:
         cfg = ctx.config.modules.data_quality
         schema = ctx.dataset.schema
         train_codes = ctx.train_codes()
-        audit = column_quality(ctx.X_audit, ctx.codes_audit, schema, train_codes=train_codes)
+        where = "audit rows"
+        if ctx.population is not None:  # every population row, partition by partition
+            from audit.monitoring import quality_from_profile
+
+            ref, counts, rows = population_profile(ctx)
+            audit = quality_from_profile(ref, counts, rows)
+            where = f"population ({rows:,} rows)"
+        else:
+            audit = column_quality(ctx.X_audit, ctx.codes_audit, schema, train_codes=train_codes)
         train = column_quality(ctx.dataset.X_train, train_codes, schema)
         table = audit.rename(columns={"missing": "missing_audit", "top_value_share": "top_value_share_audit"})
         table.insert(3, "missing_train", train["missing"].to_numpy())
@@ -32,6 +52,9 @@ class DataQualityModule:
         dup_audit = duplicate_share(ctx.X_audit[names])
         dup_train = duplicate_share(ctx.dataset.X_train[names])
         pos_train, pos_audit = float(np.mean(ctx.dataset.y_train)), float(np.mean(ctx.y_audit))
+        pop_y = ctx.population.scored.y if ctx.population is not None else None
+        if pop_y is not None:
+            pos_audit = float(np.mean(pop_y))
         findings = []
 
         def check(title, value, limit, rule, measure, subject=None, severity="medium", plain=""):
@@ -53,7 +76,7 @@ class DataQualityModule:
 
         worst = table.sort_values("missing_audit", ascending=False).iloc[0]
         check(
-            f"Most missing feature in the audit rows: {worst['feature']} ({worst['missing_audit']:.1%})",
+            f"Most missing feature in the {where}: {worst['feature']} ({worst['missing_audit']:.1%})",
             float(worst["missing_audit"]), cfg.max_missing, f"missing share <= {cfg.max_missing}", "missing_share",
             plain="The share of audit rows without a value for the feature that lacks most; the model sees them as "
             "'missing'.",
@@ -69,7 +92,7 @@ class DataQualityModule:
         findings.append(
             Finding(
                 self.name,
-                f"{len(constant)} near-constant feature(s) in the audit rows" + (f": {constant}" if constant else ""),
+                f"{len(constant)} near-constant feature(s) in the {where}" + (f": {constant}" if constant else ""),
                 "fail" if constant else "pass",
                 "low",
                 {"features": constant},
@@ -81,7 +104,7 @@ class DataQualityModule:
             )  # fmt: skip
         )
         check(
-            f"Duplicate audit rows: {dup_audit:.1%} (training {dup_train:.1%})", dup_audit, cfg.max_duplicates,
+            f"Duplicate test rows: {dup_audit:.1%} (training {dup_train:.1%})", dup_audit, cfg.max_duplicates,
             f"duplicate share <= {cfg.max_duplicates}", "duplicate_share", severity="low",
             plain="Rows repeating an earlier row in every feature: a double load, or a large share of identical "
             "applicants.",
@@ -106,7 +129,8 @@ class DataQualityModule:
             )  # fmt: skip
         shift = abs(pos_audit - pos_train)
         check(
-            f"Positive rate {pos_audit:.1%} in the audit rows, {pos_train:.1%} in training",
+            f"Positive rate {pos_audit:.1%} in the {where if pop_y is not None or ctx.population is None else 'test rows'}, "
+            f"{pos_train:.1%} in training",
             shift, cfg.max_class_balance_shift, f"|difference| <= {cfg.max_class_balance_shift}",
             "class_balance_shift", plain="A different share of positives changes what accuracy and calibration mean.",
         )  # fmt: skip
@@ -121,7 +145,7 @@ class DataQualityModule:
             tables=[
                 Table(
                     "columns",
-                    "Data quality per feature: audit rows against training rows",
+                    f"Data quality per feature: {where} against training rows",
                     table,
                     "missing: share of rows without a value; top_value_share: share of the most frequent value; "
                     "unseen_level: share of audit rows at a level never seen in training; outside_train_range: "
@@ -145,12 +169,21 @@ class DriftModule:
 
         cfg = ctx.config.modules.drift
         schema = ctx.dataset.schema
-        drifts = feature_drift(
-            ctx.train_codes(), ctx.codes_audit, schema, n_bins=cfg.n_bins, moderate=cfg.psi_moderate,
-            significant=cfg.psi_significant, alpha=cfg.alpha, correction=cfg.correction, features=cfg.features,
+        opts = dict(
+            moderate=cfg.psi_moderate, significant=cfg.psi_significant, alpha=cfg.alpha, correction=cfg.correction,
+            features=cfg.features,
         )  # fmt: skip
+        current, where = ctx.proba_audit, "audit rows"
+        if ctx.population is not None:  # every population row, partition by partition
+            from audit.monitoring import drift_from_profile
+
+            ref, counts, rows = population_profile(ctx)
+            drifts = drift_from_profile(ref, counts, **opts)
+            current, where = ctx.population.scored.proba, f"population ({rows:,} rows)"
+        else:
+            drifts = feature_drift(ctx.train_codes(), ctx.codes_audit, schema, n_bins=cfg.n_bins, **opts)
         table = pd.DataFrame([d.__dict__ for d in drifts]).sort_values("psi", ascending=False, kind="stable")
-        s_psi, s_table = score_psi(ctx.proba_train, ctx.proba_audit, n_bins=cfg.n_bins)
+        s_psi, s_table = score_psi(ctx.proba_train, current, n_bins=cfg.n_bins)
         s_band = band(s_psi, cfg.psi_moderate, cfg.psi_significant)
         rule = (
             f"PSI < {cfg.psi_moderate}, or the {cfg.correction}-adjusted p-value >= {cfg.alpha} (drifted: both "
@@ -170,7 +203,7 @@ class DriftModule:
                 subject="score",
                 value=s_psi,
                 limit=cfg.psi_moderate,
-                plain=f"The distribution of the model's scores on the audit rows moved from training's by PSI "
+                plain=f"The distribution of the model's scores on the {where} moved from training's by PSI "
                 f"{s_psi:.3f} (bands: < {cfg.psi_moderate} stable, up to {cfg.psi_significant} moderate, above "
                 "significant).",
             )
@@ -192,7 +225,7 @@ class DriftModule:
                     subject=d.feature,
                     value=d.psi,
                     limit=cfg.psi_moderate,
-                    plain=f"The audit rows' {d.feature} is distributed differently from training's, by more than "
+                    plain=f"{d.feature} in the {where} is distributed differently from training's, by more than "
                     "sampling noise explains and by enough to matter.",
                 )  # fmt: skip
             )
@@ -219,12 +252,12 @@ class DriftModule:
             tables=[
                 Table(
                     "features",
-                    "Drift per feature: audit rows against training rows",
+                    f"Drift per feature: {where} against training rows",
                     table,
                     f"psi: the feature's CSI over {cfg.n_bins} training-quantile bins (plus missing) or its levels; "
                     f"test: Kolmogorov-Smirnov (numeric) or chi-square (categorical); p_adjusted: {cfg.correction}.",
                 ),
-                Table("score", "Score distribution: training against audit rows", s_table),
+                Table("score", f"Score distribution: training against {where}", s_table),
             ],
             figures=[self._figure(table, cfg)],
             findings=findings,
