@@ -238,11 +238,15 @@ def test_local_and_dask_backends_give_identical_numbers(files):
 
     from audit.modules.fairness import FairnessModule
     from audit.modules.global_explain import PartialDependenceModule, PermutationModule
+    from audit.modules.monitoring import DataQualityModule, DriftModule
     from audit.modules.performance import PerformanceModule
     from audit.pipeline import run_audit
 
     def modules():
-        return [PerformanceModule(), PermutationModule(), PartialDependenceModule(), FairnessModule()]
+        return [
+            PerformanceModule(), PermutationModule(), PartialDependenceModule(), FairnessModule(), DriftModule(),
+            DataQualityModule(),
+        ]  # fmt: skip
 
     extra = {"modules": {"partial_dependence": {"features": ["income", "employment"], "grid_resolution": 5}}}
     local = run_audit(_load(files, **extra), quiet=True, write=False, modules=modules())
