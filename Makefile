@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 CONFIG ?= configs/adult.yaml
 STAMP  := $(VENV)/.installed
 
-.PHONY: audit test bench bench-audit bench-scale lint format validate clean-venv
+.PHONY: audit test bench bench-audit bench-scale bench-monitoring lint format validate clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ bench-audit: $(STAMP)
 # Large data: 100k, 1M and 5M rows (generated once into bench/.data); ARGS="--sizes 100000,1000000" for fewer
 bench-scale: $(BENCH_STAMP)
 	$(PY) bench/scale.py $(ARGS)
+
+# A year of monthly reports on Adult with a known slow drift: reports/adult_monthly/index.html, bench/monitoring_trend.png
+bench-monitoring: $(STAMP)
+	$(PY) bench/monitoring.py $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check audit tests bench

@@ -3,7 +3,9 @@
 After every run the index page is written again from the run folders' ``report.json`` files: one row per run (date,
 verdict, failed checks by severity, data / model / config hashes) and a trend chart per headline measure (test ROC
 AUC, ECE, score PSI, and every fairness measure a run reported as a finding, with its interval as a band). The page is
-one self-contained HTML file (inline SVG, no script, no external request). ``report.keep_last: N`` prunes the oldest
+one self-contained HTML file (inline SVG, no script, no external request). ROC AUC and ECE are those of the audited
+rows (the population if there is one, else the test split); a population without labels has none, only the
+estimate from its scores. ``report.keep_last: N`` prunes the oldest
 run folders first, and never removes the run ``latest`` points to nor the run the newest run compared itself with.
 """
 
@@ -47,16 +49,18 @@ def summarize_run(report: dict) -> dict:
     perf = (modules.get("performance") or {}).get("summary") or {}
     drift = (modules.get("drift") or {}).get("summary") or {}
     measures: dict[str, dict] = {}
+    population = (prov.get("compute") or {}).get("population") or {}
+    unlabelled = population.get("labels") is False  # measured figures would be the test split's: left out
     for key, value in (
-        ("ROC AUC (test)", perf.get("population_roc_auc", perf.get("test_roc_auc"))),
-        ("ECE (test)", perf.get("population_ece", perf.get("test_ece"))),
+        ("ROC AUC", None if unlabelled else perf.get("population_roc_auc", perf.get("test_roc_auc"))),
+        ("ECE", None if unlabelled else perf.get("population_ece", perf.get("test_ece"))),
         ("score PSI", drift.get("score_psi")),
     ):
         if isinstance(value, int | float):
             measures[key] = {"value": float(value)}
     estimate = (modules.get("performance") or {}).get("data", {}).get("estimate") or {}
     if isinstance(estimate.get("roc_auc"), int | float):
-        measures["ROC AUC (estimated, no labels)"] = {
+        measures["ROC AUC (estimated from scores)"] = {
             "value": estimate["roc_auc"], "low": estimate.get("roc_auc_low"), "high": estimate.get("roc_auc_high")
         }  # fmt: skip
     for f in report.get("findings", []):
@@ -136,7 +140,8 @@ def update(out_root: Path, name: str, keep_last: int | None) -> list[str]:
 # --------------------------------------------------------------------------------------------------- rendering
 def table_text(rows: list[dict]) -> str:
     """The history as a plain-text table (the ``history`` command)."""
-    head = ["run", "started (UTC)", "verdict", "failed high/med/low", "ROC AUC", "ECE", "score PSI", "model"]
+    head = ["run", "started (UTC)", "verdict", "failed high/med/low", "ROC AUC", "estimated", "ECE", "score PSI"]
+    head.append("model")
     lines = [head]
     for r in rows:
 
@@ -151,8 +156,9 @@ def table_text(rows: list[dict]) -> str:
                 r["started"],
                 str(r["verdict"]),
                 f"{f['high']}/{f['medium']}/{f['low']}",
-                num("ROC AUC (test)"),
-                num("ECE (test)"),
+                num("ROC AUC"),
+                num("ROC AUC (estimated from scores)"),
+                num("ECE"),
                 num("score PSI"),
                 (r["model_hash"] or "-")[:12],
             ]  # fmt: skip

@@ -271,6 +271,8 @@ class PerformanceEstimate:
     reference_ece_calibrated: float
     n_simulations: int
     confidence: float
+    check_intervals: dict  # metric -> [low, high] at check_confidence: what a realised figure is checked against
+    check_confidence: float
 
 
 class PlattCalibrator:
@@ -327,6 +329,7 @@ def cbpe(
     confidence: float = 0.95,
     random_state: int | None = 0,
     chunk: int = 10,
+    check_confidence: float = 0.99,
 ) -> PerformanceEstimate:
     """Estimate ROC AUC, accuracy and the positive rate of unlabelled rows with ``scores`` (see
     :class:`PerformanceEstimate`), calibrating on the labelled reference ``(y_reference, p_reference)``.
@@ -373,11 +376,15 @@ def cbpe(
     def band(v):
         return float(v.mean()), float(np.quantile(v, a)), float(np.quantile(v, 1 - a))
 
+    c = (1 - check_confidence) / 2
+    checks = {
+        k: [float(np.quantile(v, c)), float(np.quantile(v, 1 - c))] for k, v in (("roc_auc", auc), ("accuracy", acc))
+    }
     return PerformanceEstimate(
         n, *band(auc), *band(acc), *band(rate), float(pred.mean()),
         expected_calibration_error(y_ref, p_ref)[0],
         expected_calibration_error(y_ref, calibrator.predict(p_ref))[0],
-        n_simulations, confidence,
+        n_simulations, confidence, checks, check_confidence,
     )  # fmt: skip
 
 

@@ -168,7 +168,7 @@ def test_history_page_and_command(workdir, capsys, tmp_path):
         assert main(["run", str(path), "-q"]) in (0, 1)
     index = workdir / "reports" / "small" / "index.html"
     page = index.read_text()
-    assert page.count('<tr class="run') == 3 and "ROC AUC (test)" in page and "score PSI" in page
+    assert page.count('<tr class="run') == 3 and "ROC AUC" in page and "score PSI" in page
     assert "<script" not in page and "http://" not in page and "https://" not in page  # offline, self-contained
     capsys.readouterr()
     assert main(["history", str(path)]) == 0
