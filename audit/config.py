@@ -374,6 +374,32 @@ class DriftConfig(_Section):
         return self
 
 
+class WeakSegmentsConfig(_Section):
+    """Slices of the audit rows where the model errs significantly more than overall (SliceLine's formulation)."""
+
+    enabled: bool = True
+    metric: Literal["error", "log_loss", "brier"] = "error"  # per-row error: misclassified at the threshold, or a loss
+    n_bins: Bounded(2, 50) = 5
+    max_level: Bounded(1, 3) = 2
+    min_support: Bounded(5, 10_000_000) = 100
+    alpha: Annotated[float, Field(gt=0.0, le=1.0)] = 0.95  # SliceLine's weight of error against size in its score
+    significance: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
+    correction: Literal["holm", "bh", "bonferroni", "none"] = "holm"
+    min_effect: Annotated[float, Field(ge=0.0)] = 0.02  # smallest excess error worth a finding
+    top_k: Bounded(1, 100) = 10
+
+
+class StabilityConfig(_Section):
+    """How often decisions flip under small, plausible noise, overall and per sensitive group."""
+
+    enabled: bool = True
+    numeric_scale: Annotated[float, Field(gt=0.0, le=10.0)] = 0.1  # noise: uniform within +- this fraction of the MAD
+    categorical_swap: Probability = 0.05  # chance that a categorical moves to another (neighbouring) level
+    repeats: Bounded(1, 100) = 5
+    max_flip_rate: Probability = 0.05
+    max_rows: Bounded(100, 10_000_000) = 20_000
+
+
 class ModulesConfig(_Section):
     """Each audit module, on or off, with its own settings."""
 
@@ -384,6 +410,8 @@ class ModulesConfig(_Section):
     partial_dependence: PartialDependenceConfig = PartialDependenceConfig()
     ale: AleConfig = AleConfig()
     interactions: InteractionConfig = InteractionConfig()
+    weak_segments: WeakSegmentsConfig = WeakSegmentsConfig()
+    stability: StabilityConfig = StabilityConfig()
 
 
 class InstanceSelection(_Section):

@@ -46,6 +46,7 @@ def default_modules() -> list[AuditModule]:
     from audit.modules.monitoring import DataQualityModule, DriftModule
     from audit.modules.network import ActivationsModule, ArchitectureModule, GradientsModule, UncertaintyModule
     from audit.modules.performance import PerformanceModule
+    from audit.modules.robustness import StabilityModule, WeakSegmentsModule
 
     return [
         DataQualityModule(),
@@ -59,6 +60,8 @@ def default_modules() -> list[AuditModule]:
         ShapModule(),
         LimeModule(),
         CounterfactualModule(),
+        WeakSegmentsModule(),
+        StabilityModule(),
         ArchitectureModule(),
         GradientsModule(),
         ActivationsModule(),

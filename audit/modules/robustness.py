@@ -1,0 +1,260 @@
+"""Where the model fails and how fragile its decisions are (issue 20): weak segments and stability under noise."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from audit.config import AuditConfig
+from audit.findings import Finding
+from audit.modules.base import AuditContext, Figure, ModuleResult, Table
+from audit.plotting import subplots, to_png
+
+
+def row_errors(y: np.ndarray, p: np.ndarray, metric: str, threshold: float) -> np.ndarray:
+    """Per-row error: misclassified at ``threshold`` (0/1), log loss or Brier score."""
+    y = np.asarray(y, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    if metric == "error":
+        return ((p >= threshold) != (y == 1)).astype(np.float64)
+    if metric == "brier":
+        return (p - y) ** 2
+    q = np.clip(p, 1e-15, 1 - 1e-15)
+    return -(y * np.log(q) + (1 - y) * np.log(1 - q))
+
+
+class WeakSegmentsModule:
+    name = "weak_segments"
+    title = "Weak segments: where the model errs most"
+
+    def enabled(self, config: AuditConfig) -> bool:
+        return config.modules.weak_segments.enabled
+
+    def run(self, ctx: AuditContext) -> ModuleResult:
+        from audit.explain.slices import weak_segments
+
+        cfg = ctx.config.modules.weak_segments
+        e = row_errors(ctx.y_audit, ctx.proba_audit, cfg.metric, ctx.config.model.threshold)
+        res = weak_segments(
+            ctx.codes_audit, e, ctx.dataset.schema, n_bins=cfg.n_bins, max_level=cfg.max_level,
+            min_support=cfg.min_support, alpha=cfg.alpha, significance=cfg.significance, correction=cfg.correction,
+            min_effect=cfg.min_effect, top_k=cfg.top_k,
+        )  # fmt: skip
+        what = {"error": "error rate", "log_loss": "mean log loss", "brier": "mean Brier score"}[cfg.metric]
+        findings = []
+        for row in res.weak.itertuples(index=False):
+            findings.append(
+                Finding(
+                    self.name,
+                    f"Weak segment: {row.slice} ({row.rows} rows): {what} {row.error:.3f} "
+                    f"[{row.error_low:.3f}, {row.error_high:.3f}] against {res.overall_error:.3f} overall",
+                    "fail",
+                    "high" if row.effect >= 0.1 else "medium",
+                    {
+                        "rows": int(row.rows),
+                        "error": row.error,
+                        "overall": res.overall_error,
+                        "p_adjusted": row.p_adjusted,
+                    },
+                    f"{what} not above overall by more than {cfg.min_effect} ({cfg.correction}-adjusted p < "
+                    f"{cfg.significance})",
+                    id=f"weak_segments.{row.slice}",
+                    measure=cfg.metric,
+                    subject=row.slice,
+                    value=float(row.error),
+                    ci_low=float(row.error_low),
+                    ci_high=float(row.error_high),
+                    limit=res.overall_error + cfg.min_effect,
+                    plain=f"On the {row.rows} audit rows where {row.slice}, the model's {what} is {row.error:.3f}, "
+                    f"{row.effect:+.3f} against all rows; more than chance explains among the {res.evaluated} "
+                    "slices examined.",
+                )  # fmt: skip
+            )
+        if not len(res.weak):
+            findings.append(
+                Finding(
+                    self.name,
+                    f"No weak segment among {res.evaluated} slices",
+                    "pass",
+                    "medium",
+                    {"slices": res.evaluated},
+                    f"no slice with {what} above overall by more than {cfg.min_effect}",
+                    id="weak_segments.none",
+                    measure=cfg.metric,
+                    value=0.0,
+                    limit=0.0,
+                    plain=f"No conjunction of up to {cfg.max_level} feature conditions with at least "
+                    f"{cfg.min_support} rows has a significantly higher {what} than all rows.",
+                )  # fmt: skip
+            )
+        top = res.table.head(cfg.top_k * 3)
+        figures = [self._figure(res, what)] if len(res.weak) else []
+        return ModuleResult(
+            summary={"weak_segments": len(res.weak), "slices_evaluated": res.evaluated, "overall": res.overall_error},
+            tables=[
+                Table(
+                    "weak",
+                    "Weak segments",
+                    res.weak,
+                    f"Slices whose {what} exceeds the rest's (one-sided test, {cfg.correction}-adjusted over all "
+                    f"{res.evaluated} slices), ranked by excess errors (rows x effect); a slice is listed only if, "
+                    "without the rows of the slices above it, it still errs more than overall. Intervals: Wilson "
+                    "(0/1 errors) or t.",
+                ),  # fmt: skip
+                Table(
+                    "slices",
+                    "Slices with the most excess errors",
+                    top,
+                    f"score: SliceLine's (alpha {cfg.alpha}); numerics in {cfg.n_bins} quantile bins.",
+                ),  # fmt: skip
+            ],
+            figures=figures,
+            findings=findings,
+            data={
+                "weak": res.weak.to_dict(orient="list"),
+                "overall": res.overall_error,
+                "settings": res.settings,
+                "evaluated": res.evaluated,
+                "rows_evaluated": 0,
+            },  # fmt: skip
+        )
+
+    @staticmethod
+    def _figure(res, what: str) -> Figure:
+        w = res.weak.iloc[::-1]
+        fig, ax = subplots(figsize=(6.2, 0.38 * len(w) + 1.2))
+        y = np.arange(len(w))
+        ax.errorbar(
+            w["error"], y, xerr=[w["error"] - w["error_low"], w["error_high"] - w["error"]], fmt="o", color="#b2182b"
+        )
+        ax.axvline(res.overall_error, ls="--", color="grey", lw=1)
+        ax.set_yticks(y, [f"{s} ({r})" for s, r in zip(w["slice"], w["rows"], strict=True)], fontsize=7)
+        ax.set(xlabel=what, title="Weak segments (dashed: all audit rows)")
+        return Figure("weak_segments", f"{what.capitalize()} of each weak segment with its 95% interval.", to_png(fig))
+
+
+class StabilityModule:
+    name = "stability"
+    title = "Stability of decisions under small noise"
+
+    def enabled(self, config: AuditConfig) -> bool:
+        return config.modules.stability.enabled
+
+    def run(self, ctx: AuditContext) -> ModuleResult:
+        from audit.modules.fairness import audit_groupings
+
+        cfg = ctx.config.modules.stability
+        thr = ctx.config.model.threshold
+        schema = ctx.dataset.schema
+        rng = np.random.default_rng(ctx.seed_for(self.name))
+        n_all = len(ctx.codes_audit)
+        idx = np.sort(rng.choice(n_all, cfg.max_rows, replace=False)) if n_all > cfg.max_rows else np.arange(n_all)
+        X = ctx.codes_audit[idx]
+        train = ctx.train_codes()
+        base = ctx.proba_audit[idx] >= thr
+        flips = np.zeros(len(idx))
+        for _ in range(cfg.repeats):
+            flips += (ctx.predictor.predict_codes(perturb(X, train, schema, cfg, rng)) >= thr) != base
+        rate_row = flips / cfg.repeats
+        overall = float(rate_row.mean())
+        rows = [{"group": "all audit rows", "grouping": "", "rows": len(idx), "flip_rate": overall}]
+        for name, labels in audit_groupings(ctx).items():
+            lab = labels[idx]
+            for g in pd.unique(lab[pd.notna(lab)]):
+                m = lab == g
+                rows.append(
+                    {"group": str(g), "grouping": name, "rows": int(m.sum()), "flip_rate": float(rate_row[m].mean())}
+                )
+        table = pd.DataFrame(rows)
+        z = 1.96
+        n_eff = table["rows"] * cfg.repeats
+        p = table["flip_rate"]
+        centre = (p + z * z / (2 * n_eff)) / (1 + z * z / n_eff)
+        half = z * np.sqrt(p * (1 - p) / n_eff + z * z / (4 * n_eff**2)) / (1 + z * z / n_eff)
+        table["low"], table["high"] = centre - half, centre + half
+        findings = [
+            Finding(
+                self.name,
+                f"{overall:.1%} of decisions flip under small noise",
+                "pass" if overall <= cfg.max_flip_rate else "fail",
+                "medium",
+                {"flip_rate": overall},
+                f"flip rate <= {cfg.max_flip_rate}",
+                id="stability.overall",
+                measure="flip_rate",
+                value=overall,
+                limit=cfg.max_flip_rate,
+                plain=f"Moving each numeric by up to {cfg.numeric_scale:g} of its median absolute deviation and "
+                f"each categorical to another level with probability {cfg.categorical_swap:g} changes "
+                f"{overall:.1%} of the decisions.",
+            )  # fmt: skip
+        ]
+        groups = table[table["grouping"] != ""]
+        for grouping, part in groups.groupby("grouping", sort=False):
+            worst = part.sort_values("flip_rate", ascending=False).iloc[0]
+            best = part.sort_values("flip_rate").iloc[0]
+            apart = worst["low"] > best["high"]
+            findings.append(
+                Finding(
+                    self.name,
+                    f"Decisions of {worst['group']} flip most under noise: {worst['flip_rate']:.1%} "
+                    f"[{worst['low']:.1%}, {worst['high']:.1%}] against {best['flip_rate']:.1%} for {best['group']}",
+                    "fail" if worst["flip_rate"] > cfg.max_flip_rate else "pass",
+                    "medium" if apart else "low",
+                    {
+                        "worst": worst["group"],
+                        "worst_rate": worst["flip_rate"],
+                        "best": best["group"],
+                        "best_rate": best["flip_rate"],
+                        "intervals_apart": bool(apart),
+                    },
+                    f"flip rate <= {cfg.max_flip_rate} in every group",
+                    measure="flip_rate",
+                    subject=str(grouping),
+                    value=float(worst["flip_rate"]),
+                    ci_low=float(worst["low"]),
+                    ci_high=float(worst["high"]),
+                    limit=cfg.max_flip_rate,
+                    plain=f"Within {grouping}, the decisions of {worst['group']} are the least stable under small "
+                    "noise" + (" (the intervals do not overlap)." if apart else " (within noise of the others)."),
+                )  # fmt: skip
+            )
+        return ModuleResult(
+            summary={"flip_rate": overall, "rows": len(idx), "repeats": cfg.repeats},
+            tables=[
+                Table(
+                    "flips",
+                    "Share of decisions that flip under small noise",
+                    table,
+                    f"{cfg.repeats} noisy copies of {len(idx)} audit rows; 95% Wilson intervals.",
+                )
+            ],  # fmt: skip
+            findings=findings,
+            data={"flip_rate": overall, "groups": table.to_dict(orient="list")},
+        )
+
+
+def perturb(X: np.ndarray, train: np.ndarray, schema, cfg, rng) -> np.ndarray:
+    """A noisy copy of code-space rows: numerics + U(-s, s) x MAD (training's), categoricals moved with probability
+    ``categorical_swap`` to another level drawn with the training frequencies; missing values stay missing."""
+    out = X.copy()
+    n = len(X)
+    for j, f in enumerate(schema.features):
+        col = out[:, j]
+        if f.is_categorical:
+            counts = np.bincount(train[:, j].astype(np.int64), minlength=len(f.levels) + 1)[: len(f.levels)]
+            if counts.sum() == 0 or len(f.levels) < 2:
+                continue
+            move = rng.uniform(size=n) < cfg.categorical_swap
+            new = rng.choice(len(f.levels), size=int(move.sum()), p=counts / counts.sum())
+            same = new == col[move]
+            new[same] = (new[same] + 1 + rng.integers(0, len(f.levels) - 1, int(same.sum()))) % len(f.levels)
+            col[move] = new
+        else:
+            t = train[:, j][np.isfinite(train[:, j])]
+            if not len(t):
+                continue
+            mad = float(np.median(np.abs(t - np.median(t))))
+            scale = mad if mad > 0 else float(np.std(t)) * 0.6745
+            col += rng.uniform(-1, 1, size=n) * cfg.numeric_scale * scale  # NaN stays NaN
+    return out
