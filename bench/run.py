@@ -345,6 +345,32 @@ def _bench(args) -> int:
 
     record("W7", "fairlearn MetricFrame (no CIs)", fairlearn_fair, lambda: sk_model.rows)
 
+    # W8: weak segments over the 16,281 audit rows (misclassification at 0.5), slices of up to 2 conditions with at
+    # least 100 rows, numerics in 5 quantile bins; ours (with tests, intervals and the redundancy rule) and sliceline's
+    # Slicefinder on the same binned matrix (same predicates, same alpha, top 10), both scoring the rows first
+    from audit.explain.slices import predicates, weak_segments
+
+    def ours_slices():
+        e = ((pred.predict_codes(codes) >= 0.5) != (y == 1)).astype(float)
+        return weak_segments(codes, e, schema, n_bins=5, max_level=2, min_support=100, top_k=10)
+
+    record("W8", "audit", ours_slices, ours_count)
+    try:
+        from sliceline.slicefinder import Slicefinder
+
+        def sliceline_slices():
+            e = ((pred.predict_codes(codes) >= 0.5) != (y == 1)).astype(float)
+            B, preds = predicates(codes, schema, n_bins=5)
+            names = [p.feature for p in preds]
+            binned = np.zeros((len(codes), len(schema.features)), dtype=np.int64)
+            for k, (col, name) in enumerate(zip(B.T, names, strict=True)):
+                binned[col, schema.feature_names.index(name)] = k + 1
+            return Slicefinder(alpha=0.95, k=10, max_l=2, min_sup=100, verbose=False).fit(binned, e)
+
+        record("W8", "sliceline Slicefinder", sliceline_slices, ours_count)
+    except ImportError:
+        print("# W8: sliceline is not installed (pip install sliceline): its row is left out")
+
     # W4-W6: SHAP, LIME, counterfactuals (bench/local_workloads.py), beside shap, lime and DiCE
     from local_workloads import run_local
 
@@ -385,7 +411,7 @@ def _bench(args) -> int:
     with pd.option_context("display.width", 220, "display.float_format", "{:.3f}".format):
         print(shown.to_string(index=False))
     print(f"\nW2: {n_grid} grid points for both tools; max |PD(audit) - PD(scikit-learn)| = {max_diff:.2e}")
-    for wl in ("W1", "W2", "W4", "W5", "W6", "W7"):
+    for wl in ("W1", "W2", "W4", "W5", "W6", "W7", "W8"):
         t = table[table.workload == wl]
         ours_t = t[t.tool.str.startswith("audit")]
         for _, o in t[~t.tool.str.startswith("audit")].iterrows():
