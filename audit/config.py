@@ -400,6 +400,18 @@ class StabilityConfig(_Section):
     max_rows: Bounded(100, 10_000_000) = 20_000
 
 
+class FaithfulnessConfig(_Section):
+    """Are the explanations faithful? Deletion / insertion against random order, randomisation check, rank agreement."""
+
+    enabled: bool = True
+    max_rows: Bounded(2, 10_000) = 100  # explained rows used
+    background: Bounded(1, 1000) = 30  # training rows that "removed" features take their values from
+    random_orders: Bounded(1, 100) = 5
+    randomisation: bool = True
+    randomisation_rows: Bounded(2, 10_000) = 30
+    max_similarity: Annotated[float, Field(gt=-1.0, le=1.0)] = 0.5  # median Spearman that fails the randomisation check
+
+
 class ModulesConfig(_Section):
     """Each audit module, on or off, with its own settings."""
 
@@ -412,6 +424,7 @@ class ModulesConfig(_Section):
     interactions: InteractionConfig = InteractionConfig()
     weak_segments: WeakSegmentsConfig = WeakSegmentsConfig()
     stability: StabilityConfig = StabilityConfig()
+    faithfulness: FaithfulnessConfig = FaithfulnessConfig()
 
 
 class InstanceSelection(_Section):

@@ -46,7 +46,7 @@ def default_modules() -> list[AuditModule]:
     from audit.modules.monitoring import DataQualityModule, DriftModule
     from audit.modules.network import ActivationsModule, ArchitectureModule, GradientsModule, UncertaintyModule
     from audit.modules.performance import PerformanceModule
-    from audit.modules.robustness import StabilityModule, WeakSegmentsModule
+    from audit.modules.robustness import FaithfulnessModule, StabilityModule, WeakSegmentsModule
 
     return [
         DataQualityModule(),
@@ -66,6 +66,7 @@ def default_modules() -> list[AuditModule]:
         GradientsModule(),
         ActivationsModule(),
         UncertaintyModule(),
+        FaithfulnessModule(),  # after SHAP, LIME and the gradients: it checks their attributions
         ComparisonModule(),
     ]
 

@@ -415,3 +415,76 @@ def test_noise_stability_counts_flips_per_group(workdir):
     flips = rep["modules"]["stability"]["tables"]["flips"]["rows"]
     assert flips[0]["group"] == "all audit rows" and {r["grouping"] for r in flips[1:]} == {"group"}
     assert 0 <= flips[0]["flip_rate"] <= 1 and rep["modules"]["weak_segments"]["status"] == "ok"
+
+
+# --------------------------------------------------------------------------------------- issue 20: faithfulness
+def test_deletion_and_insertion_curves_have_their_closed_form_on_a_linear_model():
+    from audit.explain.faithfulness import deletion_insertion
+
+    rng = np.random.default_rng(0)
+    w = np.array([2.0, -1.0, 0.5, 0.0, 3.0])
+    X, B = rng.normal(size=(30, 5)), rng.normal(size=(40, 5))
+
+    def f(A):
+        return A @ w + 0.3
+
+    phi = w * (X - B.mean(axis=0))  # exact Shapley values of a linear model against this background
+    c = deletion_insertion(f, X, phi, B)
+    for i in range(len(X)):
+        s = 1.0 if phi[i].sum() >= 0 else -1.0
+        order = np.argsort(-(s * phi[i]), kind="stable")
+        total = phi[i].sum()
+        cum = np.concatenate([[0.0], np.cumsum(phi[i][order])])
+        np.testing.assert_allclose(c.deletion[i], s * (total - cum), atol=1e-10)
+        np.testing.assert_allclose(c.insertion[i], s * cum, atol=1e-10)
+    random = deletion_insertion(f, X, rng.normal(size=X.shape), B)
+    assert c.deletion_auc.mean() < random.deletion_auc.mean() and c.insertion_auc.mean() > random.insertion_auc.mean()
+
+
+def test_the_randomisation_check_fails_a_constant_method_and_passes_gradients(tiny_model):
+    from audit.explain.faithfulness import randomisation_similarity, randomised_copy
+    from audit.explain.neural import integrated_gradients, reference_row
+    from audit.model.adapter import NetPredictor
+
+    cfg, ds, pred, res = tiny_model
+    X = ds.schema.to_codes(ds.X_test)[:40]
+    train = ds.schema.to_codes(ds.X_train)
+    base = reference_row(train, ds.schema.categorical_mask)
+    other = NetPredictor(randomised_copy(pred.net, seed=1), pred.preprocessing, pred.schema)
+
+    def constant_method(model, rows):  # ignores the model: |x - training mean|
+        return np.abs(rows - np.nanmean(train, axis=0))
+
+    sim_const = randomisation_similarity(constant_method(pred, X), constant_method(other, X))
+    assert np.median(sim_const) == 1.0  # the check must fail it
+    ig = integrated_gradients(pred, X, base, steps=16).attributions
+    ig_rand = integrated_gradients(other, X, base, steps=16).attributions
+    assert np.median(randomisation_similarity(ig, ig_rand)) < 0.9
+    assert not np.allclose(pred.predict_codes(X), other.predict_codes(X))
+
+
+def test_a_method_no_better_than_random_is_a_finding(workdir):
+    """Reversed SHAP values order the features worst-first: the deletion check must flag that, and the audit's own
+    SHAP must pass it."""
+    from audit.explain.faithfulness import deletion_insertion, paired_interval
+
+    rng = np.random.default_rng(3)
+    w = np.array([1.5, -2.0, 0.7, 0.0, 1.0])
+    X, B = rng.normal(size=(60, 5)), rng.normal(size=(30, 5))
+
+    def f(A):
+        return 1 / (1 + np.exp(-(A @ w)))
+
+    phi = w * (X - B.mean(axis=0))
+    rand = np.mean([deletion_insertion(f, X, rng.normal(size=X.shape), B).deletion_auc for _ in range(5)], axis=0)
+    good = paired_interval(deletion_insertion(f, X, phi, B).deletion_auc, rand)
+    bad = paired_interval(deletion_insertion(f, X, -phi, B).deletion_auc, rand)
+    assert good[2] < 0 < bad[1]  # good: significantly below random; reversed: significantly above
+    cfg = base_config()
+    assert main(["run", str(write_config(workdir, cfg)), "-q"]) in (0, 1)
+    rep = json.loads((workdir / "reports" / "small" / "latest" / "report.json").read_text())
+    faith = rep["modules"]["faithfulness"]
+    assert faith["status"] == "ok" and set(faith["summary"]["methods"]) == {"SHAP", "LIME", "IG"}
+    shap = next(f for f in rep["findings"] if f.get("id") == "faithfulness.deletion.SHAP")
+    assert shap["status"] == "pass"
+    assert {r["method"] for r in faith["tables"]["randomisation"]["rows"]} == {"IG", "SHAP"}

@@ -258,3 +258,215 @@ def perturb(X: np.ndarray, train: np.ndarray, schema, cfg, rng) -> np.ndarray:
             scale = mad if mad > 0 else float(np.std(t)) * 0.6745
             col += rng.uniform(-1, 1, size=n) * cfg.numeric_scale * scale  # NaN stays NaN
     return out
+
+
+class FaithfulnessModule:
+    name = "faithfulness"
+    title = "Faithfulness of the explanations"
+
+    def enabled(self, config: AuditConfig) -> bool:
+        return config.modules.faithfulness.enabled
+
+    def run(self, ctx: AuditContext) -> ModuleResult:
+        from audit.explain.faithfulness import (
+            deletion_insertion,
+            paired_interval,
+            randomisation_similarity,
+            randomised_copy,
+            rank_agreement,
+        )
+
+        cfg = ctx.config.modules.faithfulness
+        methods = self._attributions(ctx)
+        if not methods:
+            return ModuleResult(
+                summary={"applicable": False},
+                findings=[
+                    Finding(
+                        self.name,
+                        "not assessable: no attribution method ran (SHAP, LIME, IG)",
+                        "not_assessable",
+                        "info",
+                        {},
+                    )
+                ],  # fmt: skip
+            )
+        rows = sorted(set.intersection(*(set(r.tolist()) for r, _ in methods.values())))[: cfg.max_rows]
+        rows = np.asarray(rows, dtype=np.int64)
+        X = ctx.codes_audit[rows]
+        rng = np.random.default_rng(ctx.seed_for(self.name))
+        train = ctx.train_codes()
+        B = train[rng.choice(len(train), min(cfg.background, len(train)), replace=False)]
+        predict = ctx.predictor.predict_codes
+        attrs = {m: a[np.searchsorted(r, rows)] if np.all(np.diff(r) > 0) else a[[list(r).index(i) for i in rows]]
+                 for m, (r, a) in methods.items()}  # fmt: skip
+        curves = {m: deletion_insertion(predict, X, a, B) for m, a in attrs.items()}
+        rand = [deletion_insertion(predict, X, rng.normal(size=X.shape), B) for _ in range(cfg.random_orders)]
+        rand_del = np.mean([c.deletion_auc for c in rand], axis=0)
+        rand_ins = np.mean([c.insertion_auc for c in rand], axis=0)
+        usable = rand[0].usable
+        table_rows, findings = [], []
+        scale = float(np.mean(rand[0].deviation[usable]))  # areas in units of the rows' mean deviation
+        for m, c in curves.items():
+            d, dlo, dhi = (v / scale for v in paired_interval(c.deletion_auc[usable], rand_del[usable], seed=1))
+            i, _, _ = (v / scale for v in paired_interval(c.insertion_auc[usable], rand_ins[usable], seed=2))
+            area, r_area = c.normalised(c.deletion_auc), float(np.mean(rand_del[usable])) / scale
+            table_rows.append({
+                "method": m, "rows": int(usable.sum()), "deletion_auc": area, "random_deletion_auc": r_area,
+                "deletion_vs_random": d, "deletion_vs_random_low": dlo, "deletion_vs_random_high": dhi,
+                "insertion_auc": c.normalised(c.insertion_auc),
+                "random_insertion_auc": float(np.mean(rand_ins[usable])) / scale, "insertion_vs_random": i,
+            })  # fmt: skip
+            better = dhi < 0
+            findings.append(
+                Finding(
+                    self.name,
+                    f"{m} ordering {'beats' if better else 'is no better than'} random order on deletion: area "
+                    f"{area:.3f} against {r_area:.3f} (difference {d:+.3f} [{dlo:+.3f}, {dhi:+.3f}])",
+                    "pass" if better else "fail",
+                    "medium",
+                    {"deletion_auc": area, "random": r_area},
+                    "deletion area significantly below a random order's",
+                    id=f"faithfulness.deletion.{m}",
+                    measure="deletion_auc_vs_random",
+                    subject=m,
+                    value=d,
+                    ci_low=dlo,
+                    ci_high=dhi,
+                    limit=0.0,
+                    plain=f"Removing the features {m} ranks first moves the score back toward the background "
+                    + (
+                        "faster than removing them in random order: its ranking reflects what drives the model."
+                        if better
+                        else "no faster than a random order: its ranking does not show what drives the model."
+                    ),
+                )  # fmt: skip
+            )
+        agreement = []
+        names = list(attrs)
+        for a in range(len(names)):
+            for b in range(a + 1, len(names)):
+                tau = rank_agreement(attrs[names[a]], attrs[names[b]])
+                agreement.append({"methods": f"{names[a]} / {names[b]}", "median_tau": float(np.nanmedian(tau)),
+                                  "q25": float(np.nanquantile(tau, 0.25)), "q75": float(np.nanquantile(tau, 0.75))})  # fmt: skip
+        for row in agreement:
+            findings.append(
+                Finding(
+                    self.name,
+                    f"Rank agreement {row['methods']}: Kendall's tau median {row['median_tau']:.2f} "
+                    f"(quartiles {row['q25']:.2f} to {row['q75']:.2f})",
+                    "info",
+                    "info",
+                    row,
+                    measure="kendall_tau",
+                    subject=row["methods"],
+                    value=row["median_tau"],
+                )  # fmt: skip
+            )
+        random_rows = self._randomisation(ctx, X, B, attrs, cfg, randomised_copy, randomisation_similarity)
+        for r in random_rows:
+            ok = r["median_spearman"] < cfg.max_similarity
+            findings.append(
+                Finding(
+                    self.name,
+                    f"{r['method']} {'changes' if ok else 'hardly changes'} when the network's weights are randomised "
+                    f"(Spearman {r['median_spearman']:.2f} between the rankings)",
+                    "pass" if ok else "fail",
+                    "medium" if not ok else "info",
+                    r,
+                    f"median Spearman < {cfg.max_similarity}",
+                    id=f"faithfulness.randomisation.{r['method']}",
+                    measure="randomisation_spearman",
+                    subject=r["method"],
+                    value=r["median_spearman"],
+                    limit=cfg.max_similarity,
+                    plain=f"The model-parameter randomisation check (Adebayo et al. 2018): {r['method']} on a network "
+                    "with re-initialised weights "
+                    + (
+                        "ranks the features differently, as it should."
+                        if ok
+                        else "ranks them almost as before, so its rankings reflect the inputs more than what the model learnt."
+                    ),
+                )  # fmt: skip
+            )
+        table = pd.DataFrame(table_rows)
+        evaluated = sum(c.rows_evaluated for c in curves.values()) + sum(c.rows_evaluated for c in rand)
+        return ModuleResult(
+            summary={"methods": names, "rows": len(rows), "rows_evaluated": int(evaluated)},
+            tables=[
+                Table(
+                    "curves",
+                    "Deletion and insertion against a random order",
+                    table,
+                    f"Areas under the curves (means over the {int(usable.sum())} rows whose score differs from the "
+                    f"background mean, in units of their mean deviation from it), {cfg.background} background rows, "
+                    "random order averaged over "
+                    f"{cfg.random_orders}; difference: method minus random, paired over rows, 95% bootstrap interval. "
+                    "Deletion: lower is more faithful; insertion: higher.",
+                ),  # fmt: skip
+                Table("agreement", "Rank agreement between methods (Kendall's tau per row)", pd.DataFrame(agreement)),
+                Table("randomisation", "Model-parameter randomisation check", pd.DataFrame(random_rows)),
+            ],
+            figures=[self._figure(curves, rand, usable)],
+            findings=findings,
+            data={"curves": table.to_dict(orient="list"), "agreement": agreement, "randomisation": random_rows},
+        )
+
+    @staticmethod
+    def _attributions(ctx: AuditContext) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        out = {}
+        shap = ctx.results.get("shap")
+        if shap is not None and "values" in shap.data:
+            out["SHAP"] = (np.asarray(shap.data["rows"]), np.asarray(shap.data["values"]))
+        lime = ctx.results.get("lime")
+        if lime is not None and np.ndim(lime.data.get("weights")) == 2:
+            out["LIME"] = (np.asarray(lime.data["rows"]), np.asarray(lime.data["weights"]))
+        grads = ctx.results.get("gradients")
+        if grads is not None and "attributions" in grads.data:
+            out["IG"] = (np.asarray(grads.data["rows"]), np.asarray(grads.data["attributions"]))
+        return out
+
+    @staticmethod
+    def _randomisation(ctx, X, B, attrs, cfg, randomised_copy, similarity) -> list[dict]:
+        net = getattr(ctx.predictor, "net", None)
+        if not cfg.randomisation or net is None:
+            return []
+        from audit.model.adapter import NetPredictor
+
+        other = NetPredictor(randomised_copy(net, seed=ctx.seed_for("randomise")), ctx.predictor.preprocessing,
+                             ctx.predictor.schema)  # fmt: skip
+        out = []
+        n = min(len(X), cfg.randomisation_rows)
+        if "IG" in attrs:
+            from audit.explain.neural import integrated_gradients, reference_row
+
+            base = reference_row(ctx.train_codes(), ctx.dataset.schema.categorical_mask)
+            steps = ctx.config.network.gradients.steps
+            rand = integrated_gradients(other, X[:n], base, steps=steps).attributions
+            s = similarity(attrs["IG"][:n], rand)
+            out.append({"method": "IG", "rows": n, "median_spearman": float(np.median(s))})
+        if "SHAP" in attrs:
+            from audit.explain.shapley import shapley_values
+
+            sv = shapley_values(other.predict_codes, X[:n], B, feature_names=ctx.dataset.schema.feature_names,
+                                n_permutations=2, random_state=ctx.seed_for("randomise") + 1)  # fmt: skip
+            s = similarity(attrs["SHAP"][:n], sv.values)
+            out.append({"method": "SHAP", "rows": n, "median_spearman": float(np.median(s))})
+        return out
+
+    @staticmethod
+    def _figure(curves, rand, usable) -> Figure:
+        fig, axes = subplots(1, 2, figsize=(9.5, 3.2))
+        for ax, key, title in ((axes[0], "deletion", "Deletion (lower is better)"),
+                               (axes[1], "insertion", "Insertion (higher is better)")):  # fmt: skip
+            scale = float(np.mean(rand[0].deviation[usable]))
+            for m, c in curves.items():
+                v = getattr(c, key)[usable].mean(axis=0) / scale
+                ax.plot(np.arange(len(v)), v, label=m)
+            r = np.mean([getattr(c, key)[usable].mean(axis=0) for c in rand], axis=0) / scale
+            ax.plot(np.arange(len(r)), r, ls="--", color="grey", label="random order")
+            ax.set(xlabel="features removed" if key == "deletion" else "features inserted", ylabel="score moved / mean deviation",
+                   title=title)  # fmt: skip
+            ax.legend(fontsize=7)
+        return Figure("faithfulness", "Mean deletion and insertion curves of each method against a random order.",
+                      to_png(fig))  # fmt: skip
