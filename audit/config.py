@@ -520,6 +520,8 @@ class GradientsConfig(_Section):
     enabled: bool = True
     steps: Bounded(1, 10_000) = 32
     max_completeness_error: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-3
+    lrp: bool = True  # layer-wise relevance propagation beside IG: the epsilon and the alpha=1, beta=0 rules
+    lrp_epsilon: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-6
 
 
 class ActivationsConfig(_Section):

@@ -424,6 +424,8 @@ class FaithfulnessModule:
         grads = ctx.results.get("gradients")
         if grads is not None and "attributions" in grads.data:
             out["IG"] = (np.asarray(grads.data["rows"]), np.asarray(grads.data["attributions"]))
+        if grads is not None and "lrp" in grads.data:
+            out["LRP"] = (np.asarray(grads.data["rows"]), np.asarray(grads.data["lrp"]))
         return out
 
     @staticmethod
@@ -445,6 +447,12 @@ class FaithfulnessModule:
             rand = integrated_gradients(other, X[:n], base, steps=steps).attributions
             s = similarity(attrs["IG"][:n], rand)
             out.append({"method": "IG", "rows": n, "median_spearman": float(np.median(s))})
+        if "LRP" in attrs:
+            from audit.explain.lrp import lrp
+
+            rand = lrp(other, X[:n], rule="epsilon", epsilon=ctx.config.network.gradients.lrp_epsilon).attributions
+            s = similarity(attrs["LRP"][:n], rand)
+            out.append({"method": "LRP", "rows": n, "median_spearman": float(np.median(s))})
         if "SHAP" in attrs:
             from audit.explain.shapley import shapley_values
 
