@@ -412,6 +412,18 @@ class FaithfulnessConfig(_Section):
     max_similarity: Annotated[float, Field(gt=-1.0, le=1.0)] = 0.5  # median Spearman that fails the randomisation check
 
 
+class ContrastiveConfig(_Section):
+    """Pertinent positives and negatives (CEM) of the explained rows, and how fragile their decisions are."""
+
+    enabled: bool = True
+    max_rows: Bounded(1, 10_000) = 40
+    max_changes: Bounded(1, 3) = 2
+    n_grid: Bounded(2, 100) = 10
+    fragile_distance: Annotated[float, Field(ge=0.0)] = 0.5  # a reversal within this distance (MADs) is fragile
+    max_fragile_share: Probability = 0.2
+    min_group_rows: Bounded(1, 100_000) = 10  # groups with fewer explained rows are listed, not judged
+
+
 class ModulesConfig(_Section):
     """Each audit module, on or off, with its own settings."""
 
@@ -425,6 +437,7 @@ class ModulesConfig(_Section):
     weak_segments: WeakSegmentsConfig = WeakSegmentsConfig()
     stability: StabilityConfig = StabilityConfig()
     faithfulness: FaithfulnessConfig = FaithfulnessConfig()
+    contrastive: ContrastiveConfig = ContrastiveConfig()
 
 
 class InstanceSelection(_Section):

@@ -46,7 +46,12 @@ def default_modules() -> list[AuditModule]:
     from audit.modules.monitoring import DataQualityModule, DriftModule
     from audit.modules.network import ActivationsModule, ArchitectureModule, GradientsModule, UncertaintyModule
     from audit.modules.performance import PerformanceModule
-    from audit.modules.robustness import FaithfulnessModule, StabilityModule, WeakSegmentsModule
+    from audit.modules.robustness import (
+        ContrastiveModule,
+        FaithfulnessModule,
+        StabilityModule,
+        WeakSegmentsModule,
+    )
 
     return [
         DataQualityModule(),
@@ -60,6 +65,7 @@ def default_modules() -> list[AuditModule]:
         ShapModule(),
         LimeModule(),
         CounterfactualModule(),
+        ContrastiveModule(),
         WeakSegmentsModule(),
         StabilityModule(),
         ArchitectureModule(),

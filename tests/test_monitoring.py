@@ -573,3 +573,76 @@ def test_integrated_gradients_match_captum(tiny_model):
         diffs.append(np.abs(ours.attributions - per).max())
     assert diffs[1] < diffs[0] / 4 and diffs[1] <= 5e-5, diffs  # first order: 2.1e-4 at 500 steps, 2.7e-5 at 4000
     assert ours.completeness_error.max() <= 1e-6
+
+
+# ----------------------------------------------------------------------------------------------- issue 20: CEM
+@pytest.mark.parametrize("intercept", [1.0, 3.5])  # 3.5: some negatives need two changes, some positives two values
+def test_cem_matches_a_brute_force_search_on_four_features(intercept):
+    """Pertinent positives and negatives of a 4-feature model (2 numerics, 2 categoricals), one feature immutable and
+    one monotone, against a plain brute force written here independently."""
+    import itertools
+
+    from audit.explain.contrastive import candidate_units, contrastive
+    from audit.explain.counterfactual import Constraints
+
+    schema = Schema(
+        (Feature("a", "numeric"), Feature("b", "numeric"), Feature("c", "categorical", ("x", "y", "z")),
+         Feature("g", "categorical", ("p", "q"))), "y", "1", "0",
+    )  # fmt: skip
+    rng = np.random.default_rng(4)
+    train = np.column_stack(
+        [rng.normal(size=500), rng.uniform(0, 10, 500), rng.integers(0, 3, 500), rng.integers(0, 2, 500)]
+    )
+
+    def f(A):
+        return 1 / (1 + np.exp(-(1.5 * A[:, 0] - 0.4 * A[:, 1] + np.array([0.0, 1.2, -0.8])[A[:, 2].astype(int)]
+                                 + 0.9 * A[:, 3] + intercept)))  # fmt: skip
+
+    cons = Constraints(immutable=("g",), monotone={"b": "decrease"})
+    X = train[:25]
+    ref = np.array([np.median(train[:, 0]), np.median(train[:, 1]), 0.0, 0.0])
+    res = contrastive(f, X, ref, train, schema, constraints=cons, max_changes=2)
+    units = candidate_units(train, schema, cons)
+    cand = {u.cols[0]: u.values[:, 0] for u in units}
+    scale = {u.cols[0]: u.scale[0] for u in units}
+    for i, x in enumerate(X):
+        d = f(x[None])[0] >= 0.5
+        # PP: smallest subset kept at x (others at ref) with the same decision, then the widest margin
+        best = None
+        for k in range(5):
+            for S in itertools.combinations(range(4), k):
+                row = ref.copy()
+                row[list(S)] = x[list(S)]
+                s = f(row[None])[0]
+                if (s >= 0.5) == d and (best is None or abs(s - 0.5) > best[1]):
+                    best = (S, abs(s - 0.5))
+            if best is not None:
+                break
+        assert res.pp[i] == best[0], (i, res.pp[i], best)
+
+        # PN: fewest changes, then the smallest distance, among values allowed for this row
+        def allowed(j, x=x):
+            v = cand.get(j, np.zeros(0))
+            v = v[v != x[j]]
+            return v[v <= x[j]] if j == 1 else v
+
+        flips = []
+        for k in (1, 2):
+            for S in itertools.combinations(range(4), k):
+                for vals in itertools.product(*[allowed(j) for j in S]):
+                    row = x.copy()
+                    row[list(S)] = vals
+                    if (f(row[None])[0] >= 0.5) != d:
+                        dist = sum(
+                            abs(v - x[j]) / scale[j] if scale[j] > 0 else 1.0 for j, v in zip(S, vals, strict=True)
+                        )
+                        flips.append((k, dist))
+            if flips:
+                break
+        if not flips:
+            assert res.pn[i] is None
+        else:
+            assert res.pn[i] is not None and 3 not in res.pn[i]  # the immutable feature never changes
+            assert len(res.pn[i]) == min(flips)[0] and abs(res.pn_distance[i] - min(flips)[1]) <= 1e-12, i
+            if 1 in res.pn[i]:
+                assert res.pn[i][1] <= x[1]  # monotone: b only decreases

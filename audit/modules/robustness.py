@@ -478,3 +478,122 @@ class FaithfulnessModule:
             ax.legend(fontsize=7)
         return Figure("faithfulness", "Mean deletion and insertion curves of each method against a random order.",
                       to_png(fig))  # fmt: skip
+
+
+class ContrastiveModule:
+    name = "contrastive"
+    title = "Contrastive explanations (CEM) and fragile decisions"
+
+    def enabled(self, config: AuditConfig) -> bool:
+        return config.local.enabled and config.modules.contrastive.enabled
+
+    def run(self, ctx: AuditContext) -> ModuleResult:
+        from audit.data import UNKNOWN_LEVEL
+        from audit.explain.contrastive import contrastive
+        from audit.explain.neural import reference_row
+        from audit.modules.fairness import audit_groupings
+        from audit.modules.local_explain import select_instances
+        from audit.references import constraints_from_config
+
+        cfg = ctx.config.modules.contrastive
+        schema = ctx.dataset.schema
+        idx, _ = select_instances(ctx)
+        idx = np.asarray(idx)[: cfg.max_rows]
+        train = ctx.train_codes()
+        ref = reference_row(train, schema.categorical_mask)
+        res = contrastive(
+            ctx.predictor.predict_codes, ctx.codes_audit[idx], ref, train, schema,
+            constraints=constraints_from_config(ctx.config, schema), threshold=ctx.config.model.threshold,
+            max_changes=cfg.max_changes, n_grid=cfg.n_grid,
+        )  # fmt: skip
+
+        def text(j, v):
+            f = schema.features[j]
+            if f.is_categorical:
+                return f"{f.name} = {f.levels[int(v)] if int(v) < len(f.levels) else UNKNOWN_LEVEL}"
+            return f"{f.name} = {v:g}"
+
+        rows = []
+        for k, i in enumerate(idx):
+            x = ctx.codes_audit[i]
+            pn = res.pn[k]
+            rows.append({
+                "row": int(i), "score": float(res.predictions[k]),
+                "pertinent positive": "; ".join(text(j, x[j]) for j in res.pp[k]) or "(the reference row's decision)",
+                "pp score": float(res.pp_prediction[k]),
+                "pertinent negative": "; ".join(f"{text(j, x[j])} -> {text(j, v).split(' = ', 1)[1]}"
+                                                for j, v in pn.items()) if pn else f"none within {cfg.max_changes} changes",
+                "pn score": float(res.pn_prediction[k]) if pn else None,
+                "distance": float(res.pn_distance[k]) if pn else None,
+            })  # fmt: skip
+        table = pd.DataFrame(rows)
+        fragile = np.isfinite(res.pn_distance) & (res.pn_distance <= cfg.fragile_distance)
+        found = np.isfinite(res.pn_distance)
+        sizes = np.array([len(s) for s in res.pp])
+        findings = [
+            Finding(
+                self.name,
+                f"Pertinent positives: a median of {np.median(sizes):g} feature value(s) alone keep each decision; "
+                f"pertinent negatives found for {found.sum()} of {len(idx)} rows within {cfg.max_changes} changes",
+                "info",
+                "info",
+                {"median_pp_size": float(np.median(sizes)), "pn_found": int(found.sum())},
+                plain="For each explained row: the fewest of its values that, with everything else at a typical "
+                "applicant's, still give the same decision; and the smallest allowed change that reverses it.",
+            )  # fmt: skip
+        ]
+        group_rows = [
+            {"group": "all explained rows", "grouping": "", "rows": len(idx), "fragile": float(fragile.mean())}
+        ]
+        for gname, labels in audit_groupings(ctx).items():
+            lab = labels[idx]
+            for g in pd.unique(lab[pd.notna(lab)]):
+                m = lab == g
+                group_rows.append({"group": str(g), "grouping": gname, "rows": int(m.sum()),
+                                   "fragile": float(fragile[m].mean())})  # fmt: skip
+        groups = pd.DataFrame(group_rows)
+        sizable = groups.iloc[1:][groups["rows"].iloc[1:] >= cfg.min_group_rows]  # a share of 2 rows is noise
+        worst = sizable.sort_values("fragile", ascending=False).head(1)
+        worst_share = float(worst["fragile"].iloc[0]) if len(worst) else float(fragile.mean())
+        findings.append(
+            Finding(
+                self.name,
+                f"{fragile.mean():.0%} of the explained decisions are fragile (reversed by an allowed change of at most "
+                f"{cfg.fragile_distance:g} MAD)"
+                + (f"; most in {worst['group'].iloc[0]} ({worst_share:.0%})" if len(worst) else ""),
+                "pass" if worst_share <= cfg.max_fragile_share else "fail",
+                "medium",
+                {"fragile_share": float(fragile.mean()), "worst_group_share": worst_share},
+                f"fragile share <= {cfg.max_fragile_share} in every group",
+                id="contrastive.fragile",
+                measure="fragile_share",
+                value=worst_share,
+                limit=cfg.max_fragile_share,
+                plain="A decision is fragile when the smallest change the constraints allow (the pertinent "
+                "negative) is tiny: a measurement error could reverse it.",
+            )  # fmt: skip
+        )
+        return ModuleResult(
+            summary={
+                "rows": len(idx),
+                "median_pp_size": float(np.median(sizes)),
+                "pn_found": int(found.sum()),
+                "fragile_share": float(fragile.mean()),
+                "rows_evaluated": res.rows_evaluated,
+            },  # fmt: skip
+            tables=[
+                Table(
+                    "cem",
+                    "Pertinent positives and negatives of the explained rows",
+                    table,
+                    "Pertinent positive: the fewest feature values that alone keep the decision, the others at the "
+                    "reference row (training medians, most frequent levels); exhaustive over all subsets. Pertinent "
+                    f"negative: the fewest changes (at most {cfg.max_changes}) that reverse it, within the "
+                    "counterfactual constraints, then the smallest distance (numerics in MADs of training, a level "
+                    "change 1); exhaustive over the candidate values.",
+                ),  # fmt: skip
+                Table("fragile", f"Fragile decisions (reversed within {cfg.fragile_distance:g}) per group", groups),
+            ],
+            findings=findings,
+            data={"rows": idx, "pn_distance": res.pn_distance, "pp_size": sizes},
+        )
