@@ -523,7 +523,8 @@ def test_lrp_matches_captum_and_conserves_the_logit(tiny_model):
 
 
 def test_lrp_and_ig_closed_forms_on_a_linear_net(tiny_model):
-    """A net without hidden layers is linear in its embedded input: epsilon-LRP of the logit is w_i z_i."""
+    """A net without hidden layers is linear in its embedded input: epsilon-LRP of the logit is w_i z_i, and IG of its
+    probability has a closed form too."""
     import torch
 
     from audit.explain.lrp import lrp
@@ -544,6 +545,21 @@ def test_lrp_and_ig_closed_forms_on_a_linear_net(tiny_model):
     w = net.head.weight.detach().double().numpy()[0]
     r = lrp(lin, X, epsilon=1e-12)
     np.testing.assert_allclose(r.embedded, z * w, atol=1e-9)
+    # IG of sigmoid(w . z) along the straight path from z0: w_i (z_i - z0_i) (s(w.z) - s(w.z0)) / (w . (z - z0))
+    from audit.explain.neural import _columns_per_feature, integrated_gradients, reference_row
+
+    base = reference_row(ds.schema.to_codes(ds.X_train), ds.schema.categorical_mask)
+    b_num, b_cat = lin.tensors(base[None, :])
+    with torch.no_grad():
+        z0 = net.embed(b_num, b_cat).double().numpy()[0]
+    t, t0 = z @ w, z0 @ w
+    sig = 1 / (1 + np.exp(-t)), 1 / (1 + np.exp(-t0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        closed = w * (z - z0) * ((sig[0] - sig[1]) / (t - t0))[:, None]
+    closed = np.column_stack([closed[:, c].sum(axis=1) for c in _columns_per_feature(lin)])
+    ok = np.abs(t - t0) > 1e-6
+    ig = integrated_gradients(lin, X, base, steps=64).attributions
+    np.testing.assert_allclose(ig[ok], closed[ok], atol=1e-6)
 
 
 def test_integrated_gradients_match_captum(tiny_model):
