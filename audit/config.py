@@ -258,6 +258,7 @@ class ModelConfig(_Section):
     max_requests: PosInt | None = None
     max_rows: Annotated[int, Field(gt=0, le=10**12)] | None = None
     token_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=200)
+    tls_ca: PathText | None = None  # https: a CA bundle (PEM) to verify the endpoint with, e.g. an internal CA
 
     @model_validator(mode="after")
     def _path_for_load(self) -> ModelConfig:

@@ -201,7 +201,8 @@ def _connect_endpoint(cfg: AuditConfig, ds: Dataset) -> tuple[Predictor, dict]:
     """A model behind ``model.url`` (see :mod:`audit.model.endpoint`); the raw columns are the dataset's."""
     from audit.model.endpoint import HttpPredictor
 
-    predictor = HttpPredictor(cfg.model, ds.schema)
+    tls_ca = cfg.resolve(cfg.model.tls_ca, key="model.tls_ca") if cfg.model.tls_ca else None
+    predictor = HttpPredictor(cfg.model, ds.schema, tls_ca=tls_ca)
     info = {
         "source": "load",
         "format": "http",

@@ -245,3 +245,47 @@ def test_the_adult_net_served_in_both_payload_formats_audits_as_the_native_net(t
             _close(rep["modules"]["fairness"]["tables"], ref["modules"]["fairness"]["tables"])
             _close(rep["modules"]["partial_dependence"]["data"], ref["modules"]["partial_dependence"]["data"])
             assert rep["provenance"]["model"]["requests"]["rows"] >= 48_842  # train + test scored over HTTP
+
+
+def test_https_endpoints_are_verified_against_the_configured_ca(workdir, capsys):
+    """A self-signed certificate for 127.0.0.1: refused by default (exit 3, the reason named), accepted with
+    model.tls_ca pointing at it."""
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = workdir / "cert.pem", workdir / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    Faulty.mode, Faulty.seen, Faulty.auth = "ok", 0, []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Faulty)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"https://127.0.0.1:{server.server_address[1]}/v2/models/m/infer"
+        cfg = _endpoint_config("tls", url=url, retries=0)
+        cfg["local"]["enabled"] = False
+        assert main(["run", str(write_config(workdir, cfg)), "-q"]) == 3
+        rep = _report(workdir, "tls")
+        assert (
+            "CERTIFICATE_VERIFY_FAILED" in rep["modules"]["model"]["error"]
+            and "model.tls_ca" in rep["modules"]["model"]["error"]
+        )
+        cfg["model"]["tls_ca"] = "cert.pem"
+        assert main(["run", str(write_config(workdir, cfg)), "-q"]) in (0, 1)
+        assert _report(workdir, "tls")["provenance"]["model"]["requests"]["rows"] > 0
+        cfg["model"]["tls_ca"] = "missing.pem"
+        capsys.readouterr()
+        assert main(["run", str(write_config(workdir, cfg)), "-q"]) == 2
+        assert "model.tls_ca" in capsys.readouterr().err
+    finally:
+        server.shutdown()
+        server.server_close()

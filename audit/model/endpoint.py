@@ -22,6 +22,8 @@ The request budget: ``model.max_requests`` and ``model.max_rows`` bound the whol
 either is refused before anything is sent (the module that made it fails and the report says which cap); the
 pipeline also lowers the explainers' sample sizes to fit (see :mod:`audit.budget`). A bearer token
 is read from the environment variable ``model.token_env`` names; the token never appears in the config or report.
+An ``https://`` endpoint's certificate is always verified, against the system's CAs or the PEM bundle ``model.tls_ca``
+names (an internal CA); a certificate that does not verify fails the run with the reason.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ class HttpPredictor(Predictor):
     net = None
     gradient_handle = "none: a remote endpoint exposes only its scores"
 
-    def __init__(self, cfg, schema) -> None:
+    def __init__(self, cfg, schema, *, tls_ca=None) -> None:
         super().__init__()
         self.cfg, self.schema = cfg, schema
         self.url = cfg.url
@@ -91,6 +93,17 @@ class HttpPredictor(Predictor):
             self._headers["Authorization"] = f"Bearer {token}"
         self.template = json.loads(cfg.template) if cfg.payload == "template" else None
         self.runtime = f"http ({cfg.payload})"
+        self._tls = None
+        if cfg.url.startswith("https://"):
+            import ssl
+
+            try:  # certificates always verified: the system's CAs, or the bundle model.tls_ca names
+                self._tls = ssl.create_default_context(cafile=str(tls_ca) if tls_ca else None)
+            except (OSError, ssl.SSLError) as exc:
+                raise ModelLoadError(
+                    f"model.tls_ca: '{tls_ca}' is not a readable PEM CA bundle ({exc.__class__.__name__}); point it "
+                    "at the certificate of the CA that signed the endpoint's"
+                ) from None
 
     # ------------------------------------------------------------------------------------------------ budget
     def describe(self) -> dict:
@@ -203,7 +216,7 @@ class HttpPredictor(Predictor):
         while True:
             req = urllib.request.Request(self.url, data=body, headers=self._headers, method="POST")
             try:
-                with urllib.request.urlopen(req, timeout=cfg.timeout_s) as resp:  # noqa: S310 - http(s) only, checked
+                with urllib.request.urlopen(req, timeout=cfg.timeout_s, context=self._tls) as resp:  # noqa: S310
                     raw = resp.read(MAX_RESPONSE_BYTES + 1)
                 break
             except urllib.error.HTTPError as exc:
@@ -217,7 +230,14 @@ class HttpPredictor(Predictor):
                     ) from None
                 wait = _retry_after(exc.headers.get("Retry-After"))
             except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as exc:
+                import ssl
+
                 reason = getattr(exc, "reason", exc)
+                if isinstance(reason, ssl.SSLError) or isinstance(exc, ssl.SSLError):
+                    raise EndpointError(
+                        f"model.url: the TLS connection to {self.url} failed ({getattr(reason, 'reason', None) or reason}"
+                        "); if the endpoint's certificate is signed by an internal CA, set model.tls_ca to its PEM file"
+                    ) from None
                 if isinstance(reason, TimeoutError) or isinstance(exc, TimeoutError):
                     raise EndpointError(
                         f"model.url: the endpoint did not answer within model.timeout_s ({cfg.timeout_s:g} s)"
