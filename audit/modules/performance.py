@@ -347,7 +347,10 @@ class PerformanceModule:
                     self.name,
                     "Label-free estimate "
                     + (
-                        "unreliable: the realised " + " and ".join(missed) + f" fall outside its {level} interval"
+                        "unreliable: the realised "
+                        + " and ".join(m.replace("roc_auc", "ROC AUC") for m in missed)
+                        + (" fall" if len(missed) > 1 else " falls")
+                        + f" outside its {level} interval"
                         if missed
                         else f"agrees with the realised figures (ROC AUC {interval})"
                     ),
