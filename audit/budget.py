@@ -61,6 +61,10 @@ KNOBS: dict[str, list[tuple[str, float, int]]] = {
     "interactions": [("modules.interactions.sample_size", 0.5, 10)],  # cost: the sample's square
     "shap": [("local.background.size", 1.0, 10), ("local.shap.n_permutations", 1.0, 1)],
     "lime": [("local.lime.num_samples", 1.0, 100)],
+    "contrastive": [("modules.contrastive.max_rows", 1.0, 2)],
+    "stability": [("modules.stability.max_rows", 1.0, 100)],
+    # cost: rows x background rows: each lowered by the factor's square root
+    "faithfulness": [("modules.faithfulness.max_rows", 0.5, 5), ("modules.faithfulness.background", 0.5, 5)],
     # counterfactuals: none. Fewer random candidates leave more rows unflipped, and those are searched again with
     # four times the candidates: measured, n_random 100 -> 65 sent 4,912 rows and -> 46 sent 6,374 (more, not fewer)
 }
@@ -72,13 +76,26 @@ search): their count on the stand-in is multiplied by this before planning, so t
 (measured on the synthetic model: the real search sent 1.22 times the stand-in's rows)."""
 
 
-def lowered(cfg, module: str, factor: float, n_audit: int):
-    """``cfg`` with ``module``'s sample sizes (:data:`KNOBS`) lowered by ``factor`` (< 1), and the changes as text."""
+CAPS = {  # knobs that cap a count: lowered from the count they actually allow, not from the configured cap
+    "modules.permutation_importance.max_rows": "audit",
+    "modules.stability.max_rows": "audit",
+    "modules.contrastive.max_rows": "explained",
+    "modules.faithfulness.max_rows": "explained",
+}
+
+
+def lowered(cfg, module: str, factor: float, n_audit: int, n_explained: int | None = None):
+    """``cfg`` with ``module``'s sample sizes (:data:`KNOBS`) lowered by ``factor`` (< 1), and the changes as text.
+    A cap (:data:`CAPS`) is lowered from what it lets through: 40 explained rows allowed where 26 are selected count
+    as 26, or lowering it would change nothing."""
     changes = []
+    counts = {"audit": n_audit, "explained": n_explained}
     for key, exponent, floor in KNOBS.get(module, []):
         value = _get(cfg, key.split("."))
         if value is None:  # permutation_importance.max_rows unset: every audit row
             value = n_audit
+        if key in CAPS and counts[CAPS[key]] is not None:
+            value = min(value, counts[CAPS[key]])
         new = max(floor, int(value * factor**exponent))
         if new < value:
             cfg = _set(cfg, key.split("."), new)
@@ -115,6 +132,11 @@ class BudgetPlan:
     def __init__(self, ctx, modules, rows_left: int) -> None:
         self.base = ctx.config
         self.n_audit = len(ctx.codes_audit)
+        self.n_explained = None
+        if ctx.config.local.enabled:
+            from audit.modules.local_explain import select_instances
+
+            self.n_explained = len(select_instances(ctx)[0])
         self.start_rows = rows_left
         self.counts = count_rows(ctx, modules)
         self.needs = {m: int(c * HEADROOM.get(m, 1.0)) for m, c in self.counts.items()}
@@ -132,7 +154,7 @@ class BudgetPlan:
         factor = min(1.0, max(0.0, MARGIN * (rows_left - fixed)) / scalable) if scalable else 1.0
         if factor >= 1.0 or not self.counts[module]:
             return self.base
-        cfg, changes = lowered(self.base, module, factor, self.n_audit)
+        cfg, changes = lowered(self.base, module, factor, self.n_audit, self.n_explained)
         self.factors[module] = round(factor, 4)
         if changes:
             self.changes[module] = changes

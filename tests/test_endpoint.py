@@ -181,11 +181,11 @@ def test_429_is_retried_and_the_token_is_sent_but_never_written(workdir, monkeyp
 def test_a_request_budget_lowers_the_sample_sizes_and_holds(native, model_server):
     folder, _ = native
     url = model_server + "/v2/models/audit/infer"
-    cfg = _endpoint_config("budget", url=url, predict_batch_size=512, max_rows=20_000)
+    cfg = _endpoint_config("budget", url=url, predict_batch_size=512, max_rows=30_000)
     assert main(["run", str(write_config(folder, cfg, "budget.yaml")), "-q"]) in (0, 1)
     rep = _report(folder, "budget")
     sent = rep["provenance"]["model"]["requests"]
-    assert sent["rows"] <= 20_000 and sent["max_rows"] == 20_000
+    assert sent["rows"] <= 30_000 and sent["max_rows"] == 30_000
     budget = rep["provenance"]["model"]["budget"]
     assert budget["lowered"] and all(f < 1 for f in budget["factors"].values())
     assert budget["planned_rows"]["lime"] > 0 and "local.lime.num_samples 500" in str(budget["lowered"]["lime"])

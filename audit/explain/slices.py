@@ -72,6 +72,9 @@ def predicates(
             if (~finite).any():
                 cols.append(~finite)
                 preds.append(Predicate(f.name, f"{f.name} missing"))
+    # a predicate true for (almost) every row says nothing: "capital-gain in [0, 99999]" when 92% are 0
+    keep = [k for k, c in enumerate(cols) if c.mean() < 0.99]
+    cols, preds = [cols[k] for k in keep], [preds[k] for k in keep]
     return np.column_stack(cols) if cols else np.zeros((len(codes), 0), dtype=bool), preds
 
 

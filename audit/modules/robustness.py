@@ -129,8 +129,11 @@ class WeakSegmentsModule:
         )
         ax.axvline(res.overall_error, ls="--", color="grey", lw=1)
         ax.set_yticks(y, [f"{s} ({r})" for s, r in zip(w["slice"], w["rows"], strict=True)], fontsize=7)
-        ax.set(xlabel=what, title="Weak segments (dashed: all audit rows)")
-        return Figure("weak_segments", f"{what.capitalize()} of each weak segment with its 95% interval.", to_png(fig))
+        ax.set(xlabel=what, title="Weak segments")
+        return Figure(
+            "weak_segments", f"{what.capitalize()} of each weak segment with its 95% interval; dashed: all audit rows.",
+            to_png(fig),
+        )  # fmt: skip
 
 
 class StabilityModule:
