@@ -388,6 +388,7 @@ class WeakSegmentsConfig(_Section):
     correction: Literal["holm", "bh", "bonferroni", "none"] = "holm"
     min_effect: Annotated[float, Field(ge=0.0)] = 0.02  # smallest excess error worth a finding
     top_k: Bounded(1, 100) = 10
+    max_findings: Bounded(1, 100) = 3  # the worst weak segments that get a finding each; the table lists top_k
 
 
 class StabilityConfig(_Section):
@@ -395,7 +396,7 @@ class StabilityConfig(_Section):
 
     enabled: bool = True
     numeric_scale: Annotated[float, Field(gt=0.0, le=10.0)] = 0.1  # noise: uniform within +- this fraction of the MAD
-    categorical_swap: Probability = 0.05  # chance that a categorical moves to another (neighbouring) level
+    categorical_swap: Probability = 0.01  # chance that a categorical moves to another level
     repeats: Bounded(1, 100) = 5
     max_flip_rate: Probability = 0.05
     max_rows: Bounded(100, 10_000_000) = 20_000

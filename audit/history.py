@@ -88,10 +88,14 @@ def collect(out_root: Path) -> list[dict]:
     rows = []
     for folder in run_folders(out_root):
         rep = _read(folder / "report.json")
-        if rep is not None:
+        if rep is None:
+            continue
+        try:
             row = summarize_run(rep)
-            row["run_id"] = row["run_id"] or folder.name
-            rows.append(row)
+        except (AttributeError, KeyError, TypeError, ValueError):  # a report.json of another shape: left out
+            continue
+        row["run_id"] = row["run_id"] or folder.name
+        rows.append(row)
     return rows
 
 
@@ -107,10 +111,12 @@ def prune(out_root: Path, keep_last: int) -> list[str]:
         protected.add(Path(latest.readlink()).name)
     if runs:
         rep = _read(runs[-1] / "report.json")
-        if rep is not None:
-            base = summarize_run(rep)["baseline_run"]
-            if base:
-                protected.add(str(base))
+        try:
+            base = summarize_run(rep)["baseline_run"] if rep is not None else None
+        except (AttributeError, KeyError, TypeError, ValueError):
+            base = None
+        if base:
+            protected.add(str(base))
     removed = []
     for folder in runs[: len(runs) - keep_last]:
         if folder.name in protected:

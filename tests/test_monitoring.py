@@ -237,7 +237,7 @@ def test_platt_fit_matches_scikit_learn():
 
     p, y = _calibrated(3000, np.random.default_rng(3), shift=0.7)
     ours = PlattCalibrator().fit(p, y)
-    ref = LogisticRegression(penalty=None, tol=1e-12, max_iter=10_000).fit(PlattCalibrator._logit(p)[:, None], y)
+    ref = LogisticRegression(C=np.inf, tol=1e-12, max_iter=10_000).fit(PlattCalibrator._logit(p)[:, None], y)
     assert abs(ours.a - ref.coef_[0, 0]) <= 1e-6 and abs(ours.b - ref.intercept_[0]) <= 1e-6
 
 
@@ -484,10 +484,10 @@ def test_a_method_no_better_than_random_is_a_finding(workdir):
     assert main(["run", str(write_config(workdir, cfg)), "-q"]) in (0, 1)
     rep = json.loads((workdir / "reports" / "small" / "latest" / "report.json").read_text())
     faith = rep["modules"]["faithfulness"]
-    assert faith["status"] == "ok" and set(faith["summary"]["methods"]) == {"SHAP", "LIME", "IG"}
+    assert faith["status"] == "ok" and set(faith["summary"]["methods"]) == {"SHAP", "LIME", "IG", "LRP"}
     shap = next(f for f in rep["findings"] if f.get("id") == "faithfulness.deletion.SHAP")
     assert shap["status"] == "pass"
-    assert {r["method"] for r in faith["tables"]["randomisation"]["rows"]} == {"IG", "SHAP"}
+    assert {r["method"] for r in faith["tables"]["randomisation"]["rows"]} == {"IG", "SHAP", "LRP"}
 
 
 # ----------------------------------------------------------------------------------------- issue 20: LRP and IG

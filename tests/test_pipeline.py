@@ -42,6 +42,12 @@ def test_end_to_end_cli_run_writes_report(workdir, capsys):
         "uncertainty",
         "fairness",
         "comparison",
+        "data_quality",
+        "drift",
+        "contrastive",
+        "weak_segments",
+        "stability",
+        "faithfulness",
     }
     assert all(m["status"] == "ok" for m in report["modules"].values())
     prov = report["provenance"]

@@ -69,7 +69,8 @@ def test_interrupt_leaves_latest_on_previous_run(workdir):
     with pytest.raises(KeyboardInterrupt):
         run_audit(cfg, quiet=True, on_stage=interrupt)
     assert latest.resolve() == first.run_dir.resolve()
-    assert sorted(p.name for p in (workdir / "reports" / "small").iterdir()) == sorted([first.run_id, "latest"])
+    names = sorted(p.name for p in (workdir / "reports" / "small").iterdir())
+    assert names == sorted([first.run_id, "latest", "index.html"])  # the history page lists the runs left
 
 
 def test_killed_process_leaves_no_report_and_latest_unmoved(workdir):
@@ -85,7 +86,7 @@ def test_killed_process_leaves_no_report_and_latest_unmoved(workdir):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert (out / "latest").resolve() == first.run_dir.resolve()
-    complete = [p for p in out.iterdir() if not p.name.startswith(".") and p.name != "latest"]
+    complete = [p for p in out.iterdir() if not p.name.startswith(".") and p.name not in ("latest", "index.html")]
     assert complete == [first.run_dir]
     # the next run clears the killed run's temporary folder
     run_audit(load_config(write_config(workdir, base_config())), quiet=True)

@@ -42,7 +42,7 @@ class WeakSegmentsModule:
         )  # fmt: skip
         what = {"error": "error rate", "log_loss": "mean log loss", "brier": "mean Brier score"}[cfg.metric]
         findings = []
-        for row in res.weak.itertuples(index=False):
+        for row in res.weak.head(cfg.max_findings).itertuples(index=False):
             findings.append(
                 Finding(
                     self.name,
@@ -68,6 +68,16 @@ class WeakSegmentsModule:
                     plain=f"On the {row.rows} audit rows where {row.slice}, the model's {what} is {row.error:.3f}, "
                     f"{row.effect:+.3f} against all rows; more than chance explains among the {res.evaluated} "
                     "slices examined.",
+                )  # fmt: skip
+            )
+        if len(res.weak) > cfg.max_findings:
+            findings.append(
+                Finding(
+                    self.name,
+                    f"{len(res.weak) - cfg.max_findings} more weak segment(s) in the table",
+                    "info",
+                    "info",
+                    {"weak_segments": len(res.weak)},
                 )  # fmt: skip
             )
         if not len(res.weak):
@@ -193,15 +203,17 @@ class StabilityModule:
             )  # fmt: skip
         ]
         groups = table[table["grouping"] != ""]
-        for grouping, part in groups.groupby("grouping", sort=False):
-            worst = part.sort_values("flip_rate", ascending=False).iloc[0]
-            best = part.sort_values("flip_rate").iloc[0]
+        if len(groups):
+            worst = groups.sort_values("flip_rate", ascending=False).iloc[0]
+            same = groups[groups["grouping"] == worst["grouping"]]
+            best = same.sort_values("flip_rate").iloc[0]
             apart = worst["low"] > best["high"]
             findings.append(
                 Finding(
                     self.name,
-                    f"Decisions of {worst['group']} flip most under noise: {worst['flip_rate']:.1%} "
-                    f"[{worst['low']:.1%}, {worst['high']:.1%}] against {best['flip_rate']:.1%} for {best['group']}",
+                    f"Decisions of {worst['group']} ({worst['grouping']}) flip most under noise: "
+                    f"{worst['flip_rate']:.1%} [{worst['low']:.1%}, {worst['high']:.1%}] against "
+                    f"{best['flip_rate']:.1%} for {best['group']}",
                     "fail" if worst["flip_rate"] > cfg.max_flip_rate else "pass",
                     "medium" if apart else "low",
                     {
@@ -212,14 +224,20 @@ class StabilityModule:
                         "intervals_apart": bool(apart),
                     },
                     f"flip rate <= {cfg.max_flip_rate} in every group",
+                    id="stability.groups",
                     measure="flip_rate",
-                    subject=str(grouping),
+                    subject=str(worst["grouping"]),
                     value=float(worst["flip_rate"]),
                     ci_low=float(worst["low"]),
                     ci_high=float(worst["high"]),
                     limit=cfg.max_flip_rate,
-                    plain=f"Within {grouping}, the decisions of {worst['group']} are the least stable under small "
-                    "noise" + (" (the intervals do not overlap)." if apart else " (within noise of the others)."),
+                    plain=f"Of all sensitive groups, the decisions of {worst['group']} are the least stable under "
+                    "small noise"
+                    + (
+                        " (its interval and the most stable group's do not overlap)."
+                        if apart
+                        else " (within noise of the others)."
+                    ),
                 )  # fmt: skip
             )
         return ModuleResult(
@@ -238,8 +256,9 @@ class StabilityModule:
 
 
 def perturb(X: np.ndarray, train: np.ndarray, schema, cfg, rng) -> np.ndarray:
-    """A noisy copy of code-space rows: numerics + U(-s, s) x MAD (training's), categoricals moved with probability
-    ``categorical_swap`` to another level drawn with the training frequencies; missing values stay missing."""
+    """A noisy copy of code-space rows: numerics + U(-s, s) x MAD (training's; a numeric whose MAD is 0, mostly one
+    value, is left as it is), categoricals moved with probability ``categorical_swap`` to another level drawn with the
+    training frequencies; missing values stay missing."""
     out = X.copy()
     n = len(X)
     for j, f in enumerate(schema.features):
@@ -258,8 +277,9 @@ def perturb(X: np.ndarray, train: np.ndarray, schema, cfg, rng) -> np.ndarray:
             if not len(t):
                 continue
             mad = float(np.median(np.abs(t - np.median(t))))
-            scale = mad if mad > 0 else float(np.std(t)) * 0.6745
-            col += rng.uniform(-1, 1, size=n) * cfg.numeric_scale * scale  # NaN stays NaN
+            if mad == 0:  # mostly one value (capital-gain: 92% zero): no small noise is plausible, left as it is
+                continue
+            col += rng.uniform(-1, 1, size=n) * cfg.numeric_scale * mad  # NaN stays NaN
     return out
 
 

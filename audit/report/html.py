@@ -141,6 +141,7 @@ NOT_PRINTED = (
     "architecture/layers",
     "architecture/embeddings",
     "gradients/gradient_attributions",
+    "gradients/gradients",
     "activations/activation_distributions",
     "activations/activations",
     "activations/representation",
@@ -149,6 +150,18 @@ NOT_PRINTED = (
     "fairness/groups_* x *",
     "comparison/config",
     "comparison/ranks",
+    "data_quality/columns",
+    "drift/csi",
+    "drift/score",
+    "weak_segments/slices",
+    "stability/flips",
+    "contrastive/fragile",
+    "contrastive/cem",
+    "faithfulness/agreement",
+    "faithfulness/curves",
+    "faithfulness/randomisation",
+    "faithfulness/faithfulness",
+    "weak_segments/weak_segments",
 )
 
 
