@@ -125,6 +125,30 @@ class FeatureDrift:
     current_missing: float = 0.0
 
 
+def _categorical_drift(f, rc: np.ndarray, cc: np.ndarray) -> FeatureDrift:
+    """PSI over the levels and Pearson's chi-square on the 2 x levels table (levels absent from both dropped)."""
+    from scipy.stats import chi2_contingency
+
+    table = np.vstack([rc, cc])
+    table = table[:, table.sum(axis=0) > 0]
+    stat, p = chi2_contingency(table, correction=False)[:2] if table.shape[1] >= 2 else (0.0, 1.0)
+    miss = f.levels.index("missing") if "missing" in f.levels else None
+    rm = float(rc[miss] / max(rc.sum(), 1)) if miss is not None else 0.0
+    cm = float(cc[miss] / max(cc.sum(), 1)) if miss is not None else 0.0
+    return FeatureDrift(f.name, "categorical", psi(rc, cc), "chi-square", float(stat), float(p),
+                        reference_missing=rm, current_missing=cm)  # fmt: skip
+
+
+def _decide(out: list[FeatureDrift], *, moderate, significant, alpha, correction) -> list[FeatureDrift]:
+    """Adjust the p-values together, band the PSIs, and mark the features that drifted (both conditions)."""
+    adjusted = adjust_pvalues([d.p_value for d in out], correction)
+    for d, q in zip(out, adjusted, strict=True):
+        d.p_adjusted = float(q)
+        d.band = band(d.psi, moderate, significant)
+        d.drifted = bool(d.psi >= moderate and np.isfinite(q) and q < alpha)
+    return out
+
+
 def feature_drift(
     reference: np.ndarray,
     current: np.ndarray,
@@ -138,7 +162,7 @@ def feature_drift(
     features: list[str] | None = None,
 ) -> list[FeatureDrift]:
     """PSI and a test for each feature of two code-space arrays (see the module docstring)."""
-    from scipy.stats import chi2_contingency, ks_2samp
+    from scipy.stats import ks_2samp
 
     out = []
     for j, f in enumerate(schema.features):
@@ -147,18 +171,7 @@ def feature_drift(
         r, c = reference[:, j], current[:, j]
         if f.is_categorical:
             slots = len(f.levels) + 1
-            rc, cc = level_counts(r, slots), level_counts(c, slots)
-            table = np.vstack([rc, cc])
-            table = table[:, table.sum(axis=0) > 0]
-            if table.shape[1] >= 2:
-                stat, p, _, _ = chi2_contingency(table, correction=False)
-            else:
-                stat, p = 0.0, 1.0
-            miss = f.levels.index("missing") if "missing" in f.levels else None
-            rm = float(rc[miss] / max(rc.sum(), 1)) if miss is not None else 0.0
-            cm = float(cc[miss] / max(cc.sum(), 1)) if miss is not None else 0.0
-            out.append(FeatureDrift(f.name, "categorical", psi(rc, cc), "chi-square", float(stat), float(p),
-                                    reference_missing=rm, current_missing=cm))  # fmt: skip
+            out.append(_categorical_drift(f, level_counts(r, slots), level_counts(c, slots)))
         else:
             edges = quantile_edges(r, n_bins)
             rc, cc = numeric_counts(r, edges), numeric_counts(c, edges)
@@ -171,12 +184,7 @@ def feature_drift(
             out.append(FeatureDrift(f.name, "numeric", psi(rc, cc), "Kolmogorov-Smirnov", stat, p,
                                     reference_missing=float(rc[-1] / max(rc.sum(), 1)),
                                     current_missing=float(cc[-1] / max(cc.sum(), 1))))  # fmt: skip
-    adjusted = adjust_pvalues([d.p_value for d in out], correction)
-    for d, q in zip(out, adjusted, strict=True):
-        d.p_adjusted = float(q)
-        d.band = band(d.psi, moderate, significant)
-        d.drifted = bool(d.psi >= moderate and np.isfinite(q) and q < alpha)
-    return out
+    return _decide(out, moderate=moderate, significant=significant, alpha=alpha, correction=correction)
 
 
 def score_psi(
@@ -467,7 +475,6 @@ def drift_from_profile(
 ) -> list[FeatureDrift]:
     """:func:`feature_drift` from counts (a population scanned partition by partition): the same PSI and chi-square
     to rounding, the exact KS statistic, KS p-values from the asymptotic distribution."""
-    from scipy.stats import chi2_contingency
 
     out = []
     for j, f in enumerate(ref.schema.features):
@@ -475,26 +482,14 @@ def drift_from_profile(
             continue
         rc, cc = ref.counts[j], cur[j]["counts"]
         if f.is_categorical:
-            table = np.vstack([rc, cc])
-            table = table[:, table.sum(axis=0) > 0]
-            stat, p = chi2_contingency(table, correction=False)[:2] if table.shape[1] >= 2 else (0.0, 1.0)
-            miss = f.levels.index("missing") if "missing" in f.levels else None
-            rm = float(rc[miss] / max(rc.sum(), 1)) if miss is not None else 0.0
-            cm = float(cc[miss] / max(cc.sum(), 1)) if miss is not None else 0.0
-            out.append(FeatureDrift(f.name, "categorical", psi(rc, cc), "chi-square", float(stat), float(p),
-                                    reference_missing=rm, current_missing=cm))  # fmt: skip
+            out.append(_categorical_drift(f, rc, cc))
         else:
             n_cur = int(cc[:-1].sum())
             stat, p = ks_from_counts(ref.ecdf[j], cur[j]["left"], cur[j]["right"], ref.n[j], n_cur)
             out.append(FeatureDrift(f.name, "numeric", psi(rc, cc), "Kolmogorov-Smirnov (asymptotic)", stat, p,
                                     reference_missing=float(rc[-1] / max(rc.sum(), 1)),
                                     current_missing=float(cc[-1] / max(cc.sum(), 1))))  # fmt: skip
-    adjusted = adjust_pvalues([d.p_value for d in out], correction)
-    for d, q in zip(out, adjusted, strict=True):
-        d.p_adjusted = float(q)
-        d.band = band(d.psi, moderate, significant)
-        d.drifted = bool(d.psi >= moderate and np.isfinite(q) and q < alpha)
-    return out
+    return _decide(out, moderate=moderate, significant=significant, alpha=alpha, correction=correction)
 
 
 def quality_from_profile(ref: Reference, cur: dict, rows: int) -> pd.DataFrame:
