@@ -603,6 +603,7 @@ def _run(cfg, run, folder, progress, step, write, out_root, modules, base_report
             run.run_id = folder.run_id
         step("model")
         t0 = time.perf_counter()
+        predictor = None  # a remote model that fails while scoring still reports what it sent
         try:
             if model is not None:
                 with progress.stage("model"):
@@ -627,7 +628,7 @@ def _run(cfg, run, folder, progress, step, write, out_root, modules, base_report
                 run.compute["population"] = pop_run.provenance()
         except (ModelRuntimeError, ModelScoringError) as exc:
             # The model itself failed: no module can run, but the report records what happened (exit code 3).
-            _record_requests(run, locals().get("predictor"))
+            _record_requests(run, predictor)
             run.modules.append(
                 ModuleRecord(
                     "model", "Model", "error", time.perf_counter() - t0, str(exc), traceback.format_exc(limit=8)
