@@ -192,6 +192,13 @@ def weak_segments(
     return SliceResult(table.drop(columns=["members", "error_sum"]), weak, mean, n, len(table), settings)
 
 
+def wilson_interval(p, n, *, z: float = 1.96):
+    """Wilson score interval of proportions ``p`` observed on ``n`` trials (arrays or numbers)."""
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
 def _test(size, total, total2, n, e_sum, e2_sum, *, binary: bool):
     """One-sided p-value that the slice's mean error exceeds the rest's, and a 95% interval of the slice's mean."""
     from scipy.stats import norm, t
@@ -204,10 +211,8 @@ def _test(size, total, total2, n, e_sum, e2_sum, *, binary: bool):
             pooled = e_sum / n
             se = np.sqrt(pooled * (1 - pooled) * (1 / size + 1 / rest_n))
             p = norm.sf((m_s - m_r) / se)
-            z = norm.ppf(0.975)  # Wilson interval of the slice's error rate
-            centre = (m_s + z * z / (2 * size)) / (1 + z * z / size)
-            half = z * np.sqrt(m_s * (1 - m_s) / size + z * z / (4 * size * size)) / (1 + z * z / size)
-            return np.nan_to_num(p, nan=1.0), centre - half, centre + half
+            low, high = wilson_interval(m_s, size, z=norm.ppf(0.975))
+            return np.nan_to_num(p, nan=1.0), low, high
         v_s = (total2 - size * m_s**2) / (size - 1)
         v_r = ((e2_sum - total2) - rest_n * m_r**2) / (rest_n - 1)
         se = np.sqrt(v_s / size + v_r / rest_n)

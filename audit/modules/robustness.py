@@ -23,6 +23,21 @@ def row_errors(y: np.ndarray, p: np.ndarray, metric: str, threshold: float) -> n
     return -(y * np.log(q) + (1 - y) * np.log(1 - q))
 
 
+def share_by_group(ctx: AuditContext, idx: np.ndarray, values: np.ndarray, column: str, everyone: str) -> pd.DataFrame:
+    """The mean of per-row ``values`` (audit rows ``idx``) over all of them, then per group of every sensitive
+    grouping: columns group, grouping ("" for all rows), rows, ``column``."""
+    from audit.modules.fairness import audit_groupings
+
+    values = np.asarray(values, dtype=np.float64)
+    rows = [{"group": everyone, "grouping": "", "rows": len(idx), column: float(values.mean())}]
+    for name, labels in audit_groupings(ctx).items():
+        lab = labels[idx]
+        for g in pd.unique(lab[pd.notna(lab)]):
+            m = lab == g
+            rows.append({"group": str(g), "grouping": name, "rows": int(m.sum()), column: float(values[m].mean())})
+    return pd.DataFrame(rows)
+
+
 class WeakSegmentsModule:
     name = "weak_segments"
     title = "Weak segments: where the model errs most"
@@ -154,7 +169,7 @@ class StabilityModule:
         return config.modules.stability.enabled
 
     def run(self, ctx: AuditContext) -> ModuleResult:
-        from audit.modules.fairness import audit_groupings
+        from audit.explain.slices import wilson_interval
 
         cfg = ctx.config.modules.stability
         thr = ctx.config.model.threshold
@@ -170,21 +185,8 @@ class StabilityModule:
             flips += (ctx.predictor.predict_codes(perturb(X, train, schema, cfg, rng)) >= thr) != base
         rate_row = flips / cfg.repeats
         overall = float(rate_row.mean())
-        rows = [{"group": "all audit rows", "grouping": "", "rows": len(idx), "flip_rate": overall}]
-        for name, labels in audit_groupings(ctx).items():
-            lab = labels[idx]
-            for g in pd.unique(lab[pd.notna(lab)]):
-                m = lab == g
-                rows.append(
-                    {"group": str(g), "grouping": name, "rows": int(m.sum()), "flip_rate": float(rate_row[m].mean())}
-                )
-        table = pd.DataFrame(rows)
-        z = 1.96
-        n_eff = table["rows"] * cfg.repeats
-        p = table["flip_rate"]
-        centre = (p + z * z / (2 * n_eff)) / (1 + z * z / n_eff)
-        half = z * np.sqrt(p * (1 - p) / n_eff + z * z / (4 * n_eff**2)) / (1 + z * z / n_eff)
-        table["low"], table["high"] = centre - half, centre + half
+        table = share_by_group(ctx, idx, rate_row, "flip_rate", "all audit rows")
+        table["low"], table["high"] = wilson_interval(table["flip_rate"], table["rows"] * cfg.repeats)
         findings = [
             Finding(
                 self.name,
@@ -514,7 +516,6 @@ class ContrastiveModule:
         from audit.data import UNKNOWN_LEVEL
         from audit.explain.contrastive import contrastive
         from audit.explain.neural import reference_row
-        from audit.modules.fairness import audit_groupings
         from audit.modules.local_explain import select_instances
         from audit.references import constraints_from_config
 
@@ -565,16 +566,7 @@ class ContrastiveModule:
                 "applicant's, still give the same decision; and the smallest allowed change that reverses it.",
             )  # fmt: skip
         ]
-        group_rows = [
-            {"group": "all explained rows", "grouping": "", "rows": len(idx), "fragile": float(fragile.mean())}
-        ]
-        for gname, labels in audit_groupings(ctx).items():
-            lab = labels[idx]
-            for g in pd.unique(lab[pd.notna(lab)]):
-                m = lab == g
-                group_rows.append({"group": str(g), "grouping": gname, "rows": int(m.sum()),
-                                   "fragile": float(fragile[m].mean())})  # fmt: skip
-        groups = pd.DataFrame(group_rows)
+        groups = share_by_group(ctx, idx, fragile, "fragile", "all explained rows")
         sizable = groups.iloc[1:][groups["rows"].iloc[1:] >= cfg.min_group_rows]  # a share of 2 rows is noise
         worst = sizable.sort_values("fragile", ascending=False).head(1)
         worst_share = float(worst["fragile"].iloc[0]) if len(worst) else float(fragile.mean())
