@@ -378,7 +378,19 @@ def pd_numeric(s) -> np.ndarray:
     return pd.to_numeric(pd.Series(s), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
 
 
-class TorchScriptPredictor(_ExportedPredictor):
+class _TorchModulePredictor(_ExportedPredictor):
+    """A torch module ``self.module(x_num, x_cat) -> logits`` (a TorchScript archive or a LightningModule)."""
+
+    def _predict_codes(self, X: np.ndarray) -> np.ndarray:
+        import torch
+
+        x_num, x_cat, n = self._inputs(X)
+        with torch.inference_mode():
+            logit = self.module(torch.from_numpy(x_num), torch.from_numpy(x_cat))
+            return torch.sigmoid(logit).reshape(-1)[:n].double().numpy()
+
+
+class TorchScriptPredictor(_TorchModulePredictor):
     """An exported ``model.torchscript.pt`` (``torch.jit.load``: a TorchScript archive, no Python pickle)."""
 
     format = "torchscript"
@@ -394,14 +406,6 @@ class TorchScriptPredictor(_ExportedPredictor):
                 f"model.path: '{path}' is not a loadable TorchScript archive ({str(exc).splitlines()[0][:200]})"
             ) from None
         self.runtime = f"torch {torch.__version__}"
-
-    def _predict_codes(self, X: np.ndarray) -> np.ndarray:
-        import torch
-
-        x_num, x_cat, n = self._inputs(X)
-        with torch.inference_mode():
-            logit = self.module(torch.from_numpy(x_num), torch.from_numpy(x_cat))
-            return torch.sigmoid(logit).reshape(-1)[:n].double().numpy()
 
 
 # ------------------------------------------------------------------------------------------ Lightning checkpoints
@@ -478,7 +482,7 @@ def load_lightning(path: str | Path, module_class: str, *, trust: bool, batch_si
     return pred
 
 
-class LightningPredictor(_ExportedPredictor):
+class LightningPredictor(_TorchModulePredictor):
     """The user's LightningModule restored from a checkpoint; scores with its own ``forward``."""
 
     format = "lightning"
@@ -490,11 +494,3 @@ class LightningPredictor(_ExportedPredictor):
 
         self.module = module
         self.runtime = f"torch {torch.__version__}, pytorch-lightning {pl.__version__}"
-
-    def _predict_codes(self, X: np.ndarray) -> np.ndarray:
-        import torch
-
-        x_num, x_cat, n = self._inputs(X)
-        with torch.inference_mode():
-            logit = self.module(torch.from_numpy(x_num), torch.from_numpy(x_cat))
-            return torch.sigmoid(logit).reshape(-1)[:n].double().numpy()
