@@ -20,6 +20,9 @@ from pathlib import Path
 RUN_ID = re.compile(r"^\d{8}T\d{6}(-\d{3}Z(-[0-9a-f]{4})?)?$")
 MAX_REPORT_BYTES = 256 << 20
 SEVERITIES = ("high", "medium", "low", "info")
+CACHE = ".history.json"
+"""Each run's history row, keyed by run folder with its report.json's size and mtime (see :func:`collect`)."""
+CACHE_VERSION = 1
 
 
 def run_folders(out_root: Path) -> list[Path]:
@@ -83,19 +86,59 @@ def summarize_run(report: dict) -> dict:
     }
 
 
+def _stamp(path: Path) -> list[int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _read_cache(out_root: Path) -> dict:
+    """``{run folder name: {"stamp": [size, mtime_ns], "row": history row}}`` from :data:`CACHE`, or empty."""
+    data = _read(out_root / CACHE)
+    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION or not isinstance(data.get("runs"), dict):
+        return {}
+    return data["runs"]
+
+
 def collect(out_root: Path) -> list[dict]:
-    """History rows of every readable run under ``out_root``, oldest first."""
+    """History rows of every readable run under ``out_root``, oldest first.
+
+    A run's row is taken from :data:`CACHE` when its report.json has the size and modification time recorded
+    there, else summarised from the report.json (2 MB on Adult; a year of monthly runs or a folder of test runs
+    would otherwise be read in full after every run), and the cache is written again. The cache is only an
+    accelerator: unreadable, of another version or stale, it is ignored entry by entry, and not being able to
+    write it changes nothing else.
+    """
+    cached = _read_cache(out_root)
+    fresh: dict[str, dict] = {}
     rows = []
     for folder in run_folders(out_root):
-        rep = _read(folder / "report.json")
-        if rep is None:
+        stamp = _stamp(folder / "report.json")
+        if stamp is None:
             continue
-        try:
-            row = summarize_run(rep)
-        except (AttributeError, KeyError, TypeError, ValueError):  # a report.json of another shape: left out
-            continue
-        row["run_id"] = row["run_id"] or folder.name
+        hit = cached.get(folder.name)
+        if isinstance(hit, dict) and hit.get("stamp") == stamp and isinstance(hit.get("row"), dict):
+            row = hit["row"]
+        else:
+            rep = _read(folder / "report.json")
+            if rep is None:
+                continue
+            try:
+                row = summarize_run(rep)
+            except (AttributeError, KeyError, TypeError, ValueError):  # a report.json of another shape: left out
+                continue
+            row["run_id"] = row["run_id"] or folder.name
+        fresh[folder.name] = {"stamp": stamp, "row": row}
         rows.append(row)
+    if fresh != cached:
+        tmp = out_root / (CACHE + ".tmp")
+        try:
+            tmp.write_text(json.dumps({"version": CACHE_VERSION, "runs": fresh}), encoding="utf-8")
+            tmp.replace(out_root / CACHE)
+        except OSError:
+            tmp.unlink(missing_ok=True)
     return rows
 
 

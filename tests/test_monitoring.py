@@ -204,6 +204,31 @@ def test_keep_last_prunes_but_never_latest_nor_its_baseline(workdir):
     assert (out / "index.html").read_text().count('<tr class="run') == 3
 
 
+def test_history_cache_gives_the_rows_of_the_reports(workdir):
+    import json
+
+    from audit.history import CACHE, collect, run_folders, summarize_run
+
+    out = workdir / "reports" / "small"
+    path = _quick(workdir)
+    for _ in range(2):
+        assert main(["run", str(path), "-q"]) in (0, 1)
+    runs = run_folders(out)
+    direct = [summarize_run(json.loads((f / "report.json").read_text())) for f in runs]
+    cache = json.loads((out / CACHE).read_text())
+    assert sorted(cache["runs"]) == [f.name for f in runs]
+    assert collect(out) == direct  # rows from the cache equal the reports' own
+    # a report.json changed after it was cached (size or mtime): read again, not taken from the cache
+    report = json.loads((runs[0] / "report.json").read_text())
+    report["audit"]["verdict"] = "edited"
+    (runs[0] / "report.json").write_text(json.dumps(report))
+    assert collect(out)[0]["verdict"] == "edited"
+    # an unreadable cache is ignored and rewritten
+    (out / CACHE).write_text("{not json")
+    assert [r["run_id"] for r in collect(out)] == [r["run_id"] for r in direct]
+    assert json.loads((out / CACHE).read_text())["version"] == 1
+
+
 # ------------------------------------------------------------------------------------------------------------ CBPE
 def _calibrated(n, rng, shift=0.0):
     """Scores and labels; the labels follow the scores (calibrated) unless ``shift`` moves their log-odds."""

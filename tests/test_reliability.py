@@ -70,7 +70,7 @@ def test_interrupt_leaves_latest_on_previous_run(workdir):
         run_audit(cfg, quiet=True, on_stage=interrupt)
     assert latest.resolve() == first.run_dir.resolve()
     names = sorted(p.name for p in (workdir / "reports" / "small").iterdir())
-    assert names == sorted([first.run_id, "latest", "index.html"])  # the history page lists the runs left
+    assert names == sorted([first.run_id, "latest", "index.html", ".history.json"])  # the history lists the runs left
 
 
 def test_killed_process_leaves_no_report_and_latest_unmoved(workdir):
