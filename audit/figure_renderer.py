@@ -12,20 +12,21 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 
 
-def _draw_here(blob: bytes, smallest: float) -> bytes:
-    from audit.plotting import _render_pickled
+def _draw_here(blob: bytes, smallest: float | None) -> bytes:
+    from audit.plotting import _render_call, _render_pickled
 
-    return _render_pickled(blob, smallest)
+    return _render_call(blob) if smallest is None else _render_pickled(blob, smallest)
 
 
 class PendingPNG:
     """A figure handed to the renderer process; :meth:`result` waits for its PNG bytes.
 
     If the renderer failed (an exception, or the process died), the figure is drawn here from its pickle instead,
-    so a pending figure always yields the bytes drawing it directly gives.
+    so a pending figure always yields the bytes drawing it directly gives. ``smallest`` is None for a pickled call
+    (:func:`audit.plotting.draw`): the figure is then built here too.
     """
 
-    def __init__(self, future: Future, blob: bytes, smallest: float) -> None:
+    def __init__(self, future: Future, blob: bytes, smallest: float | None) -> None:
         self._future, self._blob, self._smallest = future, blob, smallest
 
     def result(self) -> bytes:
@@ -73,6 +74,11 @@ class _Renderer:
     def submit(self, blob: bytes, smallest: float) -> Future:
         """A pickled figure to draw; the future's result is its PNG bytes."""
         return self._put(("png", blob, smallest))
+
+    def submit_call(self, blob: bytes) -> Future:
+        """A pickled ``(function, args, kwargs)`` that builds a figure (:func:`audit.plotting.draw`); the future's
+        result is its PNG bytes."""
+        return self._put(("call", blob))
 
     def submit_pdf(self, html: str, path: str) -> Future:
         """The report page to write as a PDF at ``path``; the future's result is the page count."""
@@ -137,15 +143,16 @@ def _receive(stream) -> bytes:
 
 
 def serve(pdf: bool = False) -> None:
-    """The renderer process: read requests from stdin (``("png", pickled figure, smallest font)`` or ``("pdf", html,
-    path)``), answer each with ``(True, png bytes or page count)`` or ``(False, error text)`` on stdout, until
-    stdin closes. With ``pdf`` it loads WeasyPrint once matplotlib is loaded, while the audit trains, so that
+    """The renderer process: read requests from stdin (``("png", pickled figure, smallest font)``, ``("call",
+    pickled figure-building call)`` or ``("pdf", html, path)``), answer each with ``(True, png bytes or page
+    count)`` or ``(False, error text)`` on stdout, until stdin closes. With ``pdf`` it loads WeasyPrint once matplotlib is loaded, while the audit trains, so that
     neither the import nor the first-use set-up (fonts) is on the audit's path."""
     import os
     import sys
 
-    from audit.plotting import _render_pickled
+    from audit.plotting import _render_call, _render_pickled, pyplot
 
+    pyplot()  # matplotlib and seaborn loaded while the audit trains, not at the first figure
     if pdf:
         try:
             from audit.report.writer import warm_pdf
@@ -169,6 +176,8 @@ def serve(pdf: bool = False) -> None:
                 from audit.report.writer import write_pdf_here
 
                 answer = (True, write_pdf_here(args[0], Path(args[1])))
+            elif kind == "call":
+                answer = (True, _render_call(*args))
             else:
                 answer = (True, _render_pickled(*args))
         except Exception as exc:  # noqa: BLE001 - reported to the audit, which draws the figure itself

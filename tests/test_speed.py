@@ -66,6 +66,35 @@ def test_a_failed_renderer_or_an_unpicklable_figure_is_drawn_here():
     assert figure_renderer.active() is None
 
 
+def _draw_lines(n: int, seed: int):
+    """A figure-building function for :func:`audit.plotting.draw` (module level: pickled by name)."""
+    rng = np.random.default_rng(seed)
+    fig, ax = subplots(figsize=(6, 3))
+    for _ in range(n):
+        ax.plot(rng.normal(size=30).cumsum(), marker="o", ms=2, lw=0.6)
+    ax.text(1, 1, "tiny", fontsize=4)  # raised to the minimum font there too
+    ax.set_title("built where it is drawn")
+    return fig
+
+
+def test_a_figure_built_by_the_renderer_is_the_one_built_here():
+    from audit.plotting import draw
+
+    here = draw(_draw_lines, 12, seed=3)
+    assert isinstance(here, bytes) and here == to_png(_draw_lines(12, seed=3))
+    with figure_renderer.background_rendering():
+        pending = draw(_draw_lines, 12, seed=3)
+        assert isinstance(pending, figure_renderer.PendingPNG)
+        assert pending.result() == here
+        unpicklable = draw(lambda: _draw_lines(12, 3))  # a lambda does not pickle: built here (then drawn there)
+        assert (unpicklable if isinstance(unpicklable, bytes) else unpicklable.result()) == here
+        renderer = figure_renderer.active()
+        renderer._proc.kill()  # the renderer dies: the call is built and drawn here
+        renderer._proc.wait()
+        late = draw(_draw_lines, 12, seed=3)
+        assert (late if isinstance(late, bytes) else late.result()) == here
+
+
 def test_figure_waits_for_its_bytes():
     from audit.modules.base import Figure
 

@@ -12,7 +12,7 @@ from audit.config import AuditConfig
 from audit.fairness import MEASURES, RULES, encode_groups, group_fairness_many, group_labels, verdict
 from audit.findings import Finding
 from audit.modules.base import AuditContext, Figure, ModuleResult, Table
-from audit.plotting import subplots, to_png
+from audit.plotting import draw, subplots
 
 _SEVERITY = {
     "disparate_impact_ratio": "high",
@@ -422,40 +422,11 @@ class FairnessModule:
     @staticmethod
     def _rates_figure(results: list, name: str) -> Figure:
         """Selection rate, TPR and FPR per group, one row of panels per grouping, with intervals."""
-        heights = [0.28 * len(r.table) + 0.9 for r in results]
-        fig, axes = subplots(
-            len(results), 3, figsize=(7.2, sum(heights) + 0.5), squeeze=False,
-            gridspec_kw={"height_ratios": heights},
-        )  # fmt: skip
-        for row, res in zip(axes, results, strict=True):
-            t = res.table
-            labels = [g if len(g) <= 24 else g[:23] + "…" for g in t["group"]]
-            y = np.arange(len(t))
-            for ax, key, title in zip(
-                row, ("selection_rate", "tpr", "fpr"), ("selection rate", "true positive rate", "false positive rate"),
-                strict=True,
-            ):  # fmt: skip
-                v = t[key].to_numpy(dtype=float)
-                if f"{key}_low" in t:
-                    err = np.vstack([v - t[f"{key}_low"], t[f"{key}_high"] - v])
-                    ax.errorbar(v, y, xerr=np.nan_to_num(np.abs(err)), fmt="none", ecolor="#7f8c8d", capsize=2)
-                colors = np.where(t["eligible"], "#2e6db4", "#bdc3c7")
-                ax.scatter(v, y, c=colors, zorder=3, s=18)
-                ax.set(xlim=(0, 1), ylim=(len(t) - 0.5, -0.5))
-                ax.set_xlabel(f"{title} (share)" if res is results[-1] else "")
-                if res is results[0]:
-                    ax.set_title(title)
-                if key == "selection_rate":
-                    eligible = t.loc[t["eligible"], key]
-                    if len(eligible):
-                        ax.axvline(0.8 * eligible.max(), color="#c0392b", ls="--", lw=1)
-                ax.set_yticks(y, labels if key == "selection_rate" else [])
-            row[0].set_ylabel(res.name)
         return Figure(
             name,
             "Selection rate, true and false positive rate by group, with bootstrap intervals; dashed red: four-fifths "
             "of the highest selection rate; grey: groups below the minimum size (not used in any measure).",
-            to_png(fig),
+            draw(_draw_rates, [(res.name, res.table) for res in results]),
         )
 
     @staticmethod
@@ -464,22 +435,70 @@ class FairnessModule:
     ) -> Figure:
         from sklearn.metrics import roc_curve
 
-        cols = min(3, len(sensitive))
-        nrows = math.ceil(len(sensitive) / cols)
-        fig, axes = subplots(nrows, cols, figsize=(3.8 * cols, 3.5 * nrows), squeeze=False)
-        for ax, s in zip(axes.flat, sensitive, strict=False):
+        panels = []
+        for s in sensitive:
             lab = groups[s]
+            curves = []
             for g in pd.unique(lab):
                 m = lab == g
                 yg = y[m]
                 if m.sum() < cfg.fairness.min_group_size or yg.min() == yg.max():
                     continue
                 fpr, tpr, _ = roc_curve(yg, p[m])
-                ax.plot(fpr, tpr, lw=1.2, label=str(g)[:20])
-            ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
-            ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC by {s}")
-            ax.legend(fontsize=7, loc="lower right")
-        for ax in list(axes.flat)[len(sensitive) :]:
-            ax.axis("off")
-        fig.tight_layout()
-        return Figure("fairness_roc", "ROC curve per group (groups below the minimum size omitted).", to_png(fig))
+                curves.append((str(g)[:20], fpr, tpr))
+            panels.append((s, curves))
+        return Figure(
+            "fairness_roc",
+            "ROC curve per group (groups below the minimum size omitted).",
+            draw(_draw_group_roc, panels),
+        )
+
+
+# ------------------------------------------------------------------------------------ figures (see plotting.draw)
+def _draw_rates(tables: list[tuple[str, pd.DataFrame]]):
+    """``tables``: (grouping name, its group table) per grouping."""
+    heights = [0.28 * len(t) + 0.9 for _, t in tables]
+    fig, axes = subplots(
+        len(tables), 3, figsize=(7.2, sum(heights) + 0.5), squeeze=False, gridspec_kw={"height_ratios": heights}
+    )
+    for i, (row, (grouping, t)) in enumerate(zip(axes, tables, strict=True)):
+        labels = [g if len(g) <= 24 else g[:23] + "…" for g in t["group"]]
+        y = np.arange(len(t))
+        for ax, key, title in zip(
+            row, ("selection_rate", "tpr", "fpr"), ("selection rate", "true positive rate", "false positive rate"),
+            strict=True,
+        ):  # fmt: skip
+            v = t[key].to_numpy(dtype=float)
+            if f"{key}_low" in t:
+                err = np.vstack([v - t[f"{key}_low"], t[f"{key}_high"] - v])
+                ax.errorbar(v, y, xerr=np.nan_to_num(np.abs(err)), fmt="none", ecolor="#7f8c8d", capsize=2)
+            colors = np.where(t["eligible"], "#2e6db4", "#bdc3c7")
+            ax.scatter(v, y, c=colors, zorder=3, s=18)
+            ax.set(xlim=(0, 1), ylim=(len(t) - 0.5, -0.5))
+            ax.set_xlabel(f"{title} (share)" if i == len(tables) - 1 else "")
+            if i == 0:
+                ax.set_title(title)
+            if key == "selection_rate":
+                eligible = t.loc[t["eligible"], key]
+                if len(eligible):
+                    ax.axvline(0.8 * eligible.max(), color="#c0392b", ls="--", lw=1)
+            ax.set_yticks(y, labels if key == "selection_rate" else [])
+        row[0].set_ylabel(grouping)
+    return fig
+
+
+def _draw_group_roc(panels: list[tuple[str, list]]):
+    """``panels``: (sensitive feature, [(group label, FPR, TPR), ...]) per feature."""
+    cols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / cols)
+    fig, axes = subplots(nrows, cols, figsize=(3.8 * cols, 3.5 * nrows), squeeze=False)
+    for ax, (s, curves) in zip(axes.flat, panels, strict=False):
+        for label, fpr, tpr in curves:
+            ax.plot(fpr, tpr, lw=1.2, label=label)
+        ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
+        ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC by {s}")
+        ax.legend(fontsize=7, loc="lower right")
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig

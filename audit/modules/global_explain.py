@@ -20,7 +20,7 @@ from audit.explain.partial_dependence import partial_dependence, partial_depende
 from audit.explain.permutation import permutation_importance
 from audit.findings import Finding
 from audit.modules.base import AuditContext, Figure, ModuleResult, Table
-from audit.plotting import subplots, to_png
+from audit.plotting import draw, subplots
 
 
 def _short(label: str, width: int = 22) -> str:
@@ -245,17 +245,10 @@ class PermutationModule:
 
     @staticmethod
     def _figure(table: pd.DataFrame, metric: str, flagged: set[str]) -> Figure:
-        t = table.iloc[::-1]
-        fig, ax = subplots(figsize=(7, 0.32 * len(t) + 1.2))
-        colors = ["#c0392b" if set(m.split(", ")) & flagged else "#2e6db4" for m in t["members"]]
-        err = np.vstack([t["importance"] - t["ci_low"], t["ci_high"] - t["importance"]])
-        ax.barh([_short(f, 30) for f in t["feature"]], t["importance"], xerr=err, color=colors, capsize=2)
-        ax.axvline(0, color="black", lw=0.8)
-        ax.set(xlabel=f"drop in {metric} when shuffled", title="Permutation importance (red: sensitive or proxy)")
         return Figure(
             "permutation_importance",
             "Mean score drop with 95% interval bars; red bars are sensitive or proxy features.",
-            to_png(fig),
+            draw(_draw_importance, table, metric, flagged),
         )
 
 
@@ -396,45 +389,27 @@ class PartialDependenceModule:
     @staticmethod
     def _figures(results, centered: bool) -> list[Figure]:
         figs = []
-        num = [r for r in results if not r[1].is_categorical]
-        cat = [r for r in results if r[1].is_categorical]
+        panels = [(r[0], r[2], r[3], r[4]) for r in results]  # name, labels, PD, ICE: what the figures draw
+        num = [p for p, r in zip(panels, results, strict=True) if not r[1].is_categorical]
+        cat = [p for p, r in zip(panels, results, strict=True) if r[1].is_categorical]
         if num:
-            fig, axes = _panel_grid(len(num), 3)
-            for ax, (name, _, labels, avg, ice, _, _) in zip(axes, num, strict=True):
-                x = np.asarray(labels)
-                ice_plot = ice - ice[:, :1] + avg[0] if centered else ice
-                ax.plot(x, ice_plot.T, color="#7f8c8d", alpha=0.25, lw=0.7)
-                ax.plot(x, avg, color="#c0392b", lw=2.2, label="PD")
-                ax.set(xlabel=name, ylabel="P(positive)")
-                ax.tick_params(axis="x", labelsize=8)
-            fig.suptitle("Partial dependence (red) with " + ("centred " if centered else "") + "ICE curves (grey)")
-            fig.tight_layout()
             figs.append(
                 Figure(
                     "pd_numeric",
                     "Numeric features: PD on a quantile grid (with observed min/max); grey "
                     "lines are ICE curves of sampled rows"
                     + (", anchored at the PD's first point (c-ICE)." if centered else "."),
-                    to_png(fig),
+                    draw(_draw_pd_numeric, num, centered),
                 )
             )
-        groups = _pages(cat, [len(r[2]) for r in cat])
+        groups = _pages(cat, [len(p[1]) for p in cat])
         for g, part in enumerate(groups):
-            fig, axes = _panel_grid(len(part), 2, levels=[len(r[2]) for r in part])
-            for ax, (name, _, labels, avg, ice, _, _) in zip(axes, part, strict=True):
-                y = np.arange(len(labels))
-                lo, hi = np.percentile(ice, [10, 90], axis=0)
-                ax.hlines(y, lo, hi, color="#95a5a6", lw=3, label="ICE 10–90%")
-                ax.plot(avg, y, "o", color="#c0392b", label="PD")
-                ax.set_yticks(y, [_short(lab) for lab in labels], fontsize=8)
-                ax.invert_yaxis()
-                ax.set(xlabel="P(positive), probability", title=name)
             figs.append(
                 Figure(
                     "pd_categorical" + (f"_{g + 1}" if len(groups) > 1 else ""),
                     "Categorical features: PD per level (red) and the 10–90% range of "
                     "ICE values (grey); rare levels pooled as 'other'.",
-                    to_png(fig),
+                    draw(_draw_pd_categorical, part),
                 )
             )
         return figs
@@ -454,14 +429,12 @@ class PartialDependenceModule:
             "grid_2": _raw_grid(schema.feature(b), pd2.grid_2),
             "values": pd2.average,
         }
-        fig, ax = subplots(figsize=(6.5, 5))
         lab = [[_tick(schema, name, v) for v in g] for name, g in ((a, grids[0]), (b, grids[1]))]
-        im = ax.imshow(pd2.average.T, origin="lower", aspect="auto", cmap="viridis")
-        ax.set_xticks(range(len(lab[0])), lab[0], rotation=45, ha="right", fontsize=8)
-        ax.set_yticks(range(len(lab[1])), lab[1], fontsize=8)
-        ax.set(xlabel=a, ylabel=b, title=f"Two-way partial dependence: {a} × {b}")
-        fig.colorbar(im, ax=ax, label="P(positive)")
-        return Figure(f"pd2_{a}_{b}", f"Two-way PD of {a} and {b} (quantile grid of each).", to_png(fig))
+        return Figure(
+            f"pd2_{a}_{b}",
+            f"Two-way PD of {a} and {b} (quantile grid of each).",
+            draw(_draw_pd2, pd2.average, lab, a, b),
+        )
 
 
 def _raw_grid(feat, grid: np.ndarray) -> list:
@@ -603,70 +576,40 @@ class AleModule:
         num = [a for a in results if a.kind == "numeric"]
         cat = [a for a in results if a.kind == "categorical"]
         if num:
-            fig, axes = _panel_grid(len(num), 3)
-            for ax, a in zip(axes, num, strict=True):
-                if a.lower is not None:
-                    ax.fill_between(a.grid, a.lower, a.upper, color="#2e6db4", alpha=0.2, lw=0)
-                ax.plot(a.grid, a.values, color="#2e6db4", lw=2)
-                low = np.flatnonzero(a.low_support)
-                if low.size:
-                    mids = (a.grid[low] + a.grid[low + 1]) / 2
-                    ax.plot(mids, np.interp(mids, a.grid, a.values), "x", color="#c0392b", ms=6)
-                ax.axhline(0, color="grey", lw=0.7)
-                ax.set(xlabel=a.feature, ylabel="ALE (Δ P(positive))")
-                ax.tick_params(axis="x", labelsize=8)
-            fig.suptitle("Accumulated local effects with 95% bootstrap bands (red ×: bins with few rows)")
-            fig.tight_layout()
             figs.append(
                 Figure(
                     "ale_numeric",
                     "Numeric features: centred ALE over quantile bins; shaded: 95% "
                     "bootstrap band; red ×: bins below the minimum rows per bin.",
-                    to_png(fig),
+                    draw(_draw_ale_numeric, num),
                 )
             )
         shown = [_most_supported(a, 20) for a in cat]  # at most 20 levels a panel; report.json has them all
         groups = _pages(list(range(len(cat))), [len(k) for k in shown])
         for g, part in enumerate(groups):
-            fig, axes = _panel_grid(len(part), 2, levels=[len(shown[i]) for i in part])
-            for ax, i in zip(axes, part, strict=True):
+            panels = []
+            for i in part:
                 a, keep = cat[i], shown[i]
                 f = schema.feature(a.feature)
                 labels = [_short(f.levels[int(c)] if int(c) < len(f.levels) else "<unknown>") for c in a.grid[keep]]
-                y = np.arange(len(labels))
-                if a.lower is not None:
-                    ax.hlines(y, a.lower[keep], a.upper[keep], color="#9bb7dd", lw=3)
-                colors = np.where(a.low_support[keep], "#c0392b", "#2e6db4")
-                ax.scatter(a.values[keep], y, c=colors, zorder=3, s=18)
-                ax.axvline(0, color="grey", lw=0.7)
-                ax.set_yticks(y, labels, fontsize=8)
-                ax.invert_yaxis()
-                more = f" ({len(keep)} of {len(a.grid)} levels)" if len(keep) < len(a.grid) else ""
-                ax.set(xlabel="ALE (Δ P(positive))", title=a.feature + more)
+                panels.append((a, keep, labels))
             figs.append(
                 Figure(
                     "ale_categorical" + (f"_{g + 1}" if len(groups) > 1 else ""),
                     "Categorical features: ALE per level in similarity order, 95% bootstrap interval; red points: "
                     "levels with few rows. Features with more than 20 levels show their 20 most frequent.",
-                    to_png(fig),
+                    draw(_draw_ale_categorical, panels),
                 )
             )
         return figs
 
     @staticmethod
     def _pair(a2) -> Figure:
-        fig, ax = subplots(figsize=(6.5, 5))
-        lim = float(np.abs(a2.values).max()) or 1e-9
-        mesh = ax.pcolormesh(a2.edges_1, a2.edges_2, a2.values.T, cmap="RdBu_r", vmin=-lim, vmax=lim, shading="gouraud")
-        ax.set(
-            xlabel=a2.features[0], ylabel=a2.features[1], title=f"Second-order ALE: {a2.features[0]} × {a2.features[1]}"
-        )
-        fig.colorbar(mesh, ax=ax, label="interaction effect on P(positive)")
         return Figure(
             f"ale2_{a2.features[0]}_{a2.features[1]}",
             "Second-order ALE: the pure interaction of the pair "
             "(main effects removed); 0 everywhere means no interaction.",
-            to_png(fig),
+            draw(_draw_ale2, a2),
         )
 
 
@@ -711,21 +654,6 @@ class InteractionModule:
             for a, b, h in res.pairs()
             if h > cfg.flag_above
         ]
-        fig, ax = subplots(figsize=(4.6, 3.9))
-        import seaborn as sns
-
-        sns.heatmap(
-            pd.DataFrame(res.h, index=top, columns=top),
-            annot=True,
-            fmt=".2f",
-            cmap="Reds",
-            vmin=0,
-            vmax=max(0.5, float(np.nanmax(res.h)) if np.isfinite(res.h).any() else 0.5),
-            ax=ax,
-            cbar_kws={"label": "H"},
-        )
-        ax.set_title("Pairwise H-statistic (top features)")
-        ax.tick_params(axis="x", rotation=45)
         return ModuleResult(
             summary={"features": len(top), "sample_size": res.sample_size, "rows_evaluated": res.rows_evaluated},
             tables=[
@@ -738,8 +666,126 @@ class InteractionModule:
                 )
             ],
             figures=[
-                Figure("h_statistic", "Friedman's H for each pair of the top features: 0 means additive.", to_png(fig))
+                Figure(
+                    "h_statistic",
+                    "Friedman's H for each pair of the top features: 0 means additive.",
+                    draw(_draw_h, res.h, top),
+                )
             ],
             findings=findings,
             data={"features": top, "h": res.h, "rows": res.rows},
         )
+
+
+# ------------------------------------------------------------------------------------ figures (see plotting.draw)
+def _draw_importance(table: pd.DataFrame, metric: str, flagged: set[str]):
+    t = table.iloc[::-1]
+    fig, ax = subplots(figsize=(7, 0.32 * len(t) + 1.2))
+    colors = ["#c0392b" if set(m.split(", ")) & flagged else "#2e6db4" for m in t["members"]]
+    err = np.vstack([t["importance"] - t["ci_low"], t["ci_high"] - t["importance"]])
+    ax.barh([_short(f, 30) for f in t["feature"]], t["importance"], xerr=err, color=colors, capsize=2)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set(xlabel=f"drop in {metric} when shuffled", title="Permutation importance (red: sensitive or proxy)")
+    return fig
+
+
+def _draw_pd_numeric(panels, centered: bool):
+    """``panels``: (name, grid, PD, ICE matrix) per numeric feature."""
+    fig, axes = _panel_grid(len(panels), 3)
+    for ax, (name, labels, avg, ice) in zip(axes, panels, strict=True):
+        x = np.asarray(labels)
+        ice_plot = ice - ice[:, :1] + avg[0] if centered else ice
+        ax.plot(x, ice_plot.T, color="#7f8c8d", alpha=0.25, lw=0.7)
+        ax.plot(x, avg, color="#c0392b", lw=2.2, label="PD")
+        ax.set(xlabel=name, ylabel="P(positive)")
+        ax.tick_params(axis="x", labelsize=8)
+    fig.suptitle("Partial dependence (red) with " + ("centred " if centered else "") + "ICE curves (grey)")
+    fig.tight_layout()
+    return fig
+
+
+def _draw_pd_categorical(panels):
+    """``panels``: (name, level labels, PD, ICE matrix) per categorical feature of one page."""
+    fig, axes = _panel_grid(len(panels), 2, levels=[len(p[1]) for p in panels])
+    for ax, (name, labels, avg, ice) in zip(axes, panels, strict=True):
+        y = np.arange(len(labels))
+        lo, hi = np.percentile(ice, [10, 90], axis=0)
+        ax.hlines(y, lo, hi, color="#95a5a6", lw=3, label="ICE 10–90%")
+        ax.plot(avg, y, "o", color="#c0392b", label="PD")
+        ax.set_yticks(y, [_short(lab) for lab in labels], fontsize=8)
+        ax.invert_yaxis()
+        ax.set(xlabel="P(positive), probability", title=name)
+    return fig
+
+
+def _draw_pd2(average: np.ndarray, lab: list[list[str]], a: str, b: str):
+    fig, ax = subplots(figsize=(6.5, 5))
+    im = ax.imshow(average.T, origin="lower", aspect="auto", cmap="viridis")
+    ax.set_xticks(range(len(lab[0])), lab[0], rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(lab[1])), lab[1], fontsize=8)
+    ax.set(xlabel=a, ylabel=b, title=f"Two-way partial dependence: {a} × {b}")
+    fig.colorbar(im, ax=ax, label="P(positive)")
+    return fig
+
+
+def _draw_ale_numeric(results):
+    fig, axes = _panel_grid(len(results), 3)
+    for ax, a in zip(axes, results, strict=True):
+        if a.lower is not None:
+            ax.fill_between(a.grid, a.lower, a.upper, color="#2e6db4", alpha=0.2, lw=0)
+        ax.plot(a.grid, a.values, color="#2e6db4", lw=2)
+        low = np.flatnonzero(a.low_support)
+        if low.size:
+            mids = (a.grid[low] + a.grid[low + 1]) / 2
+            ax.plot(mids, np.interp(mids, a.grid, a.values), "x", color="#c0392b", ms=6)
+        ax.axhline(0, color="grey", lw=0.7)
+        ax.set(xlabel=a.feature, ylabel="ALE (Δ P(positive))")
+        ax.tick_params(axis="x", labelsize=8)
+    fig.suptitle("Accumulated local effects with 95% bootstrap bands (red ×: bins with few rows)")
+    fig.tight_layout()
+    return fig
+
+
+def _draw_ale_categorical(panels):
+    """``panels``: (ALE result, shown level positions, their labels) per categorical feature of one page."""
+    fig, axes = _panel_grid(len(panels), 2, levels=[len(p[1]) for p in panels])
+    for ax, (a, keep, labels) in zip(axes, panels, strict=True):
+        y = np.arange(len(labels))
+        if a.lower is not None:
+            ax.hlines(y, a.lower[keep], a.upper[keep], color="#9bb7dd", lw=3)
+        colors = np.where(a.low_support[keep], "#c0392b", "#2e6db4")
+        ax.scatter(a.values[keep], y, c=colors, zorder=3, s=18)
+        ax.axvline(0, color="grey", lw=0.7)
+        ax.set_yticks(y, labels, fontsize=8)
+        ax.invert_yaxis()
+        more = f" ({len(keep)} of {len(a.grid)} levels)" if len(keep) < len(a.grid) else ""
+        ax.set(xlabel="ALE (Δ P(positive))", title=a.feature + more)
+    return fig
+
+
+def _draw_ale2(a2):
+    fig, ax = subplots(figsize=(6.5, 5))
+    lim = float(np.abs(a2.values).max()) or 1e-9
+    mesh = ax.pcolormesh(a2.edges_1, a2.edges_2, a2.values.T, cmap="RdBu_r", vmin=-lim, vmax=lim, shading="gouraud")
+    ax.set(xlabel=a2.features[0], ylabel=a2.features[1], title=f"Second-order ALE: {a2.features[0]} × {a2.features[1]}")
+    fig.colorbar(mesh, ax=ax, label="interaction effect on P(positive)")
+    return fig
+
+
+def _draw_h(h: np.ndarray, top: list[str]):
+    import seaborn as sns
+
+    fig, ax = subplots(figsize=(4.6, 3.9))
+    sns.heatmap(
+        pd.DataFrame(h, index=top, columns=top),
+        annot=True,
+        fmt=".2f",
+        cmap="Reds",
+        vmin=0,
+        vmax=max(0.5, float(np.nanmax(h)) if np.isfinite(h).any() else 0.5),
+        ax=ax,
+        cbar_kws={"label": "H"},
+    )
+    ax.set_title("Pairwise H-statistic (top features)")
+    ax.tick_params(axis="x", rotation=45)
+    return fig

@@ -16,7 +16,7 @@ from audit.explain.local_surrogate import lime_explanations, lime_explanations_l
 from audit.explain.shapley import reason_codes, shapley_values, shapley_values_shap, summarize_background
 from audit.findings import Finding
 from audit.modules.base import AuditContext, Figure, ModuleResult, Table
-from audit.plotting import subplots, to_png
+from audit.plotting import draw, subplots
 from audit.references import check_local_config, constraints_from_config  # noqa: F401 - re-exported
 
 
@@ -338,60 +338,18 @@ class ShapModule:
 
     @staticmethod
     def _summary_figure(values, X, names, mean_abs, schema) -> Figure:
-        order = list(mean_abs.index)
-        fig, (a1, a2) = subplots(1, 2, figsize=(11, 0.34 * len(names) + 1.5), sharey=True)
-        ypos = np.arange(len(order))[::-1]
-        a1.barh(ypos, mean_abs.to_numpy(), color="#2e6db4")
-        a1.set(yticks=ypos, yticklabels=order, xlabel="mean |SHAP value|", title="Global importance (explained rows)")
-        a1.set_xlabel("mean |SHAP value| (probability)")
-        a1.set_title("Global importance (explained rows)")
-        rng = np.random.default_rng(0)
-        mappable = None
-        for y, f in zip(ypos, order, strict=True):
-            j = names.index(f)
-            v = values[:, j]
-            jitter = y + rng.uniform(-0.3, 0.3, len(v))
-            col = X[:, j]
-            if schema.feature(f).is_categorical or np.isnan(col).all() or np.nanmax(col) == np.nanmin(col):
-                a2.scatter(v, jitter, color="#7f8c8d", s=9)
-            else:
-                rank = pd.Series(col).rank(pct=True).to_numpy()
-                mappable = a2.scatter(v, jitter, c=rank, cmap="coolwarm", s=9, vmin=0, vmax=1)
-        a2.axvline(0, color="black", lw=0.8)
-        a2.tick_params(axis="y", labelleft=True)
-        a2.set_yticks(ypos, order)
-        a2.set(xlabel="SHAP value (change in probability)", title="Per explained row")
-        if mappable is not None:
-            cb = a2.figure.colorbar(mappable, ax=a2, fraction=0.05, pad=0.02)
-            cb.set_label("feature value (percentile; grey: categorical)")
         return Figure(
             "shap_summary",
             "Mean |SHAP| per feature and every explained row's SHAP value (categoricals grey).",
-            to_png(fig),
+            draw(_draw_shap_summary, values, X, names, mean_abs, schema),
         )
 
     @staticmethod
     def _waterfalls(sv, X, idx, rows, schema) -> Figure:
-        names = sv.feature_names
-        fig, axes = subplots(len(rows), 1, figsize=(8, len(rows) * (0.28 * len(names) + 1.2)), squeeze=False)
-        for ax, r in zip(axes[:, 0], rows, strict=True):
-            v = sv.values[r]
-            order = np.argsort(-np.abs(v), kind="stable")
-            start = sv.base_value
-            labels = []
-            for pos, j in enumerate(order):
-                ax.barh(pos, v[j], left=start, color="#c0392b" if v[j] < 0 else "#27ae60")
-                start += v[j]
-                labels.append(f"{names[j]} = {_value_text(schema.feature(names[j]), X[r, j])}"[:32])
-            ax.set_yticks(range(len(order)), labels)
-            ax.invert_yaxis()
-            ax.axvline(sv.base_value, color="grey", lw=0.8, ls="--")
-            ax.axvline(sv.predictions[r], color="black", lw=0.8)
-            ax.set(title=f"row {idx[r]}: f(x) = {sv.predictions[r]:.3f}", xlabel="probability")
         return Figure(
             "shap_waterfalls",
             "Waterfalls for declined rows: from the base value (dashed) to the prediction (solid), feature by feature.",
-            to_png(fig),
+            draw(_draw_waterfalls, sv, X, idx, rows, schema),
         )
 
 
@@ -518,18 +476,6 @@ class LimeModule:
                     ),
                 )
             )
-        fig, (a1, a2) = subplots(1, 2, figsize=(10, 3))
-        a1.hist(main.score, bins=20, range=(0, 1), color="#2e6db4")
-        a1.set(xlabel="surrogate R^2 (fidelity)", ylabel="rows", title="Fidelity")
-        if reruns:
-            a2.hist(stability, bins=10, range=(0, 1), color="#8e44ad", alpha=0.7, label="stability across seeds")
-        if not np.isnan(agreement).all():
-            a2.hist(agreement, bins=10, range=(0, 1), color="#e67e22", alpha=0.6, label="agreement with SHAP")
-        a2.set(xlabel=f"top-{k} Jaccard", title="Stability and SHAP agreement")
-        if a2.get_legend_handles_labels()[0]:
-            a2.legend(fontsize=8)
-        else:
-            a2.text(0.5, 0.5, "not assessable", ha="center", va="center", transform=a2.transAxes)
         return ModuleResult(
             summary={
                 "instances": len(idx),
@@ -556,7 +502,11 @@ class LimeModule:
                 )
             ],
             figures=[
-                Figure("lime_quality", "Distribution of LIME fidelity, stability and SHAP agreement.", to_png(fig))
+                Figure(
+                    "lime_quality",
+                    "Distribution of LIME fidelity, stability and SHAP agreement.",
+                    draw(_draw_lime_quality, main.score, stability, agreement, bool(reruns), k),
+                )
             ],
             findings=findings,
             data={
@@ -757,3 +707,70 @@ class CounterfactualModule:
                 "violations": violations,
             },
         )
+
+
+# ------------------------------------------------------------------------------------ figures (see plotting.draw)
+def _draw_shap_summary(values, X, names, mean_abs, schema):
+    order = list(mean_abs.index)
+    fig, (a1, a2) = subplots(1, 2, figsize=(11, 0.34 * len(names) + 1.5), sharey=True)
+    ypos = np.arange(len(order))[::-1]
+    a1.barh(ypos, mean_abs.to_numpy(), color="#2e6db4")
+    a1.set(yticks=ypos, yticklabels=order, xlabel="mean |SHAP value|", title="Global importance (explained rows)")
+    a1.set_xlabel("mean |SHAP value| (probability)")
+    a1.set_title("Global importance (explained rows)")
+    rng = np.random.default_rng(0)
+    mappable = None
+    for y, f in zip(ypos, order, strict=True):
+        j = names.index(f)
+        v = values[:, j]
+        jitter = y + rng.uniform(-0.3, 0.3, len(v))
+        col = X[:, j]
+        if schema.feature(f).is_categorical or np.isnan(col).all() or np.nanmax(col) == np.nanmin(col):
+            a2.scatter(v, jitter, color="#7f8c8d", s=9)
+        else:
+            rank = pd.Series(col).rank(pct=True).to_numpy()
+            mappable = a2.scatter(v, jitter, c=rank, cmap="coolwarm", s=9, vmin=0, vmax=1)
+    a2.axvline(0, color="black", lw=0.8)
+    a2.tick_params(axis="y", labelleft=True)
+    a2.set_yticks(ypos, order)
+    a2.set(xlabel="SHAP value (change in probability)", title="Per explained row")
+    if mappable is not None:
+        cb = a2.figure.colorbar(mappable, ax=a2, fraction=0.05, pad=0.02)
+        cb.set_label("feature value (percentile; grey: categorical)")
+    return fig
+
+
+def _draw_waterfalls(sv, X, idx, rows, schema):
+    names = sv.feature_names
+    fig, axes = subplots(len(rows), 1, figsize=(8, len(rows) * (0.28 * len(names) + 1.2)), squeeze=False)
+    for ax, r in zip(axes[:, 0], rows, strict=True):
+        v = sv.values[r]
+        order = np.argsort(-np.abs(v), kind="stable")
+        start = sv.base_value
+        labels = []
+        for pos, j in enumerate(order):
+            ax.barh(pos, v[j], left=start, color="#c0392b" if v[j] < 0 else "#27ae60")
+            start += v[j]
+            labels.append(f"{names[j]} = {_value_text(schema.feature(names[j]), X[r, j])}"[:32])
+        ax.set_yticks(range(len(order)), labels)
+        ax.invert_yaxis()
+        ax.axvline(sv.base_value, color="grey", lw=0.8, ls="--")
+        ax.axvline(sv.predictions[r], color="black", lw=0.8)
+        ax.set(title=f"row {idx[r]}: f(x) = {sv.predictions[r]:.3f}", xlabel="probability")
+    return fig
+
+
+def _draw_lime_quality(score, stability, agreement, reruns: bool, k: int):
+    fig, (a1, a2) = subplots(1, 2, figsize=(10, 3))
+    a1.hist(score, bins=20, range=(0, 1), color="#2e6db4")
+    a1.set(xlabel="surrogate R^2 (fidelity)", ylabel="rows", title="Fidelity")
+    if reruns:
+        a2.hist(stability, bins=10, range=(0, 1), color="#8e44ad", alpha=0.7, label="stability across seeds")
+    if not np.isnan(agreement).all():
+        a2.hist(agreement, bins=10, range=(0, 1), color="#e67e22", alpha=0.6, label="agreement with SHAP")
+    a2.set(xlabel=f"top-{k} Jaccard", title="Stability and SHAP agreement")
+    if a2.get_legend_handles_labels()[0]:
+        a2.legend(fontsize=8)
+    else:
+        a2.text(0.5, 0.5, "not assessable", ha="center", va="center", transform=a2.transAxes)
+    return fig

@@ -8,7 +8,7 @@ import pandas as pd
 from audit.config import AuditConfig
 from audit.findings import Finding
 from audit.modules.base import AuditContext, Figure, ModuleResult, Table
-from audit.plotting import subplots, to_png
+from audit.plotting import draw, subplots
 
 
 def population_profile(ctx: AuditContext):
@@ -271,17 +271,20 @@ class DriftModule:
     @staticmethod
     def _figure(table: pd.DataFrame, cfg) -> Figure:
         top = table.head(20).iloc[::-1]
-        fig, ax = subplots(figsize=(6.0, 0.3 * len(top) + 1.2))
-        colours = [
-            "#b2182b" if b == "significant" else "#ef8a62" if b == "moderate" else "#67a9cf" for b in top["band"]
-        ]
-        ax.barh(top["feature"], top["psi"], color=colours)
-        ax.axvline(cfg.psi_moderate, ls="--", color="grey", lw=1)
-        ax.axvline(cfg.psi_significant, ls=":", color="grey", lw=1)
-        ax.set(xlabel="CSI (PSI of the feature)", title="Feature drift since training")
         return Figure(
             "csi",
             f"Characteristic Stability Index per feature; dashed: {cfg.psi_moderate} (moderate), dotted: "
             f"{cfg.psi_significant} (significant). Red: significant, orange: moderate.",
-            to_png(fig),
+            draw(_draw_csi, top[["feature", "psi", "band"]], cfg.psi_moderate, cfg.psi_significant),
         )
+
+
+# ------------------------------------------------------------------------------------ figures (see plotting.draw)
+def _draw_csi(top: pd.DataFrame, moderate: float, significant: float):
+    fig, ax = subplots(figsize=(6.0, 0.3 * len(top) + 1.2))
+    colours = ["#b2182b" if b == "significant" else "#ef8a62" if b == "moderate" else "#67a9cf" for b in top["band"]]
+    ax.barh(top["feature"], top["psi"], color=colours)
+    ax.axvline(moderate, ls="--", color="grey", lw=1)
+    ax.axvline(significant, ls=":", color="grey", lw=1)
+    ax.set(xlabel="CSI (PSI of the feature)", title="Feature drift since training")
+    return fig

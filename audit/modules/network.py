@@ -16,7 +16,7 @@ from audit.findings import Finding
 from audit.model.adapter import NetPredictor
 from audit.modules.base import AuditContext, Figure, ModuleResult, Table
 from audit.modules.local_explain import select_instances
-from audit.plotting import subplots, to_png
+from audit.plotting import draw, subplots
 
 
 def _not_applicable(name: str, ctx: AuditContext) -> ModuleResult | None:
@@ -78,20 +78,12 @@ class ArchitectureModule:
         summary = {"parameters": total, "hidden_layers": len([m for m in net.body if hasattr(m, "out_features")])}
         if len(history):
             summary |= {"epochs_run": int(len(history)), "best_epoch": best}
-            fig, (a1, a2) = subplots(1, 2, figsize=(10, 3))
-            a1.plot(history["epoch"], history["train_loss"], marker="o", label="train loss")
-            a1.plot(history["epoch"], history["val_loss"], marker="o", label="validation loss")
-            if "val_auc" in history:
-                a2.plot(history["epoch"], history["val_auc"], marker="o", color="#27ae60")
-            for ax in (a1, a2):
-                if best is not None and best >= 0:
-                    ax.axvline(best, color="grey", ls="--", lw=0.8)
-                ax.set_xlabel("epoch")
-            a1.set(title="Loss (dashed: best epoch, weights restored)")
-            a1.legend(fontsize=8)
-            a2.set(title="Validation ROC AUC")
             figures.append(
-                Figure("training_history", "Training history; early stopping kept the best epoch.", to_png(fig))
+                Figure(
+                    "training_history",
+                    "Training history; early stopping kept the best epoch.",
+                    draw(_draw_history, history, best),
+                )
             )
             findings.append(
                 Finding(
@@ -192,16 +184,6 @@ class GradientsModule:
                 )
             )
         table = table.sort_values("mean |IG|", ascending=False, kind="stable")
-        fig, ax = subplots(figsize=(7, 0.32 * len(names) + 1.2))
-        t = table.iloc[::-1]
-        y = np.arange(len(t))
-        cols = [c for c in ("mean |IG|", "mean |SHAP|") if c in t]
-        for k, c in enumerate(cols):
-            v = t[c].to_numpy()
-            ax.barh(y + 0.4 * k - 0.2 * (len(cols) - 1), v / max(v.max(), 1e-12), height=0.4, label=c)
-        ax.set_yticks(y, t["feature"])
-        ax.set(xlabel="share of the largest value", title="Attribution magnitude per feature")
-        ax.legend(fontsize=8)
         return ModuleResult(
             summary=summary,
             tables=[
@@ -215,7 +197,13 @@ class GradientsModule:
                     "backwards layer by layer (epsilon rule; alpha=1, beta=0 rule), through the embeddings.",
                 )
             ],
-            figures=[Figure("gradients", "Mean |IG| per feature, beside mean |SHAP| when both ran.", to_png(fig))],
+            figures=[
+                Figure(
+                    "gradients",
+                    "Mean |IG| per feature, beside mean |SHAP| when both ran.",
+                    draw(_draw_attributions, table, len(names)),
+                )
+            ],
             findings=findings,
             data=data,
         )
@@ -297,16 +285,11 @@ class ActivationsModule:
 
     @staticmethod
     def _distributions(layers) -> Figure:
-        fig, axes = subplots(1, 2, figsize=(10, 3))
-        for a in layers:
-            axes[0].hist(a.active_share, bins=20, range=(0, 1), alpha=0.6, label=a.name)
-            v = a.values.ravel()
-            axes[1].hist(v[v > 0], bins=40, alpha=0.6, label=a.name, log=True)
-        axes[0].set(xlabel="share of rows where the unit is active", ylabel="units", title="Unit activity")
-        axes[1].set(xlabel="activation (when > 0)", ylabel="count (log)", title="Activation values")
-        axes[0].legend(fontsize=8)
+        panels = [(a.name, a.active_share, a.values.ravel()[a.values.ravel() > 0]) for a in layers]
         return Figure(
-            "activation_distributions", "Per-unit activity and activation values per hidden layer.", to_png(fig)
+            "activation_distributions",
+            "Per-unit activity and activation values per hidden layer.",
+            draw(_draw_activations, panels),
         )
 
     def _projection(self, ctx: AuditContext, H, sample, tsne: bool, rng):
@@ -325,22 +308,8 @@ class ActivationsModule:
             methods.append(("t-SNE", TSNE(n_components=2, random_state=int(rng.integers(2**31 - 1))).fit_transform(H)))
         sens = list(schema.sensitive)
         groups = {name: labels[sample] for name, labels in audit_groupings(ctx).items()}
-        ncol = 3
-        fig, axes = subplots(len(methods), ncol, figsize=(12, 3.6 * len(methods)), squeeze=False)
-        for r, (mname, P) in enumerate(methods):
-            axes[r, 0].scatter(P[:, 0], P[:, 1], c=ctx.y_audit[sample], cmap="coolwarm", s=5)
-            axes[r, 0].set(title=f"{mname}: coloured by label")
-            axes[r, 1].scatter(P[:, 0], P[:, 1], c=ctx.proba_audit[sample], cmap="viridis", s=5)
-            axes[r, 1].set(title=f"{mname}: coloured by predicted probability")
-            if sens:
-                lab = groups[sens[0]]
-                for g in sorted(set(lab.tolist())):
-                    m = lab == g
-                    axes[r, 2].scatter(P[m, 0], P[m, 1], s=5, label=str(g)[:20], alpha=0.6)
-                axes[r, 2].legend(fontsize=7, markerscale=2)
-                axes[r, 2].set(title=f"{mname}: coloured by {sens[0]}")
-            else:
-                axes[r, 2].axis("off")
+        first = (sens[0], groups[sens[0]]) if sens else None
+        fig = draw(_draw_projection, methods, ctx.y_audit[sample], ctx.proba_audit[sample], first)
         probe = {}
         for s in sens:
             lab = groups[s]
@@ -354,7 +323,7 @@ class ActivationsModule:
                 "representation",
                 "The last hidden layer projected to 2-D, coloured by label, prediction and the first sensitive feature. "
                 "Probe: a logistic regression on the layer predicting the largest group vs the rest (3-fold ROC AUC).",
-                to_png(fig),
+                fig,
             ),
             probe,
         )
@@ -433,14 +402,6 @@ class UncertaintyModule:
                             f"max/min mean std across groups <= {uc.max_group_ratio:g}",
                         )
                     )
-        fig, (a1, a2) = subplots(1, 2, figsize=(10, 3))
-        a1.hist(u.std, bins=40, color="#8e44ad")
-        a1.set(
-            xlabel="std of the predicted probability", ylabel="rows", title=f"MC dropout spread ({uc.passes} passes)"
-        )
-        a2.scatter(u.mean, u.high - u.low, s=3, alpha=0.4)
-        a2.axvline(thr, color="black", lw=0.8)
-        a2.set(xlabel="mean predicted probability", ylabel=f"{uc.level:.0%} interval width", title="Spread vs score")
         tables = []
         if rows:
             tables.append(
@@ -459,8 +420,86 @@ class UncertaintyModule:
             },
             tables=tables,
             figures=[
-                Figure("uncertainty", "Distribution of MC-dropout spread and interval width by score.", to_png(fig))
+                Figure(
+                    "uncertainty",
+                    "Distribution of MC-dropout spread and interval width by score.",
+                    draw(_draw_uncertainty, u.std, u.mean, u.high - u.low, thr, uc.passes, uc.level),
+                )
             ],
             findings=findings,
             data={"std": u.std, "low": u.low, "high": u.high},
         )
+
+
+# ------------------------------------------------------------------------------------ figures (see plotting.draw)
+def _draw_history(history: pd.DataFrame, best):
+    fig, (a1, a2) = subplots(1, 2, figsize=(10, 3))
+    a1.plot(history["epoch"], history["train_loss"], marker="o", label="train loss")
+    a1.plot(history["epoch"], history["val_loss"], marker="o", label="validation loss")
+    if "val_auc" in history:
+        a2.plot(history["epoch"], history["val_auc"], marker="o", color="#27ae60")
+    for ax in (a1, a2):
+        if best is not None and best >= 0:
+            ax.axvline(best, color="grey", ls="--", lw=0.8)
+        ax.set_xlabel("epoch")
+    a1.set(title="Loss (dashed: best epoch, weights restored)")
+    a1.legend(fontsize=8)
+    a2.set(title="Validation ROC AUC")
+    return fig
+
+
+def _draw_attributions(table: pd.DataFrame, n_features: int):
+    fig, ax = subplots(figsize=(7, 0.32 * n_features + 1.2))
+    t = table.iloc[::-1]
+    y = np.arange(len(t))
+    cols = [c for c in ("mean |IG|", "mean |SHAP|") if c in t]
+    for k, c in enumerate(cols):
+        v = t[c].to_numpy()
+        ax.barh(y + 0.4 * k - 0.2 * (len(cols) - 1), v / max(v.max(), 1e-12), height=0.4, label=c)
+    ax.set_yticks(y, t["feature"])
+    ax.set(xlabel="share of the largest value", title="Attribution magnitude per feature")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _draw_activations(panels):
+    """``panels``: (layer name, active share per unit, positive activation values) per layer."""
+    fig, axes = subplots(1, 2, figsize=(10, 3))
+    for name, active_share, positive in panels:
+        axes[0].hist(active_share, bins=20, range=(0, 1), alpha=0.6, label=name)
+        axes[1].hist(positive, bins=40, alpha=0.6, label=name, log=True)
+    axes[0].set(xlabel="share of rows where the unit is active", ylabel="units", title="Unit activity")
+    axes[1].set(xlabel="activation (when > 0)", ylabel="count (log)", title="Activation values")
+    axes[0].legend(fontsize=8)
+    return fig
+
+
+def _draw_projection(methods, y: np.ndarray, proba: np.ndarray, first):
+    """``methods``: (name, 2-D projection) pairs; ``first``: (sensitive feature, group labels) or None."""
+    ncol = 3
+    fig, axes = subplots(len(methods), ncol, figsize=(12, 3.6 * len(methods)), squeeze=False)
+    for r, (mname, P) in enumerate(methods):
+        axes[r, 0].scatter(P[:, 0], P[:, 1], c=y, cmap="coolwarm", s=5)
+        axes[r, 0].set(title=f"{mname}: coloured by label")
+        axes[r, 1].scatter(P[:, 0], P[:, 1], c=proba, cmap="viridis", s=5)
+        axes[r, 1].set(title=f"{mname}: coloured by predicted probability")
+        if first is not None:
+            name, lab = first
+            for g in sorted(set(lab.tolist())):
+                m = lab == g
+                axes[r, 2].scatter(P[m, 0], P[m, 1], s=5, label=str(g)[:20], alpha=0.6)
+            axes[r, 2].legend(fontsize=7, markerscale=2)
+            axes[r, 2].set(title=f"{mname}: coloured by {name}")
+        else:
+            axes[r, 2].axis("off")
+    return fig
+
+
+def _draw_uncertainty(std, mean, width, thr: float, passes: int, level: float):
+    fig, (a1, a2) = subplots(1, 2, figsize=(10, 3))
+    a1.hist(std, bins=40, color="#8e44ad")
+    a1.set(xlabel="std of the predicted probability", ylabel="rows", title=f"MC dropout spread ({passes} passes)")
+    a2.scatter(mean, width, s=3, alpha=0.4)
+    a2.axvline(thr, color="black", lw=0.8)
+    a2.set(xlabel="mean predicted probability", ylabel=f"{level:.0%} interval width", title="Spread vs score")
+    return fig

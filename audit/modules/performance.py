@@ -17,7 +17,7 @@ from sklearn.metrics import (
 from audit.config import AuditConfig
 from audit.findings import Finding
 from audit.modules.base import AuditContext, Figure, ModuleResult, Table
-from audit.plotting import subplots, to_png
+from audit.plotting import draw, subplots
 
 
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, *, n_bins: int = 10) -> tuple[float, pd.DataFrame]:
@@ -374,32 +374,49 @@ class PerformanceModule:
 
     @staticmethod
     def _reliability(bins: pd.DataFrame, ece: float, where: str) -> Figure:
-        fig, ax = subplots(figsize=(3.55, 3.4))
-        ok = bins["rows"] > 0
-        ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
-        ax.plot(bins.loc[ok, "mean_predicted"], bins.loc[ok, "observed_rate"], marker="o", label="model")
-        ax.set(
-            xlabel="mean predicted probability",
-            ylabel="observed positive rate",
-            xlim=(0, 1),
-            ylim=(0, 1),
-            title=f"Reliability diagram (ECE {ece:.3f})",
+        return Figure(
+            "reliability",
+            f"Reliability diagram on the {where}; points are equal-width bins.",
+            draw(_draw_reliability, bins, ece),
         )
-        ax.legend(loc="upper left", fontsize=8)
-        return Figure("reliability", f"Reliability diagram on the {where}; points are equal-width bins.", to_png(fig))
 
     @staticmethod
     def _roc(ctx: AuditContext) -> Figure:
         from sklearn.metrics import roc_curve
 
-        fig, ax = subplots(figsize=(3.55, 3.4))
         curves = [("test", ctx.y_audit, ctx.proba_audit), ("train", ctx.dataset.y_train, ctx.proba_train)]
         if ctx.population is not None and ctx.population.scored.y is not None:
             curves.insert(0, ("population", ctx.population.scored.y, ctx.population.scored.proba))
+        lines = []
         for name, y, p in curves:
             fpr, tpr, _ = roc_curve(y, p)
-            ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(y, p):.3f})")
-        ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
-        ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC curve")
-        ax.legend(loc="lower right", fontsize=8)
-        return Figure("roc", "ROC curves on the " + ", ".join(c[0] for c in curves) + " rows.", to_png(fig))
+            lines.append((f"{name} (AUC {roc_auc_score(y, p):.3f})", fpr, tpr))
+        return Figure("roc", "ROC curves on the " + ", ".join(c[0] for c in curves) + " rows.", draw(_draw_roc, lines))
+
+
+# ------------------------------------------------------------------------------------ figures (see plotting.draw)
+def _draw_reliability(bins: pd.DataFrame, ece: float):
+    fig, ax = subplots(figsize=(3.55, 3.4))
+    ok = bins["rows"] > 0
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
+    ax.plot(bins.loc[ok, "mean_predicted"], bins.loc[ok, "observed_rate"], marker="o", label="model")
+    ax.set(
+        xlabel="mean predicted probability",
+        ylabel="observed positive rate",
+        xlim=(0, 1),
+        ylim=(0, 1),
+        title=f"Reliability diagram (ECE {ece:.3f})",
+    )
+    ax.legend(loc="upper left", fontsize=8)
+    return fig
+
+
+def _draw_roc(lines):
+    """``lines``: (label, FPR, TPR) per curve."""
+    fig, ax = subplots(figsize=(3.55, 3.4))
+    for label, fpr, tpr in lines:
+        ax.plot(fpr, tpr, label=label)
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC curve")
+    ax.legend(loc="lower right", fontsize=8)
+    return fig

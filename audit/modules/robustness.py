@@ -8,7 +8,7 @@ import pandas as pd
 from audit.config import AuditConfig
 from audit.findings import Finding
 from audit.modules.base import AuditContext, Figure, ModuleResult, Table
-from audit.plotting import subplots, to_png
+from audit.plotting import draw, subplots
 
 
 def row_errors(y: np.ndarray, p: np.ndarray, metric: str, threshold: float) -> np.ndarray:
@@ -146,18 +146,9 @@ class WeakSegmentsModule:
 
     @staticmethod
     def _figure(res, what: str) -> Figure:
-        w = res.weak.iloc[::-1]
-        fig, ax = subplots(figsize=(6.2, 0.38 * len(w) + 1.2))
-        y = np.arange(len(w))
-        ax.errorbar(
-            w["error"], y, xerr=[w["error"] - w["error_low"], w["error_high"] - w["error"]], fmt="o", color="#b2182b"
-        )
-        ax.axvline(res.overall_error, ls="--", color="grey", lw=1)
-        ax.set_yticks(y, [f"{s} ({r})" for s, r in zip(w["slice"], w["rows"], strict=True)], fontsize=7)
-        ax.set(xlabel=what, title="Weak segments")
         return Figure(
             "weak_segments", f"{what.capitalize()} of each weak segment with its 95% interval; dashed: all audit rows.",
-            to_png(fig),
+            draw(_draw_weak_segments, res.weak, res.overall_error, what),
         )  # fmt: skip
 
 
@@ -489,20 +480,14 @@ class FaithfulnessModule:
 
     @staticmethod
     def _figure(curves, rand, usable) -> Figure:
-        fig, axes = subplots(1, 2, figsize=(9.5, 3.2))
-        for ax, key, title in ((axes[0], "deletion", "Deletion (lower is better)"),
-                               (axes[1], "insertion", "Insertion (higher is better)")):  # fmt: skip
-            scale = float(np.mean(rand[0].deviation[usable]))
-            for m, c in curves.items():
-                v = getattr(c, key)[usable].mean(axis=0) / scale
-                ax.plot(np.arange(len(v)), v, label=m)
+        scale = float(np.mean(rand[0].deviation[usable]))
+        panels = []
+        for key in ("deletion", "insertion"):
+            lines = [(m, getattr(c, key)[usable].mean(axis=0) / scale) for m, c in curves.items()]
             r = np.mean([getattr(c, key)[usable].mean(axis=0) for c in rand], axis=0) / scale
-            ax.plot(np.arange(len(r)), r, ls="--", color="grey", label="random order")
-            ax.set(xlabel="features removed" if key == "deletion" else "features inserted", ylabel="score moved / mean deviation",
-                   title=title)  # fmt: skip
-            ax.legend(fontsize=7)
+            panels.append((key, lines, r))
         return Figure("faithfulness", "Mean deletion and insertion curves of each method against a random order.",
-                      to_png(fig))  # fmt: skip
+                      draw(_draw_faithfulness, panels))  # fmt: skip
 
 
 class ContrastiveModule:
@@ -612,3 +597,31 @@ class ContrastiveModule:
             findings=findings,
             data={"rows": idx, "pn_distance": res.pn_distance, "pp_size": sizes},
         )
+
+
+# ------------------------------------------------------------------------------------ figures (see plotting.draw)
+def _draw_weak_segments(weak: pd.DataFrame, overall: float, what: str):
+    w = weak.iloc[::-1]
+    fig, ax = subplots(figsize=(6.2, 0.38 * len(w) + 1.2))
+    y = np.arange(len(w))
+    ax.errorbar(
+        w["error"], y, xerr=[w["error"] - w["error_low"], w["error_high"] - w["error"]], fmt="o", color="#b2182b"
+    )
+    ax.axvline(overall, ls="--", color="grey", lw=1)
+    ax.set_yticks(y, [f"{s} ({r})" for s, r in zip(w["slice"], w["rows"], strict=True)], fontsize=7)
+    ax.set(xlabel=what, title="Weak segments")
+    return fig
+
+
+def _draw_faithfulness(panels):
+    """``panels``: ("deletion" or "insertion", [(method, mean curve)], random order's mean curve), scaled."""
+    fig, axes = subplots(1, 2, figsize=(9.5, 3.2))
+    titles = {"deletion": "Deletion (lower is better)", "insertion": "Insertion (higher is better)"}
+    for ax, (key, lines, r) in zip(axes, panels, strict=True):
+        for m, v in lines:
+            ax.plot(np.arange(len(v)), v, label=m)
+        ax.plot(np.arange(len(r)), r, ls="--", color="grey", label="random order")
+        ax.set(xlabel="features removed" if key == "deletion" else "features inserted", ylabel="score moved / mean deviation",
+               title=titles[key])  # fmt: skip
+        ax.legend(fontsize=7)
+    return fig
