@@ -836,7 +836,7 @@ def _write(run: AuditRun, ds: Dataset, folder) -> None:
 
     A file system error (no space, permissions changed under us) removes the folder and is bad input (exit 2)."""
     from audit.output import OutputError
-    from audit.report.writer import build_report_json, render_html, write_json, write_pdf
+    from audit.report.writer import build_report_json, render_html, start_pdf, write_json
 
     t0 = time.perf_counter()
     formats = run.config.report.formats
@@ -845,11 +845,12 @@ def _write(run: AuditRun, ds: Dataset, folder) -> None:
         if run.scores is not None:
             run.scores.to_parquet(tmp_dir / "scores.parquet", index=False)
         report = build_report_json(run, ds, dataset_fingerprint(ds), tmp_dir)
-        write_json(report, tmp_dir / "report.json")
+        pdf = start_pdf(render_html(report, run, medium="print"), tmp_dir / "report.pdf") if "pdf" in formats else None
+        write_json(report, tmp_dir / "report.json")  # while the renderer process lays out the PDF
         if "html" in formats:
             (tmp_dir / "report.html").write_text(render_html(report, run), encoding="utf-8")
-        if "pdf" in formats:
-            write_pdf(render_html(report, run, medium="print"), tmp_dir / "report.pdf")
+        if pdf is not None:
+            pdf()
         run.run_dir = folder.publish()
         _update_history(run, folder.out_root)
     except OSError as exc:

@@ -214,15 +214,31 @@ def write_pdf(html: str, path: Path) -> int:
     Written by the renderer process when one runs with ``pdf`` (it has WeasyPrint loaded and warm), else here; if
     the renderer fails, here (the same code, so the same file, or the real error).
     """
+    return start_pdf(html, path)()
+
+
+def start_pdf(html: str, path: Path):
+    """:func:`write_pdf` begun: returns a function that waits for the PDF and returns its page count.
+
+    With the renderer process the PDF is laid out there while this process writes the other files."""
     from audit import figure_renderer
 
     renderer = figure_renderer.active()
     if renderer is not None and renderer.pdf:
         try:
-            return renderer.submit_pdf(html, str(path)).result()
-        except Exception:  # noqa: BLE001 - see the docstring
-            pass
-    return write_pdf_here(html, path)
+            future = renderer.submit_pdf(html, str(path))
+        except Exception:  # noqa: BLE001 - the renderer is gone: written here
+            future = None
+        if future is not None:
+
+            def wait() -> int:
+                try:
+                    return future.result()
+                except Exception:  # noqa: BLE001 - see write_pdf's docstring
+                    return write_pdf_here(html, path)
+
+            return wait
+    return lambda: write_pdf_here(html, path)
 
 
 def _weasyprint():
