@@ -148,6 +148,34 @@ print(sorted(m for m in ("torch._dynamo", "sympy", "torch._inductor") if m in sy
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
+def test_with_the_renderer_the_audit_process_imports_no_matplotlib(workdir):
+    """Figures are built by the renderer process (``plotting.draw``): the audit's own process never imports
+    matplotlib or seaborn (0.7 s of imports), and the report still has its figures."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = f"""
+import sys
+from pathlib import Path
+from audit.config import config_from_dict
+from audit.pipeline import run_audit
+from tests.conftest import base_config
+cfg = base_config()
+cfg["compute"] = {{"threads": 2}}
+run = run_audit(config_from_dict(cfg, base_dir=Path({str(workdir)!r}), name="m"), quiet=True)
+figures = sum(len(m.result.figures) for m in run.modules if m.result is not None)
+print(sorted(m for m in ("matplotlib", "seaborn") if m in sys.modules), figures)
+"""
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=root, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    loaded, figures = out.stdout.strip().splitlines()[-1].rsplit(" ", 1)
+    assert loaded == "[]" and int(figures) > 10
+
+
 def test_thread_plan_and_limits_are_restored():
     import torch
     from threadpoolctl import threadpool_info
