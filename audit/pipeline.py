@@ -815,12 +815,33 @@ def _checked_scores(p, n: int) -> np.ndarray:
 def _finish(run: AuditRun, ds: Dataset, progress: Progress, folder, step) -> AuditRun:
     run.stages = dict(progress.durations)
     run.finished = dt.datetime.now(dt.UTC)
-    run.exit_code = _exit_code(run)
-    if folder is not None:
-        step("report")
-        with progress.stage("write report"):
-            _write(run, ds, folder)
+    if folder is None:
+        _settle_figures(run)
+        run.exit_code = _exit_code(run)
+        return run
+    step("report")
+    with progress.stage("write report"):
+        _settle_figures(run)  # the renderer process may still be building the last figures
+        run.exit_code = _exit_code(run)
+        _write(run, ds, folder)
     return run
+
+
+def _settle_figures(run: AuditRun) -> None:
+    """Wait for every section's figures. A figure that cannot be built or drawn fails its section, as it did when
+    figures were built inside the section (:func:`audit.plotting.draw` builds them later, in the renderer process):
+    the section is shown as failed with the reason, the exit code says so, and the rest of the report stands."""
+    for m in run.modules:
+        if m.result is None:
+            continue
+        for f in m.result.figures:
+            try:
+                f.png  # noqa: B018 - waits for the bytes (built here if the renderer failed)
+            except Exception as exc:  # noqa: BLE001 - isolation, as for the section itself
+                m.status, m.result = "error", None
+                m.error = f"figure '{f.name}' could not be drawn: {exc.__class__.__name__}: {exc}"
+                m.traceback = traceback.format_exc(limit=8)
+                break
 
 
 def _exit_code(run: AuditRun) -> int:

@@ -114,6 +114,36 @@ def test_failing_module_is_isolated_and_exit_code_3(workdir):
     assert "This module failed" in (run.run_dir / "report.html").read_text()
 
 
+class BadFigure:
+    """A section whose figure cannot be built (``draw`` defers building to the renderer process when one runs)."""
+
+    name = "badfig"
+    title = "A section with a broken figure"
+
+    def enabled(self, config):
+        return True
+
+    def run(self, ctx):
+        from audit.modules.base import Figure
+        from audit.modules.global_explain import _draw_importance
+        from audit.plotting import draw
+
+        return ModuleResult(figures=[Figure("broken", "caption", draw(_draw_importance, None, "metric", set()))])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_figure_that_cannot_be_built_fails_its_section_only(workdir, threads):
+    cfg = base_config()
+    cfg["compute"] = {"threads": threads}  # 2: built by the renderer process, after the section returned
+    run = run_audit(load_config(write_config(workdir, cfg)), quiet=True, modules=[BadFigure(), PerformanceModule()])
+    assert run.exit_code == 3
+    assert {m.name: m.status for m in run.modules} == {"badfig": "error", "performance": "ok"}
+    report = json.loads((run.run_dir / "report.json").read_text())
+    assert report["audit"]["modules_failed"] == ["badfig"]
+    assert "AttributeError" in report["modules"]["badfig"]["error"]
+    assert "This module failed" in (run.run_dir / "report.html").read_text()
+
+
 def test_failed_gate_gives_exit_code_1(workdir):
     cfg = base_config()
     cfg["modules"]["performance"] = {"min_roc_auc": 0.9999}
