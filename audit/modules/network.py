@@ -11,9 +11,7 @@ import pandas as pd
 from scipy import stats
 
 from audit.config import AuditConfig
-from audit.explain.neural import hidden_activations, integrated_gradients, mc_dropout, reference_row
 from audit.findings import Finding
-from audit.model.adapter import NetPredictor
 from audit.modules.base import AuditContext, Figure, ModuleResult, Table
 from audit.modules.local_explain import select_instances
 from audit.plotting import draw, subplots
@@ -22,7 +20,10 @@ from audit.plotting import draw, subplots
 def _not_applicable(name: str, ctx: AuditContext) -> ModuleResult | None:
     """These sections need the net's layers: the built-in net, or a loaded file with a gradient handle (see
     :mod:`audit.model.formats`); any other model gets an info finding saying why not."""
+    from audit.model.adapter import NetPredictor  # torch: imported here, so that the renderer process need not
+
     pred = ctx.predictor
+
     if isinstance(pred, NetPredictor) or getattr(pred, "net", None) is not None:
         return None
     fmt = getattr(pred, "format", "") or type(pred).__name__
@@ -113,6 +114,8 @@ class GradientsModule:
         gc = ctx.config.network.gradients
         schema = ctx.dataset.schema
         names = schema.feature_names
+        from audit.explain.neural import integrated_gradients, reference_row
+
         idx, _ = select_instances(ctx)
         base = reference_row(ctx.train_codes(), schema.categorical_mask)
         res = integrated_gradients(ctx.predictor, ctx.codes_audit[idx], base, steps=gc.steps)
@@ -224,6 +227,8 @@ class ActivationsModule:
         rng = np.random.default_rng(ctx.seed_for(self.name))
         n = len(ctx.codes_audit)
         rows_used = np.sort(rng.choice(n, size=min(n, 50_000), replace=False))  # bounds memory on large audits
+        from audit.explain.neural import hidden_activations
+
         layers = hidden_activations(ctx.predictor, ctx.codes_audit[rows_used])
         rows = [
             {
@@ -344,6 +349,8 @@ class UncertaintyModule:
 
         uc = ctx.config.network.uncertainty
         thr = ctx.config.model.threshold
+        from audit.explain.neural import mc_dropout
+
         u = mc_dropout(
             ctx.predictor, ctx.codes_audit, passes=uc.passes, level=uc.level, random_state=ctx.seed_for(self.name)
         )

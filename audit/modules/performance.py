@@ -4,15 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import (
-    accuracy_score,
-    average_precision_score,
-    brier_score_loss,
-    confusion_matrix,
-    f1_score,
-    log_loss,
-    roc_auc_score,
-)
 
 from audit.config import AuditConfig
 from audit.findings import Finding
@@ -54,6 +45,15 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, *, n_bins: int = 10
 
 def classification_metrics(y: np.ndarray, p: np.ndarray, *, threshold: float, n_bins: int = 10) -> dict[str, float]:
     """The headline metrics of a probabilistic binary classifier."""
+    from sklearn.metrics import (  # imported here, so that the renderer process (figures) need not
+        accuracy_score,
+        average_precision_score,
+        brier_score_loss,
+        f1_score,
+        log_loss,
+        roc_auc_score,
+    )
+
     pred = (p >= threshold).astype(int)
     both = 0 < y.sum() < len(y)
     return {
@@ -87,6 +87,7 @@ def bootstrap_intervals(
 
     Examples
     --------
+    >>> from sklearn.metrics import roc_auc_score
     >>> rng = np.random.default_rng(0)
     >>> y = rng.integers(0, 2, 4000); p = np.clip(0.35 * y + 0.65 * rng.uniform(size=4000), 0, 1)
     >>> lo, hi = bootstrap_intervals(y, p, threshold=0.5)["roc_auc"]
@@ -177,6 +178,8 @@ class PerformanceModule:
         metrics["train - test"] = metrics["train"] - metrics["test"]
         metrics.loc["rows", "train - test"] = np.nan
         metrics.index.name = "metric"
+        from sklearn.metrics import confusion_matrix
+
         cm = confusion_matrix(y_a, (p_a >= thr).astype(int), labels=[0, 1])
         schema = ctx.dataset.schema
         cm_frame = pd.DataFrame(
@@ -382,7 +385,7 @@ class PerformanceModule:
 
     @staticmethod
     def _roc(ctx: AuditContext) -> Figure:
-        from sklearn.metrics import roc_curve
+        from sklearn.metrics import roc_auc_score, roc_curve
 
         curves = [("test", ctx.y_audit, ctx.proba_audit), ("train", ctx.dataset.y_train, ctx.proba_train)]
         if ctx.population is not None and ctx.population.scored.y is not None:
