@@ -145,11 +145,12 @@ def _receive(stream) -> bytes:
 def serve(pdf: bool = False) -> None:
     """The renderer process: read requests from stdin (``("png", pickled figure, smallest font)``, ``("call",
     pickled figure-building call)`` or ``("pdf", html, path)``), answer each with ``(True, png bytes or page
-    count)`` or ``(False, error text)`` on stdout, until stdin closes. With ``pdf`` it loads WeasyPrint once matplotlib is loaded, while the audit trains, so that
-    neither the import nor the first-use set-up (fonts) is on the audit's path; then the audit's sections (whose
-    module-level functions build the figures, :func:`audit.plotting.draw`), so that importing them (about 0.4 s;
-    they import torch and scikit-learn only where they compute, not for their figures) does not delay
-    the first figures."""
+    count)`` or ``(False, error text)`` on stdout, until stdin closes.
+
+    While the audit trains it loads matplotlib, then with ``pdf`` WeasyPrint (so that neither the import nor the
+    first-use set-up of fonts is on the audit's path), then the audit's sections, whose module-level functions
+    build the figures (:func:`audit.plotting.draw`): about 0.4 s, as they import torch and scikit-learn only where
+    they compute, not for their figures."""
     import os
     import sys
 
