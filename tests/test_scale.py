@@ -16,7 +16,7 @@ import pytest
 from audit.compute import Backend
 from audit.config import config_from_dict
 from audit.data import Feature, Schema
-from audit.fairness import BOOTSTRAP_BLOCK, bootstrap_sums, group_fairness, poisson_weights
+from audit.fairness import BOOTSTRAP_BLOCK, _row_stats, bootstrap_sums, group_fairness, poisson_weights
 from audit.model.adapter import CallablePredictor
 from audit.population import (
     open_population,
@@ -136,6 +136,27 @@ def test_bootstrap_sums_do_not_depend_on_how_rows_are_chunked():
     for x, z in zip(a, b, strict=True):
         np.testing.assert_array_equal(x[..., :5], z[..., :5])  # counts: integers, exact whatever the order
         np.testing.assert_allclose(x, z, rtol=1e-12)
+
+
+@pytest.mark.parametrize("sizes", [[2, 5, 4, 10], [3], [60, 70]])  # cells, one grouping, too many cells
+def test_bootstrap_sums_equal_each_groups_own_weighted_sums_bit_for_bit(sizes):
+    """The groupings share one sort into joint cells (issue 17); a group's sums are still exactly the sums over its
+    own rows (computed here with a mask per group), including groups absent from a block."""
+    rng = np.random.default_rng(3)
+    n = 2 * BOOTSTRAP_BLOCK + 77
+    y, p = rng.integers(0, 2, n), rng.random(n)
+    codes = [rng.integers(0, g - 1 if g > 2 else g, n) for g in sizes]  # the last group of each has no rows
+    got = bootstrap_sums(y, p, codes, sizes, threshold=0.4, n_bins=10, n_replicates=30, seed=4)
+    want = [np.zeros((30, g, 25)) for g in sizes]
+    for b, s in enumerate(range(0, n, BOOTSTRAP_BLOCK)):
+        e = min(s + BOOTSTRAP_BLOCK, n)
+        W = poisson_weights(4, b, 30, e - s)
+        S = _row_stats(y[s:e], p[s:e], 0.4, 10, quantize=True)
+        for acc, c in zip(want, codes, strict=True):
+            for g in range(acc.shape[1]):
+                acc[:, g] += W[c[s:e] == g].T @ S[c[s:e] == g]
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_bootstrap_interval_of_a_selection_rate_matches_the_binomial_interval():
