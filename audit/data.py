@@ -15,6 +15,7 @@ depends only on the data and the seed), levels and unseen levels.
 from __future__ import annotations
 
 import bz2
+import functools
 import gzip
 import hashlib
 import io
@@ -106,21 +107,30 @@ class Schema:
         array([[1.5, 1. ],
                [2. , 2. ]])
         """
+        self.check_columns(df)
+        out = np.empty((len(df), len(self.features)), dtype=np.float64)
+        for j in range(len(self.features)):
+            out[:, j] = self.column_codes(df, j)
+        return out
+
+    def check_columns(self, df: pd.DataFrame) -> None:
+        """Raise :class:`DataError` naming the feature columns ``df`` lacks."""
         missing = [f.name for f in self.features if f.name not in df.columns]
         if missing:
             raise DataError(
                 f"input frame lacks feature column(s) {missing}; the model was built on {self.feature_names}"
             )
-        out = np.empty((len(df), len(self.features)), dtype=np.float64)
-        for j, f in enumerate(self.features):
-            col = df[f.name]
-            if f.is_categorical:
-                out[:, j] = category_codes(col, f)
-            elif isinstance(col.dtype, np.dtype) and col.dtype.kind in "iuf":
-                out[:, j] = col.to_numpy()  # plain NumPy numbers: copied straight in
-            else:
-                out[:, j] = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-        return out
+
+    def column_codes(self, df: pd.DataFrame, j: int) -> np.ndarray:
+        """Column ``j`` of :meth:`to_codes`: float64 level codes, or the numeric values (a NumPy numeric array; NaN
+        for missing), equal once stored as float64."""
+        f = self.features[j]
+        col = df[f.name]
+        if f.is_categorical:
+            return category_codes(col, f)
+        if isinstance(col.dtype, np.dtype) and col.dtype.kind in "iuf":
+            return col.to_numpy()  # plain NumPy numbers: converted where they are stored
+        return pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
 
     def to_codes_reference(self, df: pd.DataFrame) -> np.ndarray:
         """:meth:`to_codes` the slow, obvious way (every value to its level text, then looked up); tests prove the
@@ -234,16 +244,14 @@ def category_codes(col: pd.Series, feature: Feature) -> np.ndarray:
     levels = list(feature.levels)
     n_levels = len(levels)
     if not feature.labels and isinstance(col.array, pd.arrays.ArrowStringArray):
-        import pyarrow as pa
         import pyarrow.compute as pc
 
         # Arrow strings (pandas' default text dtype): one hash lookup of every value in the levels, in C
         arr = col.array.__arrow_array__()
-        idx = pc.index_in(arr, value_set=pa.array(levels, type=pa.string()))  # null: missing or never seen
+        idx = pc.index_in(arr, value_set=_arrow_levels(feature.levels, arr.type))  # null: missing or never seen
         out = pc.fill_null(idx, n_levels).to_numpy().astype(np.float64)
-        if arr.null_count:
-            missing = arr.is_null().to_numpy(zero_copy_only=False)
-            out[missing] = levels.index(MISSING_LEVEL) if MISSING_LEVEL in levels else n_levels
+        if arr.null_count and MISSING_LEVEL in levels:  # else missing values are "never seen": n_levels already
+            out[arr.is_null().to_numpy(zero_copy_only=False)] = levels.index(MISSING_LEVEL)
         return out
     textual = pd.api.types.is_string_dtype(col) or col.dtype == object
     if feature.labels or not textual:
@@ -261,6 +269,14 @@ def category_codes(col: pd.Series, feature: Feature) -> np.ndarray:
     out = codes.astype(np.float64)
     out[codes < 0] = n_levels
     return out
+
+
+@functools.lru_cache(maxsize=256)
+def _arrow_levels(levels: tuple[str, ...], type_):
+    """A feature's levels as an Arrow array of the column's string type (built once per feature and type)."""
+    import pyarrow as pa
+
+    return pa.array(levels, type=type_)
 
 
 def apply_value_labels(frame: pd.DataFrame, value_labels: dict) -> None:

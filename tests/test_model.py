@@ -44,6 +44,91 @@ def test_encoded_path_agrees_exactly_with_dataframe_path(tiny_model):
     np.testing.assert_array_equal(wrapped.predict_codes(codes), predictor.predict_codes(codes))
 
 
+def _random_net(schema, frame, seed=0):
+    """A NetPredictor with random weights for ``schema`` (log1p and standardisation fitted on ``frame``)."""
+    from audit.model.network import Preprocessing, build_net, embedding_dim_for
+
+    pre = Preprocessing.fit(schema, schema.to_codes(frame))
+    torch.manual_seed(seed)
+    arch = {
+        "hidden": [32, 16],
+        "dropout": 0.0,
+        "embedding_dims": [embedding_dim_for(c, None) for c in pre.cardinalities],
+    }
+    return NetPredictor(build_net(pre, arch), pre, schema, batch_size=4096)
+
+
+@pytest.mark.parametrize("name", ["adult", "german_credit", "bank_marketing"])
+def test_dataframe_path_equals_the_code_path_on_shipped_data(name):
+    """Issue 17: the built-in net takes a frame's columns straight into its inputs; the scores are exactly those of
+    ``predict_codes(schema.to_codes(frame))``, on every shipped row (several blocks of rows, a padded last one)."""
+    from audit.config import load_config
+    from audit.data import load_dataset
+    from tests.conftest import ROOT
+
+    ds = load_dataset(load_config(ROOT / "configs" / f"{name}.yaml"))
+    predictor = _random_net(ds.schema, ds.X_train)
+    assert predictor.preprocessing.numeric_idx and predictor.preprocessing.categorical_idx
+    for frame in (ds.X_train, ds.X_test, ds.X_test.iloc[::-1][list(reversed(ds.X_test.columns))].head(77)):
+        p = predictor.predict_proba(frame)
+        np.testing.assert_array_equal(p, predictor.predict_codes(ds.schema.to_codes(frame)))
+
+
+def test_dataframe_path_equals_the_code_path_on_messy_columns():
+    """Object and Arrow text, numbers among text, labelled codes, pandas categoricals, nullable integers, text in a
+    numeric column, missing values, never-seen levels, a heavy-tailed (log1p) column and extra columns."""
+    from audit.data import Feature, Schema
+
+    s = Schema(
+        (
+            Feature("t", "categorical", ("a", "b", "3", "missing")),
+            Feature("o", "categorical", ("a", "b", "3")),
+            Feature("l", "categorical", ("male", "female"), labels=(("1", "male"), ("2", "female"))),
+            Feature("k", "categorical", ("x", "y")),
+            Feature("v", "numeric"),
+            Feature("w", "numeric"),
+            Feature("i", "numeric"),
+            Feature("h", "numeric"),
+        ),
+        "y",
+        "1",
+        "0",
+    )
+    rng = np.random.default_rng(0)
+    n = 9000
+    df = pd.DataFrame(
+        {
+            "extra": np.arange(n),
+            "t": pd.array(rng.choice(["a", None, "3", "zz", "b"], n), dtype="str"),
+            "o": pd.Series(rng.choice(np.array(["a", 3, None, "b", 3.0, "q"], dtype=object), n), dtype=object),
+            "l": rng.choice([1, 2, np.nan, 3], n),
+            "k": pd.Categorical(rng.choice(["x", "y", None], n)),
+            "v": np.where(rng.random(n) < 0.1, np.nan, rng.normal(size=n)),
+            "w": pd.Series(rng.choice(np.array(["1", "2.5", "x", None, 4], dtype=object), n), dtype=object),
+            "i": pd.array(rng.choice([1, 5, None], n), dtype="Int64"),
+            "h": rng.pareto(1.5, n) * 1000,
+        }
+    )
+    predictor = _random_net(s, df)
+    assert any(predictor.preprocessing.log1p)
+    np.testing.assert_array_equal(predictor.predict_proba(df), predictor.predict_codes(s.to_codes(df)))
+
+
+def test_model_inputs_changed_in_place_score_as_the_changed_code_rows(tiny_model):
+    """Explainers may change columns of :meth:`inputs` instead of code rows (issue 17): the same scores, bit for bit,
+    for a numeric and a categorical column, including values outside the training levels and missing numbers."""
+    _, ds, predictor, _ = tiny_model
+    codes = ds.schema.to_codes(ds.X_test)
+    for j, values in ((0, [np.nan, -3.0, 1e6]), (ds.schema.feature_names.index("colour"), [0.0, 99.0, np.nan])):
+        changed = codes.copy()
+        changed[:, j] = np.resize(values, len(codes))
+        inputs = predictor.inputs(codes)
+        a, c = predictor.input_column(j)
+        inputs[a][:, c] = predictor.inputs(changed)[a][:, c]
+        np.testing.assert_array_equal(predictor.predict_inputs(inputs), predictor.predict_codes(changed))
+    assert CallablePredictor(predictor.predict_proba, ds.schema).inputs(codes) is None
+
+
 def test_unseen_category_and_missing_numeric_are_scored(tiny_model):
     _, ds, predictor, _ = tiny_model
     df = ds.X_test.head(3).copy()

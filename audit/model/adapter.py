@@ -5,8 +5,10 @@ Every audit module uses :class:`Predictor` only:
 - ``predict_proba(df)``: probability of the positive class, shape ``(n_rows,)``, from a DataFrame of raw features;
 - ``predict_codes(X)``: the same from a code-space array (see :mod:`audit.data`), the fast path explainers use to
   perturb category codes and numeric values without rebuilding DataFrames. For the built-in net it goes straight
-  into the network in large batches; ``predict_proba(df)`` is defined as ``predict_codes(schema.to_codes(df))``,
-  so both paths agree exactly.
+  into the network in large batches; ``predict_proba(df)`` is ``predict_codes(schema.to_codes(df))`` (the built-in
+  net takes the frame's columns straight into its inputs, with the same result: tested), so both paths agree exactly;
+- ``inputs``/``input_column``/``predict_inputs``: the model's own input arrays, where explainers that change a few
+  columns of the same rows many times change them (the built-in net; None for the others).
 - ``rows_evaluated``: how many rows the model has scored (benchmarks read it).
 
 :class:`NetPredictor` also exposes ``net`` and ``tensors(X)`` as the explicit gradient handle for methods that need
@@ -51,10 +53,33 @@ class Predictor:
         if X.ndim != 2 or X.shape[1] != len(self.schema.features):
             raise ValueError(f"expected a code array of shape (n, {len(self.schema.features)}), got {X.shape}")
         self.rows_evaluated += len(X)
+        return self._in_blocks(self._predict_codes, X)
+
+    def _in_blocks(self, fn: Callable[..., np.ndarray], *arrays: np.ndarray) -> np.ndarray:
+        """``fn`` on blocks of ``batch_size`` rows (a multiple of :data:`ROW_ALIGN`) of ``arrays``, concatenated."""
         step = max(ROW_ALIGN, self.batch_size // ROW_ALIGN * ROW_ALIGN)
-        if len(X) <= step:
-            return self._predict_codes(X)
-        return np.concatenate([self._predict_codes(X[i : i + step]) for i in range(0, len(X), step)])
+        n = len(arrays[0])
+        if n <= step:
+            return fn(*arrays)
+        return np.concatenate([fn(*(a[i : i + step] for a in arrays)) for i in range(0, n, step)])
+
+    def inputs(self, X: np.ndarray) -> list[np.ndarray] | None:
+        """The model's own input arrays for code-space rows ``X``, or None when it has none apart from ``X``.
+
+        For explainers that score the same rows many times with a few columns changed (permutation importance,
+        partial dependence): they transform the rows once, change the columns in the model's input space (see
+        :meth:`input_column`) and call :meth:`predict_inputs`; the scores equal :meth:`predict_codes` of the changed
+        code rows exactly, because every value is transformed on its own.
+        """
+        return None
+
+    def input_column(self, j: int) -> tuple[int, int]:
+        """Where feature ``j`` is in :meth:`inputs`: (array, column)."""
+        raise NotImplementedError
+
+    def predict_inputs(self, inputs: list[np.ndarray]) -> np.ndarray:
+        """Positive-class probabilities from :meth:`inputs` arrays (in blocks, as :meth:`predict_codes`)."""
+        raise NotImplementedError
 
     def predict_proba(self, df: pd.DataFrame) -> np.ndarray:
         """Positive-class probabilities for a DataFrame of raw feature columns, shape (n_rows,)."""
@@ -90,8 +115,42 @@ class NetPredictor(Predictor):
         x_num, x_cat = self.preprocessing.transform(np.asarray(X, dtype=np.float64))
         return torch.from_numpy(x_num), torch.from_numpy(x_cat)
 
+    def inputs(self, X: np.ndarray) -> list[np.ndarray]:
+        """Code-space rows -> [standardised numerics (float32), categorical codes (int64)]; see
+        :meth:`Predictor.inputs`."""
+        return list(self.preprocessing.transform(np.asarray(X, dtype=np.float64)))
+
+    def input_column(self, j: int) -> tuple[int, int]:
+        p = self.preprocessing
+        return (0, p.numeric_idx.index(j)) if j in p.numeric_idx else (1, p.categorical_idx.index(j))
+
+    def predict_inputs(self, inputs: list[np.ndarray]) -> np.ndarray:
+        x_num, x_cat = inputs
+        self.rows_evaluated += len(x_num)
+        return self._in_blocks(self._forward, x_num, x_cat)
+
+    def predict_proba(self, df: pd.DataFrame) -> np.ndarray:
+        """Positive-class probabilities for a DataFrame of raw feature columns, shape (n_rows,).
+
+        Equal to ``predict_codes(schema.to_codes(df))`` (tested on every shipped data set), without building the
+        code array: each column goes from the frame into the network's numeric or categorical input.
+        """
+        schema, p = self.schema, self.preprocessing
+        schema.check_columns(df)
+        num = np.empty((len(df), len(p.numeric_idx)))
+        cat = np.empty((len(df), len(p.categorical_idx)))
+        for k, j in enumerate(p.numeric_idx):
+            num[:, k] = schema.column_codes(df, j)
+        for k, j in enumerate(p.categorical_idx):
+            cat[:, k] = schema.column_codes(df, j)
+        return self.predict_inputs(list(p.transform_columns(num, cat)))
+
     def _predict_codes(self, X: np.ndarray) -> np.ndarray:
-        x_num, x_cat = self.tensors(X)
+        return self._forward(*self.preprocessing.transform(X))
+
+    def _forward(self, x_num: np.ndarray, x_cat: np.ndarray) -> np.ndarray:
+        """Probabilities of one block of input rows."""
+        x_num, x_cat = torch.from_numpy(np.ascontiguousarray(x_num)), torch.from_numpy(np.ascontiguousarray(x_cat))
         n = len(x_num)
         pad = -n % ROW_ALIGN
         if pad:  # see ROW_ALIGN: a row's score must not depend on how many rows were scored with it

@@ -48,10 +48,16 @@ class Preprocessing:
         """Code-space array -> (standardised float32 numerics, int64 categorical codes).
 
         Missing numerics become 0 (the training mean); a categorical code outside the table (unseen, negative,
-        NaN) becomes the "unknown" slot.
+        NaN) becomes the "unknown" slot. Every value is transformed on its own, so transforming some rows or some
+        columns gives the same values as transforming all and selecting them.
         """
+        return self.transform_columns(codes[:, list(self.numeric_idx)], codes[:, list(self.categorical_idx)])
+
+    def transform_columns(self, numeric: np.ndarray, categorical: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`transform` of code-space values given as the numeric columns (n, len(numeric_idx)) and the
+        categorical columns (n, len(categorical_idx)), in that order; neither input is changed."""
         # float32 throughout (the network's precision); the cast copies, so the in-place steps below are safe
-        x = codes[:, list(self.numeric_idx)].astype(np.float32)
+        x = np.asarray(numeric, dtype=np.float64).astype(np.float32)
         logs = np.flatnonzero(self.log1p)
         if logs.size:
             x[:, logs] = np.log1p(np.maximum(x[:, logs], np.float32(0.0)))
@@ -60,7 +66,7 @@ class Preprocessing:
         x[~np.isfinite(x)] = 0.0
         cards = np.asarray(self.cardinalities, dtype=np.int64)
         with np.errstate(invalid="ignore"):
-            c = codes[:, list(self.categorical_idx)].astype(np.int64)
+            c = np.asarray(categorical, dtype=np.float64).astype(np.int64)
         if c.size:
             bad = (c < 0) | (c >= cards)
             if bad.any():
