@@ -341,13 +341,27 @@ def _permute_partition(
 ) -> np.ndarray:
     codes = population.schema.to_codes(population.read(part))
     out = np.empty((len(units), n_repeats, len(codes)))
-    block = codes.copy()
-    for k, (u, columns) in enumerate(units):
-        rng = np.random.default_rng([seed, u, part.index])
-        for r in range(n_repeats):
-            block[:, columns] = codes[np.ix_(rng.permutation(len(codes)), columns)]
-            out[k, r] = predictor.predict_codes(block)
-        block[:, columns] = codes[:, columns]
+    inputs = predictor.inputs(codes)  # the model's own inputs: rows transformed once, not once per repeat
+    if inputs is not None:
+        block = [a.copy() for a in inputs]
+        for k, (u, columns) in enumerate(units):
+            rng = np.random.default_rng([seed, u, part.index])
+            where = [predictor.input_column(j) for j in columns]
+            for r in range(n_repeats):
+                perm = rng.permutation(len(codes))
+                for a, c in where:
+                    block[a][:, c] = inputs[a][perm, c]
+                out[k, r] = predictor.predict_inputs(block)
+            for a, c in where:
+                block[a][:, c] = inputs[a][:, c]
+    else:
+        block = codes.copy()
+        for k, (u, columns) in enumerate(units):
+            rng = np.random.default_rng([seed, u, part.index])
+            for r in range(n_repeats):
+                block[:, columns] = codes[np.ix_(rng.permutation(len(codes)), columns)]
+                out[k, r] = predictor.predict_codes(block)
+            block[:, columns] = codes[:, columns]
     narrow = out.astype(np.float32)  # the built-in net's scores are float32 values: half the memory, no loss
     return narrow if np.array_equal(narrow, out) else out
 
@@ -419,9 +433,25 @@ def permutation_importance_population(
                     wide[:, :, :start] = p[:, :, :start]
                 p = wide
             p[:, :, start : start + scores.shape[-1]] = scores
-        for k, (u, _) in enumerate(batch):
-            for r in range(n_repeats):
-                imp[u, r] = baseline - score(y, p[k, r].astype(np.float64))
+        # A rank metric reads the float32 scores as they are (the same order and ties as in float64, so the same
+        # value); the row sorts release the GIL, so the units' scores are computed on the local threads.
+        rank = metric == "roc_auc"
+        jobs = [(k, u, r) for k, (u, _) in enumerate(batch) for r in range(n_repeats)]
+
+        def drop(job, p=p):
+            k, _, r = job
+            return baseline - score(y, p[k, r] if rank else p[k, r].astype(np.float64))
+
+        threads = min(getattr(backend, "n_threads", 1), len(jobs))
+        if threads > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(threads) as pool:
+                drops = list(pool.map(drop, jobs))
+        else:
+            drops = [drop(job) for job in jobs]
+        for (_, u, r), value in zip(jobs, drops, strict=True):
+            imp[u, r] = value
         del p
     return PermutationImportance(
         [u[0] for u in units], [u[1] for u in units], imp, baseline, metric, n, n * (1 + len(units) * n_repeats)
@@ -433,15 +463,27 @@ def _pd_partition(
     part: Partition, *, population: Population, predictor, columns: list[int], grids: list[np.ndarray], chunk_rows: int
 ) -> list[np.ndarray]:
     codes = population.schema.to_codes(population.read(part))
+    inputs = predictor.inputs(codes)  # the model's own inputs: rows transformed once, not once per grid value
     sums = []
     for j, grid in zip(columns, grids, strict=True):
         acc = np.zeros(len(grid))
         step = max(1, chunk_rows // len(grid))  # rows x grid points per model call stays within chunk_rows
+        if inputs is not None:
+            a, c = predictor.input_column(j)
+            rows = np.zeros((len(grid), codes.shape[1]))  # every value is transformed on its own
+            rows[:, j] = grid
+            values = predictor.inputs(rows)[a][:, c]  # the grid in the model's input space
         for s in range(0, len(codes), step):
-            rows = codes[s : s + step]
-            batch = np.repeat(rows[None, :, :], len(grid), axis=0)
-            batch[:, :, j] = grid[:, None]
-            scores = predictor.predict_codes(batch.reshape(-1, codes.shape[1])).reshape(len(grid), -1)
+            if inputs is not None:
+                batch = [np.repeat(x[None, s : s + step], len(grid), axis=0) for x in inputs]
+                batch[a][:, :, c] = values[:, None]
+                flat = [x.reshape(-1, x.shape[2]) for x in batch]
+                scores = predictor.predict_inputs(flat).reshape(len(grid), -1)
+            else:
+                rows = codes[s : s + step]
+                batch = np.repeat(rows[None, :, :], len(grid), axis=0)
+                batch[:, :, j] = grid[:, None]
+                scores = predictor.predict_codes(batch.reshape(-1, codes.shape[1])).reshape(len(grid), -1)
             acc += _sequential_sum(scores)
         sums.append(acc)
     return sums

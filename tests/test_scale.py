@@ -214,6 +214,45 @@ def test_population_partial_dependence_equals_the_in_memory_average(files, linea
         np.testing.assert_allclose(avg, partial_dependence(predictor.predict_codes, X, j, g).average, rtol=1e-12)
 
 
+def test_population_explainers_of_the_built_in_net_in_its_input_space_equal_the_code_space_ones(files):
+    """Issue 17: with the built-in net, permutation importance and PD change columns of the transformed rows
+    (transformed once per partition) instead of code rows; every number is the same as through ``predict_codes``."""
+    import torch
+
+    from audit.data import load_dataset
+    from audit.model.adapter import NetPredictor
+    from audit.model.network import Preprocessing, build_net, embedding_dim_for
+
+    cfg = _load(files)
+    ds = load_dataset(cfg)
+    pre = Preprocessing.fit(ds.schema, ds.schema.to_codes(ds.X_train))
+    torch.manual_seed(0)
+    dims = [embedding_dim_for(c, None) for c in pre.cardinalities]
+    fast = NetPredictor(build_net(pre, {"hidden": [16], "dropout": 0.0, "embedding_dims": dims}), pre, ds.schema)
+
+    class CodesOnly(NetPredictor):
+        def inputs(self, X):
+            return None
+
+    slow = CodesOnly(fast.net, pre, ds.schema)
+    pop = open_population(cfg, ds.schema)
+    sp = score_population(pop, fast, Backend())
+    names = ds.schema.feature_names
+    kw = dict(y=sp.y, proba=sp.proba, groups={"both": ["income", "employment"]}, n_repeats=2, random_state=4)
+    a = permutation_importance_population(pop, fast, Backend(n_threads=2), **kw)
+    b = permutation_importance_population(pop, slow, Backend(), **kw)
+    np.testing.assert_array_equal(a.importances, b.importances)
+    assert a.n_rows == b.n_rows and fast.rows_evaluated == slow.rows_evaluated + len(sp.proba)
+    cols = [names.index("income"), names.index("employment"), names.index("utilization")]
+    X = ds.schema.to_codes(ds.X_test)
+    grids = [np.quantile(X[:, cols[0]], [0.1, 0.5, 0.9]), np.arange(-1.0, 5.0), np.array([np.nan, 0.3])]
+    a = partial_dependence_population(pop, fast, Backend(), columns=cols, grids=grids, chunk_rows=5000)
+    b = partial_dependence_population(pop, slow, Backend(), columns=cols, grids=grids, chunk_rows=5000)
+    for x, z in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, z)
+    assert any(pre.log1p) and names.index("employment") in pre.categorical_idx
+
+
 def test_reason_codes_are_exact_for_an_additive_model(tmp_path, files):
     # For f(x) = sum_j w_j x_j every Shapley value is w_j (x_j - mean over the background), whatever the orders.
     schema = Schema(
