@@ -411,6 +411,7 @@ def permutation_importance_population(
     n = population.n_rows
     offsets = population.offsets()
     per_pass = max(1, int(max_bytes // (4 * n_repeats * max(n, 1))))
+    rank = metric == "roc_auc"
     for first in range(0, len(units), per_pass):
         batch = [(u, [names.index(m) for m in units[u][1]]) for u in range(first, min(first + per_pass, len(units)))]
         p = None  # (units, repeats, rows), filled partition by partition (no second copy)
@@ -435,7 +436,6 @@ def permutation_importance_population(
             p[:, :, start : start + scores.shape[-1]] = scores
         # A rank metric reads the float32 scores as they are (the same order and ties as in float64, so the same
         # value); the row sorts release the GIL, so the units' scores are computed on the local threads.
-        rank = metric == "roc_auc"
         jobs = [(k, u, r) for k, (u, _) in enumerate(batch) for r in range(n_repeats)]
 
         def drop(job, p=p):
