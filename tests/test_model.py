@@ -129,6 +129,34 @@ def test_model_inputs_changed_in_place_score_as_the_changed_code_rows(tiny_model
     assert CallablePredictor(predictor.predict_proba, ds.schema).inputs(codes) is None
 
 
+def test_scoring_forward_equals_the_training_forward_bit_for_bit(tiny_model):
+    """Issue 17: without gradients the net applies its ReLUs in place and skips evaluation-mode dropout; the logits are
+    the very same, and the caller's input is never changed (even by a body that starts with a ReLU)."""
+    import copy
+
+    _, ds, predictor, _ = tiny_model
+    x_num, x_cat = predictor.tensors(ds.schema.to_codes(ds.X_test))
+    net = copy.deepcopy(predictor.net).eval()
+    z = net.embed(x_num, x_cat).detach()
+    for body in (net.body, torch.nn.Sequential(torch.nn.ReLU(), *net.body)):
+        net.body = body
+        layered = net.head(net.body(z)).squeeze(-1).detach()  # module by module, as with gradients
+        before = z.clone()
+        with torch.inference_mode():
+            fast = net.forward_embedded(z)
+        assert torch.equal(fast, layered) and torch.equal(z, before)
+        with torch.enable_grad():
+            assert torch.equal(net.forward_embedded(z).detach(), layered)
+    assert any(isinstance(m, torch.nn.ReLU) for m in predictor.net.body)
+    seen = []  # a forward hook on a ReLU still sees every call (the activations section relies on it)
+    relu = next(m for m in net.body if isinstance(m, torch.nn.ReLU))
+    handle = relu.register_forward_hook(lambda mod, inp, out: seen.append(out.clone()))
+    with torch.inference_mode():
+        assert torch.equal(net.forward_embedded(z), layered)
+    handle.remove()
+    assert len(seen) == 1 and (seen[0] >= 0).all()
+
+
 def test_unseen_category_and_missing_numeric_are_scored(tiny_model):
     _, ds, predictor, _ = tiny_model
     df = ds.X_test.head(3).copy()
