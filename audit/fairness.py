@@ -492,6 +492,7 @@ def group_fairness_many(
             favourable_positive=favourable_positive,
         )
     out = []
+    overall_auc = _auc(y, p)  # the same rows in every grouping
     for i, (name, levels, codes) in enumerate(coded):
         G = len(levels)
         point = _rates(point_sums[i], n_bins)
@@ -519,7 +520,7 @@ def group_fairness_many(
                      "disadvantaged_value", "advantaged", "advantaged_value", "not_assessable"],
         )  # fmt: skip
         overall = {k: float(v[0]) for k, v in _rates(point_sums[i].sum(axis=0)[None, :], n_bins).items()}
-        overall["roc_auc"] = _auc(y, p)
+        overall["roc_auc"] = overall_auc
         out.append(GroupFairness(name, table, mframe, [str(g) for g in levels[~eligible]], n_bootstrap, overall))
     return out
 
