@@ -100,20 +100,28 @@ class Population:
     def labels(self, frame: pd.DataFrame) -> tuple[np.ndarray, dict[str, int]]:
         """0/1 labels, and the problems found: missing labels and labels that are neither class (with examples)."""
         raw = frame[self.schema.target]
-        missing = raw.isna().to_numpy()
-        labels = pd.Series(category_strings(raw), index=raw.index).str.strip()
+        codes, uniques = pd.factorize(raw)  # the label text is worked out once per distinct value (missing: -1)
+        texts = self._label_texts(pd.Series(uniques)) + self._label_texts(pd.Series([None], dtype=object))
+        missing = codes < 0
+        positive, negative = self.schema.positive_label, self.schema.negative_label
+        y = (np.asarray(texts, dtype=object) == positive).astype(np.int8)[codes]  # code -1: the missing value's text
+        problems = {"missing": int(missing.sum())}
+        if not negative.startswith("not "):  # two classes: anything else is an unknown label
+            counts = np.bincount(codes[~missing], minlength=len(uniques))
+            unknown: dict[str, int] = {}
+            for text, count in zip(texts, counts, strict=False):  # first-seen order, as the rows have them
+                if count and text not in (positive, negative):
+                    unknown[text] = unknown.get(text, 0) + int(count)
+            for text in list(unknown)[:3]:
+                problems[f"unknown {text!r}"] = unknown[text]
+        return y, problems
+
+    def _label_texts(self, values: pd.Series) -> list[str]:
+        """Each value's label text: as :func:`category_strings` writes it, stripped, then ``dataset.label_map``."""
+        labels = pd.Series(category_strings(values), dtype=object).str.strip()
         if self.label_map:
             labels = labels.replace(dict(self.label_map))
-        values = labels.to_numpy(dtype=object)
-        positive = self.schema.positive_label
-        y = (values == positive).astype(np.int8)
-        problems = {"missing": int(missing.sum())}
-        negative = self.schema.negative_label
-        if not negative.startswith("not "):  # two classes: anything else is an unknown label
-            other = ~missing & (values != positive) & (values != negative)
-            for v in pd.unique(values[other])[:3]:
-                problems[f"unknown {v!r}"] = int((values[other] == v).sum())
-        return y, problems
+        return labels.tolist()
 
     def unseen(self, codes: np.ndarray) -> dict[str, int]:
         """Rows per categorical feature whose level the model never saw (scored through its unknown slot)."""

@@ -497,6 +497,47 @@ def test_population_labels_must_be_the_two_classes(files, tmp_path, edit, needle
     assert not (tmp_path / "reports").exists()
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pd.array([" repaid", "default", None, "repaid ", "maybe", "x", "maybe", "y", "z", "default"], dtype="str"),
+        pd.Series([1, 0, 1, 2, 0, 3, 1, 1, 4, 5]),
+        pd.Series([1.0, np.nan, 0.0, 2.5, 1.0, 0.0, np.nan, 7.0, 1.0, 0.0]),
+        pd.Series(["repaid", 1, None, " default", 2.0, "repaid", np.nan, "1", "q", "q"], dtype=object),
+        pd.Categorical(["repaid", "default", None, "repaid", "w", "w", "v", "u", "default", "t"]),
+    ],
+)
+@pytest.mark.parametrize("label_map", [(), (("1", "repaid"), ("0", "default"), ("w", "default"))])
+def test_population_labels_per_distinct_value_equal_the_value_by_value_labels(files, raw, label_map):
+    """Issue 17: labels are worked out once per distinct value; the 0/1 labels and the problems (missing, the first
+    three unknown labels with their counts) equal those of converting every row, whatever the column's type."""
+    import dataclasses
+
+    from audit.data import category_strings
+
+    pop = dataclasses.replace(open_population(_load(files), _load_schema(files)), label_map=label_map)
+    frame = pd.DataFrame({pop.schema.target: raw})
+    col = frame[pop.schema.target]  # the reference: every row converted (the code before issue 17)
+    labels = pd.Series(category_strings(col), index=col.index).str.strip()
+    if label_map:
+        labels = labels.replace(dict(label_map))
+    values = labels.to_numpy(dtype=object)
+    missing = col.isna().to_numpy()
+    want = {"missing": int(missing.sum())}
+    other = ~missing & (values != "repaid") & (values != "default")
+    for v in pd.unique(values[other])[:3]:
+        want[f"unknown {v!r}"] = int((values[other] == v).sum())
+    y, problems = pop.labels(frame)
+    np.testing.assert_array_equal(y, (values == "repaid").astype(np.int8))
+    assert problems == want and list(problems) == list(want)
+
+
+def _load_schema(files):
+    from audit.data import load_dataset
+
+    return load_dataset(_load(files)).schema
+
+
 def test_unseen_population_levels_are_counted_or_refused(files, linear, tmp_path):
     cfg, ds, predictor, _ = linear
     frame = pd.read_parquet(files / "pop.parquet")
