@@ -350,26 +350,17 @@ def _permute_partition(
     codes = population.schema.to_codes(population.read(part))
     out = np.empty((len(units), n_repeats, len(codes)))
     inputs = predictor.inputs(codes)  # the model's own inputs: rows transformed once, not once per repeat
-    if inputs is not None:
-        block = [a.copy() for a in inputs]
-        for k, (u, columns) in enumerate(units):
-            rng = np.random.default_rng([seed, u, part.index])
-            where = [predictor.input_column(j) for j in columns]
-            for r in range(n_repeats):
-                perm = rng.permutation(len(codes))
-                for a, c in where:
-                    block[a][:, c] = inputs[a][perm, c]
-                out[k, r] = predictor.predict_inputs(block)
+    block = [a.copy() for a in inputs]
+    for k, (u, columns) in enumerate(units):
+        rng = np.random.default_rng([seed, u, part.index])
+        where = [predictor.input_column(j) for j in columns]
+        for r in range(n_repeats):
+            perm = rng.permutation(len(codes))
             for a, c in where:
-                block[a][:, c] = inputs[a][:, c]
-    else:
-        block = codes.copy()
-        for k, (u, columns) in enumerate(units):
-            rng = np.random.default_rng([seed, u, part.index])
-            for r in range(n_repeats):
-                block[:, columns] = codes[np.ix_(rng.permutation(len(codes)), columns)]
-                out[k, r] = predictor.predict_codes(block)
-            block[:, columns] = codes[:, columns]
+                block[a][:, c] = inputs[a][perm, c]
+            out[k, r] = predictor.predict_inputs(block)
+        for a, c in where:
+            block[a][:, c] = inputs[a][:, c]
     narrow = out.astype(np.float32)  # the built-in net's scores are float32 values: half the memory, no loss
     return narrow if np.array_equal(narrow, out) else out
 
@@ -476,22 +467,15 @@ def _pd_partition(
     for j, grid in zip(columns, grids, strict=True):
         acc = np.zeros(len(grid))
         step = max(1, chunk_rows // len(grid))  # rows x grid points per model call stays within chunk_rows
-        if inputs is not None:
-            a, c = predictor.input_column(j)
-            rows = np.zeros((len(grid), codes.shape[1]))  # every value is transformed on its own
-            rows[:, j] = grid
-            values = predictor.inputs(rows)[a][:, c]  # the grid in the model's input space
+        a, c = predictor.input_column(j)
+        rows = np.zeros((len(grid), codes.shape[1]))  # every value is transformed on its own
+        rows[:, j] = grid
+        values = predictor.inputs(rows)[a][:, c]  # the grid in the model's input space
         for s in range(0, len(codes), step):
-            if inputs is not None:
-                batch = [np.repeat(x[None, s : s + step], len(grid), axis=0) for x in inputs]
-                batch[a][:, :, c] = values[:, None]
-                flat = [x.reshape(-1, x.shape[2]) for x in batch]
-                scores = predictor.predict_inputs(flat).reshape(len(grid), -1)
-            else:
-                rows = codes[s : s + step]
-                batch = np.repeat(rows[None, :, :], len(grid), axis=0)
-                batch[:, :, j] = grid[:, None]
-                scores = predictor.predict_codes(batch.reshape(-1, codes.shape[1])).reshape(len(grid), -1)
+            batch = [np.repeat(x[None, s : s + step], len(grid), axis=0) for x in inputs]
+            batch[a][:, :, c] = values[:, None]
+            flat = [x.reshape(-1, x.shape[2]) for x in batch]
+            scores = predictor.predict_inputs(flat).reshape(len(grid), -1)
             acc += _sequential_sum(scores)
         sums.append(acc)
     return sums

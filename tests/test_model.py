@@ -126,7 +126,11 @@ def test_model_inputs_changed_in_place_score_as_the_changed_code_rows(tiny_model
         a, c = predictor.input_column(j)
         inputs[a][:, c] = predictor.inputs(changed)[a][:, c]
         np.testing.assert_array_equal(predictor.predict_inputs(inputs), predictor.predict_codes(changed))
-    assert CallablePredictor(predictor.predict_proba, ds.schema).inputs(codes) is None
+    wrapped = CallablePredictor(predictor.predict_proba, ds.schema)  # any other model: its inputs are the code rows
+    inputs = wrapped.inputs(codes)
+    np.testing.assert_array_equal(inputs[0], codes)
+    assert len(inputs) == 1 and wrapped.input_column(2) == (0, 2)
+    np.testing.assert_array_equal(wrapped.predict_inputs(inputs), predictor.predict_codes(codes))
 
 
 def test_scoring_forward_equals_the_training_forward_bit_for_bit(tiny_model):

@@ -8,7 +8,8 @@ Every audit module uses :class:`Predictor` only:
   into the network in large batches; ``predict_proba(df)`` is ``predict_codes(schema.to_codes(df))`` (the built-in
   net takes the frame's columns straight into its inputs, with the same result: tested), so both paths agree exactly;
 - ``inputs``/``input_column``/``predict_inputs``: the model's own input arrays, where explainers that change a few
-  columns of the same rows many times change them (the built-in net; None for the others).
+  columns of the same rows many times change them (the built-in net's transformed rows; the code rows themselves
+  for the others).
 - ``rows_evaluated``: how many rows the model has scored (benchmarks read it).
 
 :class:`NetPredictor` also exposes ``net`` and ``tensors(X)`` as the explicit gradient handle for methods that need
@@ -63,23 +64,24 @@ class Predictor:
             return fn(*arrays)
         return np.concatenate([fn(*(a[i : i + step] for a in arrays)) for i in range(0, n, step)])
 
-    def inputs(self, X: np.ndarray) -> list[np.ndarray] | None:
-        """The model's own input arrays for code-space rows ``X``, or None when it has none apart from ``X``.
+    def inputs(self, X: np.ndarray) -> list[np.ndarray]:
+        """The model's own input arrays for code-space rows ``X``: here ``[X]`` itself, not a copy (the built-in net
+        overrides it); callers copy before changing them.
 
         For explainers that score the same rows many times with a few columns changed (permutation importance,
         partial dependence): they transform the rows once, change the columns in the model's input space (see
         :meth:`input_column`) and call :meth:`predict_inputs`; the scores equal :meth:`predict_codes` of the changed
         code rows exactly, because every value is transformed on its own.
         """
-        return None
+        return [np.asarray(X, dtype=np.float64)]
 
     def input_column(self, j: int) -> tuple[int, int]:
         """Where feature ``j`` is in :meth:`inputs`: (array, column)."""
-        raise NotImplementedError
+        return 0, j
 
     def predict_inputs(self, inputs: list[np.ndarray]) -> np.ndarray:
         """Positive-class probabilities from :meth:`inputs` arrays (in blocks, as :meth:`predict_codes`)."""
-        raise NotImplementedError
+        return self.predict_codes(inputs[0])
 
     def predict_proba(self, df: pd.DataFrame) -> np.ndarray:
         """Positive-class probabilities for a DataFrame of raw feature columns, shape (n_rows,)."""
@@ -112,7 +114,7 @@ class NetPredictor(Predictor):
 
     def tensors(self, X: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Code-space array -> the network's input tensors (numerics float32, categorical codes int64)."""
-        x_num, x_cat = self.preprocessing.transform(np.asarray(X, dtype=np.float64))
+        x_num, x_cat = self.inputs(X)
         return torch.from_numpy(x_num), torch.from_numpy(x_cat)
 
     def inputs(self, X: np.ndarray) -> list[np.ndarray]:
