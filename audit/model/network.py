@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.modules import module as _hook_registry  # the global forward hooks (torch keeps no public accessor)
 
 from audit.model.preprocessing import Preprocessing
 
@@ -70,9 +71,7 @@ class TabularNet(nn.Module):
         return self.head(z).squeeze(-1)
 
     def _hooked(self) -> bool:
-        from torch.nn.modules import module as registry  # the global hooks (torch keeps no public accessor)
-
-        if registry._global_forward_hooks or registry._global_forward_pre_hooks:
+        if _hook_registry._global_forward_hooks or _hook_registry._global_forward_pre_hooks:
             return True
         return any(m._forward_hooks or m._forward_pre_hooks for m in self.body)
 
