@@ -339,30 +339,67 @@ class PopulationRun:
 
 # ---------------------------------------------------------------------------------------- permutation importance
 def _permute_partition(
-    part: Partition,
+    item: tuple[Partition, np.ndarray | None],
     *,
     population: Population,
     predictor,
     units: list[tuple[int, list[int]]],
     n_repeats: int,
     seed: int,
-) -> np.ndarray:
+) -> tuple[np.ndarray, int]:
+    """The partition's scores with each unit permuted, (units, repeats, rows), and the rows the model scored.
+
+    ``item``: the partition and, for a predictor whose scores are row-wise (:attr:`Predictor.row_wise`), its rows'
+    unpermuted scores: a row that a permutation leaves as it was (it drew its own value, or an equal one) keeps that
+    score instead of being scored again, the same bits.
+    """
+    part, base = item
     codes = population.schema.to_codes(population.read(part))
-    out = np.empty((len(units), n_repeats, len(codes)))
+    n = len(codes)
+    out = np.empty((len(units), n_repeats, n))
     inputs = predictor.inputs(codes)  # the model's own inputs: rows transformed once, not once per repeat
+    if base is not None and (len(base) != n or not _scores_match(predictor, inputs, base)):
+        base = None  # not this predictor's scores of these rows: score every row
     block = [a.copy() for a in inputs]
+    evaluated = 0
     for k, (u, columns) in enumerate(units):
         rng = np.random.default_rng([seed, u, part.index])
         where = [predictor.input_column(j) for j in columns]
         for r in range(n_repeats):
-            perm = rng.permutation(len(codes))
+            perm = rng.permutation(n)
             for a, c in where:
                 block[a][:, c] = inputs[a][perm, c]
-            out[k, r] = predictor.predict_inputs(block)
+            moved = None if base is None else _moved_rows(block, inputs, where)
+            if moved is None or len(moved) == n:
+                out[k, r] = predictor.predict_inputs(block)
+                evaluated += n
+            else:
+                out[k, r] = base
+                if len(moved):
+                    out[k, r, moved] = predictor.predict_inputs([x[moved] for x in block])
+                evaluated += len(moved)
         for a, c in where:
             block[a][:, c] = inputs[a][:, c]
     narrow = out.astype(np.float32)  # the built-in net's scores are float32 values: half the memory, no loss
-    return narrow if np.array_equal(narrow, out) else out
+    return (narrow if np.array_equal(narrow, out) else out), evaluated
+
+
+def _moved_rows(block: list[np.ndarray], inputs: list[np.ndarray], where: list[tuple[int, int]]) -> np.ndarray:
+    """Rows whose permuted columns differ from the original in any bit (two NaNs alike are not moved; -0.0 and
+    0.0 are)."""
+    moved = np.zeros(len(inputs[0]), dtype=bool)
+    for a, c in where:
+        x, y = block[a][:, c], inputs[a][:, c]
+        if x.dtype.kind == "f":
+            x, y = x.view(f"u{x.itemsize}"), y.view(f"u{y.itemsize}")
+        moved |= x != y
+    return np.flatnonzero(moved)
+
+
+def _scores_match(predictor, inputs: list[np.ndarray], base: np.ndarray, rows: int = 256) -> bool:
+    """Whether ``base`` holds the predictor's own scores of these rows (a check on the first ``rows``)."""
+    head = [x[:rows] for x in inputs]
+    return bool(np.array_equal(predictor.predict_inputs(head), base[:rows]))
 
 
 def permutation_importance_population(
@@ -388,10 +425,16 @@ def permutation_importance_population(
     ``max_bytes`` of scores (``n_repeats * rows * 4`` bytes a unit: float32 when that is lossless, as for the
     built-in net, else 8).
 
+    With a predictor whose scores are row-wise (:attr:`audit.model.adapter.Predictor.row_wise`, the built-in net), a
+    row that a permutation leaves unchanged (it drew its own value or an equal one: a share of ``sum(p_level**2)``
+    of the rows for a categorical feature) keeps its score from ``proba`` instead of being scored again; the numbers
+    are the same bits (tested), ``rows_evaluated`` counts the rows the model did score.
+
     Parameters
     ----------
     y, proba : ndarray
-        Labels and unpermuted scores of all rows (from :func:`score_population`).
+        Labels and unpermuted scores of all rows (from :func:`score_population` with this predictor; checked on the
+        first rows of each partition before any score is reused).
     random_state : int
         Seeds each partition's permutations with ``(random_state, unit, partition index)``.
 
@@ -411,14 +454,19 @@ def permutation_importance_population(
     offsets = population.offsets()
     per_pass = max(1, int(max_bytes // (4 * n_repeats * max(n, 1))))
     rank = metric == "roc_auc"
+    sizes = np.diff([*offsets, n])
+    bases = [
+        proba[o : o + k] if getattr(predictor, "row_wise", False) else None for o, k in zip(offsets, sizes, strict=True)
+    ]
+    evaluated = 0
     for first in range(0, len(units), per_pass):
         batch = [(u, [names.index(m) for m in units[u][1]]) for u in range(first, min(first + per_pass, len(units)))]
         p = None  # (units, repeats, rows), filled partition by partition (no second copy)
-        for start, scores in zip(
+        for start, (scores, scored) in zip(
             offsets,
             backend.map(
                 _permute_partition,
-                population.partitions,
+                zip(population.partitions, bases, strict=True),
                 population=population,
                 predictor=shared,
                 units=batch,
@@ -433,6 +481,7 @@ def permutation_importance_population(
                     wide[:, :, :start] = p[:, :, :start]
                 p = wide
             p[:, :, start : start + scores.shape[-1]] = scores
+            evaluated += scored
         # A rank metric reads the float32 scores as they are (the same order and ties as in float64, so the same
         # value); the row sorts release the GIL, so the units' scores are computed on the local threads.
         jobs = [(k, u, r) for k, (u, _) in enumerate(batch) for r in range(n_repeats)]
@@ -452,9 +501,7 @@ def permutation_importance_population(
         for (_, u, r), value in zip(jobs, drops, strict=True):
             imp[u, r] = value
         del p
-    return PermutationImportance(
-        [u[0] for u in units], [u[1] for u in units], imp, baseline, metric, n, n * (1 + len(units) * n_repeats)
-    )
+    return PermutationImportance([u[0] for u in units], [u[1] for u in units], imp, baseline, metric, n, n + evaluated)
 
 
 # ----------------------------------------------------------------------------------------- partial dependence

@@ -44,6 +44,10 @@ class Predictor:
 
     schema: Schema
     batch_size: int = 8192
+    row_wise: bool = False
+    """Whether a row's score is a function of the row alone, bit for bit, however rows are batched (the built-in net,
+    see :data:`ROW_ALIGN`): explainers may then reuse a row's known score for an unchanged row instead of scoring it
+    again."""
 
     def __init__(self) -> None:
         self.rows_evaluated = 0
@@ -92,7 +96,7 @@ class Predictor:
 
 
 class NetPredictor(Predictor):
-    """Predictor for the built-in :class:`TabularNet`.
+    """Predictor for the built-in :class:`TabularNet` (row-wise scores: see :data:`ROW_ALIGN`).
 
     Parameters
     ----------
@@ -102,6 +106,8 @@ class NetPredictor(Predictor):
     batch_size : int
         Rows per forward pass.
     """
+
+    row_wise = True
 
     def __init__(
         self, net: TabularNet, preprocessing: Preprocessing, schema: Schema, *, batch_size: int = 8192
