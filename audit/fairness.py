@@ -175,6 +175,47 @@ def _group_sums(stats: np.ndarray, codes: np.ndarray, n_groups: int) -> np.ndarr
     return np.stack([np.bincount(codes, weights=stats[:, j], minlength=n_groups) for j in range(stats.shape[1])], 1)
 
 
+def _row_cells(
+    y: np.ndarray, p: np.ndarray, threshold: float, n_bins: int, *, favourable_positive: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What :func:`_row_stats` holds per row, compactly: the cell (label, decision, score bin) as one integer in
+    ``[0, 4 * n_bins)``, the score bin, and the calibration score mass (see :func:`_cell_sums`)."""
+    if favourable_positive:
+        d = p >= threshold
+        yf = np.asarray(y).astype(bool)
+    else:
+        d = p < threshold
+        yf = ~np.asarray(y).astype(bool)
+        p = 1.0 - p
+    b = np.clip((p * n_bins).astype(int), 0, n_bins - 1)
+    return (yf * 2 + d) * n_bins + b, b, p
+
+
+def _cell_sums(cells: tuple, codes: np.ndarray, n_groups: int, n_bins: int) -> np.ndarray:
+    """``_group_sums(_row_stats(...), codes, n_groups)`` from :func:`_row_cells`, the same bits, with two
+    ``np.bincount`` calls instead of one per statistic.
+
+    The 0/1 statistics are counts of cells (whole numbers, exact); a bin's score mass is ``np.bincount`` of the
+    scores over (group, bin), which adds a group's scores in the bin in row order, as the per-column sum does (its
+    zeros for rows in other bins leave a sum of non-negative scores unchanged).
+    """
+    cell, b, mass = cells
+    codes = codes.astype(np.int64)
+    count = np.bincount(codes * (4 * n_bins) + cell, minlength=n_groups * 4 * n_bins)
+    count = count.reshape(n_groups, 2, 2, n_bins).astype(np.float64)  # (group, label, decision, bin)
+    out = np.empty((n_groups, 5 + 2 * n_bins))
+    out[:, _N] = count.sum(axis=(1, 2, 3))
+    out[:, _P] = count[:, 1].sum(axis=(1, 2))
+    out[:, _S] = count[:, :, 1].sum(axis=(1, 2))
+    out[:, _TP] = count[:, 1, 1].sum(axis=1)
+    out[:, _FP] = count[:, 0, 1].sum(axis=1)
+    out[:, 5 : 5 + n_bins] = count[:, 1].sum(axis=1)
+    out[:, 5 + n_bins :] = np.bincount(codes * n_bins + b, weights=mass, minlength=n_groups * n_bins).reshape(
+        n_groups, n_bins
+    )
+    return out
+
+
 _SCORE_QUANTUM = 2.0**-24
 BOOTSTRAP_BLOCK = 1 << 15  # rows per block of bootstrap weights; a block's weights depend on its index only
 _POISSON1_CDF = np.cumsum([np.exp(-1.0) / float(np.prod(np.arange(1, k + 1))) for k in range(16)]).astype(np.float32)
@@ -472,9 +513,9 @@ def group_fairness_many(
     point_sums = [np.zeros((len(levels), k)) for _, levels, _ in coded]
     step = BOOTSTRAP_BLOCK * 8  # per-group sums block by block: memory bounded by the block
     for s in range(0, len(y), step):
-        stats = _row_stats(y[s : s + step], p[s : s + step], threshold, n_bins, favourable_positive=favourable_positive)
+        cells = _row_cells(y[s : s + step], p[s : s + step], threshold, n_bins, favourable_positive=favourable_positive)
         for acc, (_, levels, codes) in zip(point_sums, coded, strict=True):
-            acc += _group_sums(stats, codes[s : s + step], len(levels))
+            acc += _cell_sums(cells, codes[s : s + step], len(levels), n_bins)
     boot = None
     if n_bootstrap > 0:
         rng = as_generator(random_state)

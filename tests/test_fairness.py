@@ -76,6 +76,25 @@ def test_group_metrics_by_hand_from_masks(known):
         assert row["ece"] == pytest.approx(ece)
 
 
+@pytest.mark.parametrize("favourable_positive", [True, False])
+def test_point_sums_from_cells_equal_the_per_statistic_sums_bit_for_bit(favourable_positive):
+    """Issue 17: the point estimates' per-group sums come from two bincounts over (group, label, decision, score bin)
+    cells; they are the same bits as summing every per-row statistic of ``_row_stats`` on its own, including scores
+    on a bin edge or the threshold, 0 and 1, and groups without rows."""
+    from audit.fairness import _cell_sums, _group_sums, _row_cells, _row_stats
+
+    rng = np.random.default_rng(7)
+    n = 50_000
+    y = rng.integers(0, 2, n)
+    p = rng.random(n)
+    p[:300] = rng.choice([0.0, 0.1, 0.3, 0.5, 0.7, 1.0], 300)  # bin edges, the threshold, the ends
+    codes = rng.integers(0, 6, n)  # group 6 has no rows
+    want = _group_sums(_row_stats(y, p, 0.5, 10, favourable_positive=favourable_positive), codes, 7)
+    got = _cell_sums(_row_cells(y, p, 0.5, 10, favourable_positive=favourable_positive), codes, 7, 10)
+    np.testing.assert_array_equal(got, want)
+    assert want[:, 5 + 10 :].sum() > 0 and not want[6].any()
+
+
 def test_small_group_is_reported_but_never_drives_a_measure(known):
     y, p, sex, _ = known
     res = group_fairness(y, p, sex, n_bootstrap=0, min_group_size=30)
