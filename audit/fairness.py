@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import chi2_contingency
 
-from audit.explain._common import as_generator
+from audit.explain._common import as_generator, roc_auc_sorted
 
 MEASURES = {
     # name: (kind, description); kind "max": value must stay <= threshold, "min": value must stay >= threshold
@@ -123,7 +123,12 @@ def encode_groups(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     >>> levels.tolist(), codes.tolist()
     (['a', 'b'], [1, 0, 1])
     """
-    codes, uniques = pd.factorize(pd.Series(groups, dtype=object).astype(str), sort=False)
+    groups = np.asarray(groups)
+    if groups.dtype == object and pd.api.types.infer_dtype(groups, skipna=False) == "string":
+        codes, uniques = pd.factorize(groups, sort=False)  # Python strings (group labels): hashed as they are
+    else:  # anything else is grouped by its text: 1 and 1.0 apart, None as "None" (never a missing code)
+        text = groups.astype(str) if groups.dtype.kind in "iub" else np.array([str(v) for v in groups], dtype=object)
+        codes, uniques = pd.factorize(text, sort=False)
     levels = np.asarray(uniques, dtype=str)
     order = np.array(sorted(range(len(levels)), key=lambda i: group_sort_key(levels[i])), dtype=np.int64)
     rank = np.empty(len(levels), dtype=np.int64)
@@ -534,6 +539,8 @@ def group_fairness_many(
         )
     out = []
     overall_auc = _auc(y, p)  # the same rows in every grouping
+    by_score = np.argsort(p, kind="stable")  # one sort of the scores serves every group's ROC AUC
+    y_sorted, p_sorted = y[by_score].astype(bool), p[by_score]
     for i, (name, levels, codes) in enumerate(coded):
         G = len(levels)
         point = _rates(point_sums[i], n_bins)
@@ -541,7 +548,7 @@ def group_fairness_many(
         table = pd.DataFrame({"group": levels, **{m: v for m, v in point.items()}})
         table["count"] = table["count"].astype(int)
         table.insert(2, "eligible", eligible)
-        table["roc_auc"] = [_auc(y[m], p[m]) for m in (codes == g for g in range(G))]  # one mask per group
+        table["roc_auc"] = _group_aucs(y_sorted, p_sorted, codes[by_score], G)
         measures = {m: [float(v), np.nan, np.nan] for m, v in _measures(point, eligible).items()}
         if eligible.sum() < 2:
             measures = {m: [np.nan, np.nan, np.nan] for m in measures}
@@ -623,6 +630,19 @@ def bias_corrected_interval(point: float, replicates: np.ndarray, confidence: fl
     lo, hi = np.quantile(r, [alpha, 1 - alpha])
     bias = r.mean() - point
     return [float(np.clip(lo - bias, 0.0, 1.0)), float(np.clip(hi - bias, 0.0, 1.0))]
+
+
+def _group_aucs(y_sorted: np.ndarray, p_sorted: np.ndarray, codes: np.ndarray, n_groups: int) -> list[float]:
+    """Each group's ROC AUC (NaN without both classes) from rows sorted by score: a stable split by group keeps every
+    group's scores sorted, so nothing is sorted again; the same values as :func:`_auc` on each group's rows."""
+    split = np.argsort(codes.astype(np.min_scalar_type(max(n_groups - 1, 0))), kind="stable")
+    bounds = np.searchsorted(codes[split], np.arange(n_groups + 1))
+    out = []
+    for g in range(n_groups):
+        rows = split[bounds[g] : bounds[g + 1]]
+        yg, pg = y_sorted[rows], p_sorted[rows]
+        out.append(roc_auc_sorted(pg[yg], pg[~yg]))
+    return out
 
 
 def _auc(y: np.ndarray, p: np.ndarray) -> float:

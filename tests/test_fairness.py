@@ -95,6 +95,42 @@ def test_point_sums_from_cells_equal_the_per_statistic_sums_bit_for_bit(favourab
     assert want[:, 5 + 10 :].sum() > 0 and not want[6].any()
 
 
+@pytest.mark.parametrize(
+    "values",
+    [
+        ["b", "a", ">= 65", "< 25", "25–65", "a", "missing", "b & x"],  # labels: the fast path
+        ["1", 1, 1.0, True, None, float("nan"), "a", 1],  # mixed objects: grouped by their text
+        [3, 1, 2, 3],
+    ],
+)
+def test_encode_groups_equals_grouping_by_text(values):
+    from audit.fairness import encode_groups, group_sort_key
+
+    groups = np.array(values * 50, dtype=object) if not isinstance(values[0], int) else np.array(values * 50)
+    levels, codes = encode_groups(groups)
+    text = [str(v) for v in groups]
+    want = sorted(set(text), key=group_sort_key)
+    assert levels.tolist() == want
+    assert [want[c] for c in codes] == text
+
+
+def test_group_aucs_from_one_sort_equal_each_groups_own():
+    from audit.fairness import _auc, _group_aucs
+
+    rng = np.random.default_rng(2)
+    n = 20_000
+    y = rng.integers(0, 2, n)
+    p = np.round(rng.random(n), 3)  # ties
+    codes = rng.integers(0, 5, n)
+    codes[codes == 3] = 2  # group 3: no rows
+    y[codes == 4] = 1  # group 4: one class only
+    order = np.argsort(p, kind="stable")
+    got = _group_aucs(y[order].astype(bool), p[order], codes[order], 6)
+    want = [_auc(y[codes == g], p[codes == g]) for g in range(6)]
+    np.testing.assert_array_equal(got, want)
+    assert np.isnan(got[3]) and np.isnan(got[4]) and np.isnan(got[5]) and 0.4 < got[0] < 0.6
+
+
 def test_small_group_is_reported_but_never_drives_a_measure(known):
     y, p, sex, _ = known
     res = group_fairness(y, p, sex, n_bootstrap=0, min_group_size=30)

@@ -29,7 +29,11 @@ def roc_auc_fast(y: np.ndarray, p: np.ndarray) -> float:
     """
     y = np.asarray(y).astype(bool)
     p = np.asarray(p)
-    pos, neg = np.sort(p[y]), np.sort(p[~y])  # sorted queries make searchsorted cache-friendly
+    return roc_auc_sorted(np.sort(p[y]), np.sort(p[~y]))  # sorted queries make searchsorted cache-friendly
+
+
+def roc_auc_sorted(pos: np.ndarray, neg: np.ndarray) -> float:
+    """:func:`roc_auc_fast` from the positives' and the negatives' scores, each sorted ascending."""
     if len(pos) == 0 or len(neg) == 0:
         return float("nan")
     below = np.searchsorted(neg, pos, side="left").sum()
