@@ -109,7 +109,7 @@ def test_encode_groups_equals_grouping_by_text(values):
     groups = np.array(values * 50, dtype=object) if not isinstance(values[0], int) else np.array(values * 50)
     levels, codes = encode_groups(groups)
     text = [str(v) for v in groups]
-    want = sorted(set(text), key=group_sort_key)
+    want = sorted(dict.fromkeys(text), key=group_sort_key)  # equal keys (1 and 1.0): first seen first
     assert levels.tolist() == want
     assert [want[c] for c in codes] == text
 
