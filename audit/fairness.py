@@ -12,6 +12,7 @@ size, and the intervals do not depend on chunking or on the compute backend. The
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -227,18 +228,49 @@ _POISSON1_CDF = np.cumsum([np.exp(-1.0) / float(np.prod(np.arange(1, k + 1))) fo
 _POISSON1_STEPS = _POISSON1_CDF[_POISSON1_CDF < 1]  # float32 uniforms are < 1: the steps at 1.0 are never reached
 
 
+def _poisson1_table() -> tuple[np.ndarray, np.ndarray]:
+    """The CDF steps as thresholds on the generator's 32-bit outputs, and a table of counts by their top 16 bits.
+
+    A float32 uniform is ``(r >> 8) * 2**-24`` of a 32-bit output ``r``, so ``u >= c`` exactly when
+    ``r >= ceil(c * 2**24) << 8``. The table gives the count of thresholds at or below every ``r`` with those top 16
+    bits, or 255 where a threshold falls inside that range (8 of 65,536 entries), which is then counted exactly.
+    """
+    thresholds = (np.ceil(_POISSON1_STEPS.astype(np.float64) * 2**24).astype(np.uint64) << np.uint64(8)).astype(np.uint32)
+    lows = np.arange(1 << 16, dtype=np.uint64) << np.uint64(16)
+    table = (thresholds[None, :] <= lows[:, None]).sum(axis=1).astype(np.uint8)
+    table[thresholds[(thresholds & 0xFFFF) != 0] >> 16] = 255
+    return thresholds, table
+
+
+_POISSON1_THRESHOLDS, _POISSON1_TABLE = _poisson1_table()
+
+
 def poisson_counts(seed: int, block: int, n_replicates: int, rows: int) -> np.ndarray:
     """Poisson(1) bootstrap counts of one block of rows, shape (rows, n_replicates), uint8.
 
     Drawn by inverse CDF from float32 uniforms of a generator seeded with ``(seed, block)``, so the counts of a row
     depend only on the seed and the row's position, never on how rows are chunked or partitioned. (Poisson(1) to
     float32 resolution: the CDF rounds to 1 from k = 10 on, so counts above 10, probability 1e-8, are not drawn.)
+
+    The uniforms are not formed: the count is looked up from the top bits of the generator's 32-bit outputs (the
+    ones ``Generator.random(dtype=float32)`` would turn into uniforms, in the same order; see
+    :func:`_poisson1_table`), the same counts as comparing the uniforms with every CDF step (tested) in a third of
+    the time.
     """
-    u = np.random.default_rng([seed, block]).random((rows, n_replicates), dtype=np.float32)
-    w = np.zeros(u.shape, dtype=np.uint8)
-    for c in _POISSON1_STEPS:  # the count of CDF steps at or below u (3x faster than searchsorted)
-        w += u >= c
-    return w
+    n = rows * n_replicates
+    bits = np.random.default_rng([seed, block]).bit_generator
+    if sys.byteorder != "little":  # the 32-bit outputs below are the halves of 64-bit ones, low half first
+        u = np.random.Generator(bits).random((rows, n_replicates), dtype=np.float32)
+        w = np.zeros(u.shape, dtype=np.uint8)
+        for c in _POISSON1_STEPS:  # the count of CDF steps at or below u
+            w += u >= c
+        return w
+    r = bits.random_raw((n + 1) // 2).view(np.uint32)[:n]
+    w = _POISSON1_TABLE[r.view(np.uint16)[1::2]]  # by the top 16 bits
+    edge = np.flatnonzero(w == 255)
+    if len(edge):
+        w[edge] = (r[edge, None] >= _POISSON1_THRESHOLDS).sum(axis=1)
+    return w.reshape(rows, n_replicates)
 
 
 def poisson_weights(seed: int, block: int, n_replicates: int, rows: int) -> np.ndarray:

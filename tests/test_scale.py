@@ -126,6 +126,20 @@ def test_poisson_weights_have_mean_and_variance_one_and_depend_only_on_the_block
     assert not np.array_equal(w, poisson_weights(5, 1, 50, BOOTSTRAP_BLOCK))
 
 
+@pytest.mark.parametrize("rows,replicates", [(BOOTSTRAP_BLOCK, 200), (1001, 7), (5, 3), (777, 199), (1, 1)])
+def test_poisson_counts_from_the_generators_bits_equal_the_inverse_cdf_of_its_uniforms(rows, replicates):
+    """Issue 17: the counts are looked up from the top bits of the generator's outputs; they equal comparing the
+    float32 uniforms ``Generator.random`` gives with every step of the Poisson(1) CDF, for odd sizes too."""
+    from audit.fairness import _POISSON1_STEPS, poisson_counts
+
+    for seed, block in [(3, 5), (0, 0), (2**62, 12345)]:
+        u = np.random.default_rng([seed, block]).random((rows, replicates), dtype=np.float32)
+        want = np.searchsorted(_POISSON1_STEPS, u, side="right").astype(np.uint8)
+        got = poisson_counts(seed, block, replicates, rows)
+        assert got.dtype == np.uint8 and got.shape == (rows, replicates)
+        np.testing.assert_array_equal(got, want)
+
+
 def test_bootstrap_sums_do_not_depend_on_how_rows_are_chunked():
     rng = np.random.default_rng(0)
     n = 3 * BOOTSTRAP_BLOCK + 123
