@@ -235,7 +235,9 @@ def _poisson1_table() -> tuple[np.ndarray, np.ndarray]:
     ``r >= ceil(c * 2**24) << 8``. The table gives the count of thresholds at or below every ``r`` with those top 16
     bits, or 255 where a threshold falls inside that range (8 of 65,536 entries), which is then counted exactly.
     """
-    thresholds = (np.ceil(_POISSON1_STEPS.astype(np.float64) * 2**24).astype(np.uint64) << np.uint64(8)).astype(np.uint32)
+    thresholds = (np.ceil(_POISSON1_STEPS.astype(np.float64) * 2**24).astype(np.uint64) << np.uint64(8)).astype(
+        np.uint32
+    )
     lows = np.arange(1 << 16, dtype=np.uint64) << np.uint64(16)
     table = (thresholds[None, :] <= lows[:, None]).sum(axis=1).astype(np.uint8)
     table[thresholds[(thresholds & 0xFFFF) != 0] >> 16] = 255
@@ -265,11 +267,16 @@ def poisson_counts(seed: int, block: int, n_replicates: int, rows: int) -> np.nd
         for c in _POISSON1_STEPS:  # the count of CDF steps at or below u
             w += u >= c
         return w
-    r = bits.random_raw((n + 1) // 2).view(np.uint32)[:n]
-    w = _POISSON1_TABLE[r.view(np.uint16)[1::2]]  # by the top 16 bits
-    edge = np.flatnonzero(w == 255)
-    if len(edge):
-        w[edge] = (r[edge, None] >= _POISSON1_THRESHOLDS).sum(axis=1)
+    w = np.empty(n, dtype=np.uint8)
+    piece = 1 << 18  # outputs drawn a megabyte at a time (the stream continues): no fresh large array per block
+    for s in range(0, n, piece):
+        m = min(piece, n - s)
+        r = bits.random_raw((m + 1) // 2).view(np.uint32)[:m]
+        part = w[s : s + m]
+        np.take(_POISSON1_TABLE, r.view(np.uint16)[1::2], out=part)  # by the top 16 bits
+        edge = np.flatnonzero(part == 255)
+        if len(edge):
+            part[edge] = (r[edge, None] >= _POISSON1_THRESHOLDS).sum(axis=1)
     return w.reshape(rows, n_replicates)
 
 
@@ -313,6 +320,9 @@ def _bootstrap_task(
     start, y, p, codes = item
     out = [np.zeros((n_replicates, g, 5 + 2 * n_bins)) for g in sizes]
     radix = _joint_radix(sizes) if len(sizes) > 1 else None
+    # the weights as float64, gathered into one buffer for the task: a fresh 50 MB array per block costs more in
+    # page faults than the copy itself
+    wide = np.empty((min(BOOTSTRAP_BLOCK, len(y)), n_replicates))
     for s in range(0, len(y), BOOTSTRAP_BLOCK):
         e = min(s + BOOTSTRAP_BLOCK, len(y))
         counts = poisson_counts(seed, (start + s) // BOOTSTRAP_BLOCK, n_replicates, e - s)
@@ -327,7 +337,7 @@ def _bootstrap_task(
             firsts = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]])
             if len(firsts) <= max(256, 4 * sum(sizes)):
                 bounds = np.r_[firsts, e - s]
-                Wo, So = counts[order].astype(np.float64), stats[order]  # one row gather for all groupings
+                Wo, So = _gather(counts, order, wide), stats[order]  # one row gather for all groupings
                 cells = [Wo[lo:hi].T @ So[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
                 for acc, c in zip(out, block_codes, strict=True):
                     for g, cell in zip(c[order[firsts]], cells, strict=True):
@@ -336,11 +346,18 @@ def _bootstrap_task(
         for acc, c in zip(out, block_codes, strict=True):  # one grouping, or too many cells: group by group
             order = np.argsort(c, kind="stable")
             bounds = np.searchsorted(c[order], np.arange(acc.shape[1] + 1))
-            Wo, So = counts[order].astype(np.float64), stats[order]  # row gathers: contiguous copies
+            Wo, So = _gather(counts, order, wide), stats[order]  # row gathers: contiguous copies
             for g in range(acc.shape[1]):
                 lo, hi = bounds[g], bounds[g + 1]
                 if hi > lo:
                     acc[:, g, :] += Wo[lo:hi].T @ So[lo:hi]
+    return out
+
+
+def _gather(counts: np.ndarray, order: np.ndarray, buffer: np.ndarray) -> np.ndarray:
+    """``counts[order]`` as float64, written into the first rows of ``buffer``."""
+    out = buffer[: len(order)]
+    np.copyto(out, np.take(counts, order, axis=0))
     return out
 
 

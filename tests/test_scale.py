@@ -126,7 +126,9 @@ def test_poisson_weights_have_mean_and_variance_one_and_depend_only_on_the_block
     assert not np.array_equal(w, poisson_weights(5, 1, 50, BOOTSTRAP_BLOCK))
 
 
-@pytest.mark.parametrize("rows,replicates", [(BOOTSTRAP_BLOCK, 200), (1001, 7), (5, 3), (777, 199), (1, 1)])
+@pytest.mark.parametrize(
+    "rows,replicates", [(BOOTSTRAP_BLOCK, 200), (2001, 201), (1001, 7), (5, 3), (777, 199), (1, 1)]
+)
 def test_poisson_counts_from_the_generators_bits_equal_the_inverse_cdf_of_its_uniforms(rows, replicates):
     """Issue 17: the counts are looked up from the top bits of the generator's outputs; they equal comparing the
     float32 uniforms ``Generator.random`` gives with every step of the Poisson(1) CDF, for odd sizes too."""
