@@ -75,11 +75,26 @@ def test_permutation_importance_groups_dummy_features_and_determinism():
     assert a.rows_evaluated == 3000 * (1 + 2 * 3)
 
 
-def test_fast_auc_equals_sklearn_with_ties():
+@pytest.mark.parametrize("share", [0.5, 0.1, 0.9])  # positives the smaller, the larger class, or neither
+def test_fast_auc_equals_sklearn_with_ties(share):
     rng = np.random.default_rng(3)
-    y = rng.integers(0, 2, 5000)
+    y = (rng.uniform(size=5000) < share).astype(int)
     p = np.round(rng.uniform(size=5000), 2)  # many ties
     assert roc_auc_fast(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+
+
+def test_fast_auc_counts_the_same_pairs_from_either_class():
+    """Issue 17: the pairs are counted by looking the smaller class up in the larger one; the counts, hence the
+    value, are the same bits as looking every positive up in the negatives."""
+    from audit.explain._common import roc_auc_sorted
+
+    rng = np.random.default_rng(5)
+    for n_pos, n_neg in [(3000, 700), (700, 3000), (1, 50), (50, 1)]:
+        pos = np.sort(np.round(rng.uniform(size=n_pos), 2).astype(np.float32))
+        neg = np.sort(np.round(rng.uniform(size=n_neg) * 0.9, 2).astype(np.float32))
+        below = np.searchsorted(neg, pos, side="left").sum()
+        not_above = np.searchsorted(neg, pos, side="right").sum()
+        assert roc_auc_sorted(pos, neg) == float((below + not_above) / 2 / (n_pos * n_neg))
 
 
 def test_sklearn_scorer_names_work_through_the_wrapper():
