@@ -204,6 +204,34 @@ def test_population_scores_equal_scoring_the_whole_file_at_once(files, linear):
     pd.testing.assert_frame_equal(sp.sensitive, whole[["sex", "ethnicity", "age"]])
 
 
+def test_population_reads_feature_text_as_categoricals_with_the_same_codes(tmp_path, files):
+    """Issue 17: text columns that are only categorical features are read from the file's dictionary pages as
+    pandas categoricals; their codes equal the reference coding of the plain text, with missing values, a level
+    never seen in training, a number-like level and row groups whose dictionaries differ."""
+    from audit.data import load_dataset
+
+    cfg = _load(files)
+    ds = load_dataset(cfg)
+    whole = pd.read_parquet(files / "pop.parquet").iloc[:9000].reset_index(drop=True)
+    whole.loc[::7, "purpose"] = None
+    whole.loc[5::11, "housing"] = "caravan"  # never seen in training
+    whole.loc[3::13, "region"] = "7"  # a number-like text level
+    whole.loc[4000:, "employment"] = whole.loc[4000:, "employment"].str.upper()  # later row groups: other levels
+    path = tmp_path / "messy_pop.parquet"
+    whole.to_parquet(path, row_group_size=1000)
+    pop = open_population(cfg, ds.schema, path=path, key="--input")
+    cats = [f.name for f in ds.schema.features if f.is_categorical]
+    assert set(pop.dictionary) == set(cats) and cats and "sex" not in pop.dictionary and "outcome" not in pop.dictionary
+    frames = [pop.read(part) for part in pop.partitions]
+    assert all(isinstance(f[c].dtype, pd.CategoricalDtype) for f in frames for c in cats)
+    assert pd.api.types.is_string_dtype(frames[0]["outcome"]) and pd.api.types.is_string_dtype(frames[0]["sex"])
+    got = np.concatenate([ds.schema.to_codes(f) for f in frames])
+    np.testing.assert_array_equal(got, ds.schema.to_codes_reference(whole))
+    # with a filter on a feature, that column keeps its text (the filter reads it)
+    filtered = open_population(_load(files, dataset={"filter": "purpose == 'car'"}), ds.schema)
+    assert "purpose" not in filtered.dictionary and "housing" in filtered.dictionary
+
+
 def test_population_permutation_importance_is_zero_for_unused_features(linear):
     cfg, ds, predictor, names = linear
     pop = open_population(cfg, ds.schema)
