@@ -351,6 +351,9 @@ def test_moved_rows_compare_bits():
     assert _moved_rows(block, [x, codes], [(0, 0), (1, 0)]).tolist() == [2, 3]
     assert _moved_rows(block, [x, codes], [(1, 0)]).tolist() == [2]
     assert _moved_rows(block, [x, codes], [(0, 1)]).tolist() == []
+    assert _moved_rows(block, [x, codes], [(0, slice(0, 2))]).tolist() == [2, 3]  # an embedding's columns
+    block[0][0, 1] = 7.0
+    assert _moved_rows(block, [x, codes], [(0, slice(0, 2))]).tolist() == [0, 2, 3]
 
 
 def test_reason_codes_are_exact_for_an_additive_model(tmp_path, files):

@@ -8,8 +8,8 @@ Every audit module uses :class:`Predictor` only:
   into the network in large batches; ``predict_proba(df)`` is ``predict_codes(schema.to_codes(df))`` (the built-in
   net takes the frame's columns straight into its inputs, with the same result: tested), so both paths agree exactly;
 - ``inputs``/``input_column``/``predict_inputs``: the model's own input arrays, where explainers that change a few
-  columns of the same rows many times change them (the built-in net's transformed rows; the code rows themselves
-  for the others).
+  columns of the same rows many times change them (the built-in net's embedded rows, the input of its first layer;
+  the code rows themselves for the others).
 - ``rows_evaluated``: how many rows the model has scored (benchmarks read it).
 
 :class:`NetPredictor` also exposes ``net`` and ``tensors(X)`` as the explicit gradient handle for methods that need
@@ -120,22 +120,36 @@ class NetPredictor(Predictor):
 
     def tensors(self, X: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Code-space array -> the network's input tensors (numerics float32, categorical codes int64)."""
-        x_num, x_cat = self.inputs(X)
+        x_num, x_cat = self.preprocessing.transform(np.asarray(X, dtype=np.float64))
         return torch.from_numpy(x_num), torch.from_numpy(x_cat)
 
     def inputs(self, X: np.ndarray) -> list[np.ndarray]:
-        """Code-space rows -> [standardised numerics (float32), categorical codes (int64)]; see
-        :meth:`Predictor.inputs`."""
-        return list(self.preprocessing.transform(np.asarray(X, dtype=np.float64)))
+        """Code-space rows -> ``[z]``, the first layer's input (float32, one row per row): the standardised numerics,
+        then each categorical feature's embedding (see :meth:`input_column`); see :meth:`Predictor.inputs`.
 
-    def input_column(self, j: int) -> tuple[int, int]:
+        Rows embedded once are scored many times without the embedding look-ups, a third of the forward pass at
+        this net's size; the scores are the same bits as from the code rows (a look-up and a concatenation only
+        copy values; tested).
+        """
+        x_num, x_cat = self.tensors(X)
+        with torch.inference_mode():
+            return [self.net.embed(x_num, x_cat).numpy()]
+
+    def input_column(self, j: int) -> tuple[int, int | slice]:
+        """Where feature ``j`` is in :meth:`inputs`: a numeric feature's column, or the slice of columns of a
+        categorical feature's embedding."""
         p = self.preprocessing
-        return (0, p.numeric_idx.index(j)) if j in p.numeric_idx else (1, p.categorical_idx.index(j))
+        if j in p.numeric_idx:
+            return 0, p.numeric_idx.index(j)
+        k = p.categorical_idx.index(j)
+        widths = [e.embedding_dim for e in self.net.embeddings]
+        start = len(p.numeric_idx) + sum(widths[:k])
+        return 0, slice(start, start + widths[k])
 
     def predict_inputs(self, inputs: list[np.ndarray]) -> np.ndarray:
-        x_num, x_cat = inputs
-        self.rows_evaluated += len(x_num)
-        return self._in_blocks(self._forward, x_num, x_cat)
+        (z,) = inputs
+        self.rows_evaluated += len(z)
+        return self._in_blocks(self._forward_embedded, z)
 
     def predict_proba(self, df: pd.DataFrame) -> np.ndarray:
         """Positive-class probabilities for a DataFrame of raw feature columns, shape (n_rows,).
@@ -151,7 +165,8 @@ class NetPredictor(Predictor):
             num[:, k] = schema.column_codes(df, j)
         for k, j in enumerate(p.categorical_idx):
             cat[:, k] = schema.column_codes(df, j)
-        return self.predict_inputs(list(p.transform_columns(num, cat)))
+        self.rows_evaluated += len(df)
+        return self._in_blocks(self._forward, *p.transform_columns(num, cat))
 
     def _predict_codes(self, X: np.ndarray) -> np.ndarray:
         return self._forward(*self.preprocessing.transform(X))
@@ -166,6 +181,16 @@ class NetPredictor(Predictor):
             x_cat = torch.cat([x_cat, x_cat.new_zeros((pad, x_cat.shape[1]))])
         with torch.inference_mode():
             return torch.sigmoid(self.net(x_num, x_cat))[:n].double().numpy()  # sigmoid on whole blocks too
+
+    def _forward_embedded(self, z: np.ndarray) -> np.ndarray:
+        """Probabilities of one block of embedded rows (:meth:`inputs`), as :meth:`_forward` of the same rows."""
+        z = torch.from_numpy(np.ascontiguousarray(z))
+        n = len(z)
+        pad = -n % ROW_ALIGN
+        if pad:
+            z = torch.cat([z, z.new_zeros((pad, z.shape[1]))])
+        with torch.inference_mode():
+            return torch.sigmoid(self.net.forward_embedded(z))[:n].double().numpy()
 
 
 class CallablePredictor(Predictor):
