@@ -362,6 +362,12 @@ class PopulationRun:
 
 
 # ---------------------------------------------------------------------------------------- permutation importance
+REUSE_BELOW = 0.85
+"""Permutation importance reuses the scores of unchanged rows when at most this share of rows moved; above it, the
+whole block is scored (the same bits: scores are row-wise), as gathering the moved rows (about 35 ns a row here)
+costs more than scoring the few unchanged ones (about 250 ns a row on one thread)."""
+
+
 def _permute_partition(
     item: tuple[Partition, np.ndarray | None],
     *,
@@ -409,13 +415,7 @@ def _permute_partition(
     return (narrow if np.array_equal(narrow, out) else out), evaluated
 
 
-REUSE_BELOW = 0.85
-"""Permutation importance reuses the scores of unchanged rows when at most this share of rows moved; above it, the
-whole block is scored (the same bits: scores are row-wise), as gathering the moved rows (about 35 ns a row here)
-costs more than scoring the few unchanged ones (about 250 ns a row on one thread)."""
-
-
-def _moved_rows(block: list[np.ndarray], inputs: list[np.ndarray], where: list[tuple[int, int]]) -> np.ndarray:
+def _moved_rows(block: list[np.ndarray], inputs: list[np.ndarray], where: list[tuple[int, int | slice]]) -> np.ndarray:
     """Rows whose permuted columns differ from the original in any bit (two NaNs alike are not moved; -0.0 and
     0.0 are)."""
     moved = np.zeros(len(inputs[0]), dtype=bool)
