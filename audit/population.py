@@ -381,46 +381,76 @@ def _permute_partition(
 
     ``item``: the partition and, for a predictor whose scores are row-wise (:attr:`Predictor.row_wise`), its rows'
     unpermuted scores: a row that a permutation leaves as it was (it drew its own value, or an equal one) keeps that
-    score instead of being scored again, the same bits.
+    score instead of being scored again, the same bits. A row-wise predictor also scores the permuted rows chunk by
+    chunk of its batch size, each chunk copied and changed in cache (see :func:`_score_changed`).
     """
+    from audit.model.adapter import ROW_ALIGN
+
     part, base = item
     codes = population.schema.to_codes(population.read(part))
     n = len(codes)
-    out = np.empty((len(units), n_repeats, n))
     inputs = predictor.inputs(codes)  # the model's own inputs: rows transformed once, not once per repeat
     if base is not None and (len(base) != n or not _scores_match(predictor, inputs, base)):
         base = None  # not this predictor's scores of these rows: score every row
-    block = [a.copy() for a in inputs]
+    row_wise = getattr(predictor, "row_wise", False)
+    step = max(ROW_ALIGN, predictor.batch_size // ROW_ALIGN * ROW_ALIGN) if row_wise else max(n, 1)
+    buffers = [np.empty((min(step, n), *x.shape[1:]), dtype=x.dtype) for x in inputs]
+    out = np.empty((len(units), n_repeats, n), dtype=np.float32)  # widened if a score is not a float32 value
     evaluated = 0
     for k, (u, columns) in enumerate(units):
         rng = np.random.default_rng([seed, u, part.index])
         where = [predictor.input_column(j) for j in columns]
-        originals = [np.ascontiguousarray(inputs[a][:, c]) for a, c in where]  # gathered from a compact copy
+        originals = [np.ascontiguousarray(inputs[a][:, c]) for a, c in where]  # compact copies of the unit's columns
         for r in range(n_repeats):
             perm = rng.permutation(n)
-            for (a, c), original in zip(where, originals, strict=True):
-                block[a][:, c] = original[perm]
-            moved = None if base is None else _moved_rows(block, inputs, where)
+            permuted = [original[perm] for original in originals]
+            moved = None if base is None else _moved_rows(permuted, originals)
             if moved is None or len(moved) > REUSE_BELOW * n:  # gathering the moved rows would cost more than it saves
-                out[k, r] = predictor.predict_inputs(block)
+                scores = _score_changed(predictor, inputs, where, permuted, buffers)
                 evaluated += n
             else:
-                out[k, r] = base
+                scores = base.copy()
                 if len(moved):
-                    out[k, r, moved] = predictor.predict_inputs([x[moved] for x in block])
+                    rows = [x[moved] for x in inputs]
+                    for (a, c), values in zip(where, permuted, strict=True):
+                        rows[a][:, c] = values[moved]
+                    scores[moved] = predictor.predict_inputs(rows)
                 evaluated += len(moved)
-        for a, c in where:
-            block[a][:, c] = inputs[a][:, c]
-    narrow = out.astype(np.float32)  # the built-in net's scores are float32 values: half the memory, no loss
-    return (narrow if np.array_equal(narrow, out) else out), evaluated
+            narrow = scores.astype(np.float32)  # the built-in net's scores are float32 values: half the memory
+            if out.dtype == np.float32 and not np.array_equal(narrow, scores):
+                wide = np.empty(out.shape)  # the scores so far, widened
+                wide[:k], wide[k, :r] = out[:k], out[k, :r]
+                out = wide
+            out[k, r] = scores
+    return out, evaluated
 
 
-def _moved_rows(block: list[np.ndarray], inputs: list[np.ndarray], where: list[tuple[int, int | slice]]) -> np.ndarray:
-    """Rows whose permuted columns differ from the original in any bit (two NaNs alike are not moved; -0.0 and
-    0.0 are)."""
-    moved = np.zeros(len(inputs[0]), dtype=bool)
-    for a, c in where:  # c: a column, or a slice of columns (an embedding)
-        x, y = block[a][:, c], inputs[a][:, c]
+def _score_changed(
+    predictor, inputs: list[np.ndarray], where: list, values: list[np.ndarray], buffers: list
+) -> np.ndarray:
+    """Scores of ``inputs`` with the columns ``where`` set to ``values``, chunk by chunk of ``len(buffers[0])`` rows:
+    each chunk is copied into ``buffers`` and changed there, so the rows are read once and the column is written
+    in cache (the inputs themselves are never changed). Chunks of the predictor's batch size make the same model
+    calls as scoring the changed rows whole."""
+    n = len(inputs[0])
+    step = len(buffers[0])
+    out = np.empty(n)
+    for i in range(0, n, step):
+        m = min(step, n - i)
+        chunk = [b[:m] for b in buffers]
+        for b, x in zip(chunk, inputs, strict=True):
+            np.copyto(b, x[i : i + m])
+        for (a, c), v in zip(where, values, strict=True):
+            chunk[a][:, c] = v[i : i + m]
+        out[i : i + m] = predictor.predict_inputs(chunk)
+    return out
+
+
+def _moved_rows(permuted: list[np.ndarray], originals: list[np.ndarray]) -> np.ndarray:
+    """Rows whose permuted values differ from the originals in any bit (two NaNs alike are not moved; -0.0 and 0.0
+    are); each array holds a column, or an embedding's columns, of one feature of the unit."""
+    moved = np.zeros(len(originals[0]), dtype=bool)
+    for x, y in zip(permuted, originals, strict=True):
         if x.dtype.kind == "f":
             x, y = x.view(f"u{x.itemsize}"), y.view(f"u{y.itemsize}")
         differ = x != y

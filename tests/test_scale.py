@@ -342,18 +342,19 @@ def test_population_permutation_importance_reuses_the_scores_of_unchanged_rows_b
 def test_moved_rows_compare_bits():
     from audit.population import _moved_rows
 
-    x = np.array([[0.0, 1.0], [np.nan, 2.0], [-0.0, 3.0], [4.0, 5.0]], dtype=np.float32)
-    codes = np.array([[1], [2], [3], [4]])
-    block = [x.copy(), codes.copy()]
-    block[0][:, 0] = [0.0, np.nan, 0.0, 4.5]  # same, NaN alike, -0.0 -> 0.0, changed
-    block[1][:, 0] = [1, 2, 4, 4]
-    assert _moved_rows(block, [x, codes], [(0, 0)]).tolist() == [2, 3]
-    assert _moved_rows(block, [x, codes], [(0, 0), (1, 0)]).tolist() == [2, 3]
-    assert _moved_rows(block, [x, codes], [(1, 0)]).tolist() == [2]
-    assert _moved_rows(block, [x, codes], [(0, 1)]).tolist() == []
-    assert _moved_rows(block, [x, codes], [(0, slice(0, 2))]).tolist() == [2, 3]  # an embedding's columns
-    block[0][0, 1] = 7.0
-    assert _moved_rows(block, [x, codes], [(0, slice(0, 2))]).tolist() == [0, 2, 3]
+    x = np.array([0.0, np.nan, -0.0, 4.0], dtype=np.float32)
+    codes = np.array([1, 2, 3, 4])
+    emb = np.array([[0.0, 1.0], [2.0, 3.0], [4.0, 5.0], [6.0, 7.0]], dtype=np.float32)
+    x2 = np.array([0.0, np.nan, 0.0, 4.5], dtype=np.float32)  # same, NaN alike, -0.0 -> 0.0, changed
+    codes2 = np.array([1, 2, 4, 4])
+    emb2 = emb.copy()
+    emb2[0, 1] = 7.0
+    assert _moved_rows([x2], [x]).tolist() == [2, 3]
+    assert _moved_rows([x2, codes2], [x, codes]).tolist() == [2, 3]
+    assert _moved_rows([codes2], [codes]).tolist() == [2]
+    assert _moved_rows([emb], [emb]).tolist() == []
+    assert _moved_rows([emb2], [emb]).tolist() == [0]  # an embedding's columns: any of them
+    assert _moved_rows([emb2, codes2], [emb, codes]).tolist() == [0, 2]
 
 
 def test_reason_codes_are_exact_for_an_additive_model(tmp_path, files):
