@@ -588,7 +588,7 @@ def group_fairness_many(
         )
     out = []
     overall_auc = _auc(y, p)  # the same rows in every grouping
-    by_score = np.argsort(p, kind="stable")  # one sort of the scores serves every group's ROC AUC
+    by_score = np.argsort(p)  # one sort of the scores serves every group's ROC AUC (the order of ties is immaterial)
     y_sorted, p_sorted = y[by_score].astype(bool), p[by_score]
     for i, (name, levels, codes) in enumerate(coded):
         G = len(levels)
