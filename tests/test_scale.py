@@ -106,8 +106,15 @@ def _slow_square(x: int) -> int:
     return x * x
 
 
+def _blas_threads(_item) -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+
 def test_local_backend_yields_results_in_item_order_with_torch_on_one_thread():
     import torch
+    from threadpoolctl import threadpool_limits
 
     before = torch.get_num_threads()
     gen = Backend(n_threads=3).map(_slow_square, range(10))
@@ -115,6 +122,10 @@ def test_local_backend_yields_results_in_item_order_with_torch_on_one_thread():
     assert torch.get_num_threads() == 1  # while tasks run
     assert list(gen) == [x * x for x in range(1, 10)]
     assert torch.get_num_threads() == before  # restored
+    with threadpool_limits(limits=2, user_api="blas"):  # tasks side by side: BLAS on one thread each (issue 17)
+        inside = list(Backend(n_threads=2).map(_blas_threads, range(4)))
+        assert all(n == [1] * len(n) for n in inside) and inside[0]
+        assert _blas_threads(None) == [2] * len(inside[0])  # restored
 
 
 # ------------------------------------------------------------------------------------------------ bootstrap
