@@ -172,25 +172,20 @@ class NetPredictor(Predictor):
         return self._forward(*self.preprocessing.transform(X))
 
     def _forward(self, x_num: np.ndarray, x_cat: np.ndarray) -> np.ndarray:
-        """Probabilities of one block of input rows."""
+        """Probabilities of one block of input rows: embedded, then :meth:`_forward_embedded`."""
         x_num, x_cat = torch.from_numpy(np.ascontiguousarray(x_num)), torch.from_numpy(np.ascontiguousarray(x_cat))
-        n = len(x_num)
-        pad = -n % ROW_ALIGN
-        if pad:  # see ROW_ALIGN: a row's score must not depend on how many rows were scored with it
-            x_num = torch.cat([x_num, x_num.new_zeros((pad, x_num.shape[1]))])
-            x_cat = torch.cat([x_cat, x_cat.new_zeros((pad, x_cat.shape[1]))])
         with torch.inference_mode():
-            return torch.sigmoid(self.net(x_num, x_cat))[:n].double().numpy()  # sigmoid on whole blocks too
+            return self._forward_embedded(self.net.embed(x_num, x_cat).numpy())
 
     def _forward_embedded(self, z: np.ndarray) -> np.ndarray:
-        """Probabilities of one block of embedded rows (:meth:`inputs`), as :meth:`_forward` of the same rows."""
+        """Probabilities of one block of embedded rows (:meth:`inputs`)."""
         z = torch.from_numpy(np.ascontiguousarray(z))
         n = len(z)
         pad = -n % ROW_ALIGN
-        if pad:
+        if pad:  # see ROW_ALIGN: a row's score must not depend on how many rows were scored with it
             z = torch.cat([z, z.new_zeros((pad, z.shape[1]))])
         with torch.inference_mode():
-            return torch.sigmoid(self.net.forward_embedded(z))[:n].double().numpy()
+            return torch.sigmoid(self.net.forward_embedded(z))[:n].double().numpy()  # sigmoid on whole blocks too
 
 
 class CallablePredictor(Predictor):
