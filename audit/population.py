@@ -201,16 +201,19 @@ def open_population(
     derived = cfg.fairness.derived if labelled else {}
     need = list(schema.feature_names)
     row_filter = cfg.dataset.filter if labelled else None
+    if row_filter:
+        from audit.expr import parse_filter
+
+        filter_columns = list(parse_filter(row_filter).columns)
+    else:
+        filter_columns = []
     has_labels = cfg.dataset.target in have
     if labelled:
         if has_labels:  # a population without the target is audited without labels (see ScoredPopulation.y)
             need.append(cfg.dataset.target)
         need += [s for s in schema.sensitive if s not in derived and s not in need]
         need += [d.source for d in derived.values() if d.source not in need]
-        if row_filter:
-            from audit.expr import parse_filter
-
-            need += [c for c in parse_filter(row_filter).columns if c not in need]
+        need += [c for c in filter_columns if c not in need]
     missing = [c for c in need if c not in have]
     if missing:
         what = (
@@ -221,11 +224,7 @@ def open_population(
         raise DataError(f"{key}: '{path}' lacks column(s) {missing}; it needs {what}")
     # text columns that are nothing but categorical features: read as categoricals (the target, sensitive, derived
     # and filter columns keep their text: labels, groups and filters read it)
-    others = {cfg.dataset.target, *schema.sensitive, *(d.source for d in derived.values())}
-    if row_filter:
-        from audit.expr import parse_filter
-
-        others |= set(parse_filter(row_filter).columns)
+    others = {cfg.dataset.target, *schema.sensitive, *(d.source for d in derived.values()), *filter_columns}
     types = {f.name: f.type for f in pf.schema_arrow}
     dictionary = tuple(
         f.name
