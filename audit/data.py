@@ -140,9 +140,8 @@ class Schema:
             col = df[f.name]
             if f.is_categorical:
                 values = category_strings(col, labels=dict(f.labels) if f.labels else None)
-                codes = pd.Categorical(values, categories=list(f.levels)).codes.astype(np.float64)
-                codes[codes < 0] = len(f.levels)
-                out[:, j] = codes
+                position = {level: i for i, level in enumerate(f.levels)}
+                out[:, j] = [position.get(v, len(f.levels)) for v in values]
             else:
                 out[:, j] = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
         return out
@@ -234,49 +233,65 @@ def category_strings(col: pd.Series, *, labels: dict[str, str] | None = None) ->
 
 
 def category_codes(col: pd.Series, feature: Feature) -> np.ndarray:
-    """The level codes of a categorical column (float64; ``len(levels)`` for levels never seen in training).
+    """The level codes of a categorical column (float64; ``len(levels)`` for levels never seen in training): the
+    codes of :func:`category_index`, as the code space stores them."""
+    return category_index(col, feature).astype(np.float64)
 
-    Text columns are coded by hashing against the fixed levels (``pandas.Categorical``), without turning every value
-    into a Python string first; only values that do not match as they are (a number in a text column, a code with a
-    value label) take the slow path of :func:`category_strings`. Equal to it for every value (tested on every
-    shipped data set).
+
+def category_index(col: pd.Series, feature: Feature) -> np.ndarray:
+    """The level codes of a categorical column as int64 (``len(levels)`` for levels never seen in training).
+
+    Text columns are coded by hashing against the fixed levels (Arrow's ``index_in``, or ``pandas.Categorical``),
+    without turning every value into a Python string first; only values that do not match as they are (a number in a
+    text column, a code with a value label) take the slow path of :func:`category_strings`. Equal to it for every
+    value (tested on every shipped data set).
     """
     levels = list(feature.levels)
     n_levels = len(levels)
     if not feature.labels and isinstance(col.array, pd.arrays.ArrowStringArray):
         import pyarrow.compute as pc
 
-        # Arrow strings (pandas' default text dtype): one hash lookup of every value in the levels, in C
+        # Arrow strings (pandas' default text dtype): one hash lookup of every value in the levels, in C. A missing
+        # value matches the null after the levels (n_levels), a value never seen matches nothing (filled with
+        # n_levels + 1); one small table then maps both to their codes
         arr = col.array.__arrow_array__()
-        idx = pc.index_in(arr, value_set=_arrow_levels(feature.levels, arr.type))  # null: missing or never seen
-        out = pc.fill_null(idx, n_levels).to_numpy().astype(np.float64)
-        if arr.null_count and MISSING_LEVEL in levels:  # else missing values are "never seen": n_levels already
-            out[arr.is_null().to_numpy(zero_copy_only=False)] = levels.index(MISSING_LEVEL)
-        return out
+        options, table = _arrow_lookup(feature.levels, arr.type)
+        return table.take(pc.fill_null(pc.index_in(arr, options=options), n_levels + 1).to_numpy())
     textual = pd.api.types.is_string_dtype(col) or col.dtype == object
     if feature.labels or not textual:
-        codes = pd.Categorical(category_strings(col, labels=dict(feature.labels) or None), categories=levels).codes
-        out = codes.astype(np.float64)
-        out[codes < 0] = n_levels
-        return out
-    codes = pd.Categorical(col, categories=levels).codes.astype(np.int64)
+        codes = _level_positions(category_strings(col, labels=dict(feature.labels) or None), levels)
+        codes[codes < 0] = n_levels
+        return codes
+    codes = _level_positions(col, levels)
     missing = col.isna().to_numpy()
     other = (codes < 0) & ~missing
     if other.any():  # e.g. a number among text: its level text decides
-        codes[other] = pd.Categorical(category_strings(col[other]), categories=levels).codes
+        codes[other] = _level_positions(category_strings(col[other]), levels)
     if missing.any():
         codes[missing] = levels.index(MISSING_LEVEL) if MISSING_LEVEL in levels else n_levels
-    out = codes.astype(np.float64)
-    out[codes < 0] = n_levels
-    return out
+    codes[codes < 0] = n_levels
+    return codes
+
+
+def _level_positions(values, levels: list[str]) -> np.ndarray:
+    """Each value's position in ``levels`` (int64; -1 where none, missing values included), by hashing: the codes
+    of ``pandas.Categorical(values, categories=levels)``, which pandas deprecates for values outside the levels."""
+    return pd.Index(levels, dtype=object).get_indexer(values).astype(np.int64, copy=False)
 
 
 @functools.lru_cache(maxsize=256)
-def _arrow_levels(levels: tuple[str, ...], type_):
-    """A feature's levels as an Arrow array of the column's string type (built once per feature and type)."""
+def _arrow_lookup(levels: tuple[str, ...], type_):
+    """For :func:`category_index`: ``index_in`` options whose value set is the levels then a null, as an Arrow array
+    of the column's string type, and the table from their positions (plus ``len(levels) + 1``, never seen) to codes
+    (built once per feature and type)."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
-    return pa.array(levels, type=type_)
+    n = len(levels)
+    table = np.arange(n + 2, dtype=np.int64)
+    table[n] = levels.index(MISSING_LEVEL) if MISSING_LEVEL in levels else n  # missing: its level, else unknown
+    table[n + 1] = n
+    return pc.SetLookupOptions(pa.array([*levels, None], type=type_), skip_nulls=False), table
 
 
 def apply_value_labels(frame: pd.DataFrame, value_labels: dict) -> None:

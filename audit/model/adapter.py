@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from audit.data import Schema
+from audit.data import Schema, category_index
 from audit.model.network import Preprocessing, TabularNet
 
 ROW_ALIGN = 64
@@ -160,11 +160,11 @@ class NetPredictor(Predictor):
         schema, p = self.schema, self.preprocessing
         schema.check_columns(df)
         num = np.empty((len(df), len(p.numeric_idx)))
-        cat = np.empty((len(df), len(p.categorical_idx)))
+        cat = np.empty((len(df), len(p.categorical_idx)), dtype=np.int64)  # codes as integers: no float round trip
         for k, j in enumerate(p.numeric_idx):
             num[:, k] = schema.column_codes(df, j)
         for k, j in enumerate(p.categorical_idx):
-            cat[:, k] = schema.column_codes(df, j)
+            cat[:, k] = category_index(df[schema.features[j].name], schema.features[j])
         self.rows_evaluated += len(df)
         return self._in_blocks(self._forward, *p.transform_columns(num, cat))
 

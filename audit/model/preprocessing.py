@@ -55,7 +55,8 @@ class Preprocessing:
 
     def transform_columns(self, numeric: np.ndarray, categorical: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`transform` of code-space values given as the numeric columns (n, len(numeric_idx)) and the
-        categorical columns (n, len(categorical_idx)), in that order; neither input is changed."""
+        categorical columns (n, len(categorical_idx)), in that order; neither input is changed, but a C-ordered
+        int64 ``categorical`` whose codes are all in the tables is returned as it is, not copied."""
         # float32 throughout (the network's precision); the cast copies, so the in-place steps below are safe
         x = np.asarray(numeric, dtype=np.float64).astype(np.float32)
         logs = np.flatnonzero(self.log1p)
@@ -65,8 +66,10 @@ class Preprocessing:
         x /= np.asarray(self.std, dtype=np.float32)
         x[~np.isfinite(x)] = 0.0
         cards = np.asarray(self.cardinalities, dtype=np.int64)
-        with np.errstate(invalid="ignore"):
-            c = np.asarray(categorical, dtype=np.float64).astype(np.int64)
+        c = np.asarray(categorical)
+        if c.dtype != np.int64:  # code-space floats (NaN and fractions included) truncated as before
+            with np.errstate(invalid="ignore"):
+                c = np.asarray(c, dtype=np.float64).astype(np.int64)
         if c.size:
             bad = (c < 0) | (c >= cards)
             if bad.any():
