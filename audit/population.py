@@ -366,6 +366,10 @@ REUSE_BELOW = 0.85
 whole block is scored (the same bits: scores are row-wise), as gathering the moved rows (about 35 ns a row here)
 costs more than scoring the few unchanged ones (about 250 ns a row on one thread)."""
 
+SKIP_COMPARE_ABOVE = 0.95
+"""When one permutation of a unit moved more than this share of a partition's rows, the unit's other permutations
+in that partition score every row without looking for unchanged ones first (they would find too few to reuse)."""
+
 
 def _permute_partition(
     item: tuple[Partition, np.ndarray | None],
@@ -400,37 +404,52 @@ def _permute_partition(
         rng = np.random.default_rng([seed, u, part.index])
         where = [predictor.input_column(j) for j in columns]
         originals = [np.ascontiguousarray(inputs[a][:, c]) for a, c in where]  # compact copies of the unit's columns
+        compare = base is not None
         for r in range(n_repeats):
             perm = rng.permutation(n)
-            permuted = [original[perm] for original in originals]
-            moved = None if base is None else _moved_rows(permuted, originals)
-            if moved is None or len(moved) > REUSE_BELOW * n:  # gathering the moved rows would cost more than it saves
-                scores = _score_changed(predictor, inputs, where, permuted, buffers)
+            if not compare:  # the permuted values are gathered chunk by chunk, in cache
+                scores = _score_changed(predictor, inputs, where, originals, buffers, rows=perm)
                 evaluated += n
             else:
-                scores = base.copy()
-                if len(moved):
-                    rows = [x[moved] for x in inputs]
-                    for (a, c), values in zip(where, permuted, strict=True):
-                        rows[a][:, c] = values[moved]
-                    scores[moved] = predictor.predict_inputs(rows)
-                evaluated += len(moved)
+                permuted = [original[perm] for original in originals]
+                moved = _moved_rows(permuted, originals)
+                if len(moved) > REUSE_BELOW * n:  # gathering the moved rows would cost more than it saves
+                    scores = _score_changed(predictor, inputs, where, permuted, buffers)
+                    evaluated += n
+                    # nearly every row moved (a column of mostly distinct values): the unit's other permutations
+                    # will move as many, so they score every row without comparing first (the same bits)
+                    compare = len(moved) <= SKIP_COMPARE_ABOVE * n
+                else:
+                    scores = base.copy()
+                    if len(moved):
+                        rows = [x[moved] for x in inputs]
+                        for (a, c), values in zip(where, permuted, strict=True):
+                            rows[a][:, c] = values[moved]
+                        scores[moved] = predictor.predict_inputs(rows)
+                    evaluated += len(moved)
             narrow = scores.astype(np.float32)  # the built-in net's scores are float32 values: half the memory
             if out.dtype == np.float32 and not np.array_equal(narrow, scores):
                 wide = np.empty(out.shape)  # the scores so far, widened
                 wide[:k], wide[k, :r] = out[:k], out[k, :r]
                 out = wide
-            out[k, r] = scores
+            out[k, r] = narrow if out.dtype == np.float32 else scores
     return out, evaluated
 
 
 def _score_changed(
-    predictor, inputs: list[np.ndarray], where: list, values: list[np.ndarray], buffers: list
+    predictor,
+    inputs: list[np.ndarray],
+    where: list,
+    values: list[np.ndarray],
+    buffers: list,
+    *,
+    rows: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Scores of ``inputs`` with the columns ``where`` set to ``values``, chunk by chunk of ``len(buffers[0])`` rows:
-    each chunk is copied into ``buffers`` and changed there, so the rows are read once and the column is written
-    in cache (the inputs themselves are never changed). Chunks of the predictor's batch size make the same model
-    calls as scoring the changed rows whole."""
+    """Scores of ``inputs`` with the columns ``where`` set to ``values`` (or to ``values[rows]``: ``rows`` a
+    permutation, gathered chunk by chunk), chunk by chunk of ``len(buffers[0])`` rows: each chunk is copied into
+    ``buffers`` and changed there, so the rows are read once and the column is written in cache (the inputs
+    themselves are never changed). Chunks of the predictor's batch size make the same model calls as scoring the
+    changed rows whole."""
     n = len(inputs[0])
     step = len(buffers[0])
     out = np.empty(n)
@@ -440,7 +459,7 @@ def _score_changed(
         for b, x in zip(chunk, inputs, strict=True):
             np.copyto(b, x[i : i + m])
         for (a, c), v in zip(where, values, strict=True):
-            chunk[a][:, c] = v[i : i + m]
+            chunk[a][:, c] = v[i : i + m] if rows is None else v[rows[i : i + m]]
         out[i : i + m] = predictor.predict_inputs(chunk)
     return out
 

@@ -350,6 +350,31 @@ def test_population_permutation_importance_reuses_the_scores_of_unchanged_rows_b
     np.testing.assert_array_equal(c.importances, b.importances)
 
 
+def test_population_permutation_importance_compares_rows_once_for_a_column_of_distinct_values(files, monkeypatch):
+    """A permutation of a column of distinct values moves nearly every row: after the first repeat in a partition,
+    the unit's other repeats score every row without looking for unchanged rows first; the same bits and the same
+    rows scored as when every repeat looks."""
+    import audit.population as population
+
+    cfg = _load(files)
+    ds, fast = _random_net(cfg)
+    pop = open_population(cfg, ds.schema)
+    sp = score_population(pop, fast, Backend())
+    assert ds.X_test["income"].nunique() > 0.9 * len(ds.X_test)  # nearly distinct values: nearly every row moves
+    calls = []
+    moved_rows = population._moved_rows
+    monkeypatch.setattr(population, "_moved_rows", lambda *a: calls.append(1) or moved_rows(*a))
+    kw = dict(y=sp.y, proba=sp.proba, n_repeats=4, random_state=3)
+    a = permutation_importance_population(pop, fast, Backend(), **kw)
+    skipping = len(calls)
+    monkeypatch.setattr(population, "SKIP_COMPARE_ABOVE", 1.0)  # every repeat looks for unchanged rows
+    calls.clear()
+    b = permutation_importance_population(pop, fast, Backend(), **kw)
+    np.testing.assert_array_equal(a.importances, b.importances)
+    assert a.rows_evaluated == b.rows_evaluated
+    assert len(calls) - skipping >= 3 * len(pop.partitions)  # at least income: 1 look per partition instead of 4
+
+
 def test_moved_rows_compare_bits():
     from audit.population import _moved_rows
 
