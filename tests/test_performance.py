@@ -29,6 +29,47 @@ def test_metrics_match_sklearn():
     assert m["brier"] == pytest.approx(np.mean((p - y) ** 2))
 
 
+@pytest.mark.parametrize("case", ["ties", "float32", "extremes", "few_positives", "no_predicted_positive", "tiny"])
+def test_metrics_equal_sklearn_to_1e12(case):
+    """classification_metrics computes every metric itself (issue 17: scikit-learn's checks cost 10 s on 5M rows);
+    each equals scikit-learn's within 1e-12, accuracy and F1 to the bit, with ties, float32 scores, scores of exactly
+    0 and 1, rare positives, no predicted positive and a handful of rows."""
+    from sklearn.metrics import accuracy_score, average_precision_score, brier_score_loss, f1_score
+
+    rng = np.random.default_rng(7)
+    n = 4 if case == "tiny" else 20000
+    y = (rng.uniform(size=n) < (0.02 if case == "few_positives" else 0.4)).astype(int)
+    p = np.clip(0.3 * y + 0.7 * rng.uniform(size=n), 0, 1)
+    if case == "ties":
+        p = np.round(p, 2)
+    elif case == "float32":
+        p = p.astype(np.float32).astype(np.float64)
+    elif case == "extremes":
+        p[rng.uniform(size=n) < 0.1] = 0.0
+        p[rng.uniform(size=n) < 0.1] = 1.0
+    elif case == "no_predicted_positive":
+        p = p * 0.4
+    elif case == "tiny":
+        y, p = np.array([0, 1, 1, 0]), np.array([0.2, 0.9, 0.2, 0.6])
+    threshold = 0.5
+    m = classification_metrics(y, p, threshold=threshold)
+    pred = (p >= threshold).astype(int)
+    assert m["roc_auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+    assert m["pr_auc"] == pytest.approx(average_precision_score(y, p), abs=1e-12)
+    assert m["accuracy"] == accuracy_score(y, pred)
+    assert m["f1"] == f1_score(y, pred, zero_division=0)
+    assert m["log_loss"] == pytest.approx(log_loss(y, np.clip(p, 1e-15, 1 - 1e-15), labels=[0, 1]), abs=1e-12)
+    assert m["brier"] == pytest.approx(brier_score_loss(y, p), abs=1e-12)
+    assert m["positive_rate"] == y.mean() and m["rows"] == n
+
+
+def test_metrics_of_one_class_and_bad_scores():
+    m = classification_metrics(np.ones(5, dtype=int), np.linspace(0.1, 0.9, 5), threshold=0.5)
+    assert np.isnan(m["roc_auc"]) and np.isnan(m["pr_auc"]) and m["accuracy"] == 0.6
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        classification_metrics(np.array([0, 1]), np.array([0.2, np.nan]), threshold=0.5)
+
+
 def test_weighted_metrics_equal_sklearn_with_sample_weight():
     from sklearn.metrics import accuracy_score, brier_score_loss, f1_score, log_loss, roc_auc_score
 
