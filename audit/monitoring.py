@@ -441,9 +441,12 @@ def profile(codes: np.ndarray, ref: Reference) -> dict[int, dict[str, np.ndarray
         u = ref.values[j]
         k = len(u)
         # searchsorted(u, v, "right") = i: u_{i-1} <= v < u_i, so v < u_k exactly when i <= k;
-        # searchsorted(u, v, "left") = i: u_{i-1} < v <= u_i, so v <= u_k exactly when i <= k
-        below = np.cumsum(np.bincount(np.searchsorted(u, v, side="right"), minlength=k + 1))[:k]
-        at_or_below = np.cumsum(np.bincount(np.searchsorted(u, v, side="left"), minlength=k + 1))[:k]
+        # searchsorted(u, v, "left") = i: u_{i-1} < v <= u_i, so v <= u_k exactly when i <= k.
+        # u holds distinct values, so "right" is "left" plus one where v equals u there: one binary search, not two
+        left = np.searchsorted(u, v, side="left")
+        right = left + (u.take(left, mode="clip") == v) if k else left
+        below = np.cumsum(np.bincount(right, minlength=k + 1))[:k]
+        at_or_below = np.cumsum(np.bincount(left, minlength=k + 1))[:k]
         out[j] = {"counts": numeric_counts(col, ref.edges[j]), "left": below, "right": at_or_below}
     return out
 

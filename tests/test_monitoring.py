@@ -355,6 +355,25 @@ def test_population_drift_from_partition_counts_equals_the_in_memory_computation
     assert abs(q.loc[q.feature == "region", "missing"].item() - (cur[:, 2] == 3).mean()) <= 1e-12
 
 
+def test_profile_counts_rows_below_and_at_or_below_each_reference_value():
+    """profile counts, for each distinct reference value u, the rows < u and <= u with one binary search; the counts
+    equal two plain searches, with ties, values beyond both ends of the reference and missing values."""
+    from audit.monitoring import Reference, profile
+
+    rng = np.random.default_rng(2)
+    ref, cur = _rows(3000, rng), _rows(9000, rng, age_shift=0.3)
+    ref[:, 0], cur[:, 0] = np.round(ref[:, 0], 1), np.round(cur[:, 0] * 1.5, 1)  # ties, and rows past both ends
+    reference = Reference.build(ref, SCHEMA)
+    got = profile(cur, reference)
+    for j, f in enumerate(SCHEMA.features):
+        if f.is_categorical:
+            continue
+        u, v = reference.values[j], cur[np.isfinite(cur[:, j]), j]
+        assert v.min() < u.min() or v.max() > u.max() or j != 0
+        np.testing.assert_array_equal(got[j]["left"], [(v < x).sum() for x in u])
+        np.testing.assert_array_equal(got[j]["right"], [(v <= x).sum() for x in u])
+
+
 def test_drift_runs_on_the_population(workdir):
     assert main(["run", str(_population(workdir, labels=False)), "-q"]) in (0, 1)
     rep = json.loads((workdir / "reports" / "small" / "latest" / "report.json").read_text())
