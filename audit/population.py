@@ -588,8 +588,20 @@ def permutation_importance_population(
 def _pd_partition(
     part: Partition, *, population: Population, predictor, columns: list[int], grids: list[np.ndarray], chunk_rows: int
 ) -> list[np.ndarray]:
+    """Per-grid-value sums of the partition's scores, for each column in ``columns`` set to each value of its grid.
+
+    The rows are taken in steps of ``chunk_rows // len(grid)``; a step's rows repeated once per grid value (grid
+    value by grid value) are scored, and each grid value's scores are added left to right. A row-wise predictor
+    (:attr:`audit.model.adapter.Predictor.row_wise`) scores them block by block of its batch size, each block built
+    in a small buffer just before the model reads it; any other predictor gets a step's rows in one call, as before.
+    The scores and sums are the same bits either way.
+    """
+    from audit.model.adapter import ROW_ALIGN
+
     codes = population.schema.to_codes(population.read(part))
     inputs = predictor.inputs(codes)  # the model's own inputs: rows transformed once, not once per grid value
+    n = len(codes)
+    row_wise = getattr(predictor, "row_wise", False)
     sums = []
     for j, grid in zip(columns, grids, strict=True):
         acc = np.zeros(len(grid))
@@ -598,17 +610,24 @@ def _pd_partition(
         rows = np.zeros((len(grid), codes.shape[1]))  # every value is transformed on its own
         rows[:, j] = grid
         values = predictor.inputs(rows)[a][:, c]  # the grid in the model's input space
-        # the rows repeated once per grid value, in buffers reused from step to step (no fresh array per step)
-        buffers = [np.empty((len(grid), min(step, len(codes)), x.shape[1]), dtype=x.dtype) for x in inputs]
-        for s in range(0, len(codes), step):
-            m = min(step, len(codes) - s)
-            batch = [b[:, :m] for b in buffers]
-            for b, x in zip(batch, inputs, strict=True):
-                b[...] = x[None, s : s + m]
-            batch[a][:, :, c] = values[:, None]
-            flat = [x.reshape(-1, x.shape[2]) for x in batch]
-            scores = predictor.predict_inputs(flat).reshape(len(grid), -1)
-            acc += _sequential_sum(scores)
+        total = len(grid) * min(step, n)
+        block = max(ROW_ALIGN, predictor.batch_size // ROW_ALIGN * ROW_ALIGN) if row_wise else total
+        # buffers reused from block to block and step to step (no fresh array per step)
+        buffers = [np.empty((min(block, total), *x.shape[1:]), dtype=x.dtype) for x in inputs]
+        scores = np.empty(total)
+        for s in range(0, n, step):
+            m = min(step, n - s)
+            for f0 in range(0, len(grid) * m, len(buffers[0])):
+                # flat rows f0 .. f1 of (grid value g, row i) = g * m + i, built in the buffers
+                f1 = min(f0 + len(buffers[0]), len(grid) * m)
+                batch = [b[: f1 - f0] for b in buffers]
+                for g in range(f0 // m, (f1 - 1) // m + 1):
+                    lo, hi = max(f0, g * m), min(f1, (g + 1) * m)
+                    for b, x in zip(batch, inputs, strict=True):
+                        b[lo - f0 : hi - f0] = x[s + lo - g * m : s + hi - g * m]
+                    batch[a][lo - f0 : hi - f0, c] = values[g]
+                scores[f0:f1] = predictor.predict_inputs(batch)
+            acc += _sequential_sum(scores[: len(grid) * m].reshape(len(grid), m))
         sums.append(acc)
     return sums
 

@@ -306,6 +306,11 @@ def test_population_explainers_of_the_built_in_net_in_its_input_space_equal_the_
     b = partial_dependence_population(pop, slow, Backend(), columns=cols, grids=grids, chunk_rows=5000)
     for x, z in zip(a, b, strict=True):
         np.testing.assert_array_equal(x, z)
+    # blocks of 192 rows: built block by block, they cross from one grid value to the next inside a block
+    small = NetPredictor(fast.net, pre, ds.schema, batch_size=192)
+    c = partial_dependence_population(pop, small, Backend(), columns=cols, grids=grids, chunk_rows=5000)
+    for x, z in zip(c, b, strict=True):
+        np.testing.assert_array_equal(x, z)
     assert any(pre.log1p) and names.index("employment") in pre.categorical_idx
 
 
