@@ -1,4 +1,4 @@
-from audit.cli import main
+from audit.cli import console
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    console()

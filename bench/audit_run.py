@@ -1,8 +1,8 @@
 """The default Adult audit end to end (``make bench-audit``): wall time, time per stage and import cost, 3 runs.
 
 Each run is a fresh Python process doing exactly what ``make audit`` does (``python -m audit run
-configs/adult.yaml``, report into ``reports/adult/``, PDF included), so the wall time includes the interpreter, every
-import, training and the report. The stages come from the run itself (``report.json``'s ``provenance.stages_s``,
+configs/adult.yaml``, report into ``reports/adult/``, PDF included, ended as ``audit.cli.exit_now`` ends it), so the
+wall time includes the interpreter, every import, training, the report and the process exit. The stages come from the run itself (``report.json``'s ``provenance.stages_s``,
 plus the report writing, which the child times around the pipeline's writer). The import cost is measured apart: a
 second fresh process imports, in the same order, every module the audit process had imported by its end, and times
 that. Figures are drawn by a renderer process beside the audit (see ``audit/figure_renderer.py``); its imports run
@@ -92,7 +92,9 @@ def main() -> int:
     args = ap.parse_args()
     if args.child:
         child(args.config, args.child)
-        return 0
+        from audit.cli import exit_now
+
+        exit_now(0)  # and the process ends as `python -m audit` ends it (see audit.cli.exit_now)
 
     runs = []
     for i in range(args.runs):
