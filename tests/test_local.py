@@ -196,6 +196,20 @@ def test_weighted_ridge_equals_scikit_learn():
         np.testing.assert_allclose(r2[i], ref.score(Z[i], y[i], sample_weight=w[i]), atol=1e-10)
 
 
+def test_truncated_normal_per_bin_gives_the_draws_per_draw():
+    """LIME's numeric draws: the truncation bounds' CDF computed once per bin and gathered gives the same bits as
+    computing it for every draw (issue 17), including bins with a lower bound above the mean (the flipped tail)."""
+    from audit.explain.local_surrogate import _truncated_normal
+
+    mean, sd = np.array([0.0, 5.0, -2.0, 40.0]), np.array([1.0, 0.5, 3.0, 1e-11])
+    lo, hi = np.array([-1.0, 6.0, -9.0, 40.0]), np.array([0.5, 9.0, -1.0, 40.0])
+    index = np.random.default_rng(0).integers(0, 4, size=(7, 300))
+    want = _truncated_normal(np.random.default_rng(3), mean[index], sd[index], lo[index], hi[index])
+    got = _truncated_normal(np.random.default_rng(3), mean, sd, lo, hi, index=index)
+    np.testing.assert_array_equal(got, want)
+    assert ((want >= lo[index]) & (want <= hi[index])).all()
+
+
 @pytest.mark.parametrize("corner", ["top", "bottom"])
 def test_lime_recovers_signs_and_order_of_a_linear_model(corner):
     rng = np.random.default_rng(1)

@@ -67,12 +67,17 @@ class LimeExplanations:
         return [[int(j) for j in row[:k] if self.selected[i, j]] for i, row in enumerate(order)]
 
 
-def _truncated_normal(rng: np.random.Generator, mean, sd, lo, hi) -> np.ndarray:
-    """Draws from N(mean, sd) truncated to [lo, hi], by inverting the CDF (in the lower tail, for accuracy)."""
+def _truncated_normal(rng: np.random.Generator, mean, sd, lo, hi, *, index=None) -> np.ndarray:
+    """Draws from N(mean, sd) truncated to [lo, hi], by inverting the CDF (in the lower tail, for accuracy).
+
+    With ``index``, the parameters are given per bin and ``index`` holds each draw's bin: the CDF at the bounds is
+    then computed once per bin instead of once per draw (the same values, hence the same draws)."""
     a, b = (lo - mean) / sd, (hi - mean) / sd
     flip = a > 0
     a2, b2 = np.where(flip, -b, a), np.where(flip, -a, b)
     pa, pb = ndtr(a2), ndtr(b2)
+    if index is not None:
+        mean, sd, lo, hi, pa, pb, flip = (v[index] for v in (mean, sd, lo, hi, pa, pb, flip))
     z = ndtri(pa + rng.random(np.shape(mean)) * (pb - pa))
     z = np.where(flip, -z, z)
     return np.clip(np.where(np.isfinite(z), mean + sd * z, lo), lo, hi)
@@ -238,14 +243,10 @@ def lime_explanations(
                 inv[:, :, j] = bins
             else:
                 b = bins.astype(np.int64)
-                mean, sd, lo, hi = (a[b] for a in stats.moments[j])
-                missing = b == len(stats.edges[j]) + 1
-                if missing.any():
-                    mean, sd, lo, hi = (
-                        np.where(missing, v, a) for a, v in zip((mean, sd, lo, hi), (0, 1, -1, 1), strict=True)
-                    )
-                drawn = _truncated_normal(rng, mean, sd, lo, hi)
-                inv[:, :, j] = np.where(missing, np.nan, drawn)
+                # per bin; the last bin (missing values, drawn as missing) gets harmless placeholder moments
+                moments = [np.append(v[:-1], k) for v, k in zip(stats.moments[j], (0.0, 1.0, -1.0, 1.0), strict=True)]
+                drawn = _truncated_normal(rng, *moments, index=b)
+                inv[:, :, j] = np.where(b == len(stats.edges[j]) + 1, np.nan, drawn)
         Z[:, 0, :] = 1.0
         inv[:, 0, :] = xs
         y = predict(inv.reshape(-1, m_all)).reshape(nb, s)
