@@ -299,3 +299,32 @@ def test_plain_loop_trains_the_weights_lightning_trains(tiny_model, max_epochs, 
     a, b = plain.net.state_dict(), lit.net.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     torch.use_deterministic_algorithms(False)  # Lightning leaves it on; the plain loop does not
+
+
+@pytest.mark.parametrize(
+    "numeric, categorical",
+    [((0, 2, 3), (1, 4, 5)), ((0, 1, 2), (3, 4, 5)), ((0,), (1,)), ((), (1, 4, 5)), ((0, 2), ())],
+)
+def test_preprocessing_takes_the_columns_it_transforms_in_row_order(numeric, categorical):
+    """transform selects its columns with a view (a run of adjacent columns) or np.take instead of a list index; the
+    arrays are the same values, dtypes and row order as transforming codes[:, list(idx)], with missing values,
+    negative and out-of-table codes."""
+    from audit.model.network import Preprocessing
+
+    rng = np.random.default_rng(0)
+    codes = rng.normal(size=(1000, 6))
+    codes[:, list(categorical)] = rng.integers(-1, 6, (1000, len(categorical)))
+    codes[3, :] = np.nan
+    p = Preprocessing(
+        numeric,
+        categorical,
+        tuple(k == 0 for k in range(len(numeric))),
+        (0.1,) * len(numeric),
+        (2.0,) * len(numeric),
+        (4,) * len(categorical),
+    )
+    got = p.transform(codes)
+    want = p.transform_columns(codes[:, list(numeric)], codes[:, list(categorical)])
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+        assert g.dtype == w.dtype and g.flags["C_CONTIGUOUS"]

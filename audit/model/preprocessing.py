@@ -51,7 +51,7 @@ class Preprocessing:
         NaN) becomes the "unknown" slot. Every value is transformed on its own, so transforming some rows or some
         columns gives the same values as transforming all and selecting them.
         """
-        return self.transform_columns(codes[:, list(self.numeric_idx)], codes[:, list(self.categorical_idx)])
+        return self.transform_columns(_columns(codes, self.numeric_idx), _columns(codes, self.categorical_idx))
 
     def transform_columns(self, numeric: np.ndarray, categorical: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`transform` of code-space values given as the numeric columns (n, len(numeric_idx)) and the
@@ -82,6 +82,14 @@ class Preprocessing:
     @classmethod
     def from_json(cls, d: dict) -> Preprocessing:
         return cls(**{k: tuple(v) for k, v in d.items()})
+
+
+def _columns(codes: np.ndarray, idx: tuple[int, ...]) -> np.ndarray:
+    """``codes[:, idx]`` in row order: a view when ``idx`` is a run of adjacent columns, else ``np.take`` (a list
+    index would copy the columns into a column-ordered array, which then costs a second copy to row order)."""
+    if idx and idx == tuple(range(idx[0], idx[0] + len(idx))):
+        return codes[:, idx[0] : idx[0] + len(idx)]
+    return np.take(codes, list(idx), axis=1)
 
 
 def _skewness(v: np.ndarray) -> float:
