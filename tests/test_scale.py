@@ -243,6 +243,22 @@ def test_population_reads_feature_text_as_categoricals_with_the_same_codes(tmp_p
     assert "purpose" not in filtered.dictionary and "housing" in filtered.dictionary
 
 
+@pytest.mark.parametrize("share", [0.3, 0.0, 1.0])
+def test_auc_from_rows_split_by_number_is_roc_auc_fast_to_the_bit(share):
+    """Permutation importance gathers each score vector's positives and negatives by row number (issue 17); the
+    ROC AUC is roc_auc_fast's, the same bits, with float32 ties, and NaN when a class is empty."""
+    from audit.explain._common import roc_auc_fast
+    from audit.population import _split_auc
+
+    rng = np.random.default_rng(4)
+    y = (rng.uniform(size=5000) < share).astype(np.int8)
+    split = (np.flatnonzero(y.astype(bool)), np.flatnonzero(~y.astype(bool)))
+    for _ in range(3):
+        p = np.round(rng.uniform(size=5000) * 0.7 + 0.3 * y, 2).astype(np.float32)
+        want, got = roc_auc_fast(y, p), _split_auc(p, split)
+        assert got == want or (np.isnan(got) and np.isnan(want))
+
+
 def test_population_permutation_importance_is_zero_for_unused_features(linear):
     cfg, ds, predictor, names = linear
     pop = open_population(cfg, ds.schema)
