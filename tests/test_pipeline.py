@@ -206,6 +206,20 @@ def test_python_m_audit_subprocess(workdir):
     assert res.returncode == 2 and "did you mean 'seed'" in res.stderr and "Traceback" not in res.stderr
 
 
+def test_the_command_ends_with_its_exit_code_after_flushing_and_exit_handlers():
+    """python -m audit ends without the interpreter's teardown (audit.cli.exit_now); what it printed to a pipe
+    (block-buffered) arrives, the exit handlers run, and the exit code is the command's."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"} | {"PYTHONPATH": str(ROOT)}
+    code = "import atexit; from audit.cli import exit_now; atexit.register(print, 'handler'); print('out'); exit_now(3)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert res.returncode == 3 and res.stdout.split() == ["out", "handler"]
+    path = ROOT / "configs" / "german_credit.yaml"
+    res = subprocess.run(
+        [sys.executable, "-m", "audit", "validate", str(path)], capture_output=True, text=True, env=env
+    )
+    assert res.returncode == 0 and "valid (" in res.stdout, res.stderr
+
+
 def test_german_credit_end_to_end(tmp_path):
     """A shipped config runs end to end (German Credit is small enough for the default suite)."""
     import yaml
