@@ -2,11 +2,11 @@
 
 Each run is a fresh Python process doing exactly what ``make audit`` does (``python -m audit run
 configs/adult.yaml``, report into ``reports/adult/``, PDF included, ended as ``audit.cli.exit_now`` ends it), so the
-wall time includes the interpreter, every import, training, the report and the process exit. The stages come from the run itself (``report.json``'s ``provenance.stages_s``,
-plus the report writing, which the child times around the pipeline's writer). The import cost is measured apart: a
-second fresh process imports, in the same order, every module the audit process had imported by its end, and times
-that. Figures are drawn by a renderer process beside the audit (see ``audit/figure_renderer.py``); its imports run
-in parallel and are not in the import figure.
+wall time includes the interpreter, every import, training, the report and the process exit. The stages come from
+the run itself (``report.json``'s ``provenance.stages_s``, plus the report writing, which the child times around the
+pipeline's writer). The import cost is measured apart: a second fresh process imports, in the same order, every
+module the audit process had imported by its end, and times that. Figures are drawn by a renderer process beside the
+audit (see ``audit/figure_renderer.py``); its imports run in parallel and are not in the import figure.
 
 Medians of the 3 runs are compared with the targets of issue 17 (a quiet 2-core machine): wall <= 25 s, training
 <= 6 s at test ROC AUC >= 0.90, report writing (HTML + PDF) <= 5 s, imports <= 3 s.
