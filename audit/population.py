@@ -387,8 +387,6 @@ def _permute_partition(
     score instead of being scored again, the same bits. A row-wise predictor also scores the permuted rows chunk by
     chunk of its batch size, each chunk copied and changed in cache (see :func:`_score_changed`).
     """
-    from audit.model.adapter import ROW_ALIGN
-
     part, base = item
     codes = population.schema.to_codes(population.read(part))
     n = len(codes)
@@ -396,7 +394,7 @@ def _permute_partition(
     if base is not None and (len(base) != n or not _scores_match(predictor, inputs, base)):
         base = None  # not this predictor's scores of these rows: score every row
     row_wise = getattr(predictor, "row_wise", False)
-    step = max(ROW_ALIGN, predictor.batch_size // ROW_ALIGN * ROW_ALIGN) if row_wise else max(n, 1)
+    step = predictor.block_rows if row_wise else max(n, 1)
     buffers = [np.empty((min(step, n), *x.shape[1:]), dtype=x.dtype) for x in inputs]
     out = np.empty((len(units), n_repeats, n), dtype=np.float32)  # widened if a score is not a float32 value
     evaluated = 0
@@ -607,8 +605,6 @@ def _pd_partition(
     in a small buffer just before the model reads it; any other predictor gets a step's rows in one call, as before.
     The scores and sums are the same bits either way.
     """
-    from audit.model.adapter import ROW_ALIGN
-
     codes = population.schema.to_codes(population.read(part))
     inputs = predictor.inputs(codes)  # the model's own inputs: rows transformed once, not once per grid value
     n = len(codes)
@@ -622,7 +618,7 @@ def _pd_partition(
         rows[:, j] = grid
         values = predictor.inputs(rows)[a][:, c]  # the grid in the model's input space
         total = len(grid) * min(step, n)
-        block = max(ROW_ALIGN, predictor.batch_size // ROW_ALIGN * ROW_ALIGN) if row_wise else total
+        block = predictor.block_rows if row_wise else total
         # buffers reused from block to block and step to step (no fresh array per step)
         buffers = [np.empty((min(block, total), *x.shape[1:]), dtype=x.dtype) for x in inputs]
         scores = np.empty(total)

@@ -60,9 +60,14 @@ class Predictor:
         self.rows_evaluated += len(X)
         return self._in_blocks(self._predict_codes, X)
 
+    @property
+    def block_rows(self) -> int:
+        """Rows per model call: ``batch_size`` rounded down to a multiple of :data:`ROW_ALIGN` (at least one)."""
+        return max(ROW_ALIGN, self.batch_size // ROW_ALIGN * ROW_ALIGN)
+
     def _in_blocks(self, fn: Callable[..., np.ndarray], *arrays: np.ndarray) -> np.ndarray:
-        """``fn`` on blocks of ``batch_size`` rows (a multiple of :data:`ROW_ALIGN`) of ``arrays``, concatenated."""
-        step = max(ROW_ALIGN, self.batch_size // ROW_ALIGN * ROW_ALIGN)
+        """``fn`` on blocks of :attr:`block_rows` rows of ``arrays``, concatenated."""
+        step = self.block_rows
         n = len(arrays[0])
         if n <= step:
             return fn(*arrays)
