@@ -32,7 +32,7 @@ import pandas as pd
 
 from audit.config import AuditConfig
 from audit.data import DataError, Schema, add_derived, category_strings, verified_digest, write_parquet
-from audit.explain._common import make_scorer, roc_auc_sorted
+from audit.explain._common import class_rows, make_scorer, roc_auc_sorted, sorted_classes
 
 
 @dataclass(frozen=True)
@@ -532,9 +532,7 @@ def permutation_importance_population(
     offsets = population.offsets()
     per_pass = max(1, int(max_bytes // (4 * n_repeats * max(n, 1))))
     rank = metric == "roc_auc"
-    # every unit's every repeat splits the same rows into positives and negatives: by row number (a gather), once
-    positive = np.asarray(y).astype(bool)
-    split = (np.flatnonzero(positive), np.flatnonzero(~positive)) if rank else None
+    split = class_rows(y) if rank else None  # the same labels for every unit and repeat: their classes found once
     sizes = np.diff([*offsets, n])
     bases = [
         proba[o : o + k] if getattr(predictor, "row_wise", False) else None for o, k in zip(offsets, sizes, strict=True)
@@ -569,8 +567,8 @@ def permutation_importance_population(
 
         def drop(job, p=p):
             k, _, r = job
-            if split is not None:
-                return baseline - _split_auc(p[k, r], split)
+            if split is not None:  # ROC AUC, as roc_auc_fast computes it
+                return baseline - roc_auc_sorted(*sorted_classes(p[k, r], split))
             return baseline - score(y, p[k, r] if rank else p[k, r].astype(np.float64))
 
         threads = min(getattr(backend, "n_threads", 1), len(jobs))
@@ -585,12 +583,6 @@ def permutation_importance_population(
             imp[u, r] = value
         del p
     return PermutationImportance([u[0] for u in units], [u[1] for u in units], imp, baseline, metric, n, n + evaluated)
-
-
-def _split_auc(scores: np.ndarray, split: tuple[np.ndarray, np.ndarray]) -> float:
-    """``roc_auc_fast(y, scores)`` with y's positive and negative rows given by row number (``split``): gathering
-    them costs a quarter of two boolean masks, and permutation importance scores one label vector many times."""
-    return roc_auc_sorted(*(np.sort(scores.take(rows)) for rows in split))
 
 
 # ----------------------------------------------------------------------------------------- partial dependence

@@ -244,19 +244,24 @@ def test_population_reads_feature_text_as_categoricals_with_the_same_codes(tmp_p
 
 
 @pytest.mark.parametrize("share", [0.3, 0.0, 1.0])
-def test_auc_from_rows_split_by_number_is_roc_auc_fast_to_the_bit(share):
-    """Permutation importance gathers each score vector's positives and negatives by row number (issue 17); the
-    ROC AUC is roc_auc_fast's, the same bits, with float32 ties, and NaN when a class is empty."""
-    from audit.explain._common import roc_auc_fast
-    from audit.population import _split_auc
+def test_classes_gathered_by_row_number_are_the_masked_classes_to_the_bit(share):
+    """roc_auc_fast and permutation importance's many ROC AUCs (issue 17) take each class's scores by row number,
+    found once per label vector; the sorted classes, hence the AUC, are the same bits as with boolean masks, with
+    float32 ties, and the AUC is NaN when a class is empty."""
+    from audit.explain._common import class_rows, roc_auc_fast, roc_auc_sorted, sorted_classes
 
     rng = np.random.default_rng(4)
     y = (rng.uniform(size=5000) < share).astype(np.int8)
-    split = (np.flatnonzero(y.astype(bool)), np.flatnonzero(~y.astype(bool)))
+    rows = class_rows(y)
     for _ in range(3):
         p = np.round(rng.uniform(size=5000) * 0.7 + 0.3 * y, 2).astype(np.float32)
-        want, got = roc_auc_fast(y, p), _split_auc(p, split)
-        assert got == want or (np.isnan(got) and np.isnan(want))
+        want = np.sort(p[y.astype(bool)]), np.sort(p[~y.astype(bool)])
+        got = sorted_classes(p, rows)
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_array_equal(g, w)
+            assert g.dtype == w.dtype
+        auc = roc_auc_fast(y, p)
+        assert auc == roc_auc_sorted(*want) or (np.isnan(auc) and share in (0.0, 1.0))
 
 
 def test_population_permutation_importance_is_zero_for_unused_features(linear):

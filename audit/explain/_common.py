@@ -28,9 +28,20 @@ def roc_auc_fast(y: np.ndarray, p: np.ndarray) -> float:
     >>> roc_auc_fast(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8]))
     0.75
     """
-    y = np.asarray(y).astype(bool)
+    return roc_auc_sorted(*sorted_classes(p, class_rows(y)))  # sorted queries make searchsorted cache-friendly
+
+
+def class_rows(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row numbers of the positives and of the negatives of 0/1 (or boolean) labels ``y``."""
+    positive = np.asarray(y).astype(bool)
+    return np.flatnonzero(positive), np.flatnonzero(~positive)
+
+
+def sorted_classes(p: np.ndarray, rows: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The positives' and the negatives' scores, each sorted ascending (``rows`` from :func:`class_rows`: found once,
+    they serve every score vector of the same labels, and a gather by row number costs a quarter of a boolean mask)."""
     p = np.asarray(p)
-    return roc_auc_sorted(np.sort(p[y]), np.sort(p[~y]))  # sorted queries make searchsorted cache-friendly
+    return np.sort(p.take(rows[0])), np.sort(p.take(rows[1]))
 
 
 def roc_auc_sorted(pos: np.ndarray, neg: np.ndarray) -> float:

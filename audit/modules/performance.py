@@ -58,7 +58,7 @@ def classification_metrics(y: np.ndarray, p: np.ndarray, *, threshold: float, n_
     >>> m["roc_auc"], m["pr_auc"], m["accuracy"], m["f1"]
     (0.75, 0.8333333333333333, 0.75, 0.6666666666666666)
     """
-    from audit.explain._common import roc_auc_sorted
+    from audit.explain._common import class_rows, roc_auc_sorted, sorted_classes
 
     y = np.asarray(y)
     p = np.asarray(p, dtype=np.float64)
@@ -71,7 +71,7 @@ def classification_metrics(y: np.ndarray, p: np.ndarray, *, threshold: float, n_
     both = 0 < n_pos < n
     roc_auc = pr_auc = float("nan")
     if both:
-        pos, neg = np.sort(p[positive]), np.sort(p[~positive])
+        pos, neg = sorted_classes(p, class_rows(positive))
         roc_auc = roc_auc_sorted(pos, neg)
         pr_auc = _average_precision_sorted(pos, neg)
     clipped = np.clip(p, 1e-15, 1 - 1e-15)
