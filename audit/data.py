@@ -257,6 +257,12 @@ def category_index(col: pd.Series, feature: Feature) -> np.ndarray:
         arr = col.array.__arrow_array__()
         options, table = _arrow_lookup(feature.levels, arr.type)
         return table.take(pc.fill_null(pc.index_in(arr, options=options), n_levels + 1).to_numpy())
+    if not feature.labels and isinstance(col.dtype, pd.CategoricalDtype) and _text_index(col.cat.categories):
+        # a pandas categorical of text (a population's dictionary columns): each category is coded once, as a text
+        # column's values are, and the rows take their category's code; a missing value (-1) takes the last entry
+        codes = category_index(pd.Series(col.cat.categories.to_numpy(dtype=object), dtype=object), feature)
+        missing = levels.index(MISSING_LEVEL) if MISSING_LEVEL in levels else n_levels
+        return np.append(codes, missing)[col.cat.codes.to_numpy()]
     textual = pd.api.types.is_string_dtype(col) or col.dtype == object
     if feature.labels or not textual:
         codes = _level_positions(category_strings(col, labels=dict(feature.labels) or None), levels)
@@ -271,6 +277,11 @@ def category_index(col: pd.Series, feature: Feature) -> np.ndarray:
         codes[missing] = levels.index(MISSING_LEVEL) if MISSING_LEVEL in levels else n_levels
     codes[codes < 0] = n_levels
     return codes
+
+
+def _text_index(index: pd.Index) -> bool:
+    """Whether every entry of ``index`` is a Python string (so :func:`category_strings` keeps it as it is)."""
+    return pd.api.types.is_string_dtype(index) and pd.api.types.infer_dtype(index, skipna=False) == "string"
 
 
 def _level_positions(values, levels: list[str]) -> np.ndarray:

@@ -72,6 +72,20 @@ def test_dataframe_path_equals_the_code_path_on_shipped_data(name):
     for frame in (ds.X_train, ds.X_test, ds.X_test.iloc[::-1][list(reversed(ds.X_test.columns))].head(77)):
         p = predictor.predict_proba(frame)
         np.testing.assert_array_equal(p, predictor.predict_codes(ds.schema.to_codes(frame)))
+    _assert_frame_path(predictor, ds.schema, ds.X_test)
+
+
+def _assert_frame_path(predictor, schema, frame):
+    """``predict_frame``: the scores of ``predict_proba`` and the categorical code columns of the reference coder,
+    as the built-in net's direct path and as the code path every other model takes (the base class) give them."""
+    from audit.model.adapter import Predictor
+
+    cat = [j for j, f in enumerate(schema.features) if f.is_categorical]
+    want = schema.to_codes_reference(frame)
+    for p, codes in (predictor.predict_frame(frame), Predictor.predict_frame(predictor, frame)):
+        np.testing.assert_array_equal(p, predictor.predict_codes(want))
+        assert codes.dtype == np.int64 and codes.shape == (len(frame), len(cat))
+        np.testing.assert_array_equal(codes, want[:, cat])
 
 
 def test_dataframe_path_equals_the_code_path_on_messy_columns():
@@ -102,7 +116,7 @@ def test_dataframe_path_equals_the_code_path_on_messy_columns():
             "t": pd.array(rng.choice(["a", None, "3", "zz", "b"], n), dtype="str"),
             "o": pd.Series(rng.choice(np.array(["a", 3, None, "b", 3.0, "q"], dtype=object), n), dtype=object),
             "l": rng.choice([1, 2, np.nan, 3], n),
-            "k": pd.Categorical(rng.choice(["x", "y", None], n)),
+            "k": pd.Categorical(rng.choice(["x", "y", None, "new"], n)),  # a category never seen in training
             "v": np.where(rng.random(n) < 0.1, np.nan, rng.normal(size=n)),
             "w": pd.Series(rng.choice(np.array(["1", "2.5", "x", None, 4], dtype=object), n), dtype=object),
             "i": pd.array(rng.choice([1, 5, None], n), dtype="Int64"),
@@ -112,6 +126,16 @@ def test_dataframe_path_equals_the_code_path_on_messy_columns():
     predictor = _random_net(s, df)
     assert any(predictor.preprocessing.log1p)
     np.testing.assert_array_equal(predictor.predict_proba(df), predictor.predict_codes(s.to_codes(df)))
+    _assert_frame_path(predictor, s, df)
+    # pandas categoricals whose categories are not all text take the general path (their level text decides)
+    for values in ([1, 2, None, 3], [1.0, 2.0, None], ["x", 1, None]):
+        other = df.assign(k=pd.Categorical(rng.choice(np.array(values, dtype=object), n)))
+        _assert_frame_path(predictor, s, other)
+    numeric_levels = Schema(
+        (Feature("k", "categorical", ("1", "2", "missing")), Feature("v", "numeric")), "y", "1", "0"
+    )
+    frame = pd.DataFrame({"k": pd.Categorical(rng.choice([1.0, 2.0, 2.5, None], n)), "v": rng.normal(size=n)})
+    _assert_frame_path(_random_net(numeric_levels, frame), numeric_levels, frame)
 
 
 def test_model_inputs_changed_in_place_score_as_the_changed_code_rows(tiny_model):

@@ -96,6 +96,13 @@ class Predictor:
         """Positive-class probabilities for a DataFrame of raw feature columns, shape (n_rows,)."""
         return self.predict_codes(self.schema.to_codes(df))
 
+    def predict_frame(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`predict_proba` of ``df`` and its categorical features' level codes, int64, shape (n_rows,
+        n_categorical) in schema order: the codes of ``schema.to_codes(df)`` (``len(levels)``: never seen)."""
+        codes = self.schema.to_codes(df)
+        cat = [j for j, f in enumerate(self.schema.features) if f.is_categorical]
+        return self.predict_codes(codes), codes[:, cat].astype(np.int64)
+
     def _predict_codes(self, X: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -162,16 +169,24 @@ class NetPredictor(Predictor):
         Equal to ``predict_codes(schema.to_codes(df))`` (tested on every shipped data set), without building the
         code array: each column goes from the frame into the network's numeric or categorical input.
         """
+        return self.predict_frame(df)[0]
+
+    def predict_frame(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`Predictor.predict_frame` without a code array: each column goes from the frame into the network's
+        numeric or categorical input (equal to it, tested)."""
         schema, p = self.schema, self.preprocessing
         schema.check_columns(df)
-        num = np.empty((len(df), len(p.numeric_idx)))
+        # one column at a time into a column-ordered buffer (contiguous writes; the values are the same)
+        num = np.empty((len(df), len(p.numeric_idx)), order="F")
         cat = np.empty((len(df), len(p.categorical_idx)), dtype=np.int64)  # codes as integers: no float round trip
         for k, j in enumerate(p.numeric_idx):
             num[:, k] = schema.column_codes(df, j)
         for k, j in enumerate(p.categorical_idx):
             cat[:, k] = category_index(df[schema.features[j].name], schema.features[j])
         self.rows_evaluated += len(df)
-        return self._in_blocks(self._forward, *p.transform_columns(num, cat))
+        proba = self._in_blocks(self._forward, *p.transform_columns(num, cat))
+        order = np.argsort(p.categorical_idx, kind="stable")  # the net's categorical order -> schema order
+        return proba, cat if np.array_equal(order, np.arange(len(order))) else cat[:, order]
 
     def _predict_codes(self, X: np.ndarray) -> np.ndarray:
         return self._forward(*self.preprocessing.transform(X))
