@@ -66,16 +66,17 @@ class Population:
     def read(self, part: Partition, extra: tuple[str, ...] = ()) -> pd.DataFrame:
         """The partition's rows that pass ``dataset.filter`` (only the needed columns, plus ``extra``).
 
-        Text columns that are only categorical features (:attr:`dictionary`) come as pandas categoricals, decoded
-        from the file's dictionary pages without building a string per row; their level codes are the same as of
-        the text (tested).
+        Text columns that are only categorical features or the target (:attr:`dictionary`) come as pandas
+        categoricals, decoded from the file's dictionary pages without building a string per row; their level codes
+        and labels are the same as of the text (tested).
         """
         import pyarrow.parquet as pq
 
         cols = list(self.columns) + [c for c in extra if c not in self.columns]
         dictionary = [c for c in self.dictionary if c not in extra]
         pf = pq.ParquetFile(self.path, read_dictionary=dictionary or None)
-        frame = pf.read_row_groups(list(part.row_groups), columns=cols).to_pandas()
+        # one array per column (split_blocks), as Arrow decoded it: no copy into a two-dimensional block per dtype
+        frame = pf.read_row_groups(list(part.row_groups), columns=cols).to_pandas(split_blocks=True)
         if self.filter:
             from audit.expr import parse_filter
 
@@ -92,18 +93,16 @@ class Population:
         sizes = self.kept if self.kept is not None else [p.rows for p in self.partitions]
         return [int(v) for v in np.concatenate([[0], np.cumsum(sizes)[:-1]])] if sizes else []
 
-    def prepare(self, frame: pd.DataFrame) -> tuple:
-        """Code-space features, 0/1 labels, the sensitive columns (None when unlabelled), the label problems (see
-        :meth:`labels`) and the unseen levels (:meth:`unseen`) of a partition. Work that only perturbs features needs
-        just ``schema.to_codes(frame)``."""
-        codes = self.schema.to_codes(frame)
+    def outcomes(self, frame: pd.DataFrame) -> tuple:
+        """0/1 labels, the sensitive columns and the label problems (see :meth:`labels`) of a partition; ``(None,
+        None, {})`` when unlabelled, labels None when the file has no target column."""
         if not self.labelled:
-            return codes, None, None, {}, self.unseen(codes)
+            return None, None, {}
         if self.derived:
             add_derived(frame, {n: _Derived(src, rx) for n, src, rx in self.derived})
         y, problems = self.labels(frame) if self.has_labels else (None, {})
         sens = frame[list(self.schema.sensitive)].reset_index(drop=True)
-        return codes, y, sens, problems, self.unseen(codes)
+        return y, sens, problems
 
     def labels(self, frame: pd.DataFrame) -> tuple[np.ndarray, dict[str, int]]:
         """0/1 labels, and the problems found: missing labels and labels that are neither class (with examples)."""
@@ -131,14 +130,14 @@ class Population:
             labels = labels.replace(dict(self.label_map))
         return labels.tolist()
 
-    def unseen(self, codes: np.ndarray) -> dict[str, int]:
-        """Rows per categorical feature whose level the model never saw (scored through its unknown slot)."""
+    def unseen(self, categorical: np.ndarray) -> dict[str, int]:
+        """Rows per categorical feature whose level the model never saw (scored through its unknown slot), from the
+        level codes of the categorical features (schema order, as :meth:`Predictor.predict_frame` gives them)."""
         out = {}
-        for j, f in enumerate(self.schema.features):
-            if f.is_categorical:
-                n = int((codes[:, j] == len(f.levels)).sum())
-                if n:
-                    out[f.name] = n
+        for k, f in enumerate(f for f in self.schema.features if f.is_categorical):
+            n = int(np.count_nonzero(categorical[:, k] == len(f.levels)))
+            if n:
+                out[f.name] = n
         return out
 
 
@@ -222,16 +221,17 @@ def open_population(
             else "the model's feature columns"
         )
         raise DataError(f"{key}: '{path}' lacks column(s) {missing}; it needs {what}")
-    # text columns that are nothing but categorical features: read as categoricals (the target, sensitive, derived
-    # and filter columns keep their text: labels, groups and filters read it)
-    others = {cfg.dataset.target, *schema.sensitive, *(d.source for d in derived.values()), *filter_columns}
+    # text columns that are nothing but categorical features or the labels: read as categoricals (the sensitive,
+    # derived and filter columns keep their text: groups and filters read it)
+    others = {*schema.sensitive, *(d.source for d in derived.values()), *filter_columns}
     types = {f.name: f.type for f in pf.schema_arrow}
+    as_categories = [f.name for f in schema.features if f.is_categorical]
+    if labelled and has_labels:
+        as_categories.append(cfg.dataset.target)
     dictionary = tuple(
-        f.name
-        for f in schema.features
-        if f.is_categorical
-        and f.name not in others
-        and (pa.types.is_string(types[f.name]) or pa.types.is_large_string(types[f.name]))
+        c
+        for c in as_categories
+        if c not in others and (pa.types.is_string(types[c]) or pa.types.is_large_string(types[c]))
     )
     md = pf.metadata
     chunk = cfg.compute.chunk_rows
@@ -284,8 +284,10 @@ class ScoredPopulation:
 
 
 def _score_partition(part: Partition, *, population: Population, predictor) -> tuple:
-    codes, y, sens, problems, unseen = population.prepare(population.read(part))
-    return y, np.asarray(predictor.predict_codes(codes), dtype=np.float64), sens, problems, unseen
+    frame = population.read(part)
+    proba, categorical = predictor.predict_frame(frame)
+    y, sens, problems = population.outcomes(frame)
+    return y, np.asarray(proba, dtype=np.float64), sens, problems, population.unseen(categorical)
 
 
 def score_population(

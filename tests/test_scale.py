@@ -232,15 +232,55 @@ def test_population_reads_feature_text_as_categoricals_with_the_same_codes(tmp_p
     whole.to_parquet(path, row_group_size=1000)
     pop = open_population(cfg, ds.schema, path=path, key="--input")
     cats = [f.name for f in ds.schema.features if f.is_categorical]
-    assert set(pop.dictionary) == set(cats) and cats and "sex" not in pop.dictionary and "outcome" not in pop.dictionary
+    assert set(pop.dictionary) == {*cats, "outcome"} and cats and "sex" not in pop.dictionary
     frames = [pop.read(part) for part in pop.partitions]
-    assert all(isinstance(f[c].dtype, pd.CategoricalDtype) for f in frames for c in cats)
-    assert pd.api.types.is_string_dtype(frames[0]["outcome"]) and pd.api.types.is_string_dtype(frames[0]["sex"])
+    assert all(isinstance(f[c].dtype, pd.CategoricalDtype) for f in frames for c in [*cats, "outcome"])
+    assert pd.api.types.is_string_dtype(frames[0]["sex"])
     got = np.concatenate([ds.schema.to_codes(f) for f in frames])
     np.testing.assert_array_equal(got, ds.schema.to_codes_reference(whole))
+    # the scoring path: a net's scores and categorical codes straight from the categoricals, as from the text
+    _, net = _random_net(cfg)
+    j = [i for i, f in enumerate(ds.schema.features) if f.is_categorical]
+    scored = [net.predict_frame(f) for f in frames]
+    np.testing.assert_array_equal(np.concatenate([c for _, c in scored]), got[:, j].astype(np.int64))
+    np.testing.assert_array_equal(np.concatenate([p for p, _ in scored]), net.predict_codes(got))
     # with a filter on a feature, that column keeps its text (the filter reads it)
     filtered = open_population(_load(files, dataset={"filter": "purpose == 'car'"}), ds.schema)
     assert "purpose" not in filtered.dictionary and "housing" in filtered.dictionary
+
+
+def test_population_labels_read_as_a_categorical_are_the_labels_of_the_text(tmp_path, files):
+    """Issue 17: the target is read from the dictionary pages too; the 0/1 labels and the label problems (missing,
+    unknown labels in first-seen order, label_map, spaces) are those of the same column as text, row group by row
+    group with different dictionaries."""
+    from audit.data import load_dataset
+
+    whole = pd.read_parquet(files / "pop.parquet").iloc[:6000].reset_index(drop=True)
+    whole.loc[::17, "outcome"] = None
+    whole.loc[5::23, "outcome"] = " repaid "
+    whole.loc[7::29, "outcome"] = "defaulted"
+    whole.loc[3000::31, "outcome"] = "written off"
+    whole.loc[3000::37, "outcome"] = "paid"
+    path = tmp_path / "labels.parquet"
+    whole.to_parquet(path, row_group_size=1000)
+    for label_map in ({}, {"paid": "repaid"}):
+        cfg = _load(files, dataset={"label_map": label_map})
+        pop = open_population(cfg, load_dataset(cfg).schema, path=path, key="--input")
+        assert "outcome" in pop.dictionary
+        for part in pop.partitions:
+            frame = pop.read(part)
+            text = frame.assign(outcome=whole["outcome"].iloc[part.start : part.start + part.rows].to_numpy())
+            assert isinstance(frame["outcome"].dtype, pd.CategoricalDtype)
+            assert not isinstance(text["outcome"].dtype, pd.CategoricalDtype)  # as the labels were read before
+            (y, problems), (y_text, problems_text) = pop.labels(frame), pop.labels(text)
+            np.testing.assert_array_equal(y, y_text)
+            assert list(problems.items()) == list(problems_text.items())
+            assert problems["missing"] > 0 and any("written off" in k for k in problems)
+    # a population without the target column: nothing is read as the labels
+    no_target = tmp_path / "unlabelled.parquet"
+    whole.drop(columns="outcome").to_parquet(no_target)
+    pop = open_population(cfg, load_dataset(cfg).schema, path=no_target, key="--input")
+    assert not pop.has_labels and "outcome" not in pop.dictionary
 
 
 @pytest.mark.parametrize("share", [0.3, 0.0, 1.0])
