@@ -261,8 +261,7 @@ def category_index(col: pd.Series, feature: Feature) -> np.ndarray:
         # a pandas categorical of text (a population's dictionary columns): each category is coded once, as a text
         # column's values are, and the rows take their category's code; a missing value (-1) takes the last entry
         codes = category_index(pd.Series(col.cat.categories.to_numpy(dtype=object), dtype=object), feature)
-        missing = levels.index(MISSING_LEVEL) if MISSING_LEVEL in levels else n_levels
-        return np.append(codes, missing)[col.cat.codes.to_numpy()]
+        return np.append(codes, _missing_code(levels))[col.cat.codes.to_numpy()]
     textual = pd.api.types.is_string_dtype(col) or col.dtype == object
     if feature.labels or not textual:
         codes = _level_positions(category_strings(col, labels=dict(feature.labels) or None), levels)
@@ -274,9 +273,15 @@ def category_index(col: pd.Series, feature: Feature) -> np.ndarray:
     if other.any():  # e.g. a number among text: its level text decides
         codes[other] = _level_positions(category_strings(col[other]), levels)
     if missing.any():
-        codes[missing] = levels.index(MISSING_LEVEL) if MISSING_LEVEL in levels else n_levels
+        codes[missing] = _missing_code(levels)
     codes[codes < 0] = n_levels
     return codes
+
+
+def _missing_code(levels) -> int:
+    """The code of a missing value: the position of :data:`MISSING_LEVEL` among ``levels`` when the model saw
+    missing values in training, else the unknown slot ``len(levels)``."""
+    return levels.index(MISSING_LEVEL) if MISSING_LEVEL in levels else len(levels)
 
 
 def _text_index(index: pd.Index) -> bool:
@@ -300,7 +305,7 @@ def _arrow_lookup(levels: tuple[str, ...], type_):
 
     n = len(levels)
     table = np.arange(n + 2, dtype=np.int64)
-    table[n] = levels.index(MISSING_LEVEL) if MISSING_LEVEL in levels else n  # missing: its level, else unknown
+    table[n] = _missing_code(levels)
     table[n + 1] = n
     return pc.SetLookupOptions(pa.array([*levels, None], type=type_), skip_nulls=False), table
 

@@ -100,8 +100,7 @@ class Predictor:
         """:meth:`predict_proba` of ``df`` and its categorical features' level codes, int64, shape (n_rows,
         n_categorical) in schema order: the codes of ``schema.to_codes(df)`` (``len(levels)``: never seen)."""
         codes = self.schema.to_codes(df)
-        cat = [j for j, f in enumerate(self.schema.features) if f.is_categorical]
-        return self.predict_codes(codes), codes[:, cat].astype(np.int64)
+        return self.predict_codes(codes), codes[:, self.schema.categorical_mask].astype(np.int64)
 
     def _predict_codes(self, X: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
