@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import chi2_contingency
 
-from audit.explain._common import as_generator, roc_auc_sorted
+from audit.explain._common import as_generator
+from audit.metrics import roc_auc_fast, roc_auc_sorted
 
 MEASURES = {
     # name: (kind, description); kind "max": value must stay <= threshold, "min": value must stay >= threshold
@@ -690,8 +691,6 @@ def _group_aucs(y_sorted: np.ndarray, p_sorted: np.ndarray, codes: np.ndarray, n
 
 
 def _auc(y: np.ndarray, p: np.ndarray) -> float:
-    from audit.explain._common import roc_auc_fast  # equals roc_auc_score (tested), 4x faster on millions of rows
-
     return roc_auc_fast(y, p) if 0 < y.sum() < len(y) else np.nan
 
 

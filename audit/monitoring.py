@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from audit.metrics import adjust_pvalues, expected_calibration_error
+
 EPS = 1e-4
 
 
@@ -75,39 +77,6 @@ def band(value: float, moderate: float, significant: float) -> str:
 
 
 # --------------------------------------------------------------------------------------------------- tests
-def adjust_pvalues(p, method: str) -> np.ndarray:
-    """Multiple-testing adjustment: ``holm`` (step-down, family-wise error), ``bh`` (Benjamini-Hochberg, false
-    discovery rate; scipy's ``false_discovery_control``), ``bonferroni`` or ``none``. NaN p-values stay NaN and do
-    not count as tests.
-
-    Examples
-    --------
-    >>> adjust_pvalues([0.01, 0.04, 0.03], "holm").round(4).tolist()
-    [0.03, 0.06, 0.06]
-    """
-    p = np.asarray(p, dtype=np.float64)
-    out = np.full_like(p, np.nan)
-    ok = np.isfinite(p)
-    q = p[ok]
-    m = len(q)
-    if m == 0 or method == "none":
-        out[ok] = q
-        return out
-    if method == "bonferroni":
-        out[ok] = np.minimum(1.0, q * m)
-    elif method == "holm":
-        order = np.argsort(q, kind="stable")
-        adj = np.maximum.accumulate(q[order] * (m - np.arange(m)))
-        res = np.empty(m)
-        res[order] = np.minimum(1.0, adj)
-        out[ok] = res
-    elif method == "bh":
-        from scipy.stats import false_discovery_control
-
-        out[ok] = false_discovery_control(q, method="bh")
-    else:
-        raise ValueError(f"unknown correction {method!r}")
-    return out
 
 
 @dataclass
@@ -351,8 +320,6 @@ def cbpe(
     True
     """
     from scipy.stats import rankdata
-
-    from audit.modules.performance import expected_calibration_error
 
     s = np.asarray(scores, dtype=np.float64)
     y_ref = np.asarray(y_reference, dtype=np.float64)

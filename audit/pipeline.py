@@ -896,21 +896,3 @@ def _update_history(run: AuditRun, out_root: Path) -> None:
         print(f"warning: the history page in '{out_root}' was not updated ({exc.strerror or exc})", file=sys.stderr)
         return
     run.pruned = removed
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Plain JSON types; NaN and infinities become null."""
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, np.integer | np.bool_):
-        return obj.item()
-    if isinstance(obj, float | np.floating):
-        f = float(obj)
-        return f if np.isfinite(f) else None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj

@@ -32,7 +32,7 @@ import pandas as pd
 
 from audit.config import AuditConfig
 from audit.data import DataError, Schema, add_derived, category_strings, verified_digest, write_parquet
-from audit.explain._common import class_rows, make_scorer, roc_auc_sorted, sorted_classes
+from audit.metrics import class_rows, make_scorer, roc_auc_sorted, sorted_classes
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,11 @@ from sklearn.inspection import permutation_importance as sk_permutation_importan
 from sklearn.linear_model import LinearRegression
 from sklearn.metrics import roc_auc_score
 
-from audit.explain._common import make_scorer, roc_auc_fast
 from audit.explain.ale import ale_2d, ale_categorical, ale_numeric, category_order
 from audit.explain.interaction import h_statistic
 from audit.explain.partial_dependence import partial_dependence, partial_dependence_2d, quantile_grid
 from audit.explain.permutation import permutation_importance
+from audit.metrics import make_scorer, roc_auc_fast
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def test_fast_auc_equals_sklearn_with_ties(share):
 def test_fast_auc_counts_the_same_pairs_from_either_class():
     """Issue 17: the pairs are counted by looking the smaller class up in the larger one; the counts, hence the
     value, are the same bits as looking every positive up in the negatives."""
-    from audit.explain._common import roc_auc_sorted
+    from audit.metrics import roc_auc_sorted
 
     rng = np.random.default_rng(5)
     for n_pos, n_neg in [(3000, 700), (700, 3000), (1, 50), (50, 1)]:

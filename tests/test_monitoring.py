@@ -11,7 +11,8 @@ from scipy import stats
 
 from audit.cli import main
 from audit.data import Feature, Schema
-from audit.monitoring import adjust_pvalues, feature_drift, numeric_counts, psi, quantile_edges, score_psi
+from audit.metrics import adjust_pvalues
+from audit.monitoring import feature_drift, numeric_counts, psi, quantile_edges, score_psi
 from tests.conftest import base_config, synthetic_frame, write_config
 
 SCHEMA = Schema(

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss, roc_auc_score
 
-from audit.modules.performance import classification_metrics, expected_calibration_error
+from audit.metrics import classification_metrics, expected_calibration_error
 
 
 def test_ece_by_hand():
@@ -73,7 +73,7 @@ def test_metrics_of_one_class_and_bad_scores():
 def test_weighted_metrics_equal_sklearn_with_sample_weight():
     from sklearn.metrics import accuracy_score, brier_score_loss, f1_score, log_loss, roc_auc_score
 
-    from audit.modules.performance import expected_calibration_error, weighted_metrics
+    from audit.metrics import expected_calibration_error, weighted_metrics
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 3000)
@@ -97,7 +97,7 @@ def test_whole_number_weight_auc_is_the_general_path_to_the_bit():
     general path."""
     from sklearn.metrics import roc_auc_score
 
-    from audit.explain._common import _weighted_auc_counts, _weighted_auc_grouped, weighted_auc
+    from audit.metrics import _weighted_auc_counts, _weighted_auc_grouped, weighted_auc
 
     rng = np.random.default_rng(1)
     y = rng.integers(0, 2, 5000)

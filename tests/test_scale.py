@@ -290,7 +290,7 @@ def test_classes_gathered_by_row_number_are_the_masked_classes_to_the_bit(share)
     """roc_auc_fast and permutation importance's many ROC AUCs (issue 17) take each class's scores by row number,
     found once per label vector; the sorted classes, hence the AUC, are the same bits as with boolean masks, with
     float32 ties, and the AUC is NaN when a class is empty."""
-    from audit.explain._common import class_rows, roc_auc_fast, roc_auc_sorted, sorted_classes
+    from audit.metrics import class_rows, roc_auc_fast, roc_auc_sorted, sorted_classes
 
     rng = np.random.default_rng(4)
     y = (rng.uniform(size=5000) < share).astype(np.int8)
@@ -556,7 +556,7 @@ def test_dask_backend_joins_a_running_scheduler_and_sends_the_model_once(files, 
 
 
 def _plain(obj):
-    from audit.pipeline import to_jsonable
+    from audit.jsonable import to_jsonable
 
     return to_jsonable(obj)
 

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from audit.explain._common import PredictFn, as_generator, make_scorer, weighted_auc
+from audit.explain._common import PredictFn, as_generator
+from audit.metrics import make_scorer, weighted_auc
 
 
 @dataclass(frozen=True)

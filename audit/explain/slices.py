@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from audit.metrics import adjust_pvalues, wilson_interval
+
 
 @dataclass
 class Predicate:
@@ -94,8 +96,6 @@ def weak_segments(
     max_extend: int = 400,
 ) -> SliceResult:
     """Weak segments of the rows ``codes`` with per-row ``errors`` (see the module docstring)."""
-    from audit.monitoring import adjust_pvalues
-
     B, preds = predicates(codes, schema, n_bins=n_bins)
     e = np.asarray(errors, dtype=np.float64)
     n, m = B.shape
@@ -190,13 +190,6 @@ def weak_segments(
     settings = {"n_bins": n_bins, "max_level": max_level, "min_support": min_support, "alpha": alpha,
                 "significance": significance, "correction": correction, "min_effect": min_effect}  # fmt: skip
     return SliceResult(table.drop(columns=["members", "error_sum"]), weak, mean, n, len(table), settings)
-
-
-def wilson_interval(p, n, *, z: float = 1.96):
-    """Wilson score interval of proportions ``p`` observed on ``n`` trials (arrays or numbers)."""
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
 
 
 def _test(size, total, total2, n, e_sum, e2_sum, *, binary: bool):

@@ -100,8 +100,8 @@ def paired_changes(ctx: AuditContext, base: dict[str, Any]) -> dict[str, Any] | 
     from pathlib import Path
 
     from audit.fairness import _measures, _rates, bootstrap_sums, encode_groups
+    from audit.metrics import weighted_metrics
     from audit.modules.fairness import audit_groupings
-    from audit.modules.performance import weighted_metrics
 
     if ctx.population is not None or not ctx.baseline_path:
         return None
@@ -158,7 +158,7 @@ class ComparisonModule:
         return config.report.compare.enabled
 
     def run(self, ctx: AuditContext) -> ModuleResult:
-        from audit.pipeline import to_jsonable
+        from audit.jsonable import to_jsonable
 
         cfg = ctx.config.report.compare
         base = ctx.baseline

@@ -160,7 +160,7 @@ class StabilityModule:
         return config.modules.stability.enabled
 
     def run(self, ctx: AuditContext) -> ModuleResult:
-        from audit.explain.slices import wilson_interval
+        from audit.metrics import wilson_interval
 
         cfg = ctx.config.modules.stability
         thr = ctx.config.model.threshold

@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from audit import __version__
+from audit._version import __version__
 from audit.data import Dataset
 
 SCHEMA_VERSION = "1.2"  # 1.1: model_card; 1.2: audit.summary, structured findings with ids; see report.schema.json
@@ -70,7 +70,7 @@ def build_report_json(run, ds: Dataset, fingerprint: str, folder: Path | None = 
 
     ``folder``: where the run's files are being written (for the sha256 of ``scores.parquet``)."""
     from audit.findings import sort_findings
-    from audit.pipeline import to_jsonable
+    from audit.jsonable import to_jsonable
     from audit.report.summary import summarize
 
     cfg = run.config
