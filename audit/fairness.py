@@ -66,7 +66,7 @@ def group_labels(
     >>> list(group_labels(pd.Series([1, 2, 2, 1]), categorical=True))
     ['1', '2', '2', '1']
     """
-    from audit.data import category_strings
+    from audit.schema import category_strings
 
     numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
     if numeric and not categorical:

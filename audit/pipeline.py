@@ -217,7 +217,7 @@ def _connect_endpoint(cfg: AuditConfig, ds: Dataset) -> tuple[Predictor, dict]:
 
 def _load_exported(cfg: AuditConfig, path: Path, fmt: str, ds: Dataset) -> tuple[Predictor, dict]:
     """An exported ONNX or TorchScript file with our artifact's JSON beside it (see :mod:`audit.model.formats`)."""
-    from audit.data import sha256_file
+    from audit.files import sha256_file
     from audit.model.formats import load_exported, load_onnx
 
     if fmt == "onnx":
@@ -242,7 +242,7 @@ def _load_exported(cfg: AuditConfig, path: Path, fmt: str, ds: Dataset) -> tuple
 
 def _load_lightning(cfg: AuditConfig, path: Path, ds: Dataset) -> tuple[Predictor, dict]:
     """A Lightning checkpoint of the user's module (see :func:`audit.model.formats.load_lightning`)."""
-    from audit.data import sha256_file
+    from audit.files import sha256_file
     from audit.model.formats import load_lightning
 
     if not cfg.model.module_class:
@@ -335,7 +335,7 @@ def _folder_sha256(folder: Path) -> str:
     """sha256 over a folder's files: each relative name, then its bytes' sha256, in sorted order."""
     import hashlib
 
-    from audit.data import sha256_file
+    from audit.files import sha256_file
 
     h = hashlib.sha256()
     for f in sorted(p for p in folder.rglob("*") if p.is_file()):
@@ -346,7 +346,7 @@ def _folder_sha256(folder: Path) -> str:
 
 def _load_trusted_pickle(cfg: AuditConfig, path: Path, ds: Dataset) -> tuple[Predictor, dict]:
     """Load a pickled model with ``predict_proba(df)`` (e.g. a scikit-learn pipeline), only when trusted."""
-    from audit.data import sha256_file
+    from audit.files import sha256_file
     from audit.model.adapter import CallablePredictor
 
     if not cfg.model.trust:
@@ -376,7 +376,7 @@ def _load_trusted_pickle(cfg: AuditConfig, path: Path, ds: Dataset) -> tuple[Pre
 def _load_skops(cfg: AuditConfig, path: Path, ds: Dataset) -> tuple[Predictor, dict]:
     """A scikit-learn model saved with ``skops.io``: only types skops trusts by default or ``model.trusted_types``
     lists are built; any other type refuses the file before anything in it is constructed."""
-    from audit.data import sha256_file
+    from audit.files import sha256_file
     from audit.model.adapter import CallablePredictor
 
     if not path.is_file():

@@ -31,8 +31,10 @@ import numpy as np
 import pandas as pd
 
 from audit.config import AuditConfig
-from audit.data import DataError, Schema, add_derived, category_strings, verified_digest, write_parquet
+from audit.data import DataError, add_derived
+from audit.files import verified_digest, write_parquet
 from audit.metrics import class_rows, make_scorer, roc_auc_sorted, sorted_classes
+from audit.schema import Schema, category_strings
 
 
 @dataclass(frozen=True)

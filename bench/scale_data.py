@@ -78,7 +78,7 @@ def block(rows: int, rng: np.random.Generator) -> pd.DataFrame:
 
 def generate(path: str | Path, rows: int, *, seed: int = 0, block_rows: int = 65536) -> Path:
     """Write ``rows`` rows to the Parquet file ``path``, one row group per block of ``block_rows``."""
-    from audit.data import write_parquet
+    from audit.files import write_parquet
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 
 from audit.config import config_from_dict, load_config
-from audit.data import Feature, Schema, load_dataset
+from audit.data import load_dataset
 from audit.errors import DataError
+from audit.schema import Feature, Schema
 from tests.conftest import ROOT, base_config, synthetic_frame
 
 
@@ -234,7 +235,7 @@ def test_fast_codes_equal_the_reference_codes_on_messy_columns(tmp_path):
 def test_numeric_prefilter_never_rejects_a_column_pandas_would_read_as_numbers():
     """Issue 17: kind inference and the second-header check skip converting a text column when too few values could
     be numbers. Every value pandas reads as a number must count as possible, or a column would be misjudged."""
-    from audit.data import _could_be_numeric
+    from audit.files import could_be_numeric
 
     rng = np.random.default_rng(0)
     pieces = ["1", "0", "9", ".", "-", "+", "e", "E", " ", "inf", "Infinity", "nan", "x", "٣", "_", ",", "0x1"]
@@ -243,6 +244,6 @@ def test_numeric_prefilter_never_rejects_a_column_pandas_would_read_as_numbers()
     for v in values:
         numeric = bool(pd.notna(pd.to_numeric(pd.Series([v], dtype="str"), errors="coerce")[0]))
         if numeric:
-            assert _could_be_numeric(pd.Series([v], dtype="str"), 1.0), v
+            assert could_be_numeric(pd.Series([v], dtype="str"), 1.0), v
     col = pd.Series(["a", "b", "1", None] * 10, dtype="str")
-    assert not _could_be_numeric(col, 0.9) and _could_be_numeric(col, 0.3)
+    assert not could_be_numeric(col, 0.9) and could_be_numeric(col, 0.3)

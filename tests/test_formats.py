@@ -58,7 +58,7 @@ def test_an_audit_of_the_exported_files_matches_the_native_audit(workdir):
     folder = workdir / "reports" / "native" / "latest"
     native = json.loads((folder / "report.json").read_text())
     exports = native["provenance"]["model"]["exports"]
-    from audit.data import sha256_file
+    from audit.files import sha256_file
 
     for info in exports.values():  # the report records each file's hash
         assert sha256_file(folder / "model" / info["file"]) == info["sha256"]

@@ -9,7 +9,6 @@ import math
 import numpy as np
 import pytest
 
-from audit.data import Feature, Schema
 from audit.explain.counterfactual import (
     Constraints,
     constraint_violations,
@@ -18,6 +17,7 @@ from audit.explain.counterfactual import (
 )
 from audit.explain.local_surrogate import _weighted_ridge, lime_explanations
 from audit.explain.shapley import reason_codes, shapley_values, summarize_background
+from audit.schema import Feature, Schema
 
 # ----------------------------------------------------------------------------------------------- SHAP
 

@@ -48,8 +48,8 @@ def test_missing_numerics_still_give_counterfactuals(messy_run):
 
 
 def test_counterfactual_search_with_missing_values_respects_constraints():
-    from audit.data import Feature, Schema
     from audit.explain.counterfactual import Constraints, constraint_violations, counterfactuals
+    from audit.schema import Feature, Schema
 
     rng = np.random.default_rng(0)
     n = 600

@@ -91,7 +91,7 @@ def _assert_frame_path(predictor, schema, frame):
 def test_dataframe_path_equals_the_code_path_on_messy_columns():
     """Object and Arrow text, numbers among text, labelled codes, pandas categoricals, nullable integers, text in a
     numeric column, missing values, never-seen levels, a heavy-tailed (log1p) column and extra columns."""
-    from audit.data import Feature, Schema
+    from audit.schema import Feature, Schema
 
     s = Schema(
         (

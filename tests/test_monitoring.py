@@ -10,9 +10,9 @@ import pytest
 from scipy import stats
 
 from audit.cli import main
-from audit.data import Feature, Schema
 from audit.metrics import adjust_pvalues
 from audit.monitoring import feature_drift, numeric_counts, psi, quantile_edges, score_psi
+from audit.schema import Feature, Schema
 from tests.conftest import base_config, synthetic_frame, write_config
 
 SCHEMA = Schema(

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
-from audit.data import Feature, Schema
 from audit.explain.neural import hidden_activations, integrated_gradients, mc_dropout, reference_row
 from audit.model.adapter import NetPredictor
 from audit.model.network import Preprocessing, TabularNet
+from audit.schema import Feature, Schema
 
 
 def _setup(hidden, dropout=0.0, seed=0):

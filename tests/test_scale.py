@@ -16,7 +16,6 @@ import pytest
 
 from audit.compute import Backend
 from audit.config import config_from_dict
-from audit.data import Feature, Schema
 from audit.fairness import BOOTSTRAP_BLOCK, _row_stats, bootstrap_sums, group_fairness, poisson_weights
 from audit.model.adapter import CallablePredictor
 from audit.population import (
@@ -26,6 +25,7 @@ from audit.population import (
     reason_codes_population,
     score_population,
 )
+from audit.schema import Feature, Schema
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -721,7 +721,7 @@ def test_population_labels_per_distinct_value_equal_the_value_by_value_labels(fi
     three unknown labels with their counts) equal those of converting every row, whatever the column's type."""
     import dataclasses
 
-    from audit.data import category_strings
+    from audit.schema import category_strings
 
     pop = dataclasses.replace(open_population(_load(files), _load_schema(files)), label_map=label_map)
     frame = pd.DataFrame({pop.schema.target: raw})

@@ -135,7 +135,7 @@ def test_training_does_not_load_the_compiler():
 import sys
 import numpy as np
 from audit.config import ModelConfig
-from audit.data import Feature, Schema
+from audit.schema import Feature, Schema
 from audit.model.training import train_model
 schema = Schema((Feature("a", "numeric"), Feature("b", "categorical", levels=("x", "y"))), "t", "1", "0")
 rng = np.random.default_rng(0)

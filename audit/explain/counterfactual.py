@@ -39,8 +39,8 @@ from typing import Literal
 
 import numpy as np
 
-from audit.data import MISSING_LEVEL, Schema
 from audit.explain._common import PredictFn, as_generator
+from audit.schema import MISSING_LEVEL, Schema
 
 
 @dataclass(frozen=True)

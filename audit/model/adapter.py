@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from audit.data import Schema, category_index
 from audit.model.network import Preprocessing, TabularNet
+from audit.schema import Schema, category_index
 
 ROW_ALIGN = 64
 """The built-in net scores rows in blocks whose size is a multiple of this (the last block zero-padded).

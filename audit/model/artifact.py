@@ -21,9 +21,9 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from audit.data import Schema
 from audit.errors import ModelLoadError
 from audit.model.preprocessing import Preprocessing
+from audit.schema import Schema
 
 if TYPE_CHECKING:  # torch is imported only once a model folder's description has been checked
     from audit.model.adapter import NetPredictor

@@ -24,9 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from audit.data import MISSING_LEVEL, UNKNOWN_LEVEL, sha256_file
 from audit.errors import ModelLoadError
+from audit.files import sha256_file
 from audit.model.adapter import ROW_ALIGN, Predictor
+from audit.schema import MISSING_LEVEL, UNKNOWN_LEVEL
 
 ONNX_FILE = "model.onnx"
 TORCHSCRIPT_FILE = "model.torchscript.pt"

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from audit.data import Schema
+from audit.schema import Schema
 
 
 @dataclass(frozen=True)

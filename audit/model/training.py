@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from audit.config import ModelConfig
-from audit.data import Schema
 from audit.model.network import Preprocessing, TabularNet, build_net, embedding_dim_for
+from audit.schema import Schema
 
 VAL_BATCH = 8192
 

@@ -30,7 +30,7 @@ def groupings(frame: pd.DataFrame, cfg: AuditConfig, sensitive: list[str]) -> di
     is grouped by its levels, never binned; numeric ones are binned by ``fairness.bins`` or quantiles (see
     :func:`audit.fairness.group_labels`).
     """
-    from audit.data import category_strings
+    from audit.schema import category_strings
 
     fc = cfg.fairness
     ds = cfg.dataset

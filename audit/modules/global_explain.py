@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 
 from audit.config import AuditConfig
-from audit.data import Schema
 from audit.explain.ale import ale_2d, ale_categorical, ale_numeric
 from audit.explain.interaction import h_statistic
 from audit.explain.partial_dependence import partial_dependence, partial_dependence_2d, quantile_grid
@@ -21,6 +20,7 @@ from audit.explain.permutation import permutation_importance
 from audit.findings import Finding
 from audit.modules.base import AuditContext, Figure, ModuleResult, Table
 from audit.plotting import draw, subplots
+from audit.schema import Schema
 
 
 def _short(label: str, width: int = 22) -> str:

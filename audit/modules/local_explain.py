@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 
 from audit.config import AuditConfig
-from audit.data import Schema
 from audit.explain.counterfactual import constraint_violations, counterfactual_metrics, counterfactuals
 from audit.explain.local_surrogate import lime_explanations, lime_explanations_lime, top_k_jaccard
 from audit.explain.shapley import reason_codes, shapley_values, shapley_values_shap, summarize_background
@@ -18,6 +17,7 @@ from audit.findings import Finding
 from audit.modules.base import AuditContext, Figure, ModuleResult, Table
 from audit.plotting import draw, subplots
 from audit.references import check_local_config, constraints_from_config  # noqa: F401 - re-exported
+from audit.schema import Schema
 
 
 def _shap_versus_importance(ctx: AuditContext, mean_abs: pd.Series, n_rows: int) -> str:

@@ -498,11 +498,11 @@ class ContrastiveModule:
         return config.local.enabled and config.modules.contrastive.enabled
 
     def run(self, ctx: AuditContext) -> ModuleResult:
-        from audit.data import UNKNOWN_LEVEL
         from audit.explain.contrastive import contrastive
         from audit.explain.neural import reference_row
         from audit.modules.local_explain import select_instances
         from audit.references import constraints_from_config
+        from audit.schema import UNKNOWN_LEVEL
 
         cfg = ctx.config.modules.contrastive
         schema = ctx.dataset.schema

@@ -146,7 +146,7 @@ def build_report_json(run, ds: Dataset, fingerprint: str, folder: Path | None = 
 
 def _sidecars(folder: Path | None) -> dict[str, Any]:
     """Files beside report.json that hold per-row data (``scores.parquet``), with their sha256."""
-    from audit.data import sha256_file
+    from audit.files import sha256_file
 
     out: dict[str, Any] = {}
     if folder is not None and (folder / "scores.parquet").is_file():
