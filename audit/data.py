@@ -40,6 +40,18 @@ class Dataset:
     ids_test: np.ndarray | None = None
     tied: tuple[tuple[str, ...], ...] = ()
     test_rows: np.ndarray | None = None  # each audit row's data row in its file (1-based, after the header)
+    raw_columns: dict[str, tuple[pd.Series, pd.Series]] = field(default_factory=dict)
+    """The columns with ``dataset.value_labels`` as the files hold them (codes, not labels), aligned with ``X_train``
+    and ``X_test``: what a model from another tool was trained on (see :meth:`raw_frames`)."""
+
+    def raw_frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """``X_train`` and ``X_test`` with the values as the files hold them (value labels undone)."""
+        if not self.raw_columns:
+            return self.X_train, self.X_test
+        train, test = self.X_train.copy(deep=False), self.X_test.copy(deep=False)
+        for name, (tr, te) in self.raw_columns.items():
+            train[name], test[name] = tr, te
+        return train, test
 
 
 # ---------------------------------------------------------------------------------------------------- levels
@@ -196,6 +208,10 @@ def load_dataset(cfg: AuditConfig) -> Dataset:
             raise DataError(f"fairness.derived.{name}: '{name}' already is a column; pick another name")
     if ds.index_col and ds.index_col == ds.target:
         raise DataError(f"dataset.index_col: '{ds.index_col}' is the target column; pick the row-id column")
+    raw_labelled = [  # the coded values, before their labels replace them: a model from another tool scores codes
+        {c: frame[c].copy() for c in ds.value_labels if c in frame.columns} if frame is not None else {}
+        for frame in (train_df, test_df)
+    ]
     for frame in (train_df, test_df):
         if frame is not None:
             apply_value_labels(frame, ds.value_labels)
@@ -394,8 +410,20 @@ def load_dataset(cfg: AuditConfig) -> Dataset:
         ids_test=test_df[ds.index_col].to_numpy() if ds.index_col else None,
         tied=tuple(tuple(g) for g in ds.tied),
         test_rows=test_df.index.to_numpy(dtype=np.int64),
+        raw_columns=_aligned_raw(raw_labelled, train_df.index, test_df.index, split=ds.test is None, keep=keep),
     )
     return out
+
+
+def _aligned_raw(raw: list[dict], train_index, test_index, *, split: bool, keep: list[str]) -> dict:
+    """The raw value-labelled columns (of the training file, and of the test file unless the audit rows were split
+    off the training file) on the rows of ``X_train`` and ``X_test``."""
+    train_raw, test_raw = raw[0], raw[0] if split else raw[1]
+    return {
+        c: (train_raw[c].loc[train_index].reset_index(drop=True), test_raw[c].loc[test_index].reset_index(drop=True))
+        for c in train_raw
+        if c in keep
+    }
 
 
 def dataset_fingerprint(ds: Dataset) -> str:

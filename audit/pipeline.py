@@ -29,7 +29,7 @@ from audit.errors import (
     AuditInputError,
     ModelRuntimeError,
 )
-from audit.model.load import prepare_model, python_model
+from audit.model.load import prepare_model
 from audit.modules.base import AuditContext, AuditModule, ModuleResult
 from audit.progress import Progress
 
@@ -248,7 +248,7 @@ def _run(cfg, run, folder, progress, step, write, out_root, modules, base_report
         try:
             if model is not None:
                 with progress.stage("model"):
-                    predictor, run.model_info = python_model(model, ds, cfg.model.predict_batch_size)
+                    predictor, run.model_info = prepare_model(cfg, ds, None, progress, model=model)
             else:
                 with progress.stage("train model" if cfg.model.source == "train" else "load model"):
                     predictor, run.model_info = prepare_model(cfg, ds, tmp_dir if write else None, progress)
@@ -338,9 +338,17 @@ def _run(cfg, run, folder, progress, step, write, out_root, modules, base_report
 
 
 def _record_requests(run: AuditRun, predictor) -> None:
-    """A remote model's traffic (requests, rows, retries, the budget) into the report's provenance."""
+    """A remote model's traffic (requests, rows, retries, the budget) and the output column its first answer decided
+    into the report's provenance, and for a model that receives raw values the rows sent with a level no raw value
+    could be given for (population rows only)."""
     if predictor is not None and hasattr(predictor, "describe"):
         run.model_info["requests"] = predictor.describe()
+    column = getattr(predictor, "column", None)  # an endpoint's, decided from its first answer
+    if column is not None and "output_column" not in run.model_info:
+        run.model_info["output_column"] = column.describe()
+    unknown = getattr(getattr(predictor, "raw", None), "unknown_rows", [0])[0]
+    if unknown:
+        run.model_info["rows_sent_with_an_unknown_level_as_missing"] = unknown
 
 
 def scores_frame(ctx: AuditContext):

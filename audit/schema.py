@@ -9,7 +9,7 @@ for levels never seen in training.
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -18,8 +18,6 @@ import pandas as pd
 from audit.errors import DataError
 
 MISSING_LEVEL = "missing"
-
-
 UNKNOWN_LEVEL = "<unknown>"
 
 
@@ -281,3 +279,129 @@ def apply_value_labels(frame: pd.DataFrame, value_labels: dict) -> None:
     for name, labels in value_labels.items():
         if name in frame.columns:
             frame[name] = pd.Series(category_strings(frame[name], labels=dict(labels)), index=frame.index, dtype=object)
+
+
+# ------------------------------------------------------------------------------------------- back to raw values
+@dataclass(frozen=True)
+class RawValues:
+    """How code-space rows go back to the raw values a model from another tool was trained on.
+
+    The code space is the audit's own: a level is its text (``1.0`` in a float column is the level ``"1"``, a coded
+    value with ``dataset.value_labels`` is its label, a missing value is :data:`MISSING_LEVEL`). A model with its own
+    preprocessing (a scikit-learn pipeline, an MLflow or ONNX model, an endpoint) must see the values the file has:
+    for each categorical feature ``levels`` holds the raw value of every level, in code order, as the file's column
+    holds it (same dtype: ``1`` in an integer column, ``"male"`` in a text column, NaN for a missing value); a numeric
+    feature the file stores as integers comes back as integers when every value of the block is a whole number.
+
+    Build it with :func:`raw_values` from the raw frames: every level of the schema must occur in them. The
+    unknown slot (a level that occurs in none of the frames: only rows of a population file can have one) has no
+    raw value; such rows go to the model with a missing value there and are counted in ``unknown_rows``.
+    """
+
+    levels: dict[str, pd.Series]
+    integer: dict[str, np.dtype]
+    unknown_rows: list[int]  # a one-item list: rows sent with a level the audit could not give back
+
+    def frame(self, schema: Schema, X: np.ndarray) -> pd.DataFrame:
+        """Code-space rows ``X`` (n_rows, n_features) -> a frame of raw values, one column per feature.
+
+        Examples
+        --------
+        >>> s = Schema((Feature("x", "numeric"), Feature("sex", "categorical", ("female", "male"), (("1", "male"),
+        ...     ("2", "female")))), "y", "1", "0")
+        >>> raw = pd.DataFrame({"x": [3, 4], "sex": [1, 2]})
+        >>> r = raw_values(s, [raw])
+        >>> r.frame(s, s.to_codes(raw)).equals(raw)
+        True
+        """
+        X = np.asarray(X)
+        cols = {}
+        unknown = np.zeros(len(X), dtype=bool)
+        for j, f in enumerate(schema.features):
+            if f.is_categorical:
+                cols[f.name], missing = _raw_levels(self.levels[f.name], X[:, j])
+                unknown |= missing
+            else:
+                cols[f.name] = _raw_numbers(X[:, j], self.integer.get(f.name))
+        self.unknown_rows[0] += int(unknown.sum())
+        return pd.DataFrame(cols)
+
+
+def raw_values(schema: Schema, frames: list[pd.DataFrame]) -> RawValues:
+    """The :class:`RawValues` of ``schema`` read off ``frames`` (the raw training and audit rows, value labels not
+    applied). Raises ValueError naming a level that occurs in none of the frames."""
+    levels, integer = {}, {}
+    for f in schema.features:
+        cols = [fr[f.name] for fr in frames if f.name in fr.columns]
+        if not f.is_categorical:
+            if cols and all(pd.api.types.is_integer_dtype(c) and not pd.api.types.is_bool_dtype(c) for c in cols):
+                integer[f.name] = np.result_type(*[c.dtype for c in cols])
+            continue
+        labels = dict(f.labels) or None
+        first: dict[str, object] = {}
+        for col in cols:
+            texts = category_strings(col, labels=labels)
+            _, at = np.unique(texts, return_index=True)
+            for i in np.sort(at):
+                first.setdefault(texts[i], col.iloc[i])
+        absent = [lv for lv in f.levels if lv not in first]
+        if absent:
+            raise ValueError(f"level(s) {absent[:5]} of {f.name!r} occur in none of the raw rows")
+        dtype = cols[0].dtype if all(c.dtype == cols[0].dtype for c in cols) else object
+        values = [first[lv] for lv in f.levels]
+        levels[f.name] = pd.Series(values, dtype=dtype if not isinstance(dtype, pd.CategoricalDtype) else object)
+    return RawValues(levels, integer, [0])
+
+
+def text_values(schema: Schema) -> RawValues:
+    """:class:`RawValues` for a model with no raw rows to read values from: each level as its text, a missing value
+    as ``None`` (never the level text :data:`MISSING_LEVEL`)."""
+    levels = {
+        f.name: pd.Series([None if lv == MISSING_LEVEL else lv for lv in f.levels], dtype=object)
+        for f in schema.features
+        if f.is_categorical
+    }
+    return RawValues(levels, {}, [0])
+
+
+def _raw_levels(values: pd.Series, codes: np.ndarray) -> tuple[pd.Series, np.ndarray]:
+    """The raw value of each code (the column's dtype where every code is a known level) and the unknown mask."""
+    codes = np.asarray(codes).astype(np.int64)
+    unknown = codes >= len(values)
+    if not unknown.any():
+        return values.take(codes).reset_index(drop=True), unknown
+    if pd.api.types.is_bool_dtype(values.dtype):
+        base = values.astype(object)
+    elif pd.api.types.is_integer_dtype(values.dtype):
+        base = values.astype(np.float64)
+    else:
+        base = values
+    out = base.take(np.where(unknown, 0, codes)).reset_index(drop=True)
+    out[unknown] = np.nan if out.dtype != object else None
+    return out, unknown
+
+
+def _raw_numbers(v: np.ndarray, integer: np.dtype | None) -> np.ndarray:
+    """A numeric feature's values, as the file's integers when it stores integers and every value is whole."""
+    v = np.asarray(v, dtype=np.float64)
+    if integer is not None and np.isfinite(v).all() and np.array_equal(v, np.round(v)):
+        return v.astype(integer)
+    return v
+
+
+def widen_levels(schema: Schema, frame: pd.DataFrame) -> tuple[Schema, dict[str, list[str]]]:
+    """``schema`` with every level of ``frame`` (the audit rows) that training lacks appended to its feature's levels
+    (sorted), and those levels per feature.
+
+    For a model from another tool: its own preprocessing may know a level the audit's training rows lack, so such a
+    level must reach it as itself, not through the unknown slot. Appending keeps every training level's code.
+    """
+    features, added = [], {}
+    for f in schema.features:
+        if f.is_categorical and f.name in frame.columns:
+            extra = sorted(set(category_strings(frame[f.name], labels=dict(f.labels) or None)) - set(f.levels))
+            if extra:
+                added[f.name] = extra
+                f = replace(f, levels=(*f.levels, *extra))
+        features.append(f)
+    return replace(schema, features=tuple(features)), added

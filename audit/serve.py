@@ -4,9 +4,9 @@ It answers the two payload formats ``model.format: http`` speaks, so an endpoint
 without a serving stack:
 
 - ``POST /v2/models/<name>/infer``: KServe v2 / open inference protocol, one input per raw column; answers one output
-  ``probability`` of shape ``[n]``;
+  of shape ``[n]`` named as the positive label (e.g. ``">50K"``): the probability of that class;
 - ``POST /invocations``: MLflow's scoring protocol (``dataframe_split`` or ``dataframe_records``); answers
-  ``{"predictions": [...]}``;
+  ``{"predictions": [{"<positive label>": p}, ...]}``, one mapping from class to probability per row;
 - ``GET /v2/health/ready``: 200 once the model is loaded.
 
 ``MODEL`` is an artifact folder (``reports/<name>/latest/model``) or an exported ``model.onnx`` /
@@ -43,6 +43,7 @@ def make_server(predictor, *, host: str = "127.0.0.1", port: int = 0) -> Threadi
     """A threading HTTP server scoring with ``predictor`` (not started; ``port=0`` picks a free port)."""
     lock = threading.Lock()  # one forward pass at a time: the net is not re-entrant under torch's thread pool
     schema = predictor.schema
+    positive = schema.positive_label  # the answers name the class they score, so no client has to guess it
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args) -> None:  # quiet
@@ -72,7 +73,7 @@ def make_server(predictor, *, host: str = "127.0.0.1", port: int = 0) -> Threadi
                 if self.path.startswith("/v2/models/") and self.path.endswith("/infer"):
                     frame = pd.DataFrame({i["name"]: i["data"] for i in req["inputs"]})
                     p = self._score(frame)
-                    out = {"name": "probability", "shape": [len(p)], "datatype": "FP64", "data": p.tolist()}
+                    out = {"name": positive, "shape": [len(p)], "datatype": "FP64", "data": p.tolist()}
                     self._send(200, {"model_name": "audit", "outputs": [out]})
                 elif self.path.rstrip("/") == "/invocations":
                     if "dataframe_split" in req:
@@ -80,7 +81,7 @@ def make_server(predictor, *, host: str = "127.0.0.1", port: int = 0) -> Threadi
                         frame = pd.DataFrame(split["data"], columns=split["columns"])
                     else:
                         frame = pd.DataFrame.from_records(req["dataframe_records"])
-                    self._send(200, {"predictions": self._score(frame).tolist()})
+                    self._send(200, {"predictions": [{positive: v} for v in self._score(frame).tolist()]})
                 else:
                     self._send(404, {"error": f"no route {self.path}"})
             except (KeyError, TypeError, ValueError) as exc:

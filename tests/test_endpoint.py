@@ -150,7 +150,7 @@ def faulty(mode):
 )
 def test_a_failing_endpoint_fails_the_audit_clearly_and_in_time(workdir, mode, message):
     with faulty(mode) as url:
-        cfg = _endpoint_config("faulty", url=url, timeout_s=1, retries=2)
+        cfg = _endpoint_config("faulty", url=url, timeout_s=1, retries=2, output="p")
         t0 = time.perf_counter()
         code = main(["run", str(write_config(workdir, cfg)), "-q"])
         took = time.perf_counter() - t0
@@ -165,7 +165,7 @@ def test_a_failing_endpoint_fails_the_audit_clearly_and_in_time(workdir, mode, m
 def test_429_is_retried_and_the_token_is_sent_but_never_written(workdir, monkeypatch):
     monkeypatch.setenv("AUDIT_TEST_TOKEN", "s3cret-token-value")
     with faulty("429-then-ok") as url:
-        cfg = _endpoint_config("retry", url=url, token_env="AUDIT_TEST_TOKEN", retries=3)
+        cfg = _endpoint_config("retry", url=url, token_env="AUDIT_TEST_TOKEN", retries=3, output="p")
         cfg["local"]["enabled"] = False
         assert main(["run", str(write_config(workdir, cfg)), "-q"]) in (0, 1)
     rep = _report(workdir, "retry")
@@ -271,7 +271,7 @@ def test_https_endpoints_are_verified_against_the_configured_ca(workdir, capsys)
     thread.start()
     try:
         url = f"https://127.0.0.1:{server.server_address[1]}/v2/models/m/infer"
-        cfg = _endpoint_config("tls", url=url, retries=0)
+        cfg = _endpoint_config("tls", url=url, retries=0, output="p")
         cfg["local"]["enabled"] = False
         assert main(["run", str(write_config(workdir, cfg)), "-q"]) == 3
         rep = _report(workdir, "tls")

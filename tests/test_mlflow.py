@@ -64,9 +64,14 @@ def _config(name, path, **model):
     return cfg
 
 
-def test_an_mlflow_model_is_audited_like_the_native_net(native):
+def test_an_mlflow_model_is_audited_like_the_native_net(native, capsys):
     folder, ref = native
     cfg = _config("mlflow", folder / "mlflow_model", trust=True)  # format detected from the MLmodel file
+    # one column per row, and nothing in the model says which class it is: the config must (issue 21)
+    assert main(["run", str(write_config(folder, cfg, "m.yaml")), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "model.output_index" in err and "one column" in err and err.count("\n") == 1, err
+    cfg["model"]["output_index"] = 0
     assert main(["run", str(write_config(folder, cfg, "m.yaml")), "-q"]) in (0, 1)
     rep = json.loads((folder / "reports" / "mlflow" / "latest" / "report.json").read_text())
     model = rep["provenance"]["model"]

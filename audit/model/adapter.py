@@ -13,7 +13,8 @@ Every audit module uses :class:`Predictor` only:
 - ``rows_evaluated``: how many rows the model has scored (benchmarks read it).
 
 :class:`NetPredictor` also exposes ``net`` and ``tensors(X)`` as the explicit gradient handle for methods that need
-one. :class:`CallablePredictor` wraps any ``DataFrame -> probabilities`` function.
+one. Models from other tools derive from :class:`RawPredictor`: they receive raw values, never codes;
+:class:`CallablePredictor` wraps any ``DataFrame -> probabilities`` function.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import pandas as pd
 import torch
 
 from audit.model.network import Preprocessing, TabularNet
-from audit.schema import Schema, category_index
+from audit.schema import RawValues, Schema, category_index, text_values
 
 ROW_ALIGN = 64
 """The built-in net scores rows in blocks whose size is a multiple of this (the last block zero-padded).
@@ -207,14 +208,71 @@ class NetPredictor(Predictor):
             return torch.sigmoid(self.net.forward_embedded(z))[:n].double().numpy()  # sigmoid on whole blocks too
 
 
-class CallablePredictor(Predictor):
-    """Wraps any ``predict(df) -> positive-class probabilities`` function (slow path: rebuilds DataFrames)."""
+class RawPredictor(Predictor):
+    """Base of the models from other tools (scikit-learn objects, MLflow, ONNX graphs on raw columns, endpoints):
+    they have their own preprocessing, so they receive the raw feature values as the data files hold them, never the
+    audit's codes or level text.
 
-    def __init__(self, fn: Callable[[pd.DataFrame], np.ndarray], schema: Schema, *, batch_size: int = 8192) -> None:
+    :attr:`raw` (:class:`~audit.schema.RawValues`) turns the code-space rows that explainers build back into those
+    values; a population partition, already raw, goes to the model as it was read (:meth:`predict_frame`).
+    Subclasses implement :meth:`_score_frame`: a frame of raw feature columns -> positive-class probabilities.
+    """
+
+    raw_inputs = True
+
+    def __init__(self, schema: Schema, *, raw: RawValues | None = None, batch_size: int = 8192) -> None:
         super().__init__()
-        self.fn = fn
         self.schema = schema
+        self.raw = raw if raw is not None else text_values(schema)
         self.batch_size = batch_size
 
+    def raw_frame(self, X: np.ndarray) -> pd.DataFrame:
+        """Code-space rows -> the frame of raw values the model receives."""
+        return self.raw.frame(self.schema, np.asarray(X, dtype=np.float64))
+
     def _predict_codes(self, X: np.ndarray) -> np.ndarray:
-        return np.asarray(self.fn(self.schema.from_codes(X)), dtype=np.float64).reshape(-1)
+        return self._score_frame(self.raw_frame(X))
+
+    def predict_frame(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`Predictor.predict_frame` of raw rows (a population partition): the model scores the rows as they
+        were read, in blocks of :attr:`block_rows` (a level never seen in training reaches it as itself)."""
+        codes = self.schema.to_codes(df)
+        frame = plain_frame(df[self.schema.feature_names])
+        self.rows_evaluated += len(frame)
+        step = self.block_rows
+        parts = [self._score_frame(frame.iloc[i : i + step].reset_index(drop=True)) for i in range(0, len(frame), step)]
+        proba = np.concatenate(parts) if parts else np.zeros(0)
+        return proba, codes[:, self.schema.categorical_mask].astype(np.int64)
+
+    def _score_frame(self, frame: pd.DataFrame) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def plain_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with pandas categoricals (a population's dictionary columns) turned into plain columns of their values,
+    as a model trained on the file's values expects them."""
+    cats = [c for c in df.columns if isinstance(df[c].dtype, pd.CategoricalDtype)]
+    if not cats:
+        return df
+    out = df.copy(deep=False)
+    for c in cats:
+        out[c] = df[c].astype(df[c].cat.categories.dtype)
+    return out
+
+
+class CallablePredictor(RawPredictor):
+    """Wraps any ``predict(df) -> positive-class probabilities`` function of raw feature columns."""
+
+    def __init__(
+        self,
+        fn: Callable[[pd.DataFrame], np.ndarray],
+        schema: Schema,
+        *,
+        raw: RawValues | None = None,
+        batch_size: int = 8192,
+    ) -> None:
+        super().__init__(schema, raw=raw, batch_size=batch_size)
+        self.fn = fn
+
+    def _score_frame(self, frame: pd.DataFrame) -> np.ndarray:
+        return np.asarray(self.fn(frame), dtype=np.float64).reshape(-1)

@@ -6,17 +6,23 @@ Every row an explainer evaluates becomes part of a JSON request: rows are sent i
 times with exponential backoff (``model.backoff_s``, doubled per attempt, or the server's ``Retry-After`` if
 longer, capped at 60 s). A request that times out is not retried: a hung endpoint fails the audit after one timeout.
 
-Payload formats (``model.payload``), raw feature values with missing ones as JSON ``null``:
+Payload formats (``model.payload``), raw feature values as the data files hold them (integers, numbers, text), with
+missing ones as JSON ``null``:
 
 - ``kserve-v2``: the KServe / Triton "open inference protocol" ``{"inputs": [{"name": column, "shape": [n, 1],
-  "datatype": "FP64" | "BYTES", "data": [...]}, ...]}``, one input per raw feature column; the answer's ``outputs``
-  entry named ``model.output`` (default: the first) holds ``n`` probabilities, or ``n x k`` of them and
-  ``model.output_index`` (default 1 when k is 2) picks the positive label's column.
+  "datatype": "FP64" | "INT64" | "BOOL" | "BYTES", "data": [...]}, ...]}``, one input per raw feature column; the
+  answer's ``outputs`` entry named ``model.output`` (else one named as the positive label, else the first) holds
+  ``n`` probabilities, or ``n x k`` of them.
 - ``mlflow-invocations``: MLflow's scoring server ``{"dataframe_split": {"columns": [...], "data": [[...], ...]}}``;
-  the answer's ``predictions`` (or a bare list) holds one number, list or mapping per row.
+  the answer's ``predictions`` (or a bare list) holds one number, list or ``{class: probability}`` mapping per row.
 - ``template``: ``model.template``, a JSON document in which the string ``"$records"`` is replaced by the rows as
   ``[{column: value}, ...]``, ``"$rows"`` by ``[[value, ...], ...]`` and ``"$columns"`` by the column names; the
   answer's list is found at ``model.response_path`` (dotted, list positions as numbers: ``outputs.0.data``).
+
+Which number is the positive label's probability comes from the answer where it says (a mapping keyed by class,
+an output named as the positive label), else from the config: ``model.output`` naming a one-column output or
+``model.output_index`` (see :mod:`audit.model.output`). It is decided from the first answer, before any section
+runs; an answer that does not say, with a config that does not either, stops the run (exit code 2).
 
 The request budget: ``model.max_requests`` and ``model.max_rows`` bound the whole audit. A call that would exceed
 either is refused before anything is sent (the module that made it fails and the report says which cap); the
@@ -40,7 +46,8 @@ import numpy as np
 import pandas as pd
 
 from audit.errors import ModelLoadError, ModelRuntimeError
-from audit.model.adapter import Predictor
+from audit.model.adapter import RawPredictor, plain_frame
+from audit.model.output import OutputColumn, label_texts, positive_column
 
 MAX_RESPONSE_BYTES = 64 << 20
 MAX_RETRY_WAIT_S = 60.0
@@ -55,7 +62,7 @@ class BudgetSpent(EndpointError):
     """A request would exceed ``model.max_requests`` or ``model.max_rows``."""
 
 
-class HttpPredictor(Predictor):
+class HttpPredictor(RawPredictor):
     """Scores rows by sending them to ``cfg.url`` (see the module docstring for the protocol).
 
     Parameters
@@ -72,11 +79,12 @@ class HttpPredictor(Predictor):
     net = None
     gradient_handle = "none: a remote endpoint exposes only its scores"
 
-    def __init__(self, cfg, schema, *, tls_ca=None) -> None:
-        super().__init__()
-        self.cfg, self.schema = cfg, schema
+    def __init__(self, cfg, schema, *, tls_ca=None, label_map: dict | None = None) -> None:
+        super().__init__(schema, batch_size=cfg.predict_batch_size)
+        self.cfg = cfg
         self.url = cfg.url
-        self.batch_size = cfg.predict_batch_size
+        self.label_map = dict(label_map or {})
+        self.column: OutputColumn | None = None  # decided from the first answer (see _column)
         self.requests_sent = 0  # every attempt, retries included
         self.rows_sent = 0
         self.retried = 0
@@ -152,14 +160,23 @@ class HttpPredictor(Predictor):
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != len(self.schema.features):
             raise ValueError(f"expected a code array of shape (n, {len(self.schema.features)}), got {X.shape}")
-        n = len(X)
-        if n == 0:
-            return np.zeros(0)
+        return self._score_rows(self.raw_frame(X)) if len(X) else np.zeros(0)
+
+    def predict_frame(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Raw rows (a population partition) sent as they were read, with the budget and concurrency of
+        :meth:`predict_codes`."""
+        codes = self.schema.to_codes(df)
+        frame = plain_frame(df[self.schema.feature_names]).reset_index(drop=True)
+        proba = self._score_rows(frame) if len(frame) else np.zeros(0)
+        return proba, codes[:, self.schema.categorical_mask].astype(np.int64)
+
+    def _score_rows(self, frame: pd.DataFrame) -> np.ndarray:
+        """Every row of ``frame`` in requests of ``batch_size`` rows, at most ``max_concurrency`` at a time."""
+        n = len(frame)
         step = self.batch_size
         spans = [(i, min(i + step, n)) for i in range(0, n, step)]
         self._reserve(n, len(spans))
         self.rows_evaluated += n
-        frame = self.schema.from_codes(X)
         t0 = time.perf_counter()
         try:
             if len(spans) == 1:
@@ -184,17 +201,12 @@ class HttpPredictor(Predictor):
 
     def _body(self, frame: pd.DataFrame) -> bytes:
         cols = list(frame.columns)
-        values = {c: _json_values(frame[c]) for c in cols}
+        typed = {c: _json_values(frame[c]) for c in cols}
+        values = {c: v for c, (v, _) in typed.items()}
         if self.cfg.payload == "kserve-v2":
             body = {
                 "inputs": [
-                    {
-                        "name": c,
-                        "shape": [len(frame), 1],
-                        "datatype": "BYTES" if self.schema.feature(c).is_categorical else "FP64",
-                        "data": values[c],
-                    }
-                    for c in cols
+                    {"name": c, "shape": [len(frame), 1], "datatype": typed[c][1], "data": values[c]} for c in cols
                 ]
             }
         else:
@@ -263,14 +275,20 @@ class HttpPredictor(Predictor):
 
     def _parse(self, answer, n: int) -> np.ndarray:
         cfg = self.cfg
+        named = None  # how the answer names the positive label's column, when it does
         try:
             if cfg.payload == "kserve-v2":
                 outputs = answer["outputs"]
-                out = next(o for o in outputs if o.get("name") == cfg.output) if cfg.output else outputs[0]
+                if cfg.output:
+                    out = next(o for o in outputs if o.get("name") == cfg.output)
+                else:
+                    own = [o for o in outputs if self._is_positive(o.get("name"))]
+                    out, named = (
+                        (own[0], "the answer's output named as the positive label") if own else (outputs[0], None)
+                    )
                 data = np.asarray(out["data"], dtype=np.float64)
                 shape = [int(s) for s in out.get("shape") or [len(data)]]
-                data = data.reshape(shape[0], -1) if shape and shape[0] == n else data.reshape(-1, 1)
-                items = data
+                items = data.reshape(shape[0], -1) if shape and shape[0] == n else data.reshape(-1, 1)
             else:
                 if cfg.payload == "template":
                     items = answer
@@ -279,7 +297,10 @@ class HttpPredictor(Predictor):
                             items = items[int(key)] if isinstance(items, list) else items[key]
                 else:
                     items = answer["predictions"] if isinstance(answer, dict) else answer
-                items = [self._pick(v) for v in items]
+                if items and isinstance(items[0], dict):  # one {class: probability} mapping per row
+                    key = cfg.output if cfg.output else self._positive_key(items[0])
+                    named = f"the answer's mapping key {key!r}"
+                    items = [v[key] for v in items]
                 items = np.asarray(items, dtype=np.float64).reshape(len(items), -1)
         except (KeyError, IndexError, TypeError, ValueError, StopIteration) as exc:
             raise EndpointError(
@@ -289,32 +310,51 @@ class HttpPredictor(Predictor):
             ) from None
         if len(items) != n:
             raise EndpointError(f"model.url: the endpoint returned {len(items)} scores for {n} rows")
-        if items.shape[1] == 1:
-            return items[:, 0].copy()
-        index = cfg.output_index if cfg.output_index is not None else (1 if items.shape[1] == 2 else None)
-        if index is None or index >= items.shape[1]:
-            raise EndpointError(
-                f"model.url: the endpoint returns {items.shape[1]} numbers per row; set model.output_index to the "
-                "positive label's column"
+        return self._column(items.shape[1], named).take(items).copy()
+
+    def _is_positive(self, name) -> bool:
+        return name is not None and label_texts([name], self.label_map) == [self.schema.positive_label]
+
+    def _positive_key(self, row: dict):
+        """The key of a ``{class: probability}`` mapping that is the positive label (model.output names it else)."""
+        keys = [k for k in row if self._is_positive(k)]
+        if not keys:
+            raise ModelLoadError(
+                f"model.output: the endpoint answers mappings with keys {list(row)[:10]}, none of them "
+                f"dataset.positive_label {self.schema.positive_label!r}; set model.output to the positive label's key"
             )
-        return items[:, index].copy()
+        return keys[0]
 
-    def _pick(self, v):
-        """One row of an mlflow / template answer: a number, a list of class probabilities or a mapping."""
-        if isinstance(v, dict):
-            key = self.cfg.output or self.schema.positive_label
-            return v[key] if key in v else v[str(key)]
-        return v
+    def _column(self, n_columns: int, named: str | None) -> OutputColumn:
+        """The positive label's column, decided from the first answer and kept (see :mod:`audit.model.output`)."""
+        with self._lock:
+            if self.column is None:
+                if named is not None and n_columns == 1:
+                    self.column = OutputColumn(0, named)
+                elif self.cfg.output is not None and n_columns == 1:
+                    self.column = OutputColumn(0, f"model.output: {self.cfg.output!r} (one score per row)")
+                else:
+                    self.column = positive_column(
+                        n_columns, None, positive_label=self.schema.positive_label,
+                        output_index=self.cfg.output_index, what="the endpoint's answer",
+                    )  # fmt: skip
+            return self.column
 
 
-def _json_values(s: pd.Series) -> list:
-    """A column as JSON values: numbers as floats, levels as strings, missing values as ``None``."""
+def _json_values(s: pd.Series) -> tuple[list, str]:
+    """A column of raw values as JSON values and its KServe datatype: integers as integers (``INT64``), other numbers
+    as floats (``FP64``), booleans as booleans (``BOOL``), anything else as text (``BYTES``); a missing value is
+    ``None``."""
     missing = s.isna().to_numpy()
-    if pd.api.types.is_numeric_dtype(s):
-        vals = s.to_numpy(dtype=np.float64, na_value=np.nan).tolist()
+    if pd.api.types.is_bool_dtype(s) and not missing.any():
+        vals, kind = s.to_numpy(dtype=bool).tolist(), "BOOL"
+    elif pd.api.types.is_integer_dtype(s) and not missing.any():
+        vals, kind = s.to_numpy(dtype=np.int64).tolist(), "INT64"
+    elif pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+        vals, kind = s.to_numpy(dtype=np.float64, na_value=np.nan).tolist(), "FP64"
     else:
-        vals = [str(v) for v in s.astype(object).where(~missing, "").tolist()]
-    return [None if m else v for v, m in zip(vals, missing.tolist(), strict=True)]
+        vals, kind = [str(v) for v in s.astype(object).where(~missing, "").tolist()], "BYTES"
+    return [None if m else v for v, m in zip(vals, missing.tolist(), strict=True)], kind
 
 
 def _substitute(node, fill: dict):

@@ -27,7 +27,6 @@ import numpy as np
 from audit.errors import ModelLoadError
 from audit.files import sha256_file
 from audit.model.adapter import ROW_ALIGN, Predictor
-from audit.schema import MISSING_LEVEL, UNKNOWN_LEVEL
 
 ONNX_FILE = "model.onnx"
 TORCHSCRIPT_FILE = "model.torchscript.pt"
@@ -189,6 +188,31 @@ class OnnxPredictor(_ExportedPredictor):
         return torch.sigmoid(torch.from_numpy(np.ascontiguousarray(out))).double().numpy()
 
 
+class OnnxCodesPredictor(_ExportedPredictor):
+    """A graph of one float matrix input, the standardised numerics then the category codes, with our artifact's
+    JSON beside it (so it scores the positive label): its output ``probability`` (or ``logit``, or the last)."""
+
+    format = "onnx"
+    mode = "matrix"
+
+    def __init__(self, path: Path, preprocessing, schema, *, batch_size: int = 8192, session=None) -> None:
+        super().__init__(path, preprocessing, schema, batch_size=batch_size)
+        import onnxruntime as ort
+
+        self.session = session if session is not None else _onnx_session(path)
+        self.input = self.session.get_inputs()[0]
+        outputs = [o.name for o in self.session.get_outputs()]
+        self.output = next((o for o in ("probability", "logit") if o in outputs), outputs[-1])
+        self.runtime = f"onnxruntime {ort.__version__}"
+
+    def _predict_codes(self, X: np.ndarray) -> np.ndarray:
+        x_num, x_cat = self.preprocessing.transform(np.asarray(X, dtype=np.float64))
+        m = np.concatenate([x_num, x_cat.astype(np.float32)], axis=1)
+        m = m.astype(np.float64 if "double" in self.input.type else np.float32)
+        out = np.asarray(self.session.run([self.output], {self.input.name: m})[0], dtype=np.float64).reshape(-1)
+        return 1.0 / (1.0 + np.exp(-out)) if self.output == "logit" else out
+
+
 def _onnx_session(path: Path):
     try:
         import onnxruntime as ort
@@ -210,10 +234,12 @@ def _onnx_session(path: Path):
 
 
 def load_onnx(path: str | Path, cfg, data_schema, *, batch_size: int = 8192) -> Predictor:
-    """Any of the three ONNX graph shapes this audit runs (see :class:`OnnxGraphPredictor`), told apart by the
-    graph's inputs: ``x_num`` + ``x_cat`` (our export, JSON beside it), one input per raw column, or one float
-    matrix (columns declared in ``model.onnx_columns``, or our JSON beside the file)."""
+    """Any of the ONNX graph shapes this audit runs, told apart by the graph's inputs: ``x_num`` + ``x_cat`` (our
+    export, JSON beside it: :class:`OnnxPredictor`), one input per raw column or one float matrix with
+    ``model.onnx_columns`` (a graph from another tool: :class:`~audit.model.onnx_graph.OnnxGraphPredictor`), or one
+    float matrix of our artifact's standardised numerics and codes (JSON beside it: :class:`OnnxCodesPredictor`)."""
     from audit.model.artifact import read_description
+    from audit.model.onnx_graph import OnnxGraphPredictor
 
     path = Path(path)
     if not path.is_file():
@@ -231,9 +257,7 @@ def load_onnx(path: str | Path, cfg, data_schema, *, batch_size: int = 8192) -> 
             return OnnxGraphPredictor(path, session, data_schema, cfg, mode="matrix", batch_size=batch_size)
         if sidecar:
             schema, pre, _ = read_description(path.parent, weights=path)
-            pred = OnnxGraphPredictor(path, session, schema, cfg, mode="matrix", batch_size=batch_size)
-            pred.preprocessing = pre
-            return pred
+            return OnnxCodesPredictor(path, pre, schema, batch_size=batch_size, session=session)
         raise ModelLoadError(
             f"model.path: '{path}' takes one matrix input {inputs[0].name!r}; declare its columns in "
             "model.onnx_columns (or put our artifact's schema.json and preprocessing.json beside the file)"
@@ -255,128 +279,6 @@ def load_onnx(path: str | Path, cfg, data_schema, *, batch_size: int = 8192) -> 
         "model.export writes), one input per raw feature column (as skl2onnx writes), or one float matrix with "
         "model.onnx_columns"
     )
-
-
-class OnnxGraphPredictor(Predictor):
-    """An ONNX graph from another tool.
-
-    - ``mode="columns"``: one input per raw feature column, named as the column (skl2onnx's shape): strings for
-      ``tensor(string)`` inputs (a missing value as ""), numbers for float / double / int64 ones (a missing numeric
-      as NaN, or -1 for an int64 input);
-    - ``mode="matrix"``: one float input; its columns are built as ``model.onnx_columns`` declares (a numeric
-      ``(value - mean) / scale``, a categorical one-hot over ``one_hot`` levels or its index in ``codes``), or,
-      with our artifact's JSON beside the file, as the standardised numerics followed by the category codes.
-
-    The output is ``model.output`` if given, else the first output named ``probability``/``probabilities``/
-    ``output_probability``, else ``logit``/``logits`` (turned into probabilities with a sigmoid), else the last one.
-    A per-class output (columns or skl2onnx's ZipMap of label -> probability) gives the positive label's value:
-    by its label in a map, else column ``model.output_index`` (default 1 of 2).
-    """
-
-    format = "onnx"
-    net = None
-    gradient_handle = "none: an ONNX graph's layers are not differentiable here"
-
-    def __init__(self, path: Path, session, schema, cfg, *, mode: str, batch_size: int = 8192) -> None:
-        super().__init__()
-        import onnxruntime as ort
-
-        self.path, self.session, self.schema, self.cfg, self.mode = path, session, schema, cfg, mode
-        self.batch_size = batch_size
-        self.preprocessing = None
-        self.inputs = {i.name: i.type for i in session.get_inputs()}
-        outputs = [o.name for o in session.get_outputs()]
-        if cfg.output is not None:
-            if cfg.output not in outputs:
-                raise ModelLoadError(f"model.output: the graph has no output {cfg.output!r}; it has {outputs}")
-            self.output = cfg.output
-        else:
-            preferred = ("probability", "probabilities", "output_probability", "logit", "logits")
-            self.output = next((o for o in preferred if o in outputs), outputs[-1])
-        self.logit = self.output in ("logit", "logits")
-        self.runtime = f"onnxruntime {ort.__version__}"
-        if mode == "matrix" and cfg.onnx_columns:
-            self._check_matrix_spec()
-
-    def _check_matrix_spec(self) -> None:
-        feats = {f.name: f for f in self.schema.features}
-        for i, c in enumerate(self.cfg.onnx_columns):
-            f = feats[c.column]
-            if (c.one_hot or c.codes) and not f.is_categorical:
-                raise ModelLoadError(
-                    f"model.onnx_columns[{i}]: {c.column!r} is numeric; one_hot / codes are for categoricals"
-                )
-            if f.is_categorical and not (c.one_hot or c.codes):
-                raise ModelLoadError(
-                    f"model.onnx_columns[{i}]: {c.column!r} is categorical; give its levels as one_hot or codes"
-                )
-
-    def _feeds(self, X: np.ndarray) -> dict[str, np.ndarray]:
-        name, kind = next(iter(self.inputs.items()))
-        if self.mode == "matrix" and self.preprocessing is not None:
-            x_num, x_cat = self.preprocessing.transform(X)
-            m = np.concatenate([x_num, x_cat.astype(np.float32)], axis=1)
-            return {name: m.astype(np.float64 if "double" in kind else np.float32)}
-        frame = self.schema.from_codes(X)
-        if self.mode == "matrix":
-            cols = []
-            for c in self.cfg.onnx_columns:
-                v = frame[c.column].to_numpy()
-                if c.one_hot:
-                    cols.append((v[:, None] == np.asarray(c.one_hot, dtype=object)[None, :]).astype(np.float64))
-                elif c.codes:
-                    index = {lv: k for k, lv in enumerate(c.codes)}
-                    cols.append(np.array([index.get(x, -1) for x in v], dtype=np.float64)[:, None])
-                else:
-                    cols.append(((v.astype(np.float64) - c.mean) / c.scale)[:, None])
-            m = np.concatenate(cols, axis=1)
-            return {name: m.astype(np.float64 if "double" in kind else np.float32)}
-        feeds = {}
-        for col, kind in self.inputs.items():
-            s = frame[col]
-            missing = s.isna().to_numpy().copy()  # pandas may hand out a read-only view
-            if self.schema.feature(col).is_categorical:  # our missing / unseen levels are the graph's ""
-                missing |= np.isin(s.astype(object).to_numpy(), [MISSING_LEVEL, UNKNOWN_LEVEL])
-            if "string" in kind:
-                v = np.where(missing, "", s.astype(str).to_numpy()).astype(object)
-            elif "int" in kind:
-                v = np.where(missing, -1, pd_numeric(s)).astype(np.int64)
-            else:
-                v = pd_numeric(s).astype(np.float64 if "double" in kind else np.float32)
-            feeds[col] = v.reshape(-1, 1)
-        return feeds
-
-    def _predict_codes(self, X: np.ndarray) -> np.ndarray:
-        out = self.session.run([self.output], self._feeds(np.asarray(X, dtype=np.float64)))[0]
-        if isinstance(out, list):  # skl2onnx's ZipMap: one {label: probability} per row
-            pos = self.schema.positive_label
-            first = out[0] if out else {}
-            key = next((k for k in first if str(k) == str(pos)), None)
-            if key is None:
-                raise ModelLoadError(
-                    f"model.path: the graph's output {self.output!r} has labels {list(first)[:10]}, none of them "
-                    f"the positive label {pos!r}"
-                )
-            return np.array([row[key] for row in out], dtype=np.float64)
-        a = np.asarray(out, dtype=np.float64)
-        a = a.reshape(len(X), -1)
-        if a.shape[1] > 1:
-            index = self.cfg.output_index if self.cfg.output_index is not None else 1 if a.shape[1] == 2 else None
-            if index is None or index >= a.shape[1]:
-                raise ModelLoadError(
-                    f"model.output_index: the graph's output {self.output!r} has {a.shape[1]} columns; set "
-                    "model.output_index to the positive label's"
-                )
-            a = a[:, index : index + 1]
-        p = a[:, 0]
-        return 1.0 / (1.0 + np.exp(-p)) if self.logit else p
-
-
-def pd_numeric(s) -> np.ndarray:
-    """A column as float64 (level text such as "3" read as a number; anything else NaN)."""
-    import pandas as pd
-
-    return pd.to_numeric(pd.Series(s), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
 
 
 class _TorchModulePredictor(_ExportedPredictor):

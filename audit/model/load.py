@@ -1,22 +1,23 @@
 """Train the built-in net or load the model under audit, in whatever format: :func:`prepare_model` picks the loader.
 
 Each loader returns the :class:`~audit.model.adapter.Predictor` every section uses and the model's provenance for
-the report.
+the report. Our own formats (the artifact folder, its ONNX / TorchScript exports, a Lightning checkpoint with our
+JSON beside it) are coded with the model's own schema; a model from another tool (:mod:`audit.model.estimator`,
+:mod:`audit.model.pyfunc`, :mod:`audit.model.onnx_graph`, :mod:`audit.model.endpoint`, a Python object) receives raw
+values and is checked at load time against its own API (:mod:`audit.model.external`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from audit.compute import apply_torch_threads
 from audit.config import AuditConfig
 from audit.data import Dataset
-from audit.errors import ModelLoadError, ModelRuntimeError
+from audit.errors import ModelLoadError
+from audit.files import sha256_file
 from audit.progress import Progress
 
 if TYPE_CHECKING:
@@ -24,34 +25,38 @@ if TYPE_CHECKING:
 
 
 def prepare_model(
-    cfg: AuditConfig, ds: Dataset, run_tmp: Path | None, progress: Progress | None = None
+    cfg: AuditConfig, ds: Dataset, run_tmp: Path | None, progress: Progress | None = None, *, model: Any = None
 ) -> tuple[Predictor, dict]:
-    """Train or load the model; returns the predictor and its provenance."""
-    from audit.model.artifact import load_model, model_hash, read_model_meta, save_model
+    """Train or load the model (or take ``model``, an object passed in Python); returns the predictor and its
+    provenance. ``run_tmp``: where a trained model's artifact is written (None: nowhere)."""
+    if model is not None:
+        from audit.model.estimator import python_model
 
-    if cfg.model.source == "load" and cfg.model.url:
-        return _connect_endpoint(cfg, ds)
-    if cfg.model.source == "load":
-        from audit.model.artifact import detect_format
+        return python_model(model, cfg, ds)
+    if cfg.model.source == "train":
+        return train(cfg, ds, run_tmp, progress)
+    if cfg.model.url:
+        return connect_endpoint(cfg, ds)
+    from audit.model.artifact import detect_format
 
-        path = cfg.resolve(cfg.model.path or "", key="model.path")
-        fmt = detect_format(path, cfg.model.format)
-        if fmt == "pickle":
-            return _load_trusted_pickle(cfg, path, ds)
-        if fmt in ("onnx", "torchscript"):
-            return _load_exported(cfg, path, fmt, ds)
-        if fmt == "skops":
-            return _load_skops(cfg, path, ds)
-        if fmt == "lightning":
-            return _load_lightning(cfg, path, ds)
-        if fmt == "mlflow":
-            return _load_mlflow(cfg, path, ds)
-        predictor = load_model(path, batch_size=cfg.model.predict_batch_size)
-        _adopt_model_schema(predictor, ds)
-        meta = read_model_meta(path)
-        return predictor, {"source": "load", "path": str(path), "hash": model_hash(path), **_meta_info(meta)}
+    path = cfg.resolve(cfg.model.path or "", key="model.path")
+    fmt = detect_format(path, cfg.model.format)
+    if fmt in ("pickle", "skops"):
+        from audit.model.estimator import load_pickle, load_skops
 
+        return (load_pickle if fmt == "pickle" else load_skops)(cfg, path, ds)
+    if fmt == "mlflow":
+        from audit.model.pyfunc import load_mlflow
+
+        return load_mlflow(cfg, path, ds)
+    loader = {"onnx": load_onnx_file, "torchscript": load_exported_file, "lightning": load_lightning_file}
+    return loader.get(fmt, load_artifact)(cfg, path, ds)
+
+
+def train(cfg: AuditConfig, ds: Dataset, run_tmp: Path | None, progress: Progress | None) -> tuple[Predictor, dict]:
+    """Train the built-in net on the training rows; with ``run_tmp``, save its artifact (and exports) there."""
     from audit.model.adapter import NetPredictor
+    from audit.model.artifact import save_model
     from audit.model.training import train_model
 
     apply_torch_threads()  # torch is imported now: the thread plan applies to it
@@ -79,33 +84,60 @@ def prepare_model(
     return predictor, info
 
 
-def _connect_endpoint(cfg: AuditConfig, ds: Dataset) -> tuple[Predictor, dict]:
-    """A model behind ``model.url`` (see :mod:`audit.model.endpoint`); the raw columns are the dataset's."""
+def load_artifact(cfg: AuditConfig, path: Path, ds: Dataset) -> tuple[Predictor, dict]:
+    """Our artifact folder (:mod:`audit.model.artifact`), coded with its own levels."""
+    from audit.model.artifact import load_model, model_hash, read_model_meta
+
+    predictor = load_model(path, batch_size=cfg.model.predict_batch_size)
+    _adopt_model_schema(predictor, ds)
+    meta = read_model_meta(path)
+    return predictor, {"source": "load", "path": str(path), "hash": model_hash(path), **_meta_info(meta)}
+
+
+def connect_endpoint(cfg: AuditConfig, ds: Dataset) -> tuple[Predictor, dict]:
+    """A model behind ``model.url`` (see :mod:`audit.model.endpoint`): it receives raw values. Its answers' class
+    column is decided from the first answer; the raw values are checked here, the scores are not (every row sent
+    is one more request of the budget)."""
     from audit.model.endpoint import HttpPredictor
+    from audit.model.external import adopt_raw_inputs, check_scoring
 
     tls_ca = cfg.resolve(cfg.model.tls_ca, key="model.tls_ca") if cfg.model.tls_ca else None
-    predictor = HttpPredictor(cfg.model, ds.schema, tls_ca=tls_ca)
-    info = {
-        "source": "load",
-        "format": "http",
-        "path": None,
-        "url": cfg.model.url,
-        "hash": None,
-        "runtime": predictor.runtime,
-        "trusted": "nothing: the audit only sends rows and reads scores",
-    }
+    predictor = HttpPredictor(cfg.model, ds.schema, tls_ca=tls_ca, label_map=dict(cfg.dataset.label_map))
+    raw = adopt_raw_inputs(predictor, ds)
+    raw["load_check"] = check_scoring(predictor, ds, None)
+    info = {"source": "load", "format": "http", "path": None, "url": cfg.model.url, "hash": None,
+            "runtime": predictor.runtime, "trusted": "nothing: the audit only sends rows and reads scores", **raw}  # fmt: skip
     return predictor, info
 
 
-def _load_exported(cfg: AuditConfig, path: Path, fmt: str, ds: Dataset) -> tuple[Predictor, dict]:
-    """An exported ONNX or TorchScript file with our artifact's JSON beside it (see :mod:`audit.model.formats`)."""
-    from audit.files import sha256_file
-    from audit.model.formats import load_exported, load_onnx
+def load_onnx_file(cfg: AuditConfig, path: Path, ds: Dataset) -> tuple[Predictor, dict]:
+    """An ONNX graph: our export (JSON beside it) or a graph from another tool (raw values, checked at load time
+    against the graph run on the rows as read)."""
+    from audit.model.external import adopt_raw_inputs, check_scoring
+    from audit.model.formats import load_onnx
+    from audit.model.onnx_graph import OnnxGraphPredictor
 
-    if fmt == "onnx":
-        predictor = load_onnx(path, cfg.model, ds.schema, batch_size=cfg.model.predict_batch_size)
-    else:
-        predictor = load_exported(path, fmt, batch_size=cfg.model.predict_batch_size)
+    predictor = load_onnx(path, cfg.model, ds.schema, batch_size=cfg.model.predict_batch_size)
+    if not isinstance(predictor, OnnxGraphPredictor):
+        return _exported_info(cfg, path, "onnx", predictor, ds)
+    raw = adopt_raw_inputs(predictor, ds)
+    head = ds.raw_frames()[1].iloc[:8][ds.schema.feature_names].reset_index(drop=True)
+    column = predictor.choose_column(head, ds.schema.positive_label, dict(cfg.dataset.label_map))
+    raw["output_column"] = column.describe()
+    raw["load_check"] = check_scoring(predictor, ds, predictor._score_frame)
+    predictor, info = _exported_info(cfg, path, "onnx", predictor, ds)
+    return predictor, {**info, **raw}
+
+
+def load_exported_file(cfg: AuditConfig, path: Path, ds: Dataset) -> tuple[Predictor, dict]:
+    """An exported TorchScript file with our artifact's JSON beside it (see :mod:`audit.model.formats`)."""
+    from audit.model.formats import load_exported
+
+    predictor = load_exported(path, "torchscript", batch_size=cfg.model.predict_batch_size)
+    return _exported_info(cfg, path, "torchscript", predictor, ds)
+
+
+def _exported_info(cfg: AuditConfig, path: Path, fmt: str, predictor: Predictor, ds: Dataset):
     if predictor.schema is not ds.schema:  # the file came with our JSON: its levels code the data
         _adopt_model_schema(predictor, ds)
     info = {
@@ -122,9 +154,8 @@ def _load_exported(cfg: AuditConfig, path: Path, fmt: str, ds: Dataset) -> tuple
     return predictor, info
 
 
-def _load_lightning(cfg: AuditConfig, path: Path, ds: Dataset) -> tuple[Predictor, dict]:
+def load_lightning_file(cfg: AuditConfig, path: Path, ds: Dataset) -> tuple[Predictor, dict]:
     """A Lightning checkpoint of the user's module (see :func:`audit.model.formats.load_lightning`)."""
-    from audit.files import sha256_file
     from audit.model.formats import load_lightning
 
     if not cfg.model.module_class:
@@ -144,202 +175,6 @@ def _load_lightning(cfg: AuditConfig, path: Path, ds: Dataset) -> tuple[Predicto
         "gradient_handle": predictor.gradient_handle,
     }
     return predictor, info
-
-
-MAX_MLMODEL_BYTES = 1 << 20
-
-
-def _load_mlflow(cfg: AuditConfig, path: Path, ds: Dataset) -> tuple[Predictor, dict]:
-    """An MLflow pyfunc model folder (local path), only with ``model.trust: true``: loading one unpickles its Python
-    model (cloudpickle) and imports its code. Its ``predict(df)`` must return the positive label's probability (one
-    column, or one per class with ``model.output_index``, or a frame with the column ``model.output``)."""
-    import yaml
-
-    from audit.model.adapter import CallablePredictor
-
-    mlmodel = path / "MLmodel"
-    if not mlmodel.is_file():
-        raise ModelLoadError(f"model.path: '{path}' has no MLmodel file; point it at an MLflow model folder")
-    if mlmodel.stat().st_size > MAX_MLMODEL_BYTES:
-        raise ModelLoadError(f"model.path: '{mlmodel}' is larger than 1 MB; not an MLflow model description")
-    try:
-        desc = yaml.safe_load(mlmodel.read_text(encoding="utf-8"))
-        flavors = sorted(desc["flavors"])
-    except Exception as exc:  # noqa: BLE001 - a damaged or foreign MLmodel
-        raise ModelLoadError(
-            f"model.path: '{mlmodel}' is not an MLflow model description ({exc.__class__.__name__})"
-        ) from None
-    if "python_function" not in flavors:
-        raise ModelLoadError(f"model.path: '{path}' has flavors {flavors}, none of them python_function (pyfunc)")
-    if not cfg.model.trust:
-        raise ModelLoadError(
-            f"model.path: '{path}' is an MLflow model; loading one unpickles its Python model and runs its code, so "
-            "it is refused unless the config sets model.trust: true (only for models you produced or verified)"
-        )
-    try:
-        import mlflow
-        import mlflow.pyfunc
-    except ImportError:
-        raise ModelLoadError("model.format: mlflow needs MLflow: pip install '.[mlflow]' (make installs it)") from None
-    try:
-        model = mlflow.pyfunc.load_model(str(path))
-    except Exception as exc:  # noqa: BLE001 - the trusted model itself is broken: a model failure
-        raise ModelRuntimeError(f"MLflow model '{path}' failed to load: {exc.__class__.__name__}: {exc}") from exc
-    names = ds.schema.feature_names
-    index, column = cfg.model.output_index, cfg.model.output
-
-    def predict(df):
-        out = model.predict(df[names])
-        if hasattr(out, "columns"):  # a DataFrame: the named column, else the only / indexed one
-            out = out[column] if column else out.iloc[:, index if index is not None else out.shape[1] - 1]
-        out = np.asarray(out, dtype=np.float64)
-        if out.ndim == 2 and out.shape[1] > 1:
-            out = out[:, index if index is not None else 1 if out.shape[1] == 2 else -1]
-        return out.reshape(-1)
-
-    predictor = CallablePredictor(predict, ds.schema, batch_size=cfg.model.predict_batch_size)
-    predictor.format = "mlflow"
-    info = {
-        "source": "load",
-        "format": "mlflow",
-        "path": str(path),
-        "hash": _folder_sha256(path),
-        "hash_of": "every file in the folder (relative names and bytes, sorted)",
-        "runtime": f"mlflow {mlflow.__version__}",
-        "flavors": flavors,
-        "logged_with": desc.get("mlflow_version"),
-        "trusted": "the whole model (model.trust: true): its Python model was unpickled and its code imported",
-    }
-    return predictor, info
-
-
-def _folder_sha256(folder: Path) -> str:
-    """sha256 over a folder's files: each relative name, then its bytes' sha256, in sorted order."""
-    import hashlib
-
-    from audit.files import sha256_file
-
-    h = hashlib.sha256()
-    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
-        h.update(str(f.relative_to(folder)).encode())
-        h.update(bytes.fromhex(sha256_file(f)))
-    return h.hexdigest()
-
-
-def _load_trusted_pickle(cfg: AuditConfig, path: Path, ds: Dataset) -> tuple[Predictor, dict]:
-    """Load a pickled model with ``predict_proba(df)`` (e.g. a scikit-learn pipeline), only when trusted."""
-    from audit.files import sha256_file
-    from audit.model.adapter import CallablePredictor
-
-    if not cfg.model.trust:
-        raise ModelLoadError(
-            f"model.path: '{path}' is a pickle, and unpickling runs arbitrary code; it is refused unless the config "
-            "sets model.trust: true (only for files you produced or verified)"
-        )
-    import joblib
-
-    try:
-        obj = joblib.load(path)
-    except Exception as exc:  # noqa: BLE001 - the trusted file itself is broken: a model failure, not bad config
-        raise ModelRuntimeError(f"trusted model '{path}' failed to load: {exc.__class__.__name__}: {exc}") from exc
-    predictor = CallablePredictor(
-        _estimator_proba(obj, ds.schema, f"trusted model '{path}'"), ds.schema, batch_size=cfg.model.predict_batch_size
-    )
-    info = {
-        "source": "load",
-        "path": str(path),
-        "hash": sha256_file(path),
-        "trusted_pickle": True,
-        "kind": f"{type(obj).__module__}.{type(obj).__name__}",
-    }
-    return predictor, info
-
-
-def _load_skops(cfg: AuditConfig, path: Path, ds: Dataset) -> tuple[Predictor, dict]:
-    """A scikit-learn model saved with ``skops.io``: only types skops trusts by default or ``model.trusted_types``
-    lists are built; any other type refuses the file before anything in it is constructed."""
-    from audit.files import sha256_file
-    from audit.model.adapter import CallablePredictor
-
-    if not path.is_file():
-        raise ModelLoadError(f"model.path: '{path}' is not a file; point it at the .skops file")
-    try:
-        import skops
-        import skops.io as sio
-    except ImportError:
-        raise ModelLoadError(
-            "model.format: skops needs the skops package (pip install skops; make installs it)"
-        ) from None
-    try:
-        untrusted = list(sio.get_untrusted_types(file=path))  # reads the file's schema; constructs nothing
-    except Exception as exc:  # noqa: BLE001 - not a zip, no schema, a foreign file
-        raise ModelLoadError(
-            f"model.path: '{path}' is not a readable skops file ({exc.__class__.__name__}: {str(exc)[:150]})"
-        ) from None
-    refused = [t for t in untrusted if t not in cfg.model.trusted_types]
-    if refused:
-        raise ModelLoadError(
-            f"model.path: '{path}' holds types that skops does not trust by default: {refused[:20]}; nothing was "
-            "loaded. List the ones you trust in model.trusted_types"
-        )
-    try:
-        obj = sio.load(path, trusted=untrusted)
-    except Exception as exc:  # noqa: BLE001 - the trusted file itself is broken: a model failure
-        raise ModelRuntimeError(f"skops model '{path}' failed to load: {exc.__class__.__name__}: {exc}") from exc
-    predictor = CallablePredictor(
-        _estimator_proba(obj, ds.schema, f"skops model '{path}'"), ds.schema, batch_size=cfg.model.predict_batch_size
-    )
-    info = {
-        "source": "load",
-        "format": "skops",
-        "path": str(path),
-        "hash": sha256_file(path),
-        "runtime": f"skops {skops.__version__}",
-        "kind": f"{type(obj).__module__}.{type(obj).__name__}",
-        "trusted": untrusted or "only the types skops trusts by default",
-    }
-    return predictor, info
-
-
-def _estimator_proba(obj: Any, schema, what: str) -> Callable:
-    """``df -> positive-class probabilities`` of an estimator with ``predict_proba`` (and ``classes_``)."""
-    if not hasattr(obj, "predict_proba"):
-        raise ModelRuntimeError(f"{what} ({type(obj).__name__}) has no predict_proba method")
-    classes = [str(c) for c in getattr(obj, "classes_", [0, 1])]
-    pos = schema.positive_label
-    col = classes.index(pos) if pos in classes else classes.index("1") if set(classes) == {"0", "1"} else None
-    if col is None:
-        raise ModelRuntimeError(f"{what} predicts classes {classes}, none of them {pos!r}")
-    names = schema.feature_names
-
-    def predict(df):
-        return np.asarray(obj.predict_proba(df[names]))[:, col]
-
-    return predict
-
-
-def python_model(model: Any, ds: Dataset, batch_size: int) -> tuple[Predictor, dict]:
-    """A model handed over in Python (:func:`audit.api.run_audit`): an estimator with ``predict_proba`` or a plain
-    function ``predict_proba(df) -> probabilities of the positive label``."""
-    from audit.model.adapter import CallablePredictor
-
-    kind = f"{type(model).__module__}.{getattr(type(model), '__qualname__', type(model).__name__)}"
-    if hasattr(model, "predict_proba"):
-        fn = _estimator_proba(model, ds.schema, "the model passed to run_audit")
-    elif callable(model):
-        names = ds.schema.feature_names
-
-        def fn(df):
-            return model(df[names])
-
-        kind = getattr(model, "__qualname__", kind)
-    else:
-        raise ModelRuntimeError(
-            f"the model passed to run_audit ({type(model).__name__}) is neither callable nor has predict_proba; "
-            "pass predict_proba(df) -> probabilities of the positive label, or a fitted estimator"
-        )
-    predictor = CallablePredictor(fn, ds.schema, batch_size=batch_size)
-    return predictor, {"source": "python", "kind": kind, "hash": None, "path": None}
 
 
 def _meta_info(meta: dict) -> dict:
