@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 CONFIG ?= configs/adult.yaml
+# the tests run on every core, a test file per worker (its module fixtures built once)
+PYTEST_ARGS ?= -n auto --dist loadfile
 STAMP  := $(VENV)/.installed
 
 .PHONY: audit test bench bench-audit bench-scale bench-monitoring lint format validate clean-venv
@@ -22,6 +24,7 @@ validate: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check audit tests bench
 	$(PY) -m ruff format --check audit tests bench
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 BENCH_STAMP := $(VENV)/.installed-bench
@@ -48,6 +51,7 @@ bench-monitoring: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check audit tests bench
 	$(PY) -m ruff format --check audit tests bench
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP)
 	$(PY) -m ruff format audit tests bench

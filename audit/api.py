@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from audit.config import AuditConfig
-    from audit.pipeline import AuditRun
+    from audit.results import AuditRun
 
 
 def run_audit(
@@ -50,7 +50,7 @@ def run_audit(
 
     Returns
     -------
-    audit.pipeline.AuditRun
+    audit.results.AuditRun
         ``exit_code`` (0 gates passed, 1 a gating finding failed, 3 a module errored), ``findings``, ``modules``
         and ``run_dir`` (the written report's folder).
 

@@ -134,7 +134,7 @@ class BudgetPlan:
         self.n_audit = len(ctx.codes_audit)
         self.n_explained = None
         if ctx.config.local.enabled:
-            from audit.modules.local_explain import select_instances
+            from audit.modules._shared import select_instances
 
             self.n_explained = len(select_instances(ctx)[0])
         self.start_rows = rows_left

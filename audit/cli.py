@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "validate":
             if not args.no_data:
                 from audit.data import load_dataset
-                from audit.references import check_local_config
+                from audit.modules._shared import check_local_config
 
                 ds = load_dataset(cfg)
                 check_local_config(cfg, ds)

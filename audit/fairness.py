@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import chi2_contingency
 
+from audit.config import AuditConfig
 from audit.explain._common import as_generator
 from audit.metrics import roc_auc_fast, roc_auc_sorted
 
@@ -817,3 +818,31 @@ def association(
         n_permutations = drawn
         p = hits / drawn if hits >= STOP_HITS else (1 + hits) / (1 + drawn)
     return Association(min(v, 1.0), min(v_raw, 1.0), p, n_permutations)
+
+
+def groupings(frame: pd.DataFrame, cfg: AuditConfig, sensitive: list[str]) -> dict[str, np.ndarray]:
+    """Group labels per sensitive feature and per configured intersection.
+
+    Value labels (``dataset.value_labels``) name the groups; a column declared categorical (or labelled, or derived)
+    is grouped by its levels, never binned; numeric ones are binned by ``fairness.bins`` or quantiles (see
+    :func:`audit.fairness.group_labels`).
+    """
+    from audit.schema import category_strings
+
+    fc = cfg.fairness
+    ds = cfg.dataset
+    out = {}
+    for s in sensitive:
+        col = frame[s]
+        categorical = s in ds.features.categorical or s in ds.value_labels or s in fc.derived
+        if s in ds.value_labels:  # raw codes (a population) and labels (the loaded splits) give the same groups
+            col = pd.Series(category_strings(col, labels=dict(ds.value_labels[s])), index=col.index, dtype=object)
+        out[s] = group_labels(col, edges=fc.bins.get(s), quantiles=fc.quantiles, categorical=categorical)
+    for combo in fc.intersections:
+        levels, codes = encode_groups(out[combo[0]])
+        for c in combo[1:]:  # combine integer codes, build each distinct label once
+            lv_c, codes_c = encode_groups(out[c])
+            pairs, codes = np.unique(codes * len(lv_c) + codes_c, return_inverse=True)
+            levels = np.array([f"{levels[q // len(lv_c)]} & {lv_c[q % len(lv_c)]}" for q in pairs], dtype=object)
+        out[" x ".join(combo)] = levels[codes.reshape(-1)]
+    return out

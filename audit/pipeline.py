@@ -13,7 +13,7 @@ import datetime as dt
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,95 +30,14 @@ from audit.errors import (
     ModelRuntimeError,
 )
 from audit.model.load import prepare_model
-from audit.modules.base import AuditContext, AuditModule, ModuleResult
+from audit.modules.base import AuditContext, AuditModule
+from audit.modules.registry import default_modules
 from audit.progress import Progress
+from audit.report.reader import load_baseline
+from audit.results import AuditRun, ModuleRecord, scores_frame
 
 if TYPE_CHECKING:
     pass
-
-
-def default_modules() -> list[AuditModule]:
-    """The modules in the order they run."""
-    from audit.modules.comparison import ComparisonModule
-    from audit.modules.fairness import FairnessModule
-    from audit.modules.global_explain import AleModule, InteractionModule, PartialDependenceModule, PermutationModule
-    from audit.modules.local_explain import CounterfactualModule, LimeModule, ShapModule
-    from audit.modules.monitoring import DataQualityModule, DriftModule
-    from audit.modules.network import ActivationsModule, ArchitectureModule, GradientsModule, UncertaintyModule
-    from audit.modules.performance import PerformanceModule
-    from audit.modules.robustness import (
-        ContrastiveModule,
-        FaithfulnessModule,
-        StabilityModule,
-        WeakSegmentsModule,
-    )
-
-    return [
-        DataQualityModule(),
-        DriftModule(),
-        PerformanceModule(),
-        PermutationModule(),
-        FairnessModule(),  # before the local explanations: reason codes that cite a flagged proxy are marked
-        PartialDependenceModule(),
-        AleModule(),
-        InteractionModule(),
-        ShapModule(),
-        LimeModule(),
-        CounterfactualModule(),
-        ContrastiveModule(),
-        WeakSegmentsModule(),
-        StabilityModule(),
-        ArchitectureModule(),
-        GradientsModule(),
-        ActivationsModule(),
-        UncertaintyModule(),
-        FaithfulnessModule(),  # after SHAP, LIME and the gradients: it checks their attributions
-        ComparisonModule(),
-    ]
-
-
-@dataclass
-class ModuleRecord:
-    name: str
-    title: str
-    status: str  # "ok" | "error" | "skipped"
-    duration_s: float = 0.0
-    error: str | None = None
-    traceback: str | None = None
-    result: ModuleResult | None = None
-    rows_evaluated: int | None = None  # rows the model scored for this module
-
-
-@dataclass
-class AuditRun:
-    """Everything a run produced, before it is written out."""
-
-    config: AuditConfig
-    run_id: str
-    started: dt.datetime
-    finished: dt.datetime | None = None
-    dataset: Dataset | None = None
-    model_info: dict[str, Any] = field(default_factory=dict)
-    modules: list[ModuleRecord] = field(default_factory=list)
-    stages: dict[str, float] = field(default_factory=dict)
-    exit_code: int = EXIT_OK
-    run_dir: Path | None = None
-    compute: dict[str, Any] = field(default_factory=dict)  # backend, chunk size, population provenance
-    scores: Any = None  # DataFrame written as scores.parquet: every audit row's label, score, decision, groups
-    pruned: list[str] = field(default_factory=list)  # run folders removed by report.keep_last after this run
-
-    @property
-    def findings(self):
-        """Every module's findings, with the owner and remediation that ``report.findings`` gives their ids."""
-        from fnmatch import fnmatchcase
-
-        notes = self.config.report.findings
-        out = []
-        for m in self.modules:
-            for f in m.result.findings if m.result else []:
-                note = next((n for pattern, n in notes.items() if fnmatchcase(f.key, pattern)), None)
-                out.append(f.with_notes(note.owner, note.remediation) if note else f)
-        return out
 
 
 def expected_stages(cfg: AuditConfig, modules: list[AuditModule] | None = None) -> int:
@@ -198,7 +117,7 @@ def run_audit(
         check_output_root(out_root)  # a file in the way, no permission, latest as a real folder: exit 2, first
     base_report, base_path, base_note = load_baseline(baseline, out_root)
     plan = ThreadPlan.for_threads(cfg.compute.threads)
-    from audit.figure_renderer import background_rendering
+    from audit.render import background_rendering
 
     pdf = write and "pdf" in cfg.report.formats
     with thread_limits(plan.compute_threads), background_rendering(plan.renderer, pdf=pdf):
@@ -217,7 +136,7 @@ def _run(cfg, run, folder, progress, step, write, out_root, modules, base_report
         step("load data")
         with progress.stage("load data"):
             ds = load_dataset(cfg)
-            from audit.references import check_local_config
+            from audit.modules._shared import check_local_config
 
             check_local_config(cfg, ds)
             population = None
@@ -226,7 +145,7 @@ def _run(cfg, run, folder, progress, step, write, out_root, modules, base_report
 
                 population = open_population(cfg, ds.schema)  # checked before anything is written
             if "pdf" in cfg.report.formats:
-                from audit.report.writer import check_pdf_support
+                from audit.report.pdf import check_pdf_support
 
                 check_pdf_support()
         run.dataset = ds
@@ -351,35 +270,6 @@ def _record_requests(run: AuditRun, predictor) -> None:
         run.model_info["rows_sent_with_an_unknown_level_as_missing"] = unknown
 
 
-def scores_frame(ctx: AuditContext):
-    """Every audit row as the report's numbers saw it: position, id, data row, label, score, decision, whether the
-    decision is favourable, the sensitive group labels (``group:<name>``) and the raw values (``x:<name>``); written
-    as ``scores.parquet`` so that anyone can recompute the fairness tables, PD and SHAP from the saved model."""
-    import pandas as pd
-
-    from audit.modules.fairness import audit_groupings
-
-    ds = ctx.dataset
-    schema = ds.schema
-    thr = ctx.config.model.threshold
-    cols: dict[str, Any] = {"row": np.arange(len(ctx.y_audit), dtype=np.int64)}
-    if ds.ids_test is not None:
-        cols[f"id:{ctx.config.dataset.index_col}"] = ds.ids_test
-    if ds.test_rows is not None:
-        cols["data_row"] = ds.test_rows
-    cols["label"] = ctx.y_audit.astype(np.int8)
-    cols["score"] = ctx.proba_audit
-    cols["decision"] = (ctx.proba_audit >= thr).astype(np.int8)
-    cols["favourable"] = ~schema.declined(ctx.proba_audit, thr)
-    for name, labels in audit_groupings(ctx).items():
-        cols[f"group:{name}"] = np.asarray(labels, dtype=object).astype(str)
-    for c in ctx.X_audit.columns:
-        col = ctx.X_audit[c]
-        numeric = pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)
-        cols[f"x:{c}"] = col.to_numpy() if numeric else col.astype(str).where(col.notna(), None).to_numpy(dtype=object)
-    return pd.DataFrame(cols)
-
-
 def _score_population(cfg, ds, population, predictor, backend, progress, step):
     """Score every row of ``dataset.population`` (a model failure here is exit code 3, like on the test split)."""
     from audit.population import PopulationRun, score_population
@@ -403,49 +293,6 @@ def _score_population(cfg, ds, population, predictor, backend, progress, step):
             f"population column '{name}': {n} row(s) with a level never seen in training, scored as unknown"
         )
     return PopulationRun(population, scored)
-
-
-def load_baseline(baseline: str | Path | None, out_root: Path) -> tuple[dict | None, str | None, str | None]:
-    """The baseline report, its path and a note: an explicit run folder or report.json, else the config's ``latest``
-    run if any. A previous run whose report.json is unreadable or not an audit report is ignored with a note (it is
-    no reason to stop this run); an explicit ``--baseline`` that is unreadable is bad input."""
-    import json
-
-    from audit.errors import ConfigError
-
-    def read(path: Path) -> dict:
-        report = json.loads(path.read_text(encoding="utf-8"))
-        if not (
-            isinstance(report, dict)
-            and isinstance(report.get("audit"), dict)
-            and isinstance(report["audit"].get("run_id"), str)
-            and isinstance(report.get("provenance"), dict)
-            and isinstance(report["provenance"].get("config"), dict)
-            and isinstance(report.get("modules"), dict)
-            and isinstance(report.get("findings"), list)
-        ):
-            raise TypeError("not an audit report")
-        return report
-
-    if baseline is None:
-        path = out_root / "latest" / "report.json"
-        if not path.is_file():
-            return None, None, None
-        try:
-            return read(path), str(path.resolve()), None
-        except (OSError, ValueError, TypeError) as exc:
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)[:80]
-            return None, None, f"the previous run's '{path}' is unreadable ({why}); this run has no baseline"
-    path = Path(baseline)
-    if path.is_dir():
-        path = path / "report.json"
-    try:
-        return read(path), str(path.resolve()), None
-    except (OSError, ValueError, TypeError) as exc:
-        raise ConfigError(
-            f"--baseline: '{path}' is not a readable audit report.json ({exc.__class__.__name__}); "
-            "pass a run folder such as reports/adult/latest"
-        ) from None
 
 
 class ModelScoringError(Exception):
@@ -506,7 +353,8 @@ def _write(run: AuditRun, ds: Dataset, folder) -> None:
 
     A file system error (no space, permissions changed under us) removes the folder and is bad input (exit 2)."""
     from audit.output import OutputError
-    from audit.report.writer import build_report_json, render_html, start_pdf, write_json
+    from audit.report.pdf import start_pdf
+    from audit.report.writer import build_report_json, render_html, write_json
 
     t0 = time.perf_counter()
     formats = run.config.report.formats

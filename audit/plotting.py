@@ -6,7 +6,7 @@ than :data:`MIN_FONT_PT` to it, and records the figure's width and smallest font
 ``audit:min_font_pt``), which the PDF tests read back.
 
 Building and drawing are the slow part of a figure (about 6 s and 7 s for the Adult audit's figures). Inside
-:func:`audit.figure_renderer.background_rendering` a second process does both while the audit computes on:
+:func:`audit.render.background_rendering` a second process does both while the audit computes on:
 :func:`draw` hands it the function that builds a figure and its data, :func:`to_png` a figure built here; both
 return a pending figure at once. Matplotlib and seaborn are imported on first use (:func:`pyplot`), so a process whose
 figures the renderer builds never imports them.
@@ -18,8 +18,10 @@ import io
 import pickle
 from typing import TYPE_CHECKING
 
+from audit import render
+
 if TYPE_CHECKING:
-    from audit import figure_renderer
+    from audit.render import PendingPNG
 
 MAX_WIDTH_IN = 7.2  # A4 (210 mm) less 12 mm margins: the widest a figure prints at its own size
 MAX_HEIGHT_IN = 9.3
@@ -70,18 +72,16 @@ def _fonts_at_least(fig, minimum: float) -> float:
     return smallest if smallest != float("inf") else minimum
 
 
-def to_png(fig) -> bytes | figure_renderer.PendingPNG:
+def to_png(fig) -> bytes | PendingPNG:
     """Render a figure to a compact PNG (256-colour palette, optimised) and close it.
 
     Report figures are flat-colour plots, so a palette loses nothing visible and makes the HTML report about three
     times smaller than RGBA PNGs. Text below :data:`MIN_FONT_PT` is raised to it first. Inside
-    :func:`audit.figure_renderer.background_rendering` the renderer process draws it and a
-    :class:`audit.figure_renderer.PendingPNG` is returned.
+    :func:`audit.render.background_rendering` the renderer process draws it and a
+    :class:`audit.render.PendingPNG` is returned.
     """
     smallest = _prepare(fig)
-    from audit import figure_renderer
-
-    renderer = figure_renderer.active()
+    renderer = render.active()
     if renderer is not None:
         try:
             blob = pickle.dumps(fig, protocol=pickle.HIGHEST_PROTOCOL)
@@ -90,7 +90,7 @@ def to_png(fig) -> bytes | figure_renderer.PendingPNG:
         if blob is not None:
             pyplot().close(fig)
             try:
-                return figure_renderer.PendingPNG(renderer.submit(blob, smallest), blob, smallest)
+                return render.PendingPNG(renderer.submit(blob, smallest), lambda: _render_pickled(blob, smallest))
             except Exception:  # noqa: BLE001 - the renderer is gone: draw it here
                 return _render(pickle.loads(blob), smallest)
     return _render(fig, smallest)
@@ -103,19 +103,17 @@ def _prepare(fig) -> float:
     return _fonts_at_least(fig, MIN_FONT_PT)
 
 
-def draw(fn, /, *args, **kwargs) -> bytes | figure_renderer.PendingPNG:
+def draw(fn, /, *args, **kwargs) -> bytes | PendingPNG:
     """The PNG of the figure ``fn(*args, **kwargs)`` builds, as :func:`to_png` would give it.
 
     Building a figure (axes, lines, markers, seaborn's statistics) takes as long as drawing it: about 6 s of the
     Adult audit's 23 figures when built in the audit's process. Inside
-    :func:`audit.figure_renderer.background_rendering`, ``fn`` and its arguments are handed to the renderer
+    :func:`audit.render.background_rendering`, ``fn`` and its arguments are handed to the renderer
     process, which builds the figure there, while the audit computes on; ``fn`` must be a module-level function
     (it is pickled by name) taking plain data. Outside, or if the call cannot be pickled or the renderer is gone,
     the figure is built and drawn here: the bytes are the same either way (tested).
     """
-    from audit import figure_renderer
-
-    renderer = figure_renderer.active()
+    renderer = render.active()
     if renderer is not None:
         try:
             blob = pickle.dumps((fn, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
@@ -123,7 +121,7 @@ def draw(fn, /, *args, **kwargs) -> bytes | figure_renderer.PendingPNG:
             blob = None
         if blob is not None:
             try:
-                return figure_renderer.PendingPNG(renderer.submit_call(blob), blob, None)
+                return render.PendingPNG(renderer.submit_call(blob), lambda: _render_call(blob))
             except Exception:  # noqa: BLE001 - the renderer is gone: built here
                 pass
     return to_png(fn(*args, **kwargs))

@@ -136,7 +136,7 @@ def column_references(cfg: AuditConfig) -> list[Reference]:
     return refs
 
 
-def _closest(name: str, options) -> str:
+def closest(name: str, options) -> str:
     m = difflib.get_close_matches(name, [str(o) for o in options], n=1, cutoff=0.6)
     return f" (did you mean '{m[0]}'?)" if m else ""
 
@@ -160,7 +160,7 @@ def check_columns(cfg: AuditConfig, columns: list[str], selected: list[str] | No
         if ref.name not in have:
             shown = columns if len(columns) <= 30 else columns[:30] + ["..."]
             raise DataError(
-                f"{ref.path}: column '{ref.name}' not found{_closest(ref.name, columns)}; columns are {shown}"
+                f"{ref.path}: column '{ref.name}' not found{closest(ref.name, columns)}; columns are {shown}"
             )
         if ref.name not in read:
             raise DataError(f"{ref.path}: column '{ref.name}' is not among dataset.columns; add it there")
@@ -181,73 +181,16 @@ def check_references(cfg: AuditConfig, schema, sensitive: list[str]) -> None:
         if kind in ("feature", "numeric", "categorical"):
             if name not in features:
                 raise DataError(
-                    f"{ref.path}: '{name}' is not a model feature{_closest(name, names)}; features are {names}"
+                    f"{ref.path}: '{name}' is not a model feature{closest(name, names)}; features are {names}"
                 )
             f = features[name]
             if kind != "feature" and f.kind != kind:
                 raise DataError(f"{ref.path}: '{name}' is {f.kind}; this key takes a {kind} feature")
         elif kind == "sensitive" and name not in sensitive:
             raise DataError(
-                f"{ref.path}: '{name}' is not a sensitive feature{_closest(name, sensitive)}; sensitive features are "
+                f"{ref.path}: '{name}' is not a sensitive feature{closest(name, sensitive)}; sensitive features are "
                 f"{sensitive} (list it in fairness.sensitive_features or fairness.derived)"
             )
         elif kind == "feature_or_sensitive" and name not in features and name not in sensitive:
             options = names + [s for s in sensitive if s not in features]
-            raise DataError(
-                f"{ref.path}: '{name}' is neither a feature nor a sensitive column{_closest(name, options)}"
-            )
-
-
-def constraints_from_config(cfg: AuditConfig, schema):
-    """The counterfactual constraints of ``local.counterfactuals``; sensitive columns that are not model inputs are
-    left out of ``immutable`` (they cannot change anyway)."""
-    from audit.explain.counterfactual import Constraints
-
-    cc = cfg.local.counterfactuals
-    names = set(schema.feature_names)
-    return Constraints(
-        immutable=tuple(f for f in cc.immutable if f in names or f not in schema.sensitive),
-        ranges=dict(cc.ranges),
-        monotone=dict(cc.monotone),
-        transitions={k: dict(v) for k, v in cc.transitions.items()},
-        integer=tuple(cc.integer) if cc.integer is not None else None,
-        tied=tuple(tuple(g) for g in cfg.dataset.tied),
-    )
-
-
-def check_local_config(cfg: AuditConfig, ds) -> None:
-    """Checks of ``local`` that need the data: instance ids in range, constraints naming real features and levels.
-
-    Raises
-    ------
-    DataError
-        Naming the key, the bad value and the fix.
-    """
-    refs = cfg.fairness.reference_groups
-    if refs:
-        from audit.modules.fairness import groupings
-
-        groups = groupings(ds.X_test, cfg, list(ds.schema.sensitive))
-        for name, label in refs.items():
-            if name not in groups:
-                raise DataError(
-                    f"fairness.reference_groups.{name}: not a sensitive feature or intersection{_closest(name, groups)};"
-                    f" groupings are {list(groups)}"
-                )
-            have = sorted(set(groups[name].tolist()))
-            if label not in have:
-                raise DataError(
-                    f"fairness.reference_groups.{name}: no group '{label}'{_closest(label, have)}; groups are {have[:20]}"
-                )
-    lc = cfg.local
-    if not lc.enabled:
-        return
-    n = len(ds.X_test)
-    bad = [i for i in lc.instances.ids if i >= n]
-    if bad:
-        raise DataError(f"local.instances.ids: {bad[:5]} out of range; the audit (test) rows are numbered 0 to {n - 1}")
-    if lc.counterfactuals.enabled:
-        try:
-            constraints_from_config(cfg, ds.schema).validate(ds.schema)
-        except ValueError as exc:
-            raise DataError(f"local.counterfactuals.{exc}") from None
+            raise DataError(f"{ref.path}: '{name}' is neither a feature nor a sensitive column{closest(name, options)}")

@@ -6,7 +6,7 @@ wall time includes the interpreter, every import, training, the report and the p
 the run itself (``report.json``'s ``provenance.stages_s``, plus the report writing, which the child times around the
 pipeline's writer). The import cost is measured apart: a second fresh process imports, in the same order, every
 module the audit process had imported by its end, and times that. Figures are drawn by a renderer process beside the
-audit (see ``audit/figure_renderer.py``); its imports run in parallel and are not in the import figure.
+audit (see ``audit/figure_worker.py``); its imports run in parallel and are not in the import figure.
 
 Medians of the 3 runs are compared with the targets of issue 17 (a quiet 2-core machine): wall <= 25 s, training
 <= 6 s at test ROC AUC >= 0.90, report writing (HTML + PDF) <= 5 s, imports <= 3 s.

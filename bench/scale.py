@@ -141,10 +141,9 @@ def child(config: str) -> dict:
     from audit.compute import make_backend
     from audit.config import load_config
     from audit.data import load_dataset
-    from audit.fairness import group_fairness_many
+    from audit.fairness import group_fairness_many, groupings
     from audit.metrics import classification_metrics
     from audit.model.artifact import load_model
-    from audit.modules.fairness import groupings
     from audit.population import (
         open_population,
         partial_dependence_population,

@@ -53,7 +53,32 @@ def base_config(data_path: str = "data.csv") -> dict:
         "fairness": {"sensitive_features": ["group"]},
         "local": copy.deepcopy(SMALL_LOCAL),
         "report": {"output_dir": "reports"},
+        # one thread and no figure worker process: tests run two at a time on two cores, and the worker's start-up
+        # (matplotlib, the sections' imports: about 7 s of CPU) would cost more than each small audit; the worker's
+        # own tests, and a test that compares 1 and 2 threads figure for figure, set threads themselves
+        "compute": {"threads": 1},
     }
+
+
+def light_config(data_path: str = "data.csv", *, keep: tuple[str, ...] = ()) -> dict:
+    """:func:`base_config` with only the cheap sections (data quality, drift, performance, permutation importance,
+    fairness, comparison) and those named in ``keep``: for tests of what happens around an audit (run folders,
+    baselines, interruptions), where the sections' own numbers are tested elsewhere."""
+    cfg = base_config(data_path)
+    for name in (
+        "partial_dependence",
+        "ale",
+        "interactions",
+        "weak_segments",
+        "stability",
+        "faithfulness",
+        "contrastive",
+    ):
+        if name not in keep:
+            cfg["modules"][name] = {**cfg["modules"].get(name, {}), "enabled": False}
+    cfg["local"]["enabled"] = "local" in keep
+    cfg["network"] = {"enabled": "network" in keep}
+    return cfg
 
 
 @pytest.fixture

@@ -107,6 +107,7 @@ def audit_config(name: str, positive, model: dict | None = None, *, value_labels
         "local": {"enabled": False},
         "network": {"enabled": False},
         "report": {"output_dir": "reports", "formats": ["json"], "compare": {"enabled": False}},
+        "compute": {"threads": 1},  # no figure worker process for a section's two figures
     }  # fmt: skip
     if value_labels:
         cfg["dataset"]["value_labels"] = {"race": {1: "A", 2: "B", 3: "C", 4: "D"}}

@@ -101,7 +101,7 @@ def test_lime_and_kmeans_background_handle_missing_numerics():
 # --------------------------------------------------------------------------------- 2. integer-coded categories
 def test_integer_coded_sensitive_features_are_grouped_by_level(tmp_path):
     """Before: EDUCATION 1-6 became '< 1', '1–2', '>= 2'; SEX 1/2 became '1–2', '>= 2'."""
-    from audit.modules.fairness import groupings
+    from audit.fairness import groupings
 
     cfg_dict, path = _messy(tmp_path)
     cfg = load_config(path)
@@ -193,8 +193,7 @@ def test_fairness_intervals_contain_their_estimates_on_shipped_data(name):
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-    from audit.fairness import group_fairness_many
-    from audit.modules.fairness import groupings
+    from audit.fairness import group_fairness_many, groupings
 
     cfg = load_config(ROOT / "configs" / f"{name}.yaml")
     ds = load_dataset(cfg)
@@ -334,7 +333,7 @@ def test_integer_keys_in_transitions_and_value_labels(tmp_path):
     assert parsed.dataset.value_labels["SEX"] == {"1": "male", "2": "female"}
     generate.write("clean", tmp_path)
     ds = load_dataset(parsed)
-    from audit.references import check_local_config
+    from audit.modules._shared import check_local_config
 
     check_local_config(parsed, ds)  # the integer keys name real levels
 

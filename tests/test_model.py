@@ -268,7 +268,7 @@ def test_fast_batches_are_the_dataloaders_batches_and_random_draws(n, batch_size
 
     from torch.utils.data import DataLoader, TensorDataset
 
-    from audit.model.training import Batches
+    from audit.model.batches import Batches
 
     g = torch.Generator().manual_seed(0)
     tensors = (torch.randn(n, 3, generator=g), torch.randint(0, 5, (n, 2), generator=g), torch.rand(n, generator=g))

@@ -541,13 +541,13 @@ def test_lrp_matches_captum_and_conserves_the_logit(tiny_model):
     from captum.attr import LRP
     from torch import nn
 
+    from audit.explain._network import double_net, embedded
     from audit.explain.lrp import lrp, lrp_embedded
-    from audit.explain.neural import _double_net, _embedded
 
     cfg, ds, pred, res = tiny_model
     X = ds.schema.to_codes(ds.X_test)[:40]
-    net = _double_net(pred)
-    z = _embedded(net, pred, X)
+    net = double_net(pred)
+    z = embedded(net, pred, X)
     ours, _ = lrp_embedded(net, z, epsilon=1e-9)
     seq = nn.Sequential(*net.body, net.head).double().eval()
     theirs = LRP(seq).attribute(z.clone().requires_grad_(True), target=0).detach().numpy()  # captum: epsilon 1e-9
@@ -591,7 +591,8 @@ def test_lrp_and_ig_closed_forms_on_a_linear_net(tiny_model):
     r = lrp(lin, X, epsilon=1e-12)
     np.testing.assert_allclose(r.embedded, z * w, atol=1e-9)
     # IG of sigmoid(w . z) along the straight path from z0: w_i (z_i - z0_i) (s(w.z) - s(w.z0)) / (w . (z - z0))
-    from audit.explain.neural import _columns_per_feature, integrated_gradients, reference_row
+    from audit.explain._network import columns_per_feature
+    from audit.explain.neural import integrated_gradients, reference_row
 
     base = reference_row(ds.schema.to_codes(ds.X_train), ds.schema.categorical_mask)
     b_num, b_cat = lin.tensors(base[None, :])
@@ -601,7 +602,7 @@ def test_lrp_and_ig_closed_forms_on_a_linear_net(tiny_model):
     sig = 1 / (1 + np.exp(-t)), 1 / (1 + np.exp(-t0))
     with np.errstate(invalid="ignore", divide="ignore"):
         closed = w * (z - z0) * ((sig[0] - sig[1]) / (t - t0))[:, None]
-    closed = np.column_stack([closed[:, c].sum(axis=1) for c in _columns_per_feature(lin)])
+    closed = np.column_stack([closed[:, c].sum(axis=1) for c in columns_per_feature(lin)])
     ok = np.abs(t - t0) > 1e-6
     ig = integrated_gradients(lin, X, base, steps=64).attributions
     np.testing.assert_allclose(ig[ok], closed[ok], atol=1e-6)
@@ -611,26 +612,27 @@ def test_integrated_gradients_match_captum(tiny_model):
     import torch
     from captum.attr import IntegratedGradients
 
-    from audit.explain.neural import _double_net, _embedded, integrated_gradients, reference_row
+    from audit.explain._network import double_net, embedded
+    from audit.explain.neural import integrated_gradients, reference_row
 
     cfg, ds, pred, res = tiny_model
     X = ds.schema.to_codes(ds.X_test)[:20]
     base = reference_row(ds.schema.to_codes(ds.X_train), ds.schema.categorical_mask)
     ours = integrated_gradients(pred, X, base, steps=32)
-    net = _double_net(pred)
-    z, z0 = _embedded(net, pred, X), _embedded(net, pred, base[None, :])
+    net = double_net(pred)
+    z, z0 = embedded(net, pred, X), embedded(net, pred, base[None, :])
 
     def f(e):
         return torch.sigmoid(net.forward_embedded(e))
 
-    from audit.explain.neural import _columns_per_feature
+    from audit.explain._network import columns_per_feature
 
     diffs = []
     for steps in (500, 4000):  # captum's Riemann sums converge to ours (exact on each linear piece)
         theirs = IntegratedGradients(f).attribute(
             z, baselines=z0.expand_as(z), n_steps=steps, method="riemann_trapezoid"
         )
-        per = np.column_stack([theirs.detach().numpy()[:, c].sum(axis=1) for c in _columns_per_feature(pred)])
+        per = np.column_stack([theirs.detach().numpy()[:, c].sum(axis=1) for c in columns_per_feature(pred)])
         diffs.append(np.abs(ours.attributions - per).max())
     assert diffs[1] < diffs[0] / 4 and diffs[1] <= 5e-5, diffs  # first order: 2.1e-4 at 500 steps, 2.7e-5 at 4000
     assert ours.completeness_error.max() <= 1e-6

@@ -13,7 +13,7 @@ import pytest
 
 from audit.config import load_config
 from audit.pipeline import run_audit
-from tests.conftest import ROOT, base_config, synthetic_frame, write_config
+from tests.conftest import ROOT, base_config, light_config, synthetic_frame, write_config
 
 # run identity and timing; a comparison section names its baseline run, which is another run each time
 VOLATILE = {
@@ -50,14 +50,14 @@ def test_same_config_gives_identical_report_json(workdir):
 
 
 def test_changing_the_seed_changes_the_numbers(workdir):
-    a = run_audit(load_config(write_config(workdir, base_config())), quiet=True)
-    b = run_audit(load_config(write_config(workdir, base_config() | {"seed": 1})), quiet=True)
+    a = run_audit(load_config(write_config(workdir, light_config())), quiet=True)
+    b = run_audit(load_config(write_config(workdir, light_config() | {"seed": 1})), quiet=True)
     ra, rb = (json.loads((r.run_dir / "report.json").read_text()) for r in (a, b))
     assert ra["modules"]["permutation_importance"]["data"] != rb["modules"]["permutation_importance"]["data"]
 
 
 def test_interrupt_leaves_latest_on_previous_run(workdir):
-    cfg = load_config(write_config(workdir, base_config()))
+    cfg = load_config(write_config(workdir, light_config(keep=("ale",))))
     first = run_audit(cfg, quiet=True)
     latest = workdir / "reports" / "small" / "latest"
     assert latest.resolve() == first.run_dir.resolve()
@@ -74,7 +74,7 @@ def test_interrupt_leaves_latest_on_previous_run(workdir):
 
 
 def test_killed_process_leaves_no_report_and_latest_unmoved(workdir):
-    cfg_path = write_config(workdir, base_config() | {"model": {"hidden": [16], "max_epochs": 200, "patience": 200}})
+    cfg_path = write_config(workdir, light_config() | {"model": {"hidden": [16], "max_epochs": 200, "patience": 200}})
     first = run_audit(load_config(cfg_path), quiet=True)
     out = workdir / "reports" / "small"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -89,7 +89,7 @@ def test_killed_process_leaves_no_report_and_latest_unmoved(workdir):
     complete = [p for p in out.iterdir() if not p.name.startswith(".") and p.name not in ("latest", "index.html")]
     assert complete == [first.run_dir]
     # the next run clears the killed run's temporary folder
-    run_audit(load_config(write_config(workdir, base_config())), quiet=True)
+    run_audit(load_config(write_config(workdir, light_config())), quiet=True)
     assert not list(out.glob(".tmp-*"))
 
 
@@ -125,10 +125,10 @@ def test_results_do_not_depend_on_thread_count(tiny_model):
 def test_second_run_compares_with_the_first(workdir, capsys):
     from audit.cli import main
 
-    first = run_audit(load_config(write_config(workdir, base_config())), quiet=True)
+    first = run_audit(load_config(write_config(workdir, light_config())), quiet=True)
     solo = json.loads((first.run_dir / "report.json").read_text())["modules"]["comparison"]
     assert solo["summary"]["baseline"].startswith("none")
-    cfg = base_config() | {"seed": 7}
+    cfg = light_config() | {"seed": 7}
     cfg["fairness"] = {"sensitive_features": ["group"], "thresholds": {"demographic_parity_difference": 0.2}}
     second = run_audit(load_config(write_config(workdir, cfg)), quiet=True)
     comp = json.loads((second.run_dir / "report.json").read_text())["modules"]["comparison"]
@@ -163,7 +163,7 @@ def test_two_runs_with_the_same_timestamp_both_complete(workdir, monkeypatch):
             return next(suffixes, "f00d")
 
     monkeypatch.setattr(output, "new_suffix", suffix)
-    cfg = load_config(write_config(workdir, base_config()))
+    cfg = load_config(write_config(workdir, light_config()))
     runs, errors = [], []
 
     def go():
@@ -208,14 +208,14 @@ def test_a_stale_folder_whose_pid_was_recycled_is_removed(workdir):
             {"pid": os.getpid(), "started": _process_start(os.getpid()), "host": __import__("socket").gethostname()}
         )
     )
-    run_audit(load_config(write_config(workdir, base_config())), quiet=True)
+    run_audit(load_config(write_config(workdir, light_config())), quiet=True)
     assert not stale.exists()
     assert mine.exists()  # a live run's folder is never touched
 
 
 @pytest.mark.parametrize("content", ["{not json", "[1, 2, 3]", '{"audit": "x"}', ""])
 def test_a_broken_previous_report_does_not_break_later_runs(workdir, content):
-    cfg = load_config(write_config(workdir, base_config()))
+    cfg = load_config(write_config(workdir, light_config()))
     first = run_audit(cfg, quiet=True)
     (first.run_dir / "report.json").write_text(content)
     second = run_audit(cfg, quiet=True)

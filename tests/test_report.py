@@ -225,7 +225,8 @@ def test_pdf_is_the_screen_page_as_printed(adult_run, tmp_path):
     it reads exactly as the screen page does when printed."""
     import pdfplumber
 
-    from audit.report.writer import render_html, write_pdf_here
+    from audit.report.pdf import write_pdf_here
+    from audit.report.writer import render_html
 
     report = json.loads((adult_run.run_dir / "report.json").read_text())
     page = render_html(report, adult_run, medium="print")

@@ -65,7 +65,7 @@ def _cfg(d: Path, **extra) -> dict:
             "intersections": [["sex", "ethnicity"]],
             "n_bootstrap": 60,
         },
-        "compute": {"chunk_rows": 8192},
+        "compute": {"chunk_rows": 8192, "threads": 1},  # the local backend has one thread either way on 2 cores
         "report": {"output_dir": "reports", "formats": ["json"]},
     }
     for key, value in extra.items():

@@ -11,7 +11,7 @@ import pickle
 import numpy as np
 import pytest
 
-from audit import figure_renderer
+from audit import render as figure_renderer
 from audit.plotting import subplots, to_png
 
 
@@ -108,7 +108,7 @@ def test_renderer_writes_the_pdf_this_process_writes(tmp_path):
     """The PDF written by the renderer process is byte for byte the one written here; a dead renderer's PDF is
     written here."""
     from audit.report.html import print_warmup_page
-    from audit.report.writer import write_pdf, write_pdf_here
+    from audit.report.pdf import write_pdf, write_pdf_here
 
     html = print_warmup_page()
     assert write_pdf_here(html, tmp_path / "here.pdf") == 1

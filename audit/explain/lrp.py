@@ -88,16 +88,16 @@ def lrp(pred, X: np.ndarray, *, rule: str = "epsilon", epsilon: float = 1e-6, al
     alpha, beta : float
         The alpha-beta rule's weights (``alpha - beta = 1``).
     """
-    from audit.explain.neural import _columns_per_feature, _double_net, _embedded
+    from audit.explain._network import columns_per_feature, double_net, embedded
 
     if rule not in ("epsilon", "alpha-beta"):
         raise ValueError(f"rule must be 'epsilon' or 'alpha-beta', not {rule!r}")
     if rule == "alpha-beta" and abs(alpha - beta - 1.0) > 1e-12:
         raise ValueError(f"alpha - beta must be 1 (got alpha={alpha}, beta={beta})")
-    net = _double_net(pred)
-    z = _embedded(net, pred, np.atleast_2d(np.asarray(X, dtype=np.float64)))
+    net = double_net(pred)
+    z = embedded(net, pred, np.atleast_2d(np.asarray(X, dtype=np.float64)))
     R, logits = lrp_embedded(net, z, rule=rule, epsilon=epsilon, alpha=alpha, beta=beta)
-    cols = _columns_per_feature(pred)
+    cols = columns_per_feature(pred)
     per_feature = np.column_stack([R[:, c].sum(axis=1) for c in cols])
     err = np.abs(R.sum(axis=1) - logits) / np.maximum(np.abs(logits), 1e-6)
     return Relevances(per_feature, R, logits, err, rule)

@@ -16,31 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from audit.explain._network import columns_per_feature, double_net, embedded
 from audit.model.adapter import NetPredictor
-
-
-def _columns_per_feature(pred: NetPredictor) -> list[np.ndarray]:
-    """For each raw feature (schema order), the columns it occupies in the embedded input."""
-    pre = pred.preprocessing
-    dims = [emb.embedding_dim for emb in pred.net.embeddings]
-    out: dict[int, np.ndarray] = {}
-    for k, j in enumerate(pre.numeric_idx):
-        out[j] = np.array([k])
-    start = len(pre.numeric_idx)
-    for k, j in enumerate(pre.categorical_idx):
-        out[j] = np.arange(start, start + dims[k])
-        start += dims[k]
-    return [out[j] for j in range(len(pred.schema.features))]
-
-
-def _double_net(pred: NetPredictor) -> nn.Module:
-    return copy.deepcopy(pred.net).double().eval()
-
-
-def _embedded(net: nn.Module, pred: NetPredictor, X: np.ndarray) -> torch.Tensor:
-    x_num, x_cat = pred.tensors(X)
-    with torch.no_grad():
-        return net.embed(x_num.double(), x_cat)
 
 
 def reference_row(training: np.ndarray, categorical_mask: np.ndarray) -> np.ndarray:
@@ -192,10 +169,10 @@ def integrated_gradients(
     GradientAttributions
     """
     X = np.atleast_2d(np.asarray(X, dtype=np.float64))
-    net = _double_net(pred)
-    cols = _columns_per_feature(pred)
-    e = _embedded(net, pred, X)
-    e0 = _embedded(net, pred, np.asarray(baseline, dtype=np.float64)[None, :]).expand_as(e).contiguous()
+    net = double_net(pred)
+    cols = columns_per_feature(pred)
+    e = embedded(net, pred, X)
+    e0 = embedded(net, pred, np.asarray(baseline, dtype=np.float64)[None, :]).expand_as(e).contiguous()
     with torch.no_grad():
         f_x = torch.sigmoid(net.forward_embedded(e)).numpy()
         f_b = float(torch.sigmoid(net.forward_embedded(e0[:1]))[0])

@@ -16,8 +16,8 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from audit.config import ModelConfig
+from audit.model.batches import VAL_BATCH, Batches, Prepared, TrainResult
 from audit.model.network import TabularNet, build_net
-from audit.model.training import VAL_BATCH, Batches, Prepared, TrainResult
 
 for _name in ("pytorch_lightning", "pytorch_lightning.utilities.rank_zero", "lightning.pytorch", "lightning_fabric"):
     logging.getLogger(_name).setLevel(logging.WARNING)

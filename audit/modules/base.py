@@ -14,7 +14,7 @@ from audit.findings import Finding
 
 if TYPE_CHECKING:  # torch is imported when a model is, not when the pipeline is
     from audit.model.adapter import Predictor
-    from audit.plotting import PendingPNG
+    from audit.render import PendingPNG
 
 
 @dataclass

@@ -101,7 +101,7 @@ def paired_changes(ctx: AuditContext, base: dict[str, Any]) -> dict[str, Any] | 
 
     from audit.fairness import _measures, _rates, bootstrap_sums, encode_groups
     from audit.metrics import weighted_metrics
-    from audit.modules.fairness import audit_groupings
+    from audit.modules._shared import audit_groupings
 
     if ctx.population is not None or not ctx.baseline_path:
         return None

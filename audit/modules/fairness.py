@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 
 from audit.config import AuditConfig
-from audit.fairness import MEASURES, RULES, encode_groups, group_fairness_many, group_labels, verdict
+from audit.fairness import MEASURES, RULES, group_fairness_many, group_labels, groupings, verdict
 from audit.findings import Finding
+from audit.modules._shared import audit_groupings, labelled_population, no_labels_finding
 from audit.modules.base import AuditContext, Figure, ModuleResult, Table
 from audit.plotting import draw, subplots
 
@@ -23,66 +24,12 @@ _SEVERITY = {
 }
 
 
-def groupings(frame: pd.DataFrame, cfg: AuditConfig, sensitive: list[str]) -> dict[str, np.ndarray]:
-    """Group labels per sensitive feature and per configured intersection.
-
-    Value labels (``dataset.value_labels``) name the groups; a column declared categorical (or labelled, or derived)
-    is grouped by its levels, never binned; numeric ones are binned by ``fairness.bins`` or quantiles (see
-    :func:`audit.fairness.group_labels`).
-    """
-    from audit.schema import category_strings
-
-    fc = cfg.fairness
-    ds = cfg.dataset
-    out = {}
-    for s in sensitive:
-        col = frame[s]
-        categorical = s in ds.features.categorical or s in ds.value_labels or s in fc.derived
-        if s in ds.value_labels:  # raw codes (a population) and labels (the loaded splits) give the same groups
-            col = pd.Series(category_strings(col, labels=dict(ds.value_labels[s])), index=col.index, dtype=object)
-        out[s] = group_labels(col, edges=fc.bins.get(s), quantiles=fc.quantiles, categorical=categorical)
-    for combo in fc.intersections:
-        levels, codes = encode_groups(out[combo[0]])
-        for c in combo[1:]:  # combine integer codes, build each distinct label once
-            lv_c, codes_c = encode_groups(out[c])
-            pairs, codes = np.unique(codes * len(lv_c) + codes_c, return_inverse=True)
-            levels = np.array([f"{levels[q // len(lv_c)]} & {lv_c[q % len(lv_c)]}" for q in pairs], dtype=object)
-        out[" x ".join(combo)] = levels[codes.reshape(-1)]
-    return out
-
-
-def audit_groupings(ctx: AuditContext) -> dict[str, np.ndarray]:
-    """:func:`groupings` of all audit rows for the schema's sensitive features, computed once per run.
-
-    Modules that look at a subset of rows index these labels, so a numeric sensitive feature binned by quantiles
-    gets the same bins in every section of the report.
-    """
-    if "groupings" not in ctx.cache:
-        ctx.cache["groupings"] = groupings(ctx.X_audit, ctx.config, list(ctx.dataset.schema.sensitive))
-    return ctx.cache["groupings"]
-
-
 def _audit_rows(ctx: AuditContext) -> tuple[np.ndarray, np.ndarray, str]:
     """Labels and scores the fairness numbers are computed on: the population if there is one, else the test split."""
     if labelled_population(ctx):
         sp = ctx.population.scored
         return sp.y, sp.proba, f"population ({sp.rows} rows)"
     return ctx.y_audit, ctx.proba_audit, f"test rows ({len(ctx.y_audit)})"
-
-
-def no_labels_finding(module: str, what: str, instead: str) -> Finding:
-    """The finding a label-needing section gives for a population without labels."""
-    return Finding(
-        module, f"{what[0].upper()}{what[1:]}: not assessable: no labels (shown on {instead})", "not_assessable",
-        "info", {}, plain=f"The population has no labels, so {what} cannot be measured; the figures are those of "
-        f"{instead}, the last labelled data.",
-    )  # fmt: skip
-
-
-def labelled_population(ctx: AuditContext) -> bool:
-    """Whether label-needing sections use the population (it exists and has labels); else they use the test split
-    and say the population has no labels."""
-    return ctx.population is not None and ctx.population.scored.y is not None
 
 
 def _num(v) -> float | None:

@@ -18,6 +18,7 @@ from audit.explain.interaction import h_statistic
 from audit.explain.partial_dependence import partial_dependence, partial_dependence_2d, quantile_grid
 from audit.explain.permutation import permutation_importance
 from audit.findings import Finding
+from audit.modules._shared import most_important
 from audit.modules.base import AuditContext, Figure, ModuleResult, Table
 from audit.plotting import draw, subplots
 from audit.schema import Schema
@@ -40,23 +41,6 @@ def _check_features(names: list[str] | None, schema: Schema, key: str) -> list[s
     if unknown:
         raise ValueError(f"{key}: unknown feature(s) {unknown}; features are {schema.feature_names}")
     return list(names)
-
-
-def most_important(ctx: AuditContext, k: int, *, among: list[str] | None = None) -> tuple[list[str], str]:
-    """The ``k`` most important features (permutation importance when it ran, else feature order), in feature order,
-    and how they were chosen. Modules whose cost grows with the feature count use it on wide data."""
-    names = among if among is not None else ctx.dataset.schema.feature_names
-    if len(names) <= k:
-        return list(names), ""
-    pi = ctx.results.get("permutation_importance")
-    if pi is not None:
-        rank = pi.data["rank_by_feature"]
-        top = set(sorted(names, key=lambda n: rank.get(n, len(rank) + 1))[:k])
-        how = f"the {k} most important (permutation importance) of {len(names)} features"
-    else:
-        top = set(names[:k])
-        how = f"the first {k} of {len(names)} features (permutation importance did not run)"
-    return [n for n in names if n in top], how
 
 
 def _capped(ctx: AuditContext, module: str, names: list[str] | None, cap: int, key: str):
@@ -178,7 +162,7 @@ class PermutationModule:
         table = res.to_frame()
         findings = []
         if ctx.population is not None and ctx.population.scored.y is None:
-            from audit.modules.fairness import no_labels_finding
+            from audit.modules._shared import no_labels_finding
 
             findings.append(no_labels_finding(self.name, "permutation importance on the population", "the test split"))
         watch = {s: "sensitive" for s in schema.sensitive} | {p: "proxy" for p in cfg.proxies}

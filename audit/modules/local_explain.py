@@ -14,9 +14,9 @@ from audit.explain.counterfactual import constraint_violations, counterfactual_m
 from audit.explain.local_surrogate import lime_explanations, lime_explanations_lime, top_k_jaccard
 from audit.explain.shapley import reason_codes, shapley_values, shapley_values_shap, summarize_background
 from audit.findings import Finding
+from audit.modules._shared import check_local_config, constraints_from_config, select_instances  # noqa: F401 - re-exported
 from audit.modules.base import AuditContext, Figure, ModuleResult, Table
 from audit.plotting import draw, subplots
-from audit.references import check_local_config, constraints_from_config  # noqa: F401 - re-exported
 from audit.schema import Schema
 
 
@@ -75,49 +75,6 @@ def _shap_budget(
             f"was reduced to {b} rows" + (f" and the orders to {p} antithetic pairs" if p != permutations else "")
         ),
     )
-
-
-def select_instances(ctx: AuditContext) -> tuple[np.ndarray, dict[int, list[str]]]:
-    """Audit-row indices to explain and why each was chosen (cached per run).
-
-    Order: explicit ids, declined (seeded sample of rows predicted negative), borderline (closest to the threshold),
-    per sensitive group (seeded sample per group), random; duplicates are merged, the list is capped at
-    ``max_instances``.
-    """
-    if "instances" in ctx.cache:
-        return ctx.cache["instances"]
-    from audit.modules.fairness import audit_groupings
-
-    sel = ctx.config.local.instances
-    thr = ctx.config.model.threshold
-    p = ctx.proba_audit
-    n = len(p)
-    rng = np.random.default_rng(ctx.seed_for("local.instances"))
-    reasons: dict[int, list[str]] = {}
-
-    def add(idx, why):
-        for i in np.asarray(idx, dtype=np.int64).tolist():
-            reasons.setdefault(i, []).append(why)
-
-    add(sel.ids, "requested")
-    declined = np.flatnonzero(ctx.dataset.schema.declined(p, thr))
-    if sel.declined and len(declined):
-        add(np.sort(rng.choice(declined, size=min(sel.declined, len(declined)), replace=False)), "declined")
-    if sel.borderline:
-        add(np.argsort(np.abs(p - thr), kind="stable")[: sel.borderline], "borderline")
-    if sel.per_group and ctx.dataset.schema.sensitive:
-        groups = audit_groupings(ctx)
-        for name in ctx.dataset.schema.sensitive:
-            labels = groups[name]
-            for g in sorted(set(labels.tolist())):
-                rows = np.flatnonzero(labels == g)
-                add(np.sort(rng.choice(rows, size=min(sel.per_group, len(rows)), replace=False)), f"{name}={g}")
-    if sel.random:
-        add(np.sort(rng.choice(n, size=min(sel.random, n), replace=False)), "random")
-    idx = np.array(list(reasons)[: sel.max_instances], dtype=np.int64)
-    out = (idx, {int(i): reasons[int(i)] for i in idx})
-    ctx.cache["instances"] = out
-    return out
 
 
 def _raw_records(schema: Schema, codes: np.ndarray) -> list[dict]:
@@ -368,7 +325,7 @@ class LimeModule:
         X = ctx.codes_audit[idx]
         seed = ctx.seed_for(self.name)
         levels = [list(f.levels) if f.is_categorical else None for f in schema.features]
-        from audit.modules.global_explain import most_important
+        from audit.modules._shared import most_important
 
         chosen, how = most_important(ctx, lc.max_features)
         extra = {"perturbed": [names.index(f) for f in chosen]} if how and lc.engine == "audit" else {}
@@ -529,8 +486,7 @@ class CounterfactualModule:
     def run(self, ctx: AuditContext) -> ModuleResult:
         from dataclasses import replace
 
-        from audit.modules.fairness import audit_groupings
-        from audit.modules.global_explain import most_important
+        from audit.modules._shared import audit_groupings, most_important
 
         cc = ctx.config.local.counterfactuals
         schema = ctx.dataset.schema

@@ -12,8 +12,8 @@ from scipy import stats
 
 from audit.config import AuditConfig
 from audit.findings import Finding
+from audit.modules._shared import select_instances
 from audit.modules.base import AuditContext, Figure, ModuleResult, Table
-from audit.modules.local_explain import select_instances
 from audit.plotting import draw, subplots
 
 
@@ -302,7 +302,7 @@ class ActivationsModule:
         from sklearn.linear_model import LogisticRegression
         from sklearn.model_selection import cross_val_score
 
-        from audit.modules.fairness import audit_groupings
+        from audit.modules._shared import audit_groupings
 
         schema = ctx.dataset.schema
         proj = PCA(n_components=2, random_state=0).fit_transform(H) if H.shape[1] >= 2 else np.c_[H, H]
@@ -345,7 +345,7 @@ class UncertaintyModule:
         na = _not_applicable(self.name, ctx)
         if na:
             return na
-        from audit.modules.fairness import audit_groupings
+        from audit.modules._shared import audit_groupings
 
         uc = ctx.config.network.uncertainty
         thr = ctx.config.model.threshold

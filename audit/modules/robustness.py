@@ -26,7 +26,7 @@ def row_errors(y: np.ndarray, p: np.ndarray, metric: str, threshold: float) -> n
 def share_by_group(ctx: AuditContext, idx: np.ndarray, values: np.ndarray, column: str, everyone: str) -> pd.DataFrame:
     """The mean of per-row ``values`` (audit rows ``idx``) over all of them, then per group of every sensitive
     grouping: columns group, grouping ("" for all rows), rows, ``column``."""
-    from audit.modules.fairness import audit_groupings
+    from audit.modules._shared import audit_groupings
 
     values = np.asarray(values, dtype=np.float64)
     rows = [{"group": everyone, "grouping": "", "rows": len(idx), column: float(values.mean())}]
@@ -500,8 +500,7 @@ class ContrastiveModule:
     def run(self, ctx: AuditContext) -> ModuleResult:
         from audit.explain.contrastive import contrastive
         from audit.explain.neural import reference_row
-        from audit.modules.local_explain import select_instances
-        from audit.references import constraints_from_config
+        from audit.modules._shared import constraints_from_config, select_instances
         from audit.schema import UNKNOWN_LEVEL
 
         cfg = ctx.config.modules.contrastive

@@ -256,7 +256,7 @@ def render_html(report: dict[str, Any], run, *, medium: str = "screen") -> str:
     for_print = medium == "print"
     from jinja2 import Environment, PackageLoader, select_autoescape
 
-    from audit.report.writer import model_card_fields
+    from audit.report.card import model_card_fields
 
     env = Environment(loader=PackageLoader("audit", "report/templates"), autoescape=select_autoescape(["html", "j2"]))
     gloss = Glossary()

@@ -146,3 +146,44 @@ def read_report(path: str | Path, *, validate: bool = True) -> AuditReport:
     if validate:
         validate_report(raw)
     return AuditReport(raw, p)
+
+
+def load_baseline(baseline: str | Path | None, out_root: Path) -> tuple[dict | None, str | None, str | None]:
+    """The baseline report, its path and a note: an explicit run folder or report.json, else the config's ``latest``
+    run if any. A previous run whose report.json is unreadable or not an audit report is ignored with a note (it is
+    no reason to stop this run); an explicit ``--baseline`` that is unreadable is bad input."""
+    from audit.errors import ConfigError
+
+    def read(path: Path) -> dict:
+        report = json.loads(path.read_text(encoding="utf-8"))
+        if not (
+            isinstance(report, dict)
+            and isinstance(report.get("audit"), dict)
+            and isinstance(report["audit"].get("run_id"), str)
+            and isinstance(report.get("provenance"), dict)
+            and isinstance(report["provenance"].get("config"), dict)
+            and isinstance(report.get("modules"), dict)
+            and isinstance(report.get("findings"), list)
+        ):
+            raise TypeError("not an audit report")
+        return report
+
+    if baseline is None:
+        path = out_root / "latest" / "report.json"
+        if not path.is_file():
+            return None, None, None
+        try:
+            return read(path), str(path.resolve()), None
+        except (OSError, ValueError, TypeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)[:80]
+            return None, None, f"the previous run's '{path}' is unreadable ({why}); this run has no baseline"
+    path = Path(baseline)
+    if path.is_dir():
+        path = path / "report.json"
+    try:
+        return read(path), str(path.resolve()), None
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConfigError(
+            f"--baseline: '{path}' is not a readable audit report.json ({exc.__class__.__name__}); "
+            "pass a run folder such as reports/adult/latest"
+        ) from None
