@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import numpy as np
 
 from audit.config import AuditConfig
 from audit.data import Dataset
-from audit.errors import EXIT_OK
+from audit.errors import EXIT_GATE_FAILED, EXIT_MODULE_ERROR, EXIT_OK
 from audit.modules._shared import audit_groupings
 from audit.modules.base import AuditContext, ModuleResult
 
@@ -85,3 +86,28 @@ def scores_frame(ctx: AuditContext):
         numeric = pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)
         cols[f"x:{c}"] = col.to_numpy() if numeric else col.astype(str).where(col.notna(), None).to_numpy(dtype=object)
     return pd.DataFrame(cols)
+
+
+def settle_figures(run: AuditRun) -> None:
+    """Wait for every section's figures. A figure that cannot be built or drawn fails its section, as it did when
+    figures were built inside the section (:func:`audit.plotting.draw` builds them later, in the renderer process):
+    the section is shown as failed with the reason, the exit code says so, and the rest of the report stands."""
+    for m in run.modules:
+        if m.result is None:
+            continue
+        for f in m.result.figures:
+            try:
+                f.png  # noqa: B018 - waits for the bytes (built here if the renderer failed)
+            except Exception as exc:  # noqa: BLE001 - isolation, as for the section itself
+                m.status, m.result = "error", None
+                m.error = f"figure '{f.name}' could not be drawn: {exc.__class__.__name__}: {exc}"
+                m.traceback = traceback.format_exc(limit=8)
+                break
+
+
+def exit_code_of(run: AuditRun) -> int:
+    if any(m.status == "error" for m in run.modules):
+        return EXIT_MODULE_ERROR
+    if any(f.gating and f.status == "fail" for f in run.findings):
+        return EXIT_GATE_FAILED
+    return EXIT_OK

@@ -38,13 +38,13 @@ def child(config: str, out: Path) -> None:
     from audit.cli import main
 
     seen: dict = {}
-    write = pipeline._write
+    write = pipeline.write_run
 
     def timed_write(run, ds, folder):
         write(run, ds, folder)
         seen["run"] = run
 
-    pipeline._write = timed_write
+    pipeline.write_run = timed_write
     rc = main(["run", "-q", config])
     run = seen.get("run")
     record = {"rc": rc, "in_process_s": time.perf_counter() - t0, "modules": list(sys.modules)}

@@ -232,7 +232,7 @@ def test_a_broken_previous_report_does_not_break_later_runs(workdir, content):
 def test_a_full_disk_while_writing_the_report_is_bad_input_and_leaves_nothing(workdir, capsys, monkeypatch):
     import errno
 
-    import audit.report.writer as writer
+    import audit.report.publish as writer
     from audit.cli import main
 
     def full(*args, **kwargs):
