@@ -168,18 +168,65 @@ def _infer_kinds(cfg: AuditConfig, frame: pd.DataFrame, feature_cols: list[str],
 
 
 def load_dataset(cfg: AuditConfig) -> Dataset:
-    """Load, verify and split the dataset described by ``cfg.dataset``.
+    """Load, verify and split the dataset described by ``cfg.dataset``: the steps below, in this order (each step's
+    own errors come before the next step's).
 
     Raises
     ------
     DataError
         For any file, checksum or column problem, with a one-line message naming the key or column.
     """
-    from audit.references import check_columns, check_references
+    from audit.references import check_references
+
+    ds = cfg.dataset
+    notes: list[str] = []
+    train_df, test_df, files = _read_files(cfg)
+    train_df = apply_filter(cfg, train_df, "training file")
+    if test_df is not None:
+        test_df = apply_filter(cfg, test_df, "test file")
+    n_read = len(train_df)
+    columns = list(train_df.columns)
+    raw_labelled = _labelled_and_derived(cfg, train_df, test_df)
+    labels = _Labels.of(cfg, train_df, notes)
+    feature_cols = _feature_columns(cfg, columns)
+    kinds = _infer_kinds(cfg, train_df, feature_cols, "training", notes)
+    if test_df is not None:
+        _coerce_test_numerics(cfg, test_df, feature_cols, kinds, notes)
+    train_df, test_df, y_train_raw, y_test_raw = _split(cfg, train_df, test_df, labels)
+    features = _features(cfg, train_df, feature_cols, kinds)
+    sensitive = list(dict.fromkeys([*cfg.fairness.sensitive_features, *cfg.fairness.derived]))  # derived: sensitive
+    _check_sensitive(cfg, test_df, sensitive)
+    _unseen_levels(cfg, test_df, features, notes)
+    pos = labels.positive
+    schema = Schema(tuple(features), ds.target, pos, labels.negative, tuple(sensitive), labels.favourable)
+    check_references(cfg, schema, sensitive)
+    keep = feature_cols + [s for s in sensitive if s not in feature_cols]
+    y_train, y_test = (y_train_raw == pos).astype(np.int64), (y_test_raw == pos).astype(np.int64)
+    _check_audit_rows(train_df, test_df, y_test, features, labels)
+    if ds.filter:
+        notes.append(f"dataset.filter {ds.filter!r} kept {n_read} training-file rows")
+    return Dataset(
+        schema=schema,
+        X_train=train_df[keep].reset_index(drop=True),
+        y_train=y_train,
+        X_test=test_df[keep].reset_index(drop=True),
+        y_test=y_test,
+        files=files,
+        notes=notes,
+        ids_test=test_df[ds.index_col].to_numpy() if ds.index_col else None,
+        tied=tuple(tuple(g) for g in ds.tied),
+        test_rows=test_df.index.to_numpy(dtype=np.int64),
+        raw_columns=_aligned_raw(raw_labelled, train_df.index, test_df.index, split=ds.test is None, keep=keep),
+    )
+
+
+def _read_files(cfg: AuditConfig) -> tuple[pd.DataFrame, pd.DataFrame | None, dict[str, str]]:
+    """The training (and test) file, read and checked, and every config key that names a column of the file
+    checked against its header, before any other work."""
+    from audit.references import check_columns
 
     ds = cfg.dataset
     files: dict[str, str] = {}
-    notes: list[str] = []
     train_df, digest = read_file(cfg, ds.train, "dataset.train")
     files[str(ds.train.path)] = digest
     test_df = None
@@ -190,25 +237,24 @@ def load_dataset(cfg: AuditConfig) -> Dataset:
             raise DataError(
                 f"dataset.test: columns differ from the training file: {list(test_df.columns)} vs {list(train_df.columns)}"
             )
-    # every key that names a column of the file, before any work
     check_columns(cfg, train_df.attrs.get("file_columns", list(train_df.columns)), list(train_df.columns))
     for frame in (train_df, test_df):
         if frame is not None:
             frame.attrs.clear()  # pandas deep-copies attrs into every column it hands out: drop them once used
+    return train_df, test_df, files
 
-    train_df = apply_filter(cfg, train_df, "training file")
-    if test_df is not None:
-        test_df = apply_filter(cfg, test_df, "test file")
-    n_read = len(train_df)
 
-    derived = cfg.fairness.derived
+def _labelled_and_derived(cfg: AuditConfig, train_df: pd.DataFrame, test_df: pd.DataFrame | None) -> list[dict]:
+    """Value labels and derived sensitive columns applied in place (checked first); returns the coded values of
+    the value-labelled columns as the files hold them, per file (a model from another tool scores codes)."""
+    ds, derived = cfg.dataset, cfg.fairness.derived
     columns = list(train_df.columns)
     for name in derived:
         if name in columns:
             raise DataError(f"fairness.derived.{name}: '{name}' already is a column; pick another name")
     if ds.index_col and ds.index_col == ds.target:
         raise DataError(f"dataset.index_col: '{ds.index_col}' is the target column; pick the row-id column")
-    raw_labelled = [  # the coded values, before their labels replace them: a model from another tool scores codes
+    raw_labelled = [
         {c: frame[c].copy() for c in ds.value_labels if c in frame.columns} if frame is not None else {}
         for frame in (train_df, test_df)
     ]
@@ -225,7 +271,6 @@ def load_dataset(cfg: AuditConfig) -> Dataset:
                 f"fairness.derived.{name}.regex: {spec.regex!r} does not match {int(unmatched.sum())} value(s) of "
                 f"'{spec.source}', e.g. {example}; widen the pattern"
             )
-    derived_names = list(derived)
     for key, names in (
         ("dataset.drop", ds.drop),
         ("dataset.features.numeric", ds.features.numeric),
@@ -239,58 +284,91 @@ def load_dataset(cfg: AuditConfig) -> Dataset:
     both = set(ds.features.numeric) & set(ds.features.categorical)
     if both:
         raise DataError(f"dataset.features: {sorted(both)} listed as both numeric and categorical; keep one")
+    return raw_labelled
 
-    # ------------------------------------------------------------------ labels
-    y_all_raw = _labels(train_df, cfg, "training")
-    pos = str(ds.positive_label)
-    present = sorted(set(y_all_raw))
-    if pos not in present:
-        raise DataError(
-            f"dataset.positive_label: {ds.positive_label!r} does not occur in column '{ds.target}'; "
-            f"its values are {present[:10]}"
-        )
-    if len(present) < 2:
-        raise DataError(f"dataset.target: column '{ds.target}' has a single class ({present[0]!r}); an audit needs two")
-    negative_label = next(v for v in present if v != pos) if len(present) == 2 else f"not {pos}"
-    if len(present) > 2:
-        negatives = [v for v in present if v != pos]
-        notes.append(f"target '{ds.target}' has {len(present)} classes; {negatives} are treated as the negative class")
-    favourable = None
-    if ds.favourable_label is not None:
-        fav = str(ds.favourable_label)
-        if fav != pos and fav not in present:
+
+@dataclass(frozen=True)
+class _Labels:
+    """The training file's labels (as text) and what the config makes of them."""
+
+    raw: np.ndarray
+    positive: str
+    present: list[str]
+    negative: str
+    favourable: str | None
+
+    @classmethod
+    def of(cls, cfg: AuditConfig, train_df: pd.DataFrame, notes: list[str]) -> _Labels:
+        ds = cfg.dataset
+        y_all_raw = _labels(train_df, cfg, "training")
+        pos = str(ds.positive_label)
+        present = sorted(set(y_all_raw))
+        if pos not in present:
             raise DataError(
-                f"dataset.favourable_label: {fav!r} does not occur in column '{ds.target}'; its values are {present[:10]}"
+                f"dataset.positive_label: {ds.positive_label!r} does not occur in column '{ds.target}'; "
+                f"its values are {present[:10]}"
             )
-        favourable = pos if fav == pos else negative_label if len(present) == 2 else f"not {pos}"
+        if len(present) < 2:
+            raise DataError(
+                f"dataset.target: column '{ds.target}' has a single class ({present[0]!r}); an audit needs two"
+            )
+        negative_label = next(v for v in present if v != pos) if len(present) == 2 else f"not {pos}"
+        if len(present) > 2:
+            negatives = [v for v in present if v != pos]
+            notes.append(
+                f"target '{ds.target}' has {len(present)} classes; {negatives} are treated as the negative class"
+            )
+        favourable = None
+        if ds.favourable_label is not None:
+            fav = str(ds.favourable_label)
+            if fav != pos and fav not in present:
+                raise DataError(
+                    f"dataset.favourable_label: {fav!r} does not occur in column '{ds.target}'; its values are "
+                    f"{present[:10]}"
+                )
+            favourable = pos if fav == pos else negative_label if len(present) == 2 else f"not {pos}"
+        return cls(y_all_raw, pos, present, negative_label, favourable)
 
-    # ------------------------------------------------------------------ feature kinds, on the whole training file
+
+def _feature_columns(cfg: AuditConfig, columns: list[str]) -> list[str]:
+    """The model's input columns: the file's columns less the target, dropped, derived and index columns (and
+    those outside ``dataset.columns``)."""
+    ds, derived = cfg.dataset, cfg.fairness.derived
     non_features = {ds.target, *ds.drop, *derived, *([ds.index_col] if ds.index_col else [])}
-    selected = [c for c in columns if c not in derived_names]
+    selected = [c for c in columns if c not in derived]
     if ds.columns is not None:
         keep = set(ds.columns)
         selected = [c for c in selected if c in keep]
     feature_cols = [c for c in selected if c not in non_features]
     if not feature_cols:
         raise DataError("dataset.drop: no feature columns are left; drop fewer columns")
-    kinds = _infer_kinds(cfg, train_df, feature_cols, "training", notes)
-    if test_df is not None:  # numbers with stray text in the test file are missing values, counted in the notes
-        for c in [c for c in feature_cols if kinds[c] == "numeric"]:
-            col = test_df[c]
-            conv = pd.to_numeric(col, errors="coerce")
-            bad = col.notna().to_numpy() & conv.isna().to_numpy()
-            if bad.any() and c not in ds.features.numeric:
-                raise DataError(
-                    f"column '{c}': numeric in the training file but {int(bad.sum())} value(s) of the test file are "
-                    f"not numbers: {_rows_text(test_df.index, bad, col)}; list them in dataset.csv.na_values or "
-                    "declare the column in dataset.features.numeric (they become missing)"
-                )
-            if bad.any():
-                notes.append(f"column '{c}': {int(bad.sum())} non-numeric value(s) of the test file read as missing")
-            test_df[c] = conv
+    return feature_cols
 
-    # ------------------------------------------------------------------ split: depends on the data and the seed only
-    y_all = (y_all_raw == pos).astype(np.int64)
+
+def _coerce_test_numerics(cfg: AuditConfig, test_df, feature_cols, kinds, notes: list[str]) -> None:
+    """Numbers with stray text in the test file: refused, or (a declared numeric) missing values counted in the
+    notes."""
+    ds = cfg.dataset
+    for c in [c for c in feature_cols if kinds[c] == "numeric"]:
+        col = test_df[c]
+        conv = pd.to_numeric(col, errors="coerce")
+        bad = col.notna().to_numpy() & conv.isna().to_numpy()
+        if bad.any() and c not in ds.features.numeric:
+            raise DataError(
+                f"column '{c}': numeric in the training file but {int(bad.sum())} value(s) of the test file are "
+                f"not numbers: {_rows_text(test_df.index, bad, col)}; list them in dataset.csv.na_values or "
+                "declare the column in dataset.features.numeric (they become missing)"
+            )
+        if bad.any():
+            notes.append(f"column '{c}': {int(bad.sum())} non-numeric value(s) of the test file read as missing")
+        test_df[c] = conv
+
+
+def _split(cfg: AuditConfig, train_df, test_df, labels: _Labels):
+    """The training and audit rows and their label texts: the test file, or a seeded split of the training file
+    that depends only on the data and the seed (stratified on the 0/1 label)."""
+    ds = cfg.dataset
+    y_all = (labels.raw == labels.positive).astype(np.int64)
     if test_df is None:
         strat = y_all if ds.split.stratify else None
         idx = np.arange(len(train_df))
@@ -306,18 +384,22 @@ def load_dataset(cfg: AuditConfig) -> Dataset:
         te_idx.sort()
         test_df = train_df.iloc[te_idx]
         train_df = train_df.iloc[tr_idx]
-        y_test_raw, y_train_raw = y_all_raw[te_idx], y_all_raw[tr_idx]
+        y_test_raw, y_train_raw = labels.raw[te_idx], labels.raw[tr_idx]
     else:
-        y_train_raw = y_all_raw
+        y_train_raw = labels.raw
         y_test_raw = _labels(test_df, cfg, "test")
-    unknown_test = sorted(set(y_test_raw) - set(present))
+    unknown_test = sorted(set(y_test_raw) - set(labels.present))
     if unknown_test:
         raise DataError(
-            f"dataset.label_map: test labels {unknown_test[:5]} do not occur in the training labels {present}; "
+            f"dataset.label_map: test labels {unknown_test[:5]} do not occur in the training labels {labels.present}; "
             "map them with dataset.label_map"
         )
+    return train_df, test_df, y_train_raw, y_test_raw
 
-    # ------------------------------------------------------------------ features
+
+def _features(cfg: AuditConfig, train_df, feature_cols, kinds) -> list[Feature]:
+    """One :class:`Feature` per input column, with a categorical's levels from the training rows."""
+    ds = cfg.dataset
     features: list[Feature] = []
     for c in feature_cols:
         col = train_df[c]
@@ -342,8 +424,12 @@ def load_dataset(cfg: AuditConfig) -> Dataset:
                     "drop it (dataset.drop), or raise the cap if it really is categorical"
                 )
             features.append(Feature(c, "categorical", levels, labels))
+    return features
 
-    sensitive = list(dict.fromkeys([*cfg.fairness.sensitive_features, *derived_names]))  # derived ones are sensitive
+
+def _check_sensitive(cfg: AuditConfig, test_df, sensitive: list[str]) -> None:
+    """Sensitive columns with two groups or more among the audit rows; ``fairness.bins`` only for numeric ones."""
+    ds = cfg.dataset
     for s in sensitive:
         if test_df[s].nunique(dropna=False) < 2:
             raise DataError(
@@ -361,6 +447,10 @@ def load_dataset(cfg: AuditConfig) -> Dataset:
             raise DataError(
                 f"fairness.bins.{name}: '{name}' is declared categorical (grouped by its levels); remove the key"
             )
+
+
+def _unseen_levels(cfg: AuditConfig, test_df, features: list[Feature], notes: list[str]) -> None:
+    """Audit rows with a level training lacks: refused (``dataset.unseen_categories: error``) or counted."""
     for f in features:
         if f.is_categorical:
             values = category_strings(test_df[f.name])
@@ -368,7 +458,7 @@ def load_dataset(cfg: AuditConfig) -> Dataset:
             if not unseen:
                 continue
             n_rows = int(np.isin(values, unseen).sum())
-            if ds.unseen_categories == "error":
+            if cfg.dataset.unseen_categories == "error":
                 raise DataError(
                     f"column '{f.name}': {n_rows} audit row(s) have level(s) {unseen[:5]} never seen in training; "
                     "set dataset.unseen_categories: unknown to score them through the model's unknown slot"
@@ -376,15 +466,14 @@ def load_dataset(cfg: AuditConfig) -> Dataset:
             notes.append(
                 f"column '{f.name}': {n_rows} audit row(s) with unseen level(s) {unseen[:5]} scored as unknown"
             )
-    schema = Schema(tuple(features), ds.target, pos, negative_label, tuple(sensitive), favourable)
-    check_references(cfg, schema, sensitive)
-    keep = feature_cols + [s for s in sensitive if s not in feature_cols]
-    y_train = (y_train_raw == pos).astype(np.int64)
-    y_test = (y_test_raw == pos).astype(np.int64)
+
+
+def _check_audit_rows(train_df, test_df, y_test: np.ndarray, features: list[Feature], labels: _Labels) -> None:
+    """Enough rows, both classes among the audit rows, no infinite numbers there."""
     if len(train_df) < 10 or len(test_df) < 2:
         raise DataError(f"dataset: too few rows after loading ({len(train_df)} train, {len(test_df)} test)")
     if len(np.unique(y_test)) < 2:
-        only = pos if y_test[0] == 1 else negative_label
+        only = labels.positive if y_test[0] == 1 else labels.negative
         raise DataError(
             f"dataset.test: every audit row has the label {only!r}; ROC AUC, TPR, FPR and calibration need both "
             "classes: use a test file (or dataset.split) with both"
@@ -397,22 +486,6 @@ def load_dataset(cfg: AuditConfig) -> Dataset:
                     f"column '{f.name}': {int(np.isinf(v).sum())} infinite value(s) among the audit rows; "
                     f"replace them or add '{f.name}' to dataset.drop"
                 )
-    if ds.filter:
-        notes.append(f"dataset.filter {ds.filter!r} kept {n_read} training-file rows")
-    out = Dataset(
-        schema=schema,
-        X_train=train_df[keep].reset_index(drop=True),
-        y_train=y_train,
-        X_test=test_df[keep].reset_index(drop=True),
-        y_test=y_test,
-        files=files,
-        notes=notes,
-        ids_test=test_df[ds.index_col].to_numpy() if ds.index_col else None,
-        tied=tuple(tuple(g) for g in ds.tied),
-        test_rows=test_df.index.to_numpy(dtype=np.int64),
-        raw_columns=_aligned_raw(raw_labelled, train_df.index, test_df.index, split=ds.test is None, keep=keep),
-    )
-    return out
 
 
 def _aligned_raw(raw: list[dict], train_index, test_index, *, split: bool, keep: list[str]) -> dict:
