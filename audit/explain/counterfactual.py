@@ -497,59 +497,88 @@ def _search(
     random_state: int | np.random.Generator | None = None,
     beam_width: int = 5,
 ) -> Counterfactuals:
-    """The search behind :func:`counterfactuals` (one pass, fixed effort)."""
+    """The search behind :func:`counterfactuals` (one pass, fixed effort): candidates from a beam search and from
+    random moves, the plausible ones refined (needless changes dropped, numerics moved back), the best chosen."""
     constraints = constraints or Constraints()
     constraints.validate(schema)
     if k < 1 or max_changes < 1:
         raise ValueError(f"k and max_changes must be >= 1, got k={k}, max_changes={max_changes}")
     rng = as_generator(random_state)
-    X = np.atleast_2d(np.asarray(X, dtype=np.float64))
-    training = np.asarray(training, dtype=np.float64)
-    n, m = X.shape
-    cat = schema.categorical_mask
-    scale = mad_scale(training, cat)
-    if not np.all(np.isfinite(scale)):
-        raise RuntimeError(f"counterfactual search: non-finite feature scales {scale.tolist()} (a bug, not your data)")
-    space = _Space(X, training, schema, constraints, grid_size)
-    rows = [0]
-    lead = ~space.follower  # a tied group counts once in the sparsity term
-
-    def objective(C: np.ndarray, X0: np.ndarray) -> np.ndarray:
-        return distance(C, X0, scale, cat) + sparsity_weight * (changed(C, X0) & lead).sum(axis=-1)
-
-    def tied(C: np.ndarray, inst: np.ndarray) -> np.ndarray:
-        """Apply the ties in place; rows whose followers break a constraint are marked False."""
-        return space.project(C, inst) if space.ties else np.ones(len(C), dtype=bool)
-
-    def score(A: np.ndarray) -> np.ndarray:
-        rows[0] += len(A)
-        return predict(A) if len(A) else np.empty(0)
-
-    p0 = score(X)
-    target_pos = p0 < threshold  # want p >= threshold
-
-    def valid(p: np.ndarray, inst: np.ndarray) -> np.ndarray:
-        return np.where(target_pos[inst], p >= threshold, p < threshold)
-
-    def margin(p: np.ndarray, inst: np.ndarray) -> np.ndarray:
-        lg = np.log(np.clip(p, 1e-12, 1 - 1e-12)) - np.log1p(-np.clip(p, 1e-12, 1 - 1e-12))
-        return np.where(target_pos[inst], lg, -lg)
-
+    s = _Search(predict, X, training, schema, constraints, threshold, grid_size, sparsity_weight)
     pool_c, pool_i = [], []  # candidate rows and their instance index
-
-    # 1. beam search over single-feature moves, depth by depth, so the first depth at which an instance flips gives
-    # its sparsest counterfactuals; ranked twice: by gain in log-odds per unit of cost, and by gain outright (which
-    # reaches instances far from the boundary; refinement then pulls their moves back)
     for by_ratio in (True, False):
+        s.beam(by_ratio, max_changes, beam_width, pool_c, pool_i)
+    if n_random > 0:
+        s.random_moves(rng, n_random, max_changes, pool_c, pool_i)
+    if not pool_c or sum(len(c) for c in pool_c) == 0:
+        return s.result(*s.empty(k), np.inf)
+    C, owner = np.vstack(pool_c), np.concatenate(pool_i)
+    C, owner, plaus_thr, ref = s.plausible(C, owner, plausibility_quantile, plausibility_sample)
+    C, owner = s.best(C, owner, n_refine)
+    unrefined = C.copy()
+    s.drop_needless(C, owner, max_changes)
+    s.move_back(C, owner)
+    C, owner, p, nd = s.final(C, owner, unrefined, plaus_thr, ref, plausibility_quantile is not None)
+    return s.result(*s.choose(C, owner, p, nd, k), plaus_thr)
+
+
+class _Search:
+    """The state of one :func:`_search`: the instances, the training rows, the search space and what each candidate
+    costs and scores; its methods are the search's steps, in the order :func:`_search` calls them."""
+
+    def __init__(self, predict, X, training, schema: Schema, constraints: Constraints, threshold: float, grid_size,
+                 sparsity_weight: float) -> None:  # fmt: skip
+        self.predict, self.schema, self.threshold, self.sparsity_weight = predict, schema, threshold, sparsity_weight
+        self.X = np.atleast_2d(np.asarray(X, dtype=np.float64))
+        self.training = np.asarray(training, dtype=np.float64)
+        self.n, self.m = self.X.shape
+        self.cat = schema.categorical_mask
+        self.scale = mad_scale(self.training, self.cat)
+        if not np.all(np.isfinite(self.scale)):
+            raise RuntimeError(
+                f"counterfactual search: non-finite feature scales {self.scale.tolist()} (a bug, not your data)"
+            )
+        self.space = _Space(self.X, self.training, schema, constraints, grid_size)
+        self.rows = 0
+        self.lead = ~self.space.follower  # a tied group counts once in the sparsity term
+        self.diagnostics = {"flipped": np.zeros(self.n, dtype=np.int64), "plausible": np.zeros(self.n, dtype=np.int64)}
+        self.p0 = self.score(self.X)
+        self.target_pos = self.p0 < threshold  # want p >= threshold
+
+    # ------------------------------------------------------------------------------------------- measures
+    def objective(self, C: np.ndarray, X0: np.ndarray) -> np.ndarray:
+        return distance(C, X0, self.scale, self.cat) + self.sparsity_weight * (changed(C, X0) & self.lead).sum(axis=-1)
+
+    def tied(self, C: np.ndarray, inst: np.ndarray) -> np.ndarray:
+        """Apply the ties in place; rows whose followers break a constraint are marked False."""
+        return self.space.project(C, inst) if self.space.ties else np.ones(len(C), dtype=bool)
+
+    def score(self, A: np.ndarray) -> np.ndarray:
+        self.rows += len(A)
+        return self.predict(A) if len(A) else np.empty(0)
+
+    def valid(self, p: np.ndarray, inst: np.ndarray) -> np.ndarray:
+        return np.where(self.target_pos[inst], p >= self.threshold, p < self.threshold)
+
+    def margin(self, p: np.ndarray, inst: np.ndarray) -> np.ndarray:
+        lg = np.log(np.clip(p, 1e-12, 1 - 1e-12)) - np.log1p(-np.clip(p, 1e-12, 1 - 1e-12))
+        return np.where(self.target_pos[inst], lg, -lg)
+
+    # -------------------------------------------------------------------------------------- candidates
+    def beam(self, by_ratio: bool, max_changes: int, beam_width: int, pool_c: list, pool_i: list) -> None:
+        """1. Beam search over single-feature moves, depth by depth, so the first depth at which an instance flips
+        gives its sparsest counterfactuals; ranked by gain in log-odds per unit of cost (``by_ratio``) or by gain
+        outright (which reaches instances far from the boundary; refinement then pulls their moves back)."""
+        X, space = self.X, self.space
         cur = X.copy()  # one row per beam state
-        state_of = np.arange(n)  # the instance each state belongs to
-        cur_margin = margin(p0, state_of)
+        state_of = np.arange(self.n)  # the instance each state belongs to
+        cur_margin = self.margin(self.p0, state_of)
         for _ in range(max_changes):
             if len(cur) == 0:
                 break
             moved = changed(cur, X[state_of])
             cand, src = [], []
-            for j in range(m):
+            for j in range(self.m):
                 ii, vv = np.nonzero(space.allowed[j][state_of] & ~moved[:, j][:, None])
                 if len(ii) == 0:
                     continue
@@ -561,18 +590,18 @@ def _search(
                 break
             C, parent = np.vstack(cand), np.concatenate(src)
             owner = state_of[parent]
-            fits = tied(C, owner)
+            fits = self.tied(C, owner)
             C, parent, owner = C[fits], parent[fits], owner[fits]
             if len(C) == 0:
                 break
-            p = score(C)
-            ok = valid(p, owner)
+            p = self.score(C)
+            ok = self.valid(p, owner)
             if ok.any():
                 pool_c.append(C[ok])
                 pool_i.append(owner[ok])
-            gain = margin(p, owner) - cur_margin[parent]
+            gain = self.margin(p, owner) - cur_margin[parent]
             if by_ratio:
-                added = objective(C, X[owner]) - objective(cur[parent], X[owner])
+                added = self.objective(C, X[owner]) - self.objective(cur[parent], X[owner])
                 gain = gain / np.maximum(added, 1e-9)
             keep = ~np.isin(owner, owner[ok]) & (gain > 0)  # an instance that flipped stops here
             if not keep.any():
@@ -581,11 +610,12 @@ def _search(
             order = rows_k[np.lexsort((-gain[rows_k], owner[rows_k]))]
             rank = np.arange(len(order)) - np.searchsorted(owner[order], owner[order], side="left")
             order = order[rank < beam_width]
-            cur, state_of, cur_margin = C[order], owner[order], margin(p[order], owner[order])
+            cur, state_of, cur_margin = C[order], owner[order], self.margin(p[order], owner[order])
 
-    # 2. random candidates: a random subset of features takes random allowed grid values (as DiCE's random search),
-    # or the values of a training row the model puts in the target class (which keeps combinations realistic)
-    if n_random > 0:
+    def random_moves(self, rng, n_random: int, max_changes: int, pool_c: list, pool_i: list) -> None:
+        """2. Random candidates: a random subset of features takes random allowed grid values (as DiCE's random
+        search), or the values of a training row the model puts in the target class (realistic combinations)."""
+        X, training, space, n, m = self.X, self.training, self.space, self.n, self.m
         elig = space.eligible
         n_feats = rng.integers(1, max_changes + 1, size=(n, n_random))
         keys = rng.random((n, n_random, m))
@@ -595,12 +625,12 @@ def _search(
         C = np.broadcast_to(X[:, None, :], (n, n_random, m)).copy()
         donor_half = np.arange(n_random) >= n_random // 2
         donor_rows = rng.choice(len(training), size=min(len(training), 20000), replace=False)  # bounded cost
-        p_train = score(training[donor_rows])
-        pos_rows = donor_rows[p_train >= threshold]
-        neg_rows = donor_rows[p_train < threshold]
+        p_train = self.score(training[donor_rows])
+        pos_rows = donor_rows[p_train >= self.threshold]
+        neg_rows = donor_rows[p_train < self.threshold]
         donors = np.empty((n, n_random), dtype=np.int64)
         for want_pos, pool_rows in ((True, pos_rows), (False, neg_rows)):
-            sel = target_pos == want_pos
+            sel = self.target_pos == want_pos
             src = pool_rows if len(pool_rows) else donor_rows
             donors[sel] = src[rng.integers(0, len(src), size=(int(sel.sum()), n_random))]
         owner = np.repeat(np.arange(n), n_random)
@@ -615,127 +645,144 @@ def _search(
             take = pick[:, :, j] & np.where(donor_half[None, :], donor_ok, True)
             C[:, :, j] = np.where(take, v, C[:, :, j])
         C = C.reshape(-1, m)
-        fits = tied(C, owner)
+        fits = self.tied(C, owner)
         C, owner = C[fits], owner[fits]
-        p = score(C)
-        ok = valid(p, owner)
+        p = self.score(C)
+        ok = self.valid(p, owner)
         pool_c.append(C[ok])
         pool_i.append(owner[ok])
 
-    out_cf = np.full((n, k, m), np.nan)
-    out_p, out_cost, out_nc, out_nd = (np.full((n, k), np.nan) for _ in range(4))
-    diagnostics = {"flipped": np.zeros(n, dtype=np.int64), "plausible": np.zeros(n, dtype=np.int64)}
-    if not pool_c or sum(len(c) for c in pool_c) == 0:
-        return Counterfactuals(
-            X, p0, out_cf, out_p, out_cost, out_nc, out_nd, scale, schema.feature_names, cat, threshold,
-            np.inf, rows[0], diagnostics,
-        )  # fmt: skip
-    C, owner = np.vstack(pool_c), np.concatenate(pool_i)
+    # ------------------------------------------------------------------------------- plausible and best
+    def plausible(self, C, owner, quantile: float | None, sample: int):
+        """The distinct candidates near enough the training rows (their nearest row within the ``quantile`` of
+        training rows' own nearest distances, on a fixed sample: the same threshold for every call on the same
+        data), so that the refined set is drawn from plausible ones only; returns them, the threshold and the
+        sample."""
+        training, n = self.training, self.n
+        C = np.unique(np.column_stack([owner, C]), axis=0)
+        owner, C = C[:, 0].astype(np.int64), C[:, 1:]
+        self.diagnostics["flipped"] = np.bincount(owner, minlength=n)
+        plaus_thr, ref = np.inf, None
+        if quantile is not None:
+            ref_rows = np.random.default_rng(0).choice(len(training), size=min(sample, len(training)), replace=False)
+            ref = training[np.sort(ref_rows)]
+            self_d = _nearest_distance(ref, ref, self.scale, self.cat, exclude_self=True)
+            plaus_thr = float(np.quantile(self_d, quantile)) + 1e-9
+            if not np.isfinite(plaus_thr):  # it would reject every candidate and report "none found": never quietly
+                raise RuntimeError(
+                    f"counterfactual search: the plausibility threshold is {plaus_thr} (a bug, not your data); "
+                    "set local.counterfactuals.plausibility_quantile: null to run without it meanwhile"
+                )
+            ok = _nearest_distance(C, ref, self.scale, self.cat) <= plaus_thr
+            owner, C = owner[ok], C[ok]
+        self.diagnostics["plausible"] = np.bincount(owner, minlength=n)
+        return C, owner, plaus_thr, ref
 
-    # plausibility of the raw candidates, so that the refined set is drawn from plausible ones only
-    C = np.unique(np.column_stack([owner, C]), axis=0)
-    owner, C = C[:, 0].astype(np.int64), C[:, 1:]
-    diagnostics["flipped"] = np.bincount(owner, minlength=n)
-    plaus_thr = np.inf
-    if plausibility_quantile is not None:
-        # a fixed sample of the training rows: the same threshold for every call on the same data
-        ref_rows = np.random.default_rng(0).choice(
-            len(training), size=min(plausibility_sample, len(training)), replace=False
-        )
-        ref = training[np.sort(ref_rows)]
-        self_d = _nearest_distance(ref, ref, scale, cat, exclude_self=True)
-        plaus_thr = float(np.quantile(self_d, plausibility_quantile)) + 1e-9
-        if not np.isfinite(plaus_thr):  # it would reject every candidate and report "none found": never quietly
-            raise RuntimeError(
-                f"counterfactual search: the plausibility threshold is {plaus_thr} (a bug, not your data); "
-                "set local.counterfactuals.plausibility_quantile: null to run without it meanwhile"
-            )
-        ok = _nearest_distance(C, ref, scale, cat) <= plaus_thr
-        owner, C = owner[ok], C[ok]
-    diagnostics["plausible"] = np.bincount(owner, minlength=n)
+    def best(self, C, owner, n_refine: int):
+        """The ``n_refine`` best distinct candidates per instance."""
+        cost = self.objective(C, self.X[owner])
+        order = np.lexsort((cost, owner))
+        owner, C, cost = owner[order], C[order], cost[order]
+        rank_in = np.arange(len(owner)) - np.searchsorted(owner, owner, side="left")
+        keep = rank_in < n_refine
+        return C[keep].copy(), owner[keep]
 
-    # keep the n_refine best distinct candidates per instance
-    cost = objective(C, X[owner])
-    order = np.lexsort((cost, owner))
-    owner, C, cost = owner[order], C[order], cost[order]
-    rank_in = np.arange(len(owner)) - np.searchsorted(owner, owner, side="left")
-    keep = rank_in < n_refine
-    owner, C = owner[keep], C[keep].copy()
-    unrefined = C.copy()
+    # ---------------------------------------------------------------------------------------- refinement
+    def drop_needless(self, C, owner, max_changes: int) -> None:
+        """3a. Drop changes that are not needed (largest saving first), in place; a tied group through its leader."""
+        X = self.X
+        for _ in range(max_changes):
+            ii, jj = np.nonzero(changed(C, X[owner]) & self.lead)
+            if len(ii) == 0:
+                break
+            R = C[ii].copy()
+            R[np.arange(len(ii)), jj] = X[owner[ii], jj]
+            fits = self.tied(R, owner[ii])
+            ok = self.valid(self.score(R), owner[ii]) & fits
+            if not ok.any():
+                break
+            saving = self.objective(C[ii], X[owner[ii]]) - self.objective(R, X[owner[ii]])
+            rows_ok = np.flatnonzero(ok)
+            cands, best = _first_per_group(ii[rows_ok], -saving[rows_ok])
+            C[cands] = R[rows_ok[best]]
 
-    # 3a. drop changes that are not needed (largest saving first); a tied group is dropped through its leader
-    for _ in range(max_changes):
-        ii, jj = np.nonzero(changed(C, X[owner]) & lead)
-        if len(ii) == 0:
-            break
-        R = C[ii].copy()
-        R[np.arange(len(ii)), jj] = X[owner[ii], jj]
-        fits = tied(R, owner[ii])
-        ok = valid(score(R), owner[ii]) & fits
-        if not ok.any():
-            break
-        saving = objective(C[ii], X[owner[ii]]) - objective(R, X[owner[ii]])
-        rows_ok = np.flatnonzero(ok)
-        cands, best = _first_per_group(ii[rows_ok], -saving[rows_ok])
-        C[cands] = R[rows_ok[best]]
+    def move_back(self, C, owner) -> None:
+        """3b. Move changed numerics back towards the instance while the decision stays flipped (bisection), in
+        place."""
+        X, space = self.X, self.space
+        for j in np.flatnonzero(~self.cat & self.lead):
+            # a filled-in missing value has no "towards the instance"
+            sel = np.flatnonzero(changed(C[:, j], X[owner, j]) & ~np.isnan(X[owner, j]))
+            if len(sel) == 0:
+                continue
+            x0, x1 = X[owner[sel], j], C[sel, j].copy()
+            lo_t, hi_t = np.zeros(len(sel)), np.ones(len(sel))
 
-    # 3b. move changed numerics back towards the instance while the decision stays flipped
-    for j in np.flatnonzero(~cat & lead):
-        # a filled-in missing value has no "towards the instance"
-        sel = np.flatnonzero(changed(C[:, j], X[owner, j]) & ~np.isnan(X[owner, j]))
-        if len(sel) == 0:
-            continue
-        x0, x1 = X[owner[sel], j], C[sel, j].copy()
-        lo_t, hi_t = np.zeros(len(sel)), np.ones(len(sel))
+            def at(t, x0=x0, x1=x1, j=j):
+                v = x0 + t * (x1 - x0)
+                lo, hi = space.lo[j], space.hi[j]
+                if space.integer[j]:
+                    v = x0 + np.sign(x1 - x0) * np.ceil(np.abs(v - x0) - 1e-9)
+                    lo, hi = np.ceil(lo), np.floor(hi)
+                # the row itself may lie outside the training support or the allowed range; its counterfactual not
+                return np.clip(v, lo, hi)
 
-        def at(t, x0=x0, x1=x1, j=j):
-            v = x0 + t * (x1 - x0)
-            lo, hi = space.lo[j], space.hi[j]
-            if space.integer[j]:
-                v = x0 + np.sign(x1 - x0) * np.ceil(np.abs(v - x0) - 1e-9)
-                lo, hi = np.ceil(lo), np.floor(hi)
-            # the row itself may lie outside the training support or the allowed range; its counterfactual may not
-            return np.clip(v, lo, hi)
+            for _ in range(12):
+                mid = (lo_t + hi_t) / 2
+                R = C[sel].copy()
+                R[:, j] = at(mid)
+                fits = self.tied(R, owner[sel])
+                ok = self.valid(self.score(R), owner[sel]) & fits
+                hi_t = np.where(ok, mid, hi_t)
+                lo_t = np.where(ok, lo_t, mid)
+            C[sel, j] = at(hi_t)
+            self.tied(C, owner)  # followers of a bisected leader (their constraints held at every accepted step)
 
-        for _ in range(12):
-            mid = (lo_t + hi_t) / 2
-            R = C[sel].copy()
-            R[:, j] = at(mid)
-            fits = tied(R, owner[sel])
-            ok = valid(score(R), owner[sel]) & fits
-            hi_t = np.where(ok, mid, hi_t)
-            lo_t = np.where(ok, lo_t, mid)
-        C[sel, j] = at(hi_t)
-        tied(C, owner)  # followers of a bisected leader (their constraints held at every accepted step)
+    def final(self, C, owner, unrefined, plaus_thr: float, ref, check_plausible: bool):
+        """A refined candidate that left the training support's neighbourhood falls back to its unrefined
+        (plausible) self; then re-scored: only candidates that flip the decision are kept."""
+        nd = np.zeros(len(C))
+        if check_plausible and len(C):
+            nd = _nearest_distance(C, ref, self.scale, self.cat)
+            back = nd > plaus_thr
+            C[back] = unrefined[back]
+            nd[back] = _nearest_distance(C[back], ref, self.scale, self.cat) if back.any() else nd[back]
+        p = self.score(C)
+        ok = self.valid(p, owner)
+        return C[ok], owner[ok], p[ok], nd[ok]
 
-    # a refined candidate that left the training support's neighbourhood falls back to its unrefined (plausible) self
-    nd = np.zeros(len(C))
-    if plausibility_quantile is not None and len(C):
-        nd = _nearest_distance(C, ref, scale, cat)
-        back = nd > plaus_thr
-        C[back] = unrefined[back]
-        nd[back] = _nearest_distance(C[back], ref, scale, cat) if back.any() else nd[back]
-    # re-score: only candidates that flip the decision are returned
-    p = score(C)
-    ok = valid(p, owner)
-    C, owner, p, nd = C[ok], owner[ok], p[ok], nd[ok]
-    cost = distance(C, X[owner], scale, cat)
-    nchg = changed(C, X[owner]).sum(axis=1)
-    nlead = (changed(C, X[owner]) & lead).sum(axis=1)
+    # -------------------------------------------------------------------------------------------- choose
+    def empty(self, k: int):
+        n, m = self.n, self.m
+        return (np.full((n, k, m), np.nan), *(np.full((n, k), np.nan) for _ in range(4)))
 
-    # 4. choose: cheapest first, then (for k > 1) candidates changing other feature sets
-    order = np.lexsort((nlead, cost + sparsity_weight * nlead, owner))
-    C, owner, p, cost, nchg, nd = C[order], owner[order], p[order], cost[order], nchg[order], nd[order]
-    starts = np.searchsorted(owner, np.arange(n + 1))
-    for i in range(n):
-        a, b = starts[i], starts[i + 1]
+    def choose(self, C, owner, p, nd, k: int):
+        """4. Per instance the cheapest candidates first, then (for ``k > 1``) candidates changing other feature
+        sets; returns the output arrays (counterfactuals, prediction, cost, changes, neighbour distance)."""
+        X, n = self.X, self.n
+        out_cf, out_p, out_cost, out_nc, out_nd = self.empty(k)
+        cost = distance(C, X[owner], self.scale, self.cat)
+        nchg = changed(C, X[owner]).sum(axis=1)
+        nlead = (changed(C, X[owner]) & self.lead).sum(axis=1)
+        order = np.lexsort((nlead, cost + self.sparsity_weight * nlead, owner))
+        C, owner, p, cost, nchg, nd = C[order], owner[order], p[order], cost[order], nchg[order], nd[order]
+        starts = np.searchsorted(owner, np.arange(n + 1))
+        for i in range(n):
+            for slot, r in enumerate(self._distinct(C, starts[i], starts[i + 1], i, k)):
+                out_cf[i, slot], out_p[i, slot], out_cost[i, slot] = C[r], p[r], cost[r]
+                out_nc[i, slot], out_nd[i, slot] = nchg[r], nd[r]
+        return out_cf, out_p, out_cost, out_nc, out_nd
+
+    def _distinct(self, C, a: int, b: int, i: int, k: int) -> list[int]:
+        """Up to ``k`` of the rows ``a:b`` (candidates of instance ``i``, best first): first those changing a new set
+        of features, then any other distinct ones."""
         chosen: list[int] = []
         sets: list[frozenset] = []
         for pass_ in (0, 1):
             for r in range(a, b):
                 if len(chosen) == k:
                     break
-                s = frozenset(np.flatnonzero(changed(C[r], X[i])))
+                s = frozenset(np.flatnonzero(changed(C[r], self.X[i])))
                 if (
                     r in chosen
                     or (pass_ == 0 and s in sets)
@@ -744,13 +791,13 @@ def _search(
                     continue
                 chosen.append(r)
                 sets.append(s)
-        for slot, r in enumerate(chosen):
-            out_cf[i, slot], out_p[i, slot], out_cost[i, slot] = C[r], p[r], cost[r]
-            out_nc[i, slot], out_nd[i, slot] = nchg[r], nd[r]
-    return Counterfactuals(
-        X, p0, out_cf, out_p, out_cost, out_nc, out_nd, scale, schema.feature_names, cat, threshold, plaus_thr,
-        rows[0], diagnostics,
-    )  # fmt: skip
+        return chosen
+
+    def result(self, out_cf, out_p, out_cost, out_nc, out_nd, plaus_thr: float) -> Counterfactuals:
+        return Counterfactuals(
+            self.X, self.p0, out_cf, out_p, out_cost, out_nc, out_nd, self.scale, self.schema.feature_names,
+            self.cat, self.threshold, plaus_thr, self.rows, self.diagnostics,
+        )  # fmt: skip
 
 
 def _nearest_distance(A, ref, scale, cat, *, exclude_self: bool = False, chunk: int = 512) -> np.ndarray:
