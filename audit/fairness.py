@@ -21,7 +21,7 @@ from scipy.stats import chi2_contingency
 
 from audit.config import AuditConfig
 from audit.explain._common import as_generator
-from audit.metrics import roc_auc_fast, roc_auc_sorted
+from audit.metrics import percentile_interval, roc_auc_fast, roc_auc_sorted
 
 MEASURES = {
     # name: (kind, description); kind "max": value must stay <= threshold, "min": value must stay >= threshold
@@ -650,6 +650,40 @@ def _who(point: dict, eligible: np.ndarray, levels: np.ndarray, min_group_size: 
         lo, hi = int(np.nanargmin(v)), int(np.nanargmax(v))
         bad, good = (lo, hi) if low_is_bad else (hi, lo)
         out[m] = (key, str(levels[bad]), float(v[bad]), str(levels[good]), float(v[good]), None)
+    return out
+
+
+def paired_measure_changes(
+    y: np.ndarray,
+    before: tuple[np.ndarray, float],
+    after: tuple[np.ndarray, float],
+    groupings: dict[str, np.ndarray],
+    *,
+    min_group_size: int,
+    n_replicates: int,
+    seed: int,
+    favourable_positive: bool = True,
+) -> dict[tuple[str, str], tuple[float, float]]:
+    """The 95% interval of each headline measure's change between two runs that scored the same rows: ``before`` and
+    ``after`` are (scores, threshold). A paired bootstrap: each replicate weights the same rows in both runs (the same
+    ``seed``), so the noise of a difference is the noise of the difference, not of two separate samples. Keys are
+    (grouping, measure); a change with fewer than 10 defined replicates is left out."""
+    out: dict[tuple[str, str], tuple[float, float]] = {}
+    for name, labels in groupings.items():
+        levels, codes = encode_groups(labels)
+        eligible = np.bincount(codes, minlength=len(levels)) >= min_group_size
+        reps = []
+        for p, thr in (before, after):
+            sums = bootstrap_sums(
+                y, p, [codes], [len(levels)], threshold=thr, n_bins=10, n_replicates=n_replicates, seed=seed,
+                favourable_positive=favourable_positive,
+            )[0]  # fmt: skip
+            with np.errstate(all="ignore"):
+                reps.append(_measures(_rates(sums, 10), eligible))
+        for m in reps[0]:
+            lo, hi = percentile_interval(reps[1][m] - reps[0][m], 0.025)
+            if np.isfinite(lo):
+                out[(name, m)] = (lo, hi)
     return out
 
 

@@ -297,15 +297,39 @@ def bootstrap_intervals(
     True
     """
     y = np.asarray(y).astype(float)
-    rng = np.random.default_rng(random_state)
-    W = rng.poisson(1.0, size=(len(y), n_bootstrap)).astype(float)
+    W = poisson_weights(len(y), n_bootstrap, random_state)
     reps = weighted_metrics(y, np.asarray(p, dtype=float), W, threshold=threshold, n_bins=n_bins)
     alpha = (1 - confidence) / 2
-    out = {}
-    for k, v in reps.items():
-        v = v[np.isfinite(v)]
-        out[k] = (float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))) if len(v) >= 10 else (np.nan, np.nan)
-    return out
+    return {k: percentile_interval(v, alpha) for k, v in reps.items()}
+
+
+def poisson_weights(n: int, replicates: int, random_state: int | np.random.Generator | None) -> np.ndarray:
+    """Row weights of a Poisson(1) bootstrap, shape (n, replicates), float: a weight counts a row that many times.
+
+    Examples
+    --------
+    >>> poisson_weights(3, 2, 0).shape
+    (3, 2)
+    """
+    return np.random.default_rng(random_state).poisson(1.0, size=(n, replicates)).astype(float)
+
+
+def percentile_interval(replicates, alpha: float, *, min_count: int = 10) -> tuple[float, float]:
+    """The ``alpha`` and ``1 - alpha`` quantiles of a bootstrap's replicates (undefined ones left out); NaN bounds
+    when fewer than ``min_count`` are defined.
+
+    Examples
+    --------
+    >>> percentile_interval(np.arange(101.0), 0.025)
+    (2.5, 97.5)
+    >>> percentile_interval([1.0, np.nan], 0.025)
+    (nan, nan)
+    """
+    v = np.asarray(replicates, dtype=float)
+    v = v[np.isfinite(v)]
+    if len(v) < min_count:
+        return (np.nan, np.nan)
+    return float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))
 
 
 def weighted_metrics(

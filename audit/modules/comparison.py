@@ -12,7 +12,10 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from audit.config import AuditConfig
+from audit.fairness import paired_measure_changes
 from audit.findings import Finding
+from audit.metrics import percentile_interval, poisson_weights, weighted_metrics
+from audit.modules._shared import audit_groupings
 from audit.modules.base import AuditContext, ModuleResult, Table
 
 _METRICS = ("roc_auc", "pr_auc", "accuracy", "f1", "log_loss", "brier", "ece")
@@ -99,10 +102,6 @@ def paired_changes(ctx: AuditContext, base: dict[str, Any]) -> dict[str, Any] | 
     used)."""
     from pathlib import Path
 
-    from audit.fairness import _measures, _rates, bootstrap_sums, encode_groups
-    from audit.metrics import weighted_metrics
-    from audit.modules._shared import audit_groupings
-
     if ctx.population is not None or not ctx.baseline_path:
         return None
     path = Path(ctx.baseline_path).parent / "scores.parquet"
@@ -117,37 +116,29 @@ def paired_changes(ctx: AuditContext, base: dict[str, Any]) -> dict[str, Any] | 
     thr_old = float(base["provenance"]["config"].get("model", {}).get("threshold", 0.5))
     thr_new = ctx.config.model.threshold
     seed = ctx.seed_for("comparison.paired")
-    W = np.random.default_rng(seed).poisson(1.0, size=(len(y), PAIRED_REPLICATES)).astype(float)
+    W = poisson_weights(len(y), PAIRED_REPLICATES, seed)
     a = weighted_metrics(y, p_old, W, threshold=thr_old)
     b = weighted_metrics(y, p_new, W, threshold=thr_new)
-    out: dict[str, Any] = {"metrics": {}, "fairness": {}}
-    for m in a:
-        d = (b[m] - a[m])[np.isfinite(b[m] - a[m])]
-        if len(d) >= 10:
-            out["metrics"][m] = (float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975)))
-    fav = ctx.dataset.schema.favourable_is_positive
-    min_size = ctx.config.fairness.min_group_size
-    for name, labels in audit_groupings(ctx).items():
-        levels, codes = encode_groups(labels)
-        eligible = np.bincount(codes, minlength=len(levels)) >= min_size
-        reps = []
-        for p, thr in ((p_old, thr_old), (p_new, thr_new)):
-            sums = bootstrap_sums(
-                y, p, [codes], [len(levels)], threshold=thr, n_bins=10, n_replicates=PAIRED_REPLICATES, seed=seed,
-                favourable_positive=fav,
-            )[0]  # fmt: skip
-            with np.errstate(all="ignore"):
-                reps.append(_measures(_rates(sums, 10), eligible))
-        for m in reps[0]:
-            d = reps[1][m] - reps[0][m]
-            d = d[np.isfinite(d)]
-            if len(d) >= 10:
-                out["fairness"][(name, m)] = (float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975)))
-    return out
+    metrics = {m: percentile_interval(b[m] - a[m], 0.025) for m in a}
+    fairness = paired_measure_changes(
+        y, (p_old, thr_old), (p_new, thr_new), audit_groupings(ctx), min_group_size=ctx.config.fairness.min_group_size,
+        n_replicates=PAIRED_REPLICATES, seed=seed, favourable_positive=ctx.dataset.schema.favourable_is_positive,
+    )  # fmt: skip
+    return {"metrics": {m: ci for m, ci in metrics.items() if np.isfinite(ci[0])}, "fairness": fairness}
 
 
 def _outside(ci) -> bool:
     return ci is not None and (ci[0] > 0 or ci[1] < 0)
+
+
+def _change(a: float, b: float, tolerance: float, paired_ci, own_cis) -> tuple[dict[str, Any], bool | None]:
+    """One row of a change table (without its names) and whether the change is beyond sampling noise: by the
+    paired interval of the change when there is one, else by the two runs' own intervals (None without them)."""
+    tol = abs(b - a) > tolerance
+    noise = _outside(paired_ci) if paired_ci is not None else beyond_noise(a, b, *own_cis)
+    row = {"baseline": a, "current": b, "change": b - a, "beyond tolerance": tol,
+           "beyond noise": "no interval" if noise is None else noise}  # fmt: skip
+    return row, noise
 
 
 class ComparisonModule:
@@ -158,17 +149,34 @@ class ComparisonModule:
         return config.report.compare.enabled
 
     def run(self, ctx: AuditContext) -> ModuleResult:
-        from audit.jsonable import to_jsonable
-
-        cfg = ctx.config.report.compare
         base = ctx.baseline
         if base is None:
             return ModuleResult(summary={"baseline": "none (first run of this config)"})
         findings: list[Finding] = []
         tables: list[Table] = []
         meta = {"baseline_run": base["audit"]["run_id"], "baseline_path": ctx.baseline_path}
+        changed = self._config(ctx, base, tables, findings)
+        paired = paired_changes(ctx, base)
+        mode = "paired bootstrap of the same rows" if paired else "the two runs' own intervals"
+        self._performance(ctx, base, paired, mode, tables, findings)
+        self._fairness(ctx, base, paired, mode, tables, findings)
+        rho = self._ranks(ctx, base, tables, findings)
+        delta = self._findings_delta(ctx, base, tables)
+        return ModuleResult(
+            summary={
+                "baseline_run": meta["baseline_run"],
+                "noise_judged_by": mode,
+                "config_changes": len(changed),
+                "new_failures": sum(d["change"] == "new" for d in delta),
+                "resolved_failures": sum(d["change"] == "resolved" for d in delta),
+                "rank_correlation": rho,
+            },
+            tables=tables,
+            findings=findings,
+            data={**meta, "config_changes": changed, "findings_delta": delta, "rank_correlation": rho},
+        )
 
-        # config changes
+    def _config(self, ctx: AuditContext, base: dict, tables: list, findings: list) -> list[dict]:
         old = _flatten(base["provenance"]["config"])
         new = _flatten(ctx.config.model_dump(mode="json"))
         changed = [
@@ -187,172 +195,157 @@ class ComparisonModule:
                     "info",
                     "info",
                     {"keys": [c["key"] for c in changed]},
-                )
+                )  # fmt: skip
             )
+        return changed
 
-        # performance
+    def _performance(self, ctx: AuditContext, base: dict, paired, mode: str, tables: list, findings: list) -> None:
+        cfg = ctx.config.report.compare
         perf = ctx.results.get("performance")
         old_data = base["modules"].get("performance", {}).get("data", {})
         # a population on both sides (e.g. this month's and last month's scored file) is what drifts; else the test split
         split = "population" if perf is not None and "population" in perf.data and "population" in old_data else "test"
         old_perf = old_data.get(split)
-        paired = paired_changes(ctx, base)
-        mode = "paired bootstrap of the same rows" if paired else "the two runs' own intervals"
-        if perf is not None and old_perf:
-            rows = []
-            ci_old = old_data.get(f"{split}_ci", {}) or {}
-            ci_new = perf.data.get(f"{split}_ci", {}) or {}
-            for m in _METRICS:
-                a, b = old_perf.get(m), perf.data[split].get(m)
-                if a is None or b is None:
+        if perf is None or not old_perf:
+            return
+        rows = []
+        ci_old = old_data.get(f"{split}_ci", {}) or {}
+        ci_new = perf.data.get(f"{split}_ci", {}) or {}
+        for m in _METRICS:
+            a, b = old_perf.get(m), perf.data[split].get(m)
+            if a is None or b is None:
+                continue
+            paired_ci = paired["metrics"].get(m) if paired and split == "test" else None
+            row, noise = _change(a, b, cfg.max_metric_change, paired_ci, (ci_old.get(m), ci_new.get(m)))
+            drift = m in ("roc_auc", "accuracy") and row["beyond tolerance"] and noise is not False
+            rows.append({"metric": m, **row, "drift": drift})
+            if drift:
+                findings.append(
+                    _drift(
+                        f"{split.capitalize()} {m} moved {b - a:+.3f} since the baseline ({a:.3f} -> {b:.3f})",
+                        {"baseline": a, "current": b, "beyond_noise": noise},
+                        f"|change| <= {cfg.max_metric_change} or within sampling noise",
+                        cfg.gate,
+                        id=f"comparison.{split}.{m}",
+                        measure=m,
+                        value=float(b - a),
+                        limit=cfg.max_metric_change,
+                    )  # fmt: skip
+                )
+        tables.append(
+            Table(
+                "performance",
+                f"{split.capitalize()} metrics: baseline and current",
+                pd.DataFrame(rows),
+                f"Drift: a change beyond report.compare.max_metric_change that sampling noise does not explain "
+                f"(judged by {mode}).",
+            )
+        )
+
+    def _fairness(self, ctx: AuditContext, base: dict, paired, mode: str, tables: list, findings: list) -> None:
+        from audit.jsonable import to_jsonable
+
+        cfg = ctx.config.report.compare
+        fair = ctx.results.get("fairness")
+        old_fair = base["modules"].get("fairness", {}).get("data")
+        if fair is None or not old_fair:
+            return
+        rows = []
+        for grouping, entry in to_jsonable(fair.data).items():
+            before = old_fair.get(grouping)
+            if not (isinstance(entry, dict) and isinstance(before, dict) and "measures" in before):
+                continue  # not a grouping (e.g. flagged_proxies), or not in the baseline
+            bm = before["measures"]
+            old_m = {
+                m: (v, lo, hi)
+                for m, v, lo, hi in zip(bm["measure"], bm["value"], bm["ci_low"], bm["ci_high"], strict=True)
+            }
+            em = entry["measures"]
+            for m, v, lo, hi in zip(em["measure"], em["value"], em["ci_low"], em["ci_high"], strict=True):
+                a, a_lo, a_hi = old_m.get(m, (None, None, None))
+                if a is None or v is None:
                     continue
-                tol = abs(b - a) > cfg.max_metric_change
-                if paired and split == "test" and m in paired["metrics"]:
-                    noise = _outside(paired["metrics"][m])
-                else:
-                    noise = beyond_noise(a, b, ci_old.get(m), ci_new.get(m))
-                drift = m in ("roc_auc", "accuracy") and tol and noise is not False
-                rows.append(
-                    {"metric": m, "baseline": a, "current": b, "change": b - a, "beyond tolerance": tol,
-                     "beyond noise": "no interval" if noise is None else noise, "drift": drift}
-                )  # fmt: skip
+                paired_ci = paired["fairness"].get((grouping, m)) if paired else None
+                row, noise = _change(a, v, cfg.max_fairness_change, paired_ci, ((a_lo, a_hi), (lo, hi)))
+                drift = row["beyond tolerance"] and noise is not False
+                rows.append({"grouping": grouping, "measure": m, **row, "drift": drift})
                 if drift:
                     findings.append(
                         _drift(
-                            f"{split.capitalize()} {m} moved {b - a:+.3f} since the baseline ({a:.3f} -> {b:.3f})",
-                            {"baseline": a, "current": b, "beyond_noise": noise},
-                            f"|change| <= {cfg.max_metric_change} or within sampling noise",
+                            f"{m.replace('_', ' ')} by {grouping} moved {v - a:+.3f} since the baseline",
+                            {"baseline": a, "current": v, "beyond_noise": noise},
+                            f"|change| <= {cfg.max_fairness_change} or within sampling noise",
                             cfg.gate,
-                            id=f"comparison.{split}.{m}",
+                            id=f"comparison.fairness.{m}.{grouping}",
                             measure=m,
-                            value=float(b - a),
-                            limit=cfg.max_metric_change,
-                        )
+                            subject=grouping,
+                            value=float(v - a),
+                            limit=cfg.max_fairness_change,
+                        )  # fmt: skip
                     )
-            tables.append(
-                Table(
-                    "performance",
-                    f"{split.capitalize()} metrics: baseline and current",
-                    pd.DataFrame(rows),
-                    f"Drift: a change beyond report.compare.max_metric_change that sampling noise does not explain "
-                    f"(judged by {mode}).",
-                )
+        tables.append(
+            Table(
+                "fairness",
+                "Fairness measures: baseline and current",
+                pd.DataFrame(rows),
+                f"Drift: a change beyond report.compare.max_fairness_change that sampling noise does not explain "
+                f"(judged by {mode}).",
             )
+        )
 
-        # fairness measures
-        fair = ctx.results.get("fairness")
-        old_fair = base["modules"].get("fairness", {}).get("data")
-        if fair is not None and old_fair:
-            rows = []
-            cur = to_jsonable(fair.data)
-            for grouping, entry in cur.items():
-                before = old_fair.get(grouping)
-                if not (isinstance(entry, dict) and isinstance(before, dict) and "measures" in before):
-                    continue  # not a grouping (e.g. flagged_proxies), or not in the baseline
-                bm = before["measures"]
-                old_m = {
-                    m: (v, lo, hi)
-                    for m, v, lo, hi in zip(bm["measure"], bm["value"], bm["ci_low"], bm["ci_high"], strict=True)
-                }
-                em = entry["measures"]
-                for m, v, lo, hi in zip(em["measure"], em["value"], em["ci_low"], em["ci_high"], strict=True):
-                    a, a_lo, a_hi = old_m.get(m, (None, None, None))
-                    if a is None or v is None:
-                        continue
-                    tol = abs(v - a) > cfg.max_fairness_change
-                    if paired and (grouping, m) in paired["fairness"]:
-                        noise = _outside(paired["fairness"][(grouping, m)])
-                    else:
-                        noise = beyond_noise(a, v, (a_lo, a_hi), (lo, hi))
-                    drift = tol and noise is not False
-                    rows.append(
-                        {"grouping": grouping, "measure": m, "baseline": a, "current": v, "change": v - a,
-                         "beyond tolerance": tol, "beyond noise": "no interval" if noise is None else noise,
-                         "drift": drift}
-                    )  # fmt: skip
-                    if drift:
-                        findings.append(
-                            _drift(
-                                f"{m.replace('_', ' ')} by {grouping} moved {v - a:+.3f} since the baseline",
-                                {"baseline": a, "current": v, "beyond_noise": noise},
-                                f"|change| <= {cfg.max_fairness_change} or within sampling noise",
-                                cfg.gate,
-                                id=f"comparison.fairness.{m}.{grouping}",
-                                measure=m,
-                                subject=grouping,
-                                value=float(v - a),
-                                limit=cfg.max_fairness_change,
-                            )
-                        )
-            tables.append(
-                Table(
-                    "fairness",
-                    "Fairness measures: baseline and current",
-                    pd.DataFrame(rows),
-                    f"Drift: a change beyond report.compare.max_fairness_change that sampling noise does not explain "
-                    f"(judged by {mode}).",
-                )
-            )
-
-        # importance ranks, over the features that clearly matter in both runs
+    def _ranks(self, ctx: AuditContext, base: dict, tables: list, findings: list) -> float | None:
+        """Importance ranks, over the features that clearly matter in both runs; their Spearman correlation."""
+        cfg = ctx.config.report.compare
         pi = ctx.results.get("permutation_importance")
         old_pi = base["modules"].get("permutation_importance", {}).get("data", {})
         old_rank = old_pi.get("rank_by_feature")
+        if pi is None or not old_rank:
+            return None
         rho = None
-        if pi is not None and old_rank:
-            cur_rank = pi.data["rank_by_feature"]
-            common = sorted(set(cur_rank) & set(old_rank))
-            clear = sorted(set(_important(pi.data)) & set(_important(old_pi)) & set(common))
-            if len(clear) >= 3:
-                rho = float(spearmanr([old_rank[f] for f in clear], [cur_rank[f] for f in clear]).statistic)
-                if not np.isfinite(rho):
-                    rho = None
-            rows = [
-                {
-                    "feature": f,
-                    "baseline_rank": old_rank.get(f),
-                    "current_rank": cur_rank.get(f),
-                    "compared": f in clear,
-                }
-                for f in common
-            ]
-            tables.append(
-                Table(
-                    "ranks",
-                    f"Importance ranks (Spearman correlation {rho if rho is None else round(rho, 3)} over the "
-                    f"{len(clear)} features clearly important in both runs)",
-                    pd.DataFrame(rows),
-                    "Compared: features whose permutation importance interval lies above 0 in both runs; the ranks "
-                    "of features with no measurable importance are noise and are left out.",
-                )
+        cur_rank = pi.data["rank_by_feature"]
+        common = sorted(set(cur_rank) & set(old_rank))
+        clear = sorted(set(_important(pi.data)) & set(_important(old_pi)) & set(common))
+        if len(clear) >= 3:
+            rho = float(spearmanr([old_rank[f] for f in clear], [cur_rank[f] for f in clear]).statistic)
+            if not np.isfinite(rho):
+                rho = None
+        iv_old, iv_new = _importance_intervals(old_pi), _importance_intervals(pi.data)
+        moved = [f for f in clear if beyond_noise(iv_old[f][0], iv_new[f][0], iv_old[f][1:], iv_new[f][1:])]
+        rows = [
+            {"feature": f, "baseline_rank": old_rank.get(f), "current_rank": cur_rank.get(f), "compared": f in clear,
+             "importance moved beyond noise": f in moved}
+            for f in common
+        ]  # fmt: skip
+        tables.append(
+            Table(
+                "ranks",
+                f"Importance ranks (Spearman correlation {rho if rho is None else round(rho, 3)} over the "
+                f"{len(clear)} features clearly important in both runs)",
+                pd.DataFrame(rows),
+                "Compared: features whose permutation importance interval lies above 0 in both runs; the ranks "
+                "of features with no measurable importance are noise and are left out.",
             )
-            iv_old, iv_new = _importance_intervals(old_pi), _importance_intervals(pi.data)
-            moved = [
-                f for f in clear
-                if beyond_noise(iv_old[f][0], iv_new[f][0], iv_old[f][1:], iv_new[f][1:])
-            ]  # fmt: skip
-            for r in rows:
-                r["importance moved beyond noise"] = r["feature"] in moved
-            tables[-1].frame = pd.DataFrame(rows)
-            top_old = sorted(old_rank, key=old_rank.get)[:3]
-            top_new = sorted(cur_rank, key=cur_rank.get)[:3]
-            top_changed = top_old[0] not in top_new or top_new[0] not in top_old
-            if rho is not None and rho < cfg.min_rank_correlation and moved and top_changed:
-                findings.append(
-                    _drift(
-                        f"Importance ranking changed: Spearman {rho:.2f} against the baseline over the {len(clear)} "
-                        f"features important in both runs; {', '.join(moved[:5])} moved beyond sampling noise",
-                        {"spearman": rho, "features": clear, "moved": moved},
-                        f"Spearman >= {cfg.min_rank_correlation}, or no importance moved beyond sampling noise, or "
-                        "the most important feature stayed in the other run's top three",
-                        cfg.gate,
-                        id="comparison.importance_ranks",
-                        value=rho,
-                        limit=cfg.min_rank_correlation,
-                    )
-                )
+        )
+        top_old = sorted(old_rank, key=old_rank.get)[:3]
+        top_new = sorted(cur_rank, key=cur_rank.get)[:3]
+        top_changed = top_old[0] not in top_new or top_new[0] not in top_old
+        if rho is not None and rho < cfg.min_rank_correlation and moved and top_changed:
+            findings.append(
+                _drift(
+                    f"Importance ranking changed: Spearman {rho:.2f} against the baseline over the {len(clear)} "
+                    f"features important in both runs; {', '.join(moved[:5])} moved beyond sampling noise",
+                    {"spearman": rho, "features": clear, "moved": moved},
+                    f"Spearman >= {cfg.min_rank_correlation}, or no importance moved beyond sampling noise, or "
+                    "the most important feature stayed in the other run's top three",
+                    cfg.gate,
+                    id="comparison.importance_ranks",
+                    value=rho,
+                    limit=cfg.min_rank_correlation,
+                )  # fmt: skip
+            )
+        return rho
 
-        # findings appeared / resolved
+    def _findings_delta(self, ctx: AuditContext, base: dict, tables: list) -> list[dict]:
         old_f = {finding_key(f): f for f in base.get("findings", []) if f["status"] == "fail"}
         new_f = {finding_key(f): f for f in _current_findings(ctx) if f["status"] == "fail"}
         delta = [{"change": "new", "finding": new_f[k]["title"]} for k in sorted(set(new_f) - set(old_f))]
@@ -364,16 +357,4 @@ class ComparisonModule:
                 pd.DataFrame(delta, columns=["change", "finding"]),
             )
         )
-        return ModuleResult(
-            summary={
-                "baseline_run": meta["baseline_run"],
-                "noise_judged_by": mode,
-                "config_changes": len(changed),
-                "new_failures": sum(d["change"] == "new" for d in delta),
-                "resolved_failures": sum(d["change"] == "resolved" for d in delta),
-                "rank_correlation": rho,
-            },
-            tables=tables,
-            findings=findings,
-            data={**meta, "config_changes": changed, "findings_delta": delta, "rank_correlation": rho},
-        )
+        return delta
