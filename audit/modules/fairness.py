@@ -115,198 +115,26 @@ class FairnessModule:
         return config.fairness.enabled and bool(config.fairness.sensitive_features or config.fairness.derived)
 
     def run(self, ctx: AuditContext) -> ModuleResult:
-        cfg = ctx.config
-        fc = cfg.fairness
+        fc = ctx.config.fairness
         schema = ctx.dataset.schema
         sensitive = list(schema.sensitive)
         seed = ctx.seed_for(self.name)
         y, p, audited = _audit_rows(ctx)
-        if labelled_population(ctx):  # every row of the population, grouped the same way
-            groups = groupings(ctx.population.scored.sensitive, cfg, sensitive)
-        else:
-            groups = audit_groupings(ctx)
-        results = group_fairness_many(
-            y,
-            p,
-            groups,
-            threshold=cfg.model.threshold,
-            min_group_size=fc.min_group_size,
-            n_bootstrap=fc.n_bootstrap,
-            confidence=fc.confidence,
-            random_state=seed,
-            backend=ctx.backend,
-            favourable_positive=schema.favourable_is_positive,
-        )
-        findings, rows = [], []
+        groups, results = self._measure(ctx, y, p, sensitive, seed)
+        findings = []
         if ctx.population is not None and not labelled_population(ctx):
             findings.append(no_labels_finding(self.name, "fairness on the population", "the test split"))
-        thresholds = fc.thresholds.model_dump()
         fav = f"'{schema.favourable_label or schema.positive_label}' decision"
+        rows = []
         for res in results:
-            for m in res.measures.itertuples():
-                limit = thresholds[m.measure]
-                assessable = m.not_assessable is None and not math.isnan(m.value)
-                if not assessable:
-                    status = "not_assessable"
-                elif limit is None:
-                    status = "info"
-                else:
-                    status = verdict(m.value, m.ci_low, m.ci_high, limit, m.kind)
-                rule = RULES[m.measure]
-                rows.append(
-                    {
-                        "grouping": res.name,
-                        "measure": m.measure,
-                        "value": m.value,
-                        "ci_low": m.ci_low,
-                        "ci_high": m.ci_high,
-                        "threshold": limit,
-                        "verdict": status.replace("_", " "),
-                        "disadvantaged": m.disadvantaged,
-                        "advantaged": m.advantaged,
-                        "rule": rule,
-                        "meaning": _plain(m, res.name, fav) if assessable else f"not assessable: {m.not_assessable}",
-                    }
-                )
-                if limit is None and assessable:
-                    continue
-                sign = "<=" if m.kind == "max" else ">="
-                label = m.measure.replace("_", " ")
-                if assessable:
-                    title = (
-                        f"{label} by {res.name}: {m.value:.3f} [{m.ci_low:.3f}, {m.ci_high:.3f}] "
-                        f"({m.disadvantaged} vs {m.advantaged})"
-                    )
-                else:
-                    title = f"{label} by {res.name}: not assessable, {m.not_assessable}"
-                findings.append(
-                    Finding(
-                        self.name,
-                        title,
-                        status,
-                        _SEVERITY[m.measure] if status in ("fail", "inconclusive") else "info",
-                        {
-                            "insufficient_groups": res.insufficient,
-                            "disadvantaged": m.disadvantaged,
-                            "advantaged": m.advantaged,
-                        },
-                        f"{sign} {limit} ({int(fc.confidence * 100)}% bootstrap interval)"
-                        if limit is not None
-                        else None,
-                        gating=m.measure in fc.gate,
-                        id=f"fairness.{m.measure}.{res.name}",
-                        measure=m.measure,
-                        subject=res.name,
-                        value=None if not assessable else float(m.value),
-                        ci_low=None if not assessable else _num(m.ci_low),
-                        ci_high=None if not assessable else _num(m.ci_high),
-                        limit=limit,
-                        rule=rule,
-                        plain=_plain(m, res.name, fav) if assessable else f"Not assessable: {m.not_assessable}.",
-                    )  # fmt: skip
-                )
-            if res.insufficient:
-                findings.append(
-                    Finding(
-                        self.name,
-                        f"{res.name}: {len(res.insufficient)} group(s) below {fc.min_group_size} rows reported as "
-                        "insufficient data",
-                        "info",
-                        "low",
-                        {"groups": res.insufficient},
-                        id=f"fairness.insufficient_groups.{res.name}",
-                        subject=res.name,
-                    )
-                )
+            rows += self._judge(ctx, res, fav, findings)
         proxies = self._proxies(ctx, sensitive, seed)
-        findings += [
-            Finding(
-                self.name,
-                f"{r.feature} is a likely proxy for {r.sensitive} (bias-corrected Cramér's V {r.cramers_v:.2f}, "
-                f"permutation p = {r.p_value:.3f}"
-                + (f", importance rank {int(r.importance_rank)})" if not math.isnan(r.importance_rank) else ")"),
-                "fail",
-                "medium",
-                {
-                    "cramers_v": r.cramers_v,
-                    "cramers_v_uncorrected": r.cramers_v_uncorrected,
-                    "p_value": r.p_value,
-                    "importance_rank": r.importance_rank,
-                },
-                f"bias-corrected Cramér's V < {fc.proxy_association} or permutation p >= {fc.proxy_alpha}",
-            )
-            for r in proxies.itertuples()
-            if r.flagged
-        ]
-        measures = pd.DataFrame(rows)
-        tables = [
-            Table(
-                "measures",
-                "Headline fairness measures: who, by how much, how sure",
-                measures[
-                    [
-                        "grouping",
-                        "measure",
-                        "value",
-                        "ci_low",
-                        "ci_high",
-                        "threshold",
-                        "verdict",
-                        "disadvantaged",
-                        "advantaged",
-                    ]
-                ],
-                f"Over groups with at least {fc.min_group_size} rows; {int(fc.confidence * 100)}% bootstrap "
-                f"intervals from {fc.n_bootstrap} Poisson resamples of the {audited}, shifted by the bootstrap "
-                "estimate of bias (gaps over groups are biased upward by resampling); 'inconclusive' when the interval "
-                "straddles the threshold. Disadvantaged / advantaged: the groups with the lowest and highest rate "
-                f"behind the measure (selection: the {fav}).",
-            )  # fmt: skip
-        ]
-        references = {}
-        for res in results:
-            ref = _reference(res, fc.reference_groups.get(res.name))
-            references[res.name] = ref
-            tables.append(_group_table(res, ref, fc.min_group_size))
-        tables.append(
-            Table(
-                "definitions",
-                "What the measures mean",
-                pd.DataFrame(
-                    [
-                        {
-                            "measure": m,
-                            "definition": MEASURES[m][1],
-                            "rule": RULES[m],
-                            "passes when": ("at most" if MEASURES[m][0] == "max" else "at least") + f" {thresholds[m]}"
-                            if thresholds[m] is not None
-                            else "no threshold set",
-                        }
-                        for m in MEASURES
-                    ]  # fmt: skip
-                ),
-                "Selection: the favourable decision (model score "
-                + (">=" if schema.favourable_is_positive else "<")
-                + f" {cfg.model.threshold}). TPR: share of people whose true outcome is favourable who are selected; "
-                "FPR: share of the others who are selected; ECE: expected calibration error (mean gap between score "
-                "and observed rate over 10 score bins).",
-            )
-        )
-        tables.append(
-            Table(
-                "proxies",
-                "Association of each feature with each sensitive feature",
-                proxies,
-                "Cramér's V corrected for bias (Bergsma 2013; the uncorrected V beside it grows with the number of "
-                f"levels even for unrelated columns), numeric features in quintiles; p-value from {fc.proxy_permutations} "
-                f"shuffles of the sensitive column. Flagged: corrected V >= {fc.proxy_association} and "
-                f"p < {fc.proxy_alpha}. Importance rank from permutation importance when it ran.",
-            )
-        )
+        findings += self._proxy_findings(fc, proxies)
+        tables, references = self._tables(ctx, results, rows, proxies, audited, fav)
         single = [r for r in results if " x " not in r.name]
         figures = [self._rates_figure(single, "fairness_rates")] if single else []
         figures += [self._rates_figure([r], f"fairness_{r.name}") for r in results if " x " in r.name]
-        figures.append(self._roc_figure(y, p, sensitive, groups, cfg))
+        figures.append(self._roc_figure(y, p, sensitive, groups, ctx.config))
         return ModuleResult(
             summary={
                 "groupings": len(results),
@@ -328,10 +156,168 @@ class FairnessModule:
                 }
                 for res in results
             }
-            | {
-                "flagged_proxies": sorted({r.feature for r in proxies.itertuples() if r.flagged}),
-            },
+            | {"flagged_proxies": sorted({r.feature for r in proxies.itertuples() if r.flagged})},
         )
+
+    @staticmethod
+    def _measure(ctx: AuditContext, y, p, sensitive: list[str], seed: int):
+        """The groupings of the rows the numbers are computed on, and their group metrics and measures."""
+        cfg, fc = ctx.config, ctx.config.fairness
+        if labelled_population(ctx):  # every row of the population, grouped the same way
+            groups = groupings(ctx.population.scored.sensitive, cfg, sensitive)
+        else:
+            groups = audit_groupings(ctx)
+        results = group_fairness_many(
+            y, p, groups, threshold=cfg.model.threshold, min_group_size=fc.min_group_size, n_bootstrap=fc.n_bootstrap,
+            confidence=fc.confidence, random_state=seed, backend=ctx.backend,
+            favourable_positive=ctx.dataset.schema.favourable_is_positive,
+        )  # fmt: skip
+        return groups, results
+
+    def _judge(self, ctx: AuditContext, res, fav: str, findings: list[Finding]) -> list[dict]:
+        """A grouping's measures against their thresholds: a table row each, and the findings (appended)."""
+        fc = ctx.config.fairness
+        thresholds = fc.thresholds.model_dump()
+        rows = []
+        for m in res.measures.itertuples():
+            limit = thresholds[m.measure]
+            assessable = m.not_assessable is None and not math.isnan(m.value)
+            if not assessable:
+                status = "not_assessable"
+            elif limit is None:
+                status = "info"
+            else:
+                status = verdict(m.value, m.ci_low, m.ci_high, limit, m.kind)
+            rule = RULES[m.measure]
+            rows.append(
+                {"grouping": res.name, "measure": m.measure, "value": m.value, "ci_low": m.ci_low,
+                 "ci_high": m.ci_high, "threshold": limit, "verdict": status.replace("_", " "),
+                 "disadvantaged": m.disadvantaged, "advantaged": m.advantaged, "rule": rule,
+                 "meaning": _plain(m, res.name, fav) if assessable else f"not assessable: {m.not_assessable}"}
+            )  # fmt: skip
+            if limit is None and assessable:
+                continue
+            findings.append(self._measure_finding(fc, res, m, status, limit, rule, assessable, fav))
+        if res.insufficient:
+            findings.append(
+                Finding(
+                    self.name,
+                    f"{res.name}: {len(res.insufficient)} group(s) below {fc.min_group_size} rows reported as "
+                    "insufficient data",
+                    "info",
+                    "low",
+                    {"groups": res.insufficient},
+                    id=f"fairness.insufficient_groups.{res.name}",
+                    subject=res.name,
+                )  # fmt: skip
+            )
+        return rows
+
+    def _measure_finding(self, fc, res, m, status: str, limit, rule: str, assessable: bool, fav: str) -> Finding:
+        sign = "<=" if m.kind == "max" else ">="
+        label = m.measure.replace("_", " ")
+        if assessable:
+            title = (
+                f"{label} by {res.name}: {m.value:.3f} [{m.ci_low:.3f}, {m.ci_high:.3f}] "
+                f"({m.disadvantaged} vs {m.advantaged})"
+            )
+        else:
+            title = f"{label} by {res.name}: not assessable, {m.not_assessable}"
+        return Finding(
+            self.name,
+            title,
+            status,
+            _SEVERITY[m.measure] if status in ("fail", "inconclusive") else "info",
+            {"insufficient_groups": res.insufficient, "disadvantaged": m.disadvantaged, "advantaged": m.advantaged},
+            f"{sign} {limit} ({int(fc.confidence * 100)}% bootstrap interval)" if limit is not None else None,
+            gating=m.measure in fc.gate,
+            id=f"fairness.{m.measure}.{res.name}",
+            measure=m.measure,
+            subject=res.name,
+            value=None if not assessable else float(m.value),
+            ci_low=None if not assessable else _num(m.ci_low),
+            ci_high=None if not assessable else _num(m.ci_high),
+            limit=limit,
+            rule=rule,
+            plain=_plain(m, res.name, fav) if assessable else f"Not assessable: {m.not_assessable}.",
+        )
+
+    def _proxy_findings(self, fc, proxies: pd.DataFrame) -> list[Finding]:
+        return [
+            Finding(
+                self.name,
+                f"{r.feature} is a likely proxy for {r.sensitive} (bias-corrected Cramér's V {r.cramers_v:.2f}, "
+                f"permutation p = {r.p_value:.3f}"
+                + (f", importance rank {int(r.importance_rank)})" if not math.isnan(r.importance_rank) else ")"),
+                "fail",
+                "medium",
+                {
+                    "cramers_v": r.cramers_v,
+                    "cramers_v_uncorrected": r.cramers_v_uncorrected,
+                    "p_value": r.p_value,
+                    "importance_rank": r.importance_rank,
+                },
+                f"bias-corrected Cramér's V < {fc.proxy_association} or permutation p >= {fc.proxy_alpha}",
+            )  # fmt: skip
+            for r in proxies.itertuples()
+            if r.flagged
+        ]
+
+    @staticmethod
+    def _tables(ctx: AuditContext, results, rows: list[dict], proxies, audited: str, fav: str):
+        """The measures table, a group table per grouping (with its reference group), definitions and proxies."""
+        cfg, fc, schema = ctx.config, ctx.config.fairness, ctx.dataset.schema
+        thresholds = fc.thresholds.model_dump()
+        measures = pd.DataFrame(rows)
+        shown = ["grouping", "measure", "value", "ci_low", "ci_high", "threshold", "verdict", "disadvantaged",
+                 "advantaged"]  # fmt: skip
+        tables = [
+            Table(
+                "measures",
+                "Headline fairness measures: who, by how much, how sure",
+                measures[shown],
+                f"Over groups with at least {fc.min_group_size} rows; {int(fc.confidence * 100)}% bootstrap "
+                f"intervals from {fc.n_bootstrap} Poisson resamples of the {audited}, shifted by the bootstrap "
+                "estimate of bias (gaps over groups are biased upward by resampling); 'inconclusive' when the interval "
+                "straddles the threshold. Disadvantaged / advantaged: the groups with the lowest and highest rate "
+                f"behind the measure (selection: the {fav}).",
+            )
+        ]
+        references = {}
+        for res in results:
+            ref = _reference(res, fc.reference_groups.get(res.name))
+            references[res.name] = ref
+            tables.append(_group_table(res, ref, fc.min_group_size))
+        definitions = [
+            {"measure": m, "definition": MEASURES[m][1], "rule": RULES[m],
+             "passes when": ("at most" if MEASURES[m][0] == "max" else "at least") + f" {thresholds[m]}"
+             if thresholds[m] is not None else "no threshold set"}
+            for m in MEASURES
+        ]  # fmt: skip
+        tables.append(
+            Table(
+                "definitions",
+                "What the measures mean",
+                pd.DataFrame(definitions),
+                "Selection: the favourable decision (model score "
+                + (">=" if schema.favourable_is_positive else "<")
+                + f" {cfg.model.threshold}). TPR: share of people whose true outcome is favourable who are selected; "
+                "FPR: share of the others who are selected; ECE: expected calibration error (mean gap between score "
+                "and observed rate over 10 score bins).",
+            )
+        )
+        tables.append(
+            Table(
+                "proxies",
+                "Association of each feature with each sensitive feature",
+                proxies,
+                "Cramér's V corrected for bias (Bergsma 2013; the uncorrected V beside it grows with the number of "
+                f"levels even for unrelated columns), numeric features in quintiles; p-value from {fc.proxy_permutations} "
+                f"shuffles of the sensitive column. Flagged: corrected V >= {fc.proxy_association} and "
+                f"p < {fc.proxy_alpha}. Importance rank from permutation importance when it ran.",
+            )
+        )
+        return tables, references
 
     @staticmethod
     def _proxies(ctx: AuditContext, sensitive: list[str], seed: int) -> pd.DataFrame:
