@@ -14,7 +14,7 @@ from audit.explain.counterfactual import constraint_violations, counterfactual_m
 from audit.explain.local_surrogate import lime_explanations, lime_explanations_lime, top_k_jaccard
 from audit.explain.shapley import reason_codes, shapley_values, shapley_values_shap, summarize_background
 from audit.findings import Finding
-from audit.modules._shared import check_local_config, constraints_from_config, select_instances  # noqa: F401 - re-exported
+from audit.modules._shared import audit_groupings, constraints_from_config, most_important, select_instances
 from audit.modules.base import AuditContext, Figure, ModuleResult, Table
 from audit.plotting import draw, subplots
 from audit.schema import Schema
@@ -137,54 +137,9 @@ class ShapModule:
         schema = ctx.dataset.schema
         names = schema.feature_names
         idx, why = select_instances(ctx)
-        seed = ctx.seed_for(self.name)
-        bg_size, n_perm, budget_note = _shap_budget(
-            len(idx), len(names), lc.background.size, sc.n_permutations, sc.method, sc.exact_max_features,
-            sc.max_model_rows,
-        )  # fmt: skip
-        B, w, bg_rows = summarize_background(
-            ctx.train_codes(),
-            bg_size,
-            method=lc.background.method,
-            categorical_mask=schema.categorical_mask,
-            random_state=seed,
-            return_index=True,
-        )
         X = ctx.codes_audit[idx]
-        if sc.engine == "shap":
-            sv = shapley_values_shap(
-                ctx.predictor.predict_codes,
-                X,
-                B,
-                feature_names=names,
-                method=sc.method,
-                n_permutations=n_perm,
-                exact_max_features=sc.exact_max_features,
-                random_state=seed + 1,
-            )
-        else:
-            sv = shapley_values(
-                ctx.predictor.predict_codes,
-                X,
-                B,
-                feature_names=names,
-                background_weights=w,
-                method=sc.method,
-                n_permutations=n_perm,
-                exact_max_features=sc.exact_max_features,
-                random_state=seed + 1,
-            )
+        sv, B, w, bg_rows, method_note = self._values(ctx, X, len(idx))
         err = sv.additivity_error
-        method_note = (
-            f"exact Shapley values over all 2^{len(names)} coalitions (at most {sc.exact_max_features} features)"
-            if sv.method.startswith("exact")
-            else f"antithetic permutation sampling, {sv.n_permutations} feature orders per row ({len(names)} features "
-            f"> {sc.exact_max_features}, too many for all coalitions); exact for interactions up to second order"
-        )
-        if sc.engine == "shap":
-            method_note += "; computed by the shap library's own explainer (engine: shap)"
-        if budget_note:
-            method_note += "; " + budget_note
         findings = [
             Finding(
                 self.name,
@@ -197,48 +152,7 @@ class ShapModule:
         ]
         thr = ctx.config.model.threshold
         declined = np.flatnonzero(schema.declined(sv.predictions, thr))
-        direction = "negative" if schema.favourable_is_positive else "positive"
-        codes = reason_codes(sv.values[declined], feature_names=names, k=sc.reason_codes, direction=direction)
-        fair = ctx.results.get("fairness")
-        watched = {s: "sensitive" for s in schema.sensitive} | {
-            p: "proxy" for p in (fair.data.get("flagged_proxies", []) if fair is not None else [])
-        }
-        rc_rows, citing = [], {}
-        for r, reasons in zip(declined, codes, strict=True):
-            row = {"row": int(idx[r]), "probability": float(sv.predictions[r])}
-            cited = []
-            for k, (f, phi) in enumerate(reasons, start=1):
-                mark = f" [{watched[f]}]" if f in watched else ""
-                row[f"reason {k}"] = f"{f} = {_value_text(schema.feature(f), X[r, names.index(f)])} ({phi:+.3f}){mark}"
-                if f in watched:
-                    cited.append(f)
-            row["cites sensitive or proxy"] = ", ".join(cited) if cited else "no"
-            for f in cited:
-                citing[f] = citing.get(f, 0) + 1
-            rc_rows.append(row)
-        rc = pd.DataFrame(rc_rows)
-        n_citing = sum(r["cites sensitive or proxy"] != "no" for r in rc_rows)
-        if rc_rows:
-            findings.append(
-                Finding(
-                    self.name,
-                    f"Reason codes of {n_citing} of {len(rc_rows)} declined rows cite a sensitive feature or a "
-                    f"flagged proxy"
-                    + (f" ({', '.join(f'{f} {n}x' for f, n in sorted(citing.items()))})" if citing else ""),
-                    "fail" if n_citing else "pass",
-                    "medium" if n_citing else "info",
-                    {"rows": len(rc_rows), "citing": n_citing, "features": citing},
-                    "no adverse-action reason names a sensitive feature or a likely proxy of one",
-                    id="shap.reason_codes_cite_sensitive",
-                    value=n_citing / len(rc_rows),
-                    plain=(
-                        f"{n_citing} of {len(rc_rows)} declined applicants' top reasons include a sensitive feature or "
-                        "a likely proxy of one: an adverse-action notice would cite it."
-                        if n_citing
-                        else "No declined applicant's top reasons cite a sensitive feature or a likely proxy."
-                    ),
-                )
-            )
+        rc = self._reason_codes(ctx, sv, X, idx, declined, findings)
         per_row = pd.DataFrame(sv.values, columns=names)
         per_row.insert(0, "row", idx)
         per_row.insert(1, "selected as", [", ".join(why[int(i)]) for i in idx])
@@ -293,6 +207,89 @@ class ShapModule:
             },
         )
 
+    def _values(self, ctx: AuditContext, X: np.ndarray, n_rows: int):
+        """SHAP values of the rows ``X`` against a summarised background, by our engine or the shap library's; with
+        the background, its weights and rows, and a note on the method."""
+        lc = ctx.config.local
+        sc = lc.shap
+        schema = ctx.dataset.schema
+        names = schema.feature_names
+        seed = ctx.seed_for(self.name)
+        bg_size, n_perm, budget_note = _shap_budget(
+            n_rows, len(names), lc.background.size, sc.n_permutations, sc.method, sc.exact_max_features,
+            sc.max_model_rows,
+        )  # fmt: skip
+        B, w, bg_rows = summarize_background(
+            ctx.train_codes(), bg_size, method=lc.background.method, categorical_mask=schema.categorical_mask,
+            random_state=seed, return_index=True,
+        )  # fmt: skip
+        common = dict(feature_names=names, method=sc.method, n_permutations=n_perm,
+                      exact_max_features=sc.exact_max_features, random_state=seed + 1)  # fmt: skip
+        if sc.engine == "shap":
+            sv = shapley_values_shap(ctx.predictor.predict_codes, X, B, **common)
+        else:
+            sv = shapley_values(ctx.predictor.predict_codes, X, B, background_weights=w, **common)
+        method_note = (
+            f"exact Shapley values over all 2^{len(names)} coalitions (at most {sc.exact_max_features} features)"
+            if sv.method.startswith("exact")
+            else f"antithetic permutation sampling, {sv.n_permutations} feature orders per row ({len(names)} features "
+            f"> {sc.exact_max_features}, too many for all coalitions); exact for interactions up to second order"
+        )
+        if sc.engine == "shap":
+            method_note += "; computed by the shap library's own explainer (engine: shap)"
+        if budget_note:
+            method_note += "; " + budget_note
+        return sv, B, w, bg_rows, method_note
+
+    def _reason_codes(self, ctx: AuditContext, sv, X, idx, declined, findings: list[Finding]) -> pd.DataFrame:
+        """The declined rows' top adverse features, marked when one is a sensitive feature or a flagged proxy (a
+        finding says how many rows cite one)."""
+        sc = ctx.config.local.shap
+        schema = ctx.dataset.schema
+        names = schema.feature_names
+        direction = "negative" if schema.favourable_is_positive else "positive"
+        codes = reason_codes(sv.values[declined], feature_names=names, k=sc.reason_codes, direction=direction)
+        fair = ctx.results.get("fairness")
+        watched = {s: "sensitive" for s in schema.sensitive} | {
+            p: "proxy" for p in (fair.data.get("flagged_proxies", []) if fair is not None else [])
+        }
+        rc_rows, citing = [], {}
+        for r, reasons in zip(declined, codes, strict=True):
+            row = {"row": int(idx[r]), "probability": float(sv.predictions[r])}
+            cited = []
+            for k, (f, phi) in enumerate(reasons, start=1):
+                mark = f" [{watched[f]}]" if f in watched else ""
+                row[f"reason {k}"] = f"{f} = {_value_text(schema.feature(f), X[r, names.index(f)])} ({phi:+.3f}){mark}"
+                if f in watched:
+                    cited.append(f)
+            row["cites sensitive or proxy"] = ", ".join(cited) if cited else "no"
+            for f in cited:
+                citing[f] = citing.get(f, 0) + 1
+            rc_rows.append(row)
+        n_citing = sum(r["cites sensitive or proxy"] != "no" for r in rc_rows)
+        if rc_rows:
+            findings.append(
+                Finding(
+                    self.name,
+                    f"Reason codes of {n_citing} of {len(rc_rows)} declined rows cite a sensitive feature or a "
+                    f"flagged proxy"
+                    + (f" ({', '.join(f'{f} {n}x' for f, n in sorted(citing.items()))})" if citing else ""),
+                    "fail" if n_citing else "pass",
+                    "medium" if n_citing else "info",
+                    {"rows": len(rc_rows), "citing": n_citing, "features": citing},
+                    "no adverse-action reason names a sensitive feature or a likely proxy of one",
+                    id="shap.reason_codes_cite_sensitive",
+                    value=n_citing / len(rc_rows),
+                    plain=(
+                        f"{n_citing} of {len(rc_rows)} declined applicants' top reasons include a sensitive feature or "
+                        "a likely proxy of one: an adverse-action notice would cite it."
+                        if n_citing
+                        else "No declined applicant's top reasons cite a sensitive feature or a likely proxy."
+                    ),
+                )
+            )
+        return pd.DataFrame(rc_rows)
+
     @staticmethod
     def _summary_figure(values, X, names, mean_abs, schema) -> Figure:
         return Figure(
@@ -319,39 +316,13 @@ class LimeModule:
 
     def run(self, ctx: AuditContext) -> ModuleResult:
         lc = ctx.config.local.lime
-        schema = ctx.dataset.schema
-        names = schema.feature_names
+        names = ctx.dataset.schema.feature_names
         idx, _ = select_instances(ctx)
-        X = ctx.codes_audit[idx]
-        seed = ctx.seed_for(self.name)
-        levels = [list(f.levels) if f.is_categorical else None for f in schema.features]
-        from audit.modules._shared import most_important
-
-        chosen, how = most_important(ctx, lc.max_features)
-        extra = {"perturbed": [names.index(f) for f in chosen]} if how and lc.engine == "audit" else {}
-
-        def explain(s):
-            fn = lime_explanations_lime if lc.engine == "lime" else lime_explanations
-            return fn(
-                ctx.predictor.predict_codes,
-                X,
-                ctx.train_codes(),
-                feature_names=names,
-                categorical_mask=schema.categorical_mask,
-                level_names=levels,
-                num_samples=lc.num_samples,
-                num_features=lc.num_features,
-                kernel_width=lc.kernel_width,
-                random_state=s,
-                **extra,
-            )
-
-        main = explain(seed)
+        main, reruns, how, perturbed_only = self._explain(ctx, idx)
         k = min(lc.top_k, len(names))
         top = main.top_features(k)
         # with top_k >= the number of features every top-k set is all features: overlap 1 by construction
         assessable = lc.top_k < len(names)
-        reruns = [explain(seed + 1 + r) for r in range(lc.stability_runs)] if assessable else []
         stability = (
             np.mean([top_k_jaccard(top, e.top_features(k)) for e in reruns], axis=0)
             if reruns
@@ -363,20 +334,83 @@ class LimeModule:
             phi = np.asarray(shap_res.data["values"])
             shap_top = [list(r[:k]) for r in np.argsort(-np.abs(phi), axis=1, kind="stable")]
             agreement = top_k_jaccard(top, shap_top)
-        rows = []
-        for i, r in enumerate(idx):
-            rows.append(
-                {
-                    "row": int(r),
-                    "f(x)": float(main.prediction[i]),
-                    "surrogate at x": float(main.local_prediction[i]),
-                    "fidelity R2": float(main.score[i]),
-                    f"stability (top-{k} Jaccard)": float(stability[i]),
-                    f"agreement with SHAP (top-{k})": float(agreement[i]),
-                    "top features": "; ".join(f"{main.conditions[i][j]} ({main.weights[i, j]:+.3f})" for j in top[i]),
-                }
-            )
+        rows = [
+            {"row": int(r), "f(x)": float(main.prediction[i]), "surrogate at x": float(main.local_prediction[i]),
+             "fidelity R2": float(main.score[i]), f"stability (top-{k} Jaccard)": float(stability[i]),
+             f"agreement with SHAP (top-{k})": float(agreement[i]),
+             "top features": "; ".join(f"{main.conditions[i][j]} ({main.weights[i, j]:+.3f})" for j in top[i])}
+            for i, r in enumerate(idx)
+        ]  # fmt: skip
         table = pd.DataFrame(rows)
+        findings = self._findings(lc, main, stability, agreement, reruns, assessable, k, len(names))
+        return ModuleResult(
+            summary={
+                "instances": len(idx),
+                "num_samples": lc.num_samples,
+                "kernel_width": main.kernel_width,
+                "mean_fidelity": float(np.mean(main.score)),
+                "mean_stability": float(np.nanmean(stability)) if reruns else None,
+                "mean_shap_agreement": float(np.nanmean(agreement)) if not np.isnan(agreement).all() else None,
+                "rows_evaluated": main.rows_evaluated * (1 + len(reruns)),
+            },
+            tables=[
+                Table(
+                    "lime",
+                    "LIME explanations per row (sorted by agreement with SHAP, lowest first)",
+                    table.sort_values(f"agreement with SHAP (top-{k})", kind="stable"),
+                    f"Surrogate: weighted ridge on {lc.num_samples} neighbours (quartile bins for numerics, levels for "
+                    f"categoricals), kernel width {main.kernel_width:.2f}. Stability: top-{k} overlap with "
+                    f"{len(reruns)} reruns under other seeds."
+                    + (
+                        f" The neighbourhood varies {how} (local.lime.max_features); the others keep the row's values."
+                        if perturbed_only
+                        else ""
+                    ),
+                )
+            ],
+            figures=[
+                Figure(
+                    "lime_quality",
+                    "Distribution of LIME fidelity, stability and SHAP agreement.",
+                    draw(_draw_lime_quality, main.score, stability, agreement, bool(reruns), k),
+                )
+            ],
+            findings=findings,
+            data={
+                "rows": idx,
+                "weights": main.weights,
+                "fidelity": main.score,
+                "stability": stability,
+                "shap_agreement": agreement,
+            },
+        )
+
+    def _explain(self, ctx: AuditContext, idx: np.ndarray):
+        """The LIME explanations of the rows (by our engine or the lime library's) and, when stability can be
+        assessed, reruns under other seeds; with how the perturbed features were chosen on wide data."""
+        lc = ctx.config.local.lime
+        schema = ctx.dataset.schema
+        names = schema.feature_names
+        X = ctx.codes_audit[idx]
+        seed = ctx.seed_for(self.name)
+        levels = [list(f.levels) if f.is_categorical else None for f in schema.features]
+        chosen, how = most_important(ctx, lc.max_features)
+        extra = {"perturbed": [names.index(f) for f in chosen]} if how and lc.engine == "audit" else {}
+
+        def explain(s):
+            fn = lime_explanations_lime if lc.engine == "lime" else lime_explanations
+            return fn(
+                ctx.predictor.predict_codes, X, ctx.train_codes(), feature_names=names,
+                categorical_mask=schema.categorical_mask, level_names=levels, num_samples=lc.num_samples,
+                num_features=lc.num_features, kernel_width=lc.kernel_width, random_state=s, **extra,
+            )  # fmt: skip
+
+        main = explain(seed)
+        assessable = lc.top_k < len(names)
+        reruns = [explain(seed + 1 + r) for r in range(lc.stability_runs)] if assessable else []
+        return main, reruns, how, bool(extra)
+
+    def _findings(self, lc, main, stability, agreement, reruns, assessable: bool, k: int, n_features: int):
         findings = []
         low_fid = float(np.mean(main.score < lc.min_fidelity))
         findings.append(
@@ -394,11 +428,11 @@ class LimeModule:
                 Finding(
                     self.name,
                     f"LIME stability and SHAP-LIME agreement not assessable: lime.top_k {lc.top_k} >= the "
-                    f"{len(names)} features, so every top-{k} set holds all features (overlap 1 by construction); "
-                    f"lower local.lime.top_k below {len(names)}",
+                    f"{n_features} features, so every top-{k} set holds all features (overlap 1 by construction); "
+                    f"lower local.lime.top_k below {n_features}",
                     "not_assessable",
                     "low",
-                    {"top_k": lc.top_k, "features": len(names)},
+                    {"top_k": lc.top_k, "features": n_features},
                 )
             )
         if reruns:
@@ -433,47 +467,7 @@ class LimeModule:
                     ),
                 )
             )
-        return ModuleResult(
-            summary={
-                "instances": len(idx),
-                "num_samples": lc.num_samples,
-                "kernel_width": main.kernel_width,
-                "mean_fidelity": float(np.mean(main.score)),
-                "mean_stability": float(np.nanmean(stability)) if reruns else None,
-                "mean_shap_agreement": float(np.nanmean(agreement)) if not np.isnan(agreement).all() else None,
-                "rows_evaluated": main.rows_evaluated * (1 + len(reruns)),
-            },
-            tables=[
-                Table(
-                    "lime",
-                    "LIME explanations per row (sorted by agreement with SHAP, lowest first)",
-                    table.sort_values(f"agreement with SHAP (top-{k})", kind="stable"),
-                    f"Surrogate: weighted ridge on {lc.num_samples} neighbours (quartile bins for numerics, levels for "
-                    f"categoricals), kernel width {main.kernel_width:.2f}. Stability: top-{k} overlap with "
-                    f"{len(reruns)} reruns under other seeds."
-                    + (
-                        f" The neighbourhood varies {how} (local.lime.max_features); the others keep the row's values."
-                        if extra
-                        else ""
-                    ),
-                )
-            ],
-            figures=[
-                Figure(
-                    "lime_quality",
-                    "Distribution of LIME fidelity, stability and SHAP agreement.",
-                    draw(_draw_lime_quality, main.score, stability, agreement, bool(reruns), k),
-                )
-            ],
-            findings=findings,
-            data={
-                "rows": idx,
-                "weights": main.weights,
-                "fidelity": main.score,
-                "stability": stability,
-                "shap_agreement": agreement,
-            },
-        )
+        return findings
 
 
 class CounterfactualModule:
@@ -484,13 +478,55 @@ class CounterfactualModule:
         return config.local.enabled and config.local.counterfactuals.enabled
 
     def run(self, ctx: AuditContext) -> ModuleResult:
-        from dataclasses import replace
+        schema = ctx.dataset.schema
+        thr = ctx.config.model.threshold
+        idx, why = select_instances(ctx)
+        res, cons, cap_note = self._search(ctx, idx)
+        metrics = counterfactual_metrics(res)
+        violations = constraint_violations(res, ctx.train_codes(), schema=schema, constraints=cons)
+        # independent re-scoring through the DataFrame path
+        flat = res.counterfactuals[~np.isnan(res.cost)]
+        rescored = ctx.predictor.predict_proba(schema.from_codes(flat)) if len(flat) else np.empty(0)
+        orig = np.repeat(res.original_prediction >= thr, (~np.isnan(res.cost)).sum(axis=1))
+        flipped = float(np.mean((rescored >= thr) != orig)) if len(flat) else float("nan")
+        table = self._table(ctx, res, idx, why)
+        findings = self._findings(ctx, res, table, metrics, violations, flipped, len(idx))
+        tables = [
+            Table(
+                "counterfactuals",
+                "Counterfactuals: what would change the decision",
+                table,
+                "Cost: scaled L1 distance (numerics divided by their median absolute deviation on the training rows, "
+                "or standard deviation where that is 0; 1 per changed category). Immutable: "
+                f"{', '.join(cons.immutable) or 'none'}; monotone: {dict(cons.monotone) or 'none'}." + cap_note,
+            )
+        ]
+        self._recourse(ctx, res, idx, tables, findings)
+        return ModuleResult(
+            summary={
+                **{key: (round(v, 4) if isinstance(v, float) else v) for key, v in metrics.items()},
+                "constraint_violations": sum(violations.values()),
+                "rescored_flip_rate": flipped,
+                "rows_evaluated": res.rows_evaluated,
+            },
+            tables=tables,
+            findings=findings,
+            data={
+                "rows": idx,
+                "counterfactuals": _counterfactual_records(schema, res),
+                "cost": res.cost,
+                "metrics": metrics,
+                "violations": violations,
+            },
+        )
 
-        from audit.modules._shared import audit_groupings, most_important
+    def _search(self, ctx: AuditContext, idx: np.ndarray):
+        """The counterfactuals of the rows under the config's constraints (on wide data, changing only the most
+        important mutable features), the constraints used and a note on that cap."""
+        from dataclasses import replace
 
         cc = ctx.config.local.counterfactuals
         schema = ctx.dataset.schema
-        idx, why = select_instances(ctx)
         cons = constraints_from_config(ctx.config, schema)
         mutable = [f for f in schema.feature_names if f not in cons.immutable]
         searched, how = most_important(ctx, cc.max_features, among=mutable)
@@ -501,30 +537,19 @@ class CounterfactualModule:
                 f" The search changes only {how.replace('features', 'mutable features')} "
                 "(local.counterfactuals.max_features)."
             )
-        thr = ctx.config.model.threshold
-        train = ctx.train_codes()
         res = counterfactuals(
-            ctx.predictor.predict_codes,
-            ctx.codes_audit[idx],
-            train,
-            schema=schema,
-            constraints=cons,
-            threshold=thr,
-            k=cc.per_instance,
-            max_changes=cc.max_changes,
-            n_random=cc.n_random,
-            sparsity_weight=cc.sparsity_weight,
-            plausibility_quantile=cc.plausibility_quantile,
+            ctx.predictor.predict_codes, ctx.codes_audit[idx], ctx.train_codes(), schema=schema, constraints=cons,
+            threshold=ctx.config.model.threshold, k=cc.per_instance, max_changes=cc.max_changes,
+            n_random=cc.n_random, sparsity_weight=cc.sparsity_weight, plausibility_quantile=cc.plausibility_quantile,
             random_state=ctx.seed_for(self.name),
-        )
-        metrics = counterfactual_metrics(res)
-        violations = constraint_violations(res, train, schema=schema, constraints=cons)
-        found = res.found
-        # independent re-scoring through the DataFrame path
-        flat = res.counterfactuals[~np.isnan(res.cost)]
-        rescored = ctx.predictor.predict_proba(schema.from_codes(flat)) if len(flat) else np.empty(0)
-        orig = np.repeat(res.original_prediction >= thr, (~np.isnan(res.cost)).sum(axis=1))
-        flipped = float(np.mean((rescored >= thr) != orig)) if len(flat) else float("nan")
+        )  # fmt: skip
+        return res, cons, cap_note
+
+    @staticmethod
+    def _table(ctx: AuditContext, res, idx, why) -> pd.DataFrame:
+        cc = ctx.config.local.counterfactuals
+        schema = ctx.dataset.schema
+        thr = ctx.config.model.threshold
         rows = []
         for i, r in enumerate(idx):
             for slot in range(res.counterfactuals.shape[1]):
@@ -535,18 +560,17 @@ class CounterfactualModule:
                     for f, a, b in res.changes(i, slot)
                 ]
                 rows.append(
-                    {
-                        "row": int(r),
-                        "selected as": ", ".join(why[int(r)]),
-                        "f(x)": float(res.original_prediction[i]),
-                        "counterfactual f": float(res.prediction[i, slot]),
-                        "changes": "; ".join(changes) if changes else "none found within the constraints",
-                        "cost": float(res.cost[i, slot]),
-                        "features changed": float(res.n_changed[i, slot]),
-                        "fragile": bool(abs(res.prediction[i, slot] - thr) < cc.fragile_margin),
-                    }
-                )
-        table = pd.DataFrame(rows)
+                    {"row": int(r), "selected as": ", ".join(why[int(r)]), "f(x)": float(res.original_prediction[i]),
+                     "counterfactual f": float(res.prediction[i, slot]),
+                     "changes": "; ".join(changes) if changes else "none found within the constraints",
+                     "cost": float(res.cost[i, slot]), "features changed": float(res.n_changed[i, slot]),
+                     "fragile": bool(abs(res.prediction[i, slot] - thr) < cc.fragile_margin)}
+                )  # fmt: skip
+        return pd.DataFrame(rows)
+
+    def _findings(self, ctx: AuditContext, res, table, metrics, violations, flipped: float, n_rows: int):
+        cc = ctx.config.local.counterfactuals
+        found = res.found
         n_fragile = int(table["fragile"].sum()) if len(table) else 0
         n_cf = int((~np.isnan(res.cost)).sum())
         not_found = 1.0 - metrics["validity"]
@@ -560,10 +584,10 @@ class CounterfactualModule:
             if not found.all()
             else ""
         )
-        findings = [
+        return [
             Finding(
                 self.name,
-                f"Counterfactuals found for {found.mean():.0%} of {len(idx)} rows; {not_found:.0%} have none within "
+                f"Counterfactuals found for {found.mean():.0%} of {n_rows} rows; {not_found:.0%} have none within "
                 "the constraints" + why,
                 "pass" if not_found <= cc.max_not_found else "fail",
                 "info" if not_found <= cc.max_not_found else "medium",
@@ -574,7 +598,7 @@ class CounterfactualModule:
                     "rejected_as_implausible": implausible,
                 },
                 f"share without a counterfactual <= {cc.max_not_found:g}",
-            ),
+            ),  # fmt: skip
             Finding(
                 self.name,
                 f"{n_fragile} of {n_cf} counterfactuals land within {cc.fragile_margin:g} of the threshold (fragile)",
@@ -597,18 +621,11 @@ class CounterfactualModule:
                 "0 violations; every counterfactual re-scored through predict_proba flips the decision",
             ),
         ]
-        tables = [
-            Table(
-                "counterfactuals",
-                "Counterfactuals: what would change the decision",
-                table,
-                "Cost: scaled L1 distance (numerics divided by their median absolute deviation on the training rows, "
-                "or standard deviation where that is 0; 1 per changed category). Immutable: "
-                f"{', '.join(cons.immutable) or 'none'}; monotone: {dict(cons.monotone) or 'none'}." + cap_note,
-            )
-        ]
-        # recourse gap: cost of the cheapest counterfactual for declined rows, by sensitive group
-        declined = schema.declined(res.original_prediction, thr) & found
+
+    def _recourse(self, ctx: AuditContext, res, idx, tables: list, findings: list) -> None:
+        """Recourse gap: the cost of the cheapest counterfactual of the declined rows, by sensitive group."""
+        schema = ctx.dataset.schema
+        declined = schema.declined(res.original_prediction, ctx.config.model.threshold) & res.found
         gap_rows = []
         if schema.sensitive and declined.any():
             groups = {name: labels[idx] for name, labels in audit_groupings(ctx).items()}
@@ -616,53 +633,31 @@ class CounterfactualModule:
                 lab = groups[name]
                 for g in sorted(set(lab[declined].tolist())):
                     m = declined & (lab == g)
-                    gap_rows.append(
-                        {
-                            "feature": name,
-                            "group": g,
-                            "declined rows": int(m.sum()),
-                            "mean cost": float(res.cost[m, 0].mean()),
-                        }
-                    )
-        if gap_rows:
-            gaps = pd.DataFrame(gap_rows)
-            tables.append(
-                Table(
-                    "recourse",
-                    "Recourse cost by sensitive group (declined rows)",
-                    gaps,
-                    "Mean cost of the cheapest counterfactual per group: a higher cost means the group needs larger "
-                    "changes to be approved. Groups with few explained rows are noisy.",
-                )
+                    gap_rows.append({"feature": name, "group": g, "declined rows": int(m.sum()),
+                                     "mean cost": float(res.cost[m, 0].mean())})  # fmt: skip
+        if not gap_rows:
+            return
+        gaps = pd.DataFrame(gap_rows)
+        tables.append(
+            Table(
+                "recourse",
+                "Recourse cost by sensitive group (declined rows)",
+                gaps,
+                "Mean cost of the cheapest counterfactual per group: a higher cost means the group needs larger "
+                "changes to be approved. Groups with few explained rows are noisy.",
             )
-            for name, sub in gaps[gaps["declined rows"] >= 3].groupby("feature", sort=False):
-                if len(sub) >= 2:
-                    findings.append(
-                        Finding(
-                            self.name,
-                            f"Recourse gap by {name}: mean counterfactual cost {sub['mean cost'].min():.2f} to "
-                            f"{sub['mean cost'].max():.2f}",
-                            "info",
-                            evidence={"gap": float(sub["mean cost"].max() - sub["mean cost"].min())},
-                        )
-                    )
-        return ModuleResult(
-            summary={
-                **{key: (round(v, 4) if isinstance(v, float) else v) for key, v in metrics.items()},
-                "constraint_violations": n_viol,
-                "rescored_flip_rate": flipped,
-                "rows_evaluated": res.rows_evaluated,
-            },
-            tables=tables,
-            findings=findings,
-            data={
-                "rows": idx,
-                "counterfactuals": _counterfactual_records(schema, res),
-                "cost": res.cost,
-                "metrics": metrics,
-                "violations": violations,
-            },
         )
+        for name, sub in gaps[gaps["declined rows"] >= 3].groupby("feature", sort=False):
+            if len(sub) >= 2:
+                findings.append(
+                    Finding(
+                        self.name,
+                        f"Recourse gap by {name}: mean counterfactual cost {sub['mean cost'].min():.2f} to "
+                        f"{sub['mean cost'].max():.2f}",
+                        "info",
+                        evidence={"gap": float(sub["mean cost"].max() - sub["mean cost"].min())},
+                    )
+                )
 
 
 # ------------------------------------------------------------------------------------ figures (see plotting.draw)
