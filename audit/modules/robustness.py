@@ -284,44 +284,65 @@ class FaithfulnessModule:
         return config.modules.faithfulness.enabled
 
     def run(self, ctx: AuditContext) -> ModuleResult:
-        from audit.explain.faithfulness import (
-            deletion_insertion,
-            paired_interval,
-            randomisation_similarity,
-            randomised_copy,
-            rank_agreement,
-        )
+        from audit.explain.faithfulness import randomisation_similarity, randomised_copy
 
         cfg = ctx.config.modules.faithfulness
         methods = self._attributions(ctx)
         if not methods:
             return ModuleResult(
                 summary={"applicable": False},
-                findings=[
-                    Finding(
-                        self.name,
-                        "not assessable: no attribution method ran (SHAP, LIME, IG)",
-                        "not_assessable",
-                        "info",
-                        {},
-                    )
-                ],  # fmt: skip
-            )
+                findings=[Finding(self.name, "not assessable: no attribution method ran (SHAP, LIME, IG)",
+                                  "not_assessable", "info", {})],
+            )  # fmt: skip
         rows = sorted(set.intersection(*(set(r.tolist()) for r, _ in methods.values())))[: cfg.max_rows]
         rows = np.asarray(rows, dtype=np.int64)
         X = ctx.codes_audit[rows]
         rng = np.random.default_rng(ctx.seed_for(self.name))
         train = ctx.train_codes()
         B = train[rng.choice(len(train), min(cfg.background, len(train)), replace=False)]
-        predict = ctx.predictor.predict_codes
         attrs = {m: a[np.searchsorted(r, rows)] if np.all(np.diff(r) > 0) else a[[list(r).index(i) for i in rows]]
                  for m, (r, a) in methods.items()}  # fmt: skip
+        findings: list[Finding] = []
+        curves, rand, usable, table = self._curves(ctx, X, B, attrs, rng, findings)
+        names = list(attrs)
+        agreement = self._agreement(attrs, findings)
+        random_rows = self._randomisation(ctx, X, B, attrs, cfg, randomised_copy, randomisation_similarity)
+        findings += [self._randomisation_finding(r, cfg) for r in random_rows]
+        evaluated = sum(c.rows_evaluated for c in curves.values()) + sum(c.rows_evaluated for c in rand)
+        return ModuleResult(
+            summary={"methods": names, "rows": len(rows), "rows_evaluated": int(evaluated)},
+            tables=[
+                Table(
+                    "curves",
+                    "Deletion and insertion against a random order",
+                    table,
+                    f"Areas under the curves (means over the {int(usable.sum())} rows whose score differs from the "
+                    f"background mean, in units of their mean deviation from it), {cfg.background} background rows, "
+                    "random order averaged over "
+                    f"{cfg.random_orders}; difference: method minus random, paired over rows, 95% bootstrap interval. "
+                    "Deletion: lower is more faithful; insertion: higher.",
+                ),  # fmt: skip
+                Table("agreement", "Rank agreement between methods (Kendall's tau per row)", pd.DataFrame(agreement)),
+                Table("randomisation", "Model-parameter randomisation check", pd.DataFrame(random_rows)),
+            ],
+            figures=[self._figure(curves, rand, usable)],
+            findings=findings,
+            data={"curves": table.to_dict(orient="list"), "agreement": agreement, "randomisation": random_rows},
+        )
+
+    def _curves(self, ctx: AuditContext, X, B, attrs: dict, rng, findings: list[Finding]):
+        """Deletion and insertion curves of each method against random orders: the curves, the random ones, the rows
+        whose score differs from the background's, the table, and a finding per method (appended)."""
+        from audit.explain.faithfulness import deletion_insertion, paired_interval
+
+        cfg = ctx.config.modules.faithfulness
+        predict = ctx.predictor.predict_codes
         curves = {m: deletion_insertion(predict, X, a, B) for m, a in attrs.items()}
         rand = [deletion_insertion(predict, X, rng.normal(size=X.shape), B) for _ in range(cfg.random_orders)]
         rand_del = np.mean([c.deletion_auc for c in rand], axis=0)
         rand_ins = np.mean([c.insertion_auc for c in rand], axis=0)
         usable = rand[0].usable
-        table_rows, findings = [], []
+        table_rows = []
         scale = float(np.mean(rand[0].deviation[usable]))  # areas in units of the rows' mean deviation
         for m, c in curves.items():
             d, dlo, dhi = (v / scale for v in paired_interval(c.deletion_auc[usable], rand_del[usable], seed=1))
@@ -358,6 +379,12 @@ class FaithfulnessModule:
                     ),
                 )  # fmt: skip
             )
+        return curves, rand, usable, pd.DataFrame(table_rows)
+
+    def _agreement(self, attrs: dict, findings: list[Finding]) -> list[dict]:
+        """Kendall's tau between each pair of methods' rankings, per row (a finding per pair, appended)."""
+        from audit.explain.faithfulness import rank_agreement
+
         agreement = []
         names = list(attrs)
         for a in range(len(names)):
@@ -379,54 +406,28 @@ class FaithfulnessModule:
                     value=row["median_tau"],
                 )  # fmt: skip
             )
-        random_rows = self._randomisation(ctx, X, B, attrs, cfg, randomised_copy, randomisation_similarity)
-        for r in random_rows:
-            ok = r["median_spearman"] < cfg.max_similarity
-            findings.append(
-                Finding(
-                    self.name,
-                    f"{r['method']} {'changes' if ok else 'hardly changes'} when the network's weights are randomised "
-                    f"(Spearman {r['median_spearman']:.2f} between the rankings)",
-                    "pass" if ok else "fail",
-                    "medium" if not ok else "info",
-                    r,
-                    f"median Spearman < {cfg.max_similarity}",
-                    id=f"faithfulness.randomisation.{r['method']}",
-                    measure="randomisation_spearman",
-                    subject=r["method"],
-                    value=r["median_spearman"],
-                    limit=cfg.max_similarity,
-                    plain=f"The model-parameter randomisation check (Adebayo et al. 2018): {r['method']} on a network "
-                    "with re-initialised weights "
-                    + (
-                        "ranks the features differently, as it should."
-                        if ok
-                        else "ranks them almost as before, so its rankings reflect the inputs more than what the model learnt."
-                    ),
-                )  # fmt: skip
-            )
-        table = pd.DataFrame(table_rows)
-        evaluated = sum(c.rows_evaluated for c in curves.values()) + sum(c.rows_evaluated for c in rand)
-        return ModuleResult(
-            summary={"methods": names, "rows": len(rows), "rows_evaluated": int(evaluated)},
-            tables=[
-                Table(
-                    "curves",
-                    "Deletion and insertion against a random order",
-                    table,
-                    f"Areas under the curves (means over the {int(usable.sum())} rows whose score differs from the "
-                    f"background mean, in units of their mean deviation from it), {cfg.background} background rows, "
-                    "random order averaged over "
-                    f"{cfg.random_orders}; difference: method minus random, paired over rows, 95% bootstrap interval. "
-                    "Deletion: lower is more faithful; insertion: higher.",
-                ),  # fmt: skip
-                Table("agreement", "Rank agreement between methods (Kendall's tau per row)", pd.DataFrame(agreement)),
-                Table("randomisation", "Model-parameter randomisation check", pd.DataFrame(random_rows)),
-            ],
-            figures=[self._figure(curves, rand, usable)],
-            findings=findings,
-            data={"curves": table.to_dict(orient="list"), "agreement": agreement, "randomisation": random_rows},
-        )
+        return agreement
+
+    def _randomisation_finding(self, r: dict, cfg) -> Finding:
+        ok = r["median_spearman"] < cfg.max_similarity
+        return Finding(
+            self.name,
+            f"{r['method']} {'changes' if ok else 'hardly changes'} when the network's weights are randomised "
+            f"(Spearman {r['median_spearman']:.2f} between the rankings)",
+            "pass" if ok else "fail",
+            "medium" if not ok else "info",
+            r,
+            f"median Spearman < {cfg.max_similarity}",
+            id=f"faithfulness.randomisation.{r['method']}", measure="randomisation_spearman", subject=r["method"],
+            value=r["median_spearman"], limit=cfg.max_similarity,
+            plain=f"The model-parameter randomisation check (Adebayo et al. 2018): {r['method']} on a network "
+            "with re-initialised weights "
+            + (
+                "ranks the features differently, as it should."
+                if ok
+                else "ranks them almost as before, so its rankings reflect the inputs more than what the model learnt."
+            ),
+        )  # fmt: skip
 
     @staticmethod
     def _attributions(ctx: AuditContext) -> dict[str, tuple[np.ndarray, np.ndarray]]:
