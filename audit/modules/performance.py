@@ -35,12 +35,59 @@ class PerformanceModule:
             population = classification_metrics(y_a, p_a, threshold=thr, n_bins=cfg.n_bins)
             columns = {"population": population, **columns}
             where = f"population ({len(y_a)} rows)"
-        head = population or test
-        metrics = pd.DataFrame(columns)
         ci = bootstrap_intervals(
             ctx.y_audit, ctx.proba_audit, threshold=thr, n_bins=cfg.n_bins, n_bootstrap=cfg.n_bootstrap,
             random_state=ctx.seed_for(self.name),
         ) if cfg.n_bootstrap else {}  # fmt: skip
+        metrics = self._metrics_table(columns, ci)
+        cm_frame, cm = self._confusion(ctx, y_a, p_a, thr)
+        ece, bins = expected_calibration_error(y_a, p_a, n_bins=cfg.n_bins)
+        findings = self._findings(ctx, population or test, train, test, ci, population, ece)
+        estimate, est_table = None, None
+        if ctx.population is not None and cfg.estimate:
+            estimate, est_table, more = self._estimate(ctx, test, population, thr)
+            findings += more
+        return ModuleResult(
+            summary={"test_roc_auc": test["roc_auc"], "test_accuracy": test["accuracy"], "test_ece": test["ece"]}
+            | (
+                {"population_roc_auc": population["roc_auc"], "population_ece": ece, "population_rows": len(y_a)}
+                if population
+                else {}
+            )
+            | ({"estimated_roc_auc": estimate.roc_auc} if estimate is not None else {}),
+            tables=[
+                Table(
+                    "metrics",
+                    "Metrics on the " + ("population, " if population else "") + "test and training splits",
+                    metrics.reset_index(),
+                    f"Threshold {thr} for accuracy, F1 and the confusion matrix. Test intervals: 95% percentile "
+                    f"intervals from {cfg.n_bootstrap} Poisson bootstrap resamples of the test rows.",
+                ),
+                Table(
+                    "confusion",
+                    f"Confusion matrix on the {where} at threshold {thr}",
+                    cm_frame.reset_index(names=""),
+                ),
+                Table("calibration", f"Reliability table, {where}", bins),
+            ]
+            + ([est_table] if est_table is not None else []),
+            figures=[self._reliability(bins, ece, where), self._roc(ctx)],
+            findings=findings,
+            data={
+                "test": test,
+                "test_ci": {m: list(v) for m, v in ci.items()},
+                "train": train,
+                **({"population": population} if population else {}),
+                **({"estimate": estimate.__dict__} if estimate is not None else {}),
+                "confusion_matrix": cm.tolist(),
+                "calibration_bins": bins.to_dict("list"),
+            },
+        )
+
+    @staticmethod
+    def _metrics_table(columns: dict, ci: dict) -> pd.DataFrame:
+        """One column per split, the test split's interval beside it, and the train-test gap."""
+        metrics = pd.DataFrame(columns)
         metrics.insert(
             list(metrics.columns).index("test") + 1, "test_low", [ci.get(m, (np.nan,))[0] for m in metrics.index]
         )
@@ -52,17 +99,24 @@ class PerformanceModule:
         metrics["train - test"] = metrics["train"] - metrics["test"]
         metrics.loc["rows", "train - test"] = np.nan
         metrics.index.name = "metric"
+        return metrics
+
+    @staticmethod
+    def _confusion(ctx: AuditContext, y, p, thr: float):
         from sklearn.metrics import confusion_matrix
 
-        cm = confusion_matrix(y_a, (p_a >= thr).astype(int), labels=[0, 1])
+        cm = confusion_matrix(y, (p >= thr).astype(int), labels=[0, 1])
         schema = ctx.dataset.schema
-        cm_frame = pd.DataFrame(
+        frame = pd.DataFrame(
             cm,
             index=[f"actual {schema.negative_label}", f"actual {schema.positive_label}"],
             columns=[f"predicted {schema.negative_label}", f"predicted {schema.positive_label}"],
         )
-        ece, bins = expected_calibration_error(y_a, p_a, n_bins=cfg.n_bins)
+        return frame, cm
 
+    def _findings(self, ctx: AuditContext, head, train, test, ci, population, ece: float) -> list[Finding]:
+        """The ROC AUC gate (when configured), the train-test gap and the calibration error."""
+        cfg = ctx.config.modules.performance
         findings = []
         if cfg.min_roc_auc is not None:
             ok = head["roc_auc"] >= cfg.min_roc_auc
@@ -107,47 +161,7 @@ class PerformanceModule:
         )
         on = " on the population" if population else ""
         findings.append(Finding(self.name, f"Expected calibration error {ece:.3f}{on}", "info", "info", {"ece": ece}))
-        estimate, est_table = None, None
-        if ctx.population is not None and cfg.estimate:
-            estimate, est_table, more = self._estimate(ctx, test, population, thr)
-            findings += more
-
-        return ModuleResult(
-            summary={"test_roc_auc": test["roc_auc"], "test_accuracy": test["accuracy"], "test_ece": test["ece"]}
-            | (
-                {"population_roc_auc": population["roc_auc"], "population_ece": ece, "population_rows": len(y_a)}
-                if population
-                else {}
-            )
-            | ({"estimated_roc_auc": estimate.roc_auc} if estimate is not None else {}),
-            tables=[
-                Table(
-                    "metrics",
-                    "Metrics on the " + ("population, " if population else "") + "test and training splits",
-                    metrics.reset_index(),
-                    f"Threshold {thr} for accuracy, F1 and the confusion matrix. Test intervals: 95% percentile "
-                    f"intervals from {cfg.n_bootstrap} Poisson bootstrap resamples of the test rows.",
-                ),
-                Table(
-                    "confusion",
-                    f"Confusion matrix on the {where} at threshold {thr}",
-                    cm_frame.reset_index(names=""),
-                ),
-                Table("calibration", f"Reliability table, {where}", bins),
-            ]
-            + ([est_table] if est_table is not None else []),
-            figures=[self._reliability(bins, ece, where), self._roc(ctx)],
-            findings=findings,
-            data={
-                "test": test,
-                "test_ci": {m: list(v) for m, v in ci.items()},
-                "train": train,
-                **({"population": population} if population else {}),
-                **({"estimate": estimate.__dict__} if estimate is not None else {}),
-                "confusion_matrix": cm.tolist(),
-                "calibration_bins": bins.to_dict("list"),
-            },
-        )
+        return findings
 
     def _estimate(self, ctx: AuditContext, test: dict, population: dict | None, thr: float):
         """CBPE on the population, calibrated on the test split (see :func:`audit.monitoring.cbpe`); with labels,
