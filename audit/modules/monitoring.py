@@ -23,6 +23,15 @@ def population_profile(ctx: AuditContext):
     return ctx.cache["population_profile"]
 
 
+def from_population(ctx: AuditContext, summarise):
+    """With a population: ``summarise(reference, counts, rows)`` of its profile (every row, scanned once) and the
+    place's name for titles; without one: ``(None, "audit rows")``."""
+    if ctx.population is None:
+        return None, "audit rows"
+    ref, counts, rows = population_profile(ctx)
+    return summarise(ref, counts, rows), f"population ({rows:,} rows)"
+
+
 class DataQualityModule:
     name = "data_quality"
     title = "Data quality"
@@ -31,19 +40,12 @@ class DataQualityModule:
         return config.modules.data_quality.enabled
 
     def run(self, ctx: AuditContext) -> ModuleResult:
-        from audit.monitoring import column_quality, duplicate_share
+        from audit.monitoring import column_quality, duplicate_share, quality_from_profile
 
-        cfg = ctx.config.modules.data_quality
         schema = ctx.dataset.schema
         train_codes = ctx.train_codes()
-        where = "audit rows"
-        if ctx.population is not None:  # every population row, partition by partition
-            from audit.monitoring import quality_from_profile
-
-            ref, counts, rows = population_profile(ctx)
-            audit = quality_from_profile(ref, counts, rows)
-            where = f"population ({rows:,} rows)"
-        else:
+        audit, where = from_population(ctx, quality_from_profile)
+        if audit is None:
             audit = column_quality(ctx.X_audit, ctx.codes_audit, schema, train_codes=train_codes)
         train = column_quality(ctx.dataset.X_train, train_codes, schema)
         table = audit.rename(columns={"missing": "missing_audit", "top_value_share": "top_value_share_audit"})
@@ -55,6 +57,37 @@ class DataQualityModule:
         pop_y = ctx.population.scored.y if ctx.population is not None else None
         if pop_y is not None:
             pos_audit = float(np.mean(pop_y))
+        positives_where = where if pop_y is not None or ctx.population is None else "test rows"
+        findings = self._findings(ctx, table, where, (dup_audit, dup_train), (pos_audit, pos_train, positives_where))
+        constant = findings[2].evidence["features"]
+        return ModuleResult(
+            summary={
+                "max_missing_audit": float(table["missing_audit"].max()),
+                "duplicate_share_audit": dup_audit,
+                "positive_rate_train": pos_train,
+                "positive_rate_audit": pos_audit,
+                "near_constant": constant,
+            },
+            tables=[
+                Table(
+                    "columns",
+                    f"Data quality per feature: {where} against training rows",
+                    table,
+                    "missing: share of rows without a value; top_value_share: share of the most frequent value; "
+                    "unseen_level: share of audit rows at a level never seen in training; outside_train_range: "
+                    "share of audit rows below the training minimum or above its maximum.",
+                )
+            ],
+            findings=findings,
+            data={"columns": table.to_dict(orient="list"), "duplicates": {"audit": dup_audit, "train": dup_train}},
+        )
+
+    def _findings(self, ctx: AuditContext, table: pd.DataFrame, where: str, duplicates, positives) -> list[Finding]:
+        """Missing values, their rise, near-constant features, duplicates, values out of range, unseen levels and
+        the class balance, each against its limit (the near-constant finding third)."""
+        cfg = ctx.config.modules.data_quality
+        names = ctx.dataset.schema.feature_names
+        (dup_audit, dup_train), (pos_audit, pos_train, positives_where) = duplicates, positives
         findings = []
 
         def check(title, value, limit, rule, measure, subject=None, severity="medium", plain=""):
@@ -127,34 +160,12 @@ class DataQualityModule:
                 subject=str(row["feature"]),
                 plain="Rows at a level the model never saw are scored through its 'unknown' slot.",
             )  # fmt: skip
-        shift = abs(pos_audit - pos_train)
         check(
-            f"Positive rate {pos_audit:.1%} in the {where if pop_y is not None or ctx.population is None else 'test rows'}, "
-            f"{pos_train:.1%} in training",
-            shift, cfg.max_class_balance_shift, f"|difference| <= {cfg.max_class_balance_shift}",
+            f"Positive rate {pos_audit:.1%} in the {positives_where}, {pos_train:.1%} in training",
+            abs(pos_audit - pos_train), cfg.max_class_balance_shift, f"|difference| <= {cfg.max_class_balance_shift}",
             "class_balance_shift", plain="A different share of positives changes what accuracy and calibration mean.",
         )  # fmt: skip
-        return ModuleResult(
-            summary={
-                "max_missing_audit": float(table["missing_audit"].max()),
-                "duplicate_share_audit": dup_audit,
-                "positive_rate_train": pos_train,
-                "positive_rate_audit": pos_audit,
-                "near_constant": constant,
-            },
-            tables=[
-                Table(
-                    "columns",
-                    f"Data quality per feature: {where} against training rows",
-                    table,
-                    "missing: share of rows without a value; top_value_share: share of the most frequent value; "
-                    "unseen_level: share of audit rows at a level never seen in training; outside_train_range: "
-                    "share of audit rows below the training minimum or above its maximum.",
-                )
-            ],
-            findings=findings,
-            data={"columns": table.to_dict(orient="list"), "duplicates": {"audit": dup_audit, "train": dup_train}},
-        )
+        return findings
 
 
 class DriftModule:
@@ -165,7 +176,7 @@ class DriftModule:
         return config.modules.drift.enabled
 
     def run(self, ctx: AuditContext) -> ModuleResult:
-        from audit.monitoring import band, feature_drift, score_psi
+        from audit.monitoring import band, drift_from_profile, feature_drift, score_psi
 
         cfg = ctx.config.modules.drift
         schema = ctx.dataset.schema
@@ -173,14 +184,9 @@ class DriftModule:
             moderate=cfg.psi_moderate, significant=cfg.psi_significant, alpha=cfg.alpha, correction=cfg.correction,
             features=cfg.features,
         )  # fmt: skip
-        current, where = ctx.proba_audit, "audit rows"
-        if ctx.population is not None:  # every population row, partition by partition
-            from audit.monitoring import drift_from_profile
-
-            ref, counts, rows = population_profile(ctx)
-            drifts = drift_from_profile(ref, counts, **opts)
-            current, where = ctx.population.scored.proba, f"population ({rows:,} rows)"
-        else:
+        drifts, where = from_population(ctx, lambda ref, counts, rows: drift_from_profile(ref, counts, **opts))
+        current = ctx.proba_audit if ctx.population is None else ctx.population.scored.proba
+        if drifts is None:
             drifts = feature_drift(ctx.train_codes(), ctx.codes_audit, schema, n_bins=cfg.n_bins, **opts)
         table = pd.DataFrame([d.__dict__ for d in drifts]).sort_values("psi", ascending=False, kind="stable")
         s_psi, s_table = score_psi(ctx.proba_train, current, n_bins=cfg.n_bins)
