@@ -159,6 +159,31 @@ def _weighted_ridge(Z: np.ndarray, y: np.ndarray, w: np.ndarray, alpha: float):
     return coef, intercept, r2
 
 
+def _neighbourhoods(xs: np.ndarray, stats: _Stats, active: np.ndarray, s: int, rng):
+    """``s`` neighbours of each row of ``xs`` (the row itself first): their interpretable form ``Z`` (1 where a
+    feature is in the row's own bin or level) and the rows the model scores ``inv`` (a numeric drawn from a
+    truncated normal within its drawn bin, a missing value as missing; features not in ``active`` keep the row's
+    value)."""
+    nb, m = len(xs), len(active)
+    Z = np.empty((nb, s, m))
+    inv = np.repeat(xs[:, None, :], s, axis=1)  # features not perturbed keep the instance's value
+    for a, j in enumerate(active):
+        bins = stats.values[j][rng.choice(len(stats.values[j]), size=(nb, s), p=stats.freqs[j])]
+        own = stats.bin_of(j, xs[:, j])
+        Z[:, :, a] = bins == own[:, None]
+        if stats.categorical[j]:
+            inv[:, :, j] = bins
+        else:
+            b = bins.astype(np.int64)
+            # per bin; the last bin (missing values, drawn as missing) gets harmless placeholder moments
+            moments = [np.append(v[:-1], k) for v, k in zip(stats.moments[j], (0.0, 1.0, -1.0, 1.0), strict=True)]
+            drawn = _truncated_normal(rng, *moments, index=b)
+            inv[:, :, j] = np.where(b == len(stats.edges[j]) + 1, np.nan, drawn)
+    Z[:, 0, :] = 1.0
+    inv[:, 0, :] = xs
+    return Z, inv
+
+
 def lime_explanations(
     predict: PredictFn,
     X: np.ndarray,
@@ -233,22 +258,7 @@ def lime_explanations(
     for start in range(0, n, batch_instances):
         xs = X[start : start + batch_instances]
         nb = len(xs)
-        Z = np.empty((nb, s, m))
-        inv = np.repeat(xs[:, None, :], s, axis=1)  # features not perturbed keep the instance's value
-        for a, j in enumerate(active):
-            bins = stats.values[j][rng.choice(len(stats.values[j]), size=(nb, s), p=stats.freqs[j])]
-            own = stats.bin_of(j, xs[:, j])
-            Z[:, :, a] = bins == own[:, None]
-            if stats.categorical[j]:
-                inv[:, :, j] = bins
-            else:
-                b = bins.astype(np.int64)
-                # per bin; the last bin (missing values, drawn as missing) gets harmless placeholder moments
-                moments = [np.append(v[:-1], k) for v, k in zip(stats.moments[j], (0.0, 1.0, -1.0, 1.0), strict=True)]
-                drawn = _truncated_normal(rng, *moments, index=b)
-                inv[:, :, j] = np.where(b == len(stats.edges[j]) + 1, np.nan, drawn)
-        Z[:, 0, :] = 1.0
-        inv[:, 0, :] = xs
+        Z, inv = _neighbourhoods(xs, stats, active, s, rng)
         y = predict(inv.reshape(-1, m_all)).reshape(nb, s)
         rows += nb * s
         d = np.sqrt(m - Z.sum(axis=2))  # Euclidean distance to the all-ones row of the instance

@@ -108,6 +108,30 @@ def permutation_units(feature_names: list[str], groups: dict[str, list[str]]) ->
     return units
 
 
+def _permuted_scores(predict: PredictFn, X: np.ndarray, cols: list[int], perms: np.ndarray, stacked, chunk_rows: int):
+    """The scores of ``X`` with columns ``cols`` permuted by each row of ``perms``, one score vector per repeat: all
+    repeats in one call on ``stacked`` (``X`` tiled, restored after), or with ``stacked`` None one repeat at a time
+    in row chunks, so memory is bounded by ``chunk_rows``."""
+    n, n_repeats = len(X), len(perms)
+    if stacked is not None:
+        for c in cols:
+            stacked[:, c] = X[perms, c].reshape(-1)
+        p = predict(stacked)
+        for c in cols:
+            stacked[:, c] = np.tile(X[:, c], n_repeats)
+        for r in range(n_repeats):
+            yield p[r * n : (r + 1) * n]
+        return
+    p = np.empty(n)
+    for r in range(n_repeats):
+        for s in range(0, n, chunk_rows):
+            block = X[s : s + chunk_rows].copy()
+            for c in cols:
+                block[:, c] = X[perms[r, s : s + chunk_rows], c]
+            p[s : s + len(block)] = predict(block)
+        yield p
+
+
 def permutation_importance(
     predict: PredictFn,
     X: np.ndarray,
@@ -196,27 +220,10 @@ def permutation_importance(
     for u, (_, members) in enumerate(units):
         cols = [col[m] for m in members]
         perms = np.stack([rng.permutation(n) for _ in range(n_repeats)])  # (n_repeats, n), shared by the group
-        if stack_all:
-            for c in cols:
-                stacked[:, c] = X[perms, c].reshape(-1)
-            p = predict(stacked)
-            for c in cols:
-                stacked[:, c] = np.tile(X[:, c], n_repeats)
-            for r in range(n_repeats):
-                imp[u, r] = baseline - score(y, p[r * n : (r + 1) * n])
-                if boot is not None:
-                    boot[u] += (auc_base - weighted_auc(y, p[r * n : (r + 1) * n], W)) / n_repeats
-        else:  # large data: one repeat at a time, in row chunks, so memory is bounded by chunk_rows
-            p = np.empty(n)
-            for r in range(n_repeats):
-                for s in range(0, n, chunk_rows):
-                    block = X[s : s + chunk_rows].copy()
-                    for c in cols:
-                        block[:, c] = X[perms[r, s : s + chunk_rows], c]
-                    p[s : s + len(block)] = predict(block)
-                imp[u, r] = baseline - score(y, p)
-                if boot is not None:
-                    boot[u] += (auc_base - weighted_auc(y, p, W)) / n_repeats
+        for r, p in enumerate(_permuted_scores(predict, X, cols, perms, stacked, chunk_rows)):
+            imp[u, r] = baseline - score(y, p)
+            if boot is not None:
+                boot[u] += (auc_base - weighted_auc(y, p, W)) / n_repeats
         rows += n * n_repeats
     interval = None
     if boot is not None:

@@ -218,23 +218,38 @@ def shapley_values(
     rows = n + len(background)
 
     if method == "exact":
-        codes = np.arange(1, 2**m - 1)  # every coalition but the empty and the full one
-        masks = ((codes[:, None] >> np.arange(m)[None, :]) & 1).astype(bool)
-        v_mid = _coalition_values(predict, X, background, w, masks, batch_rows)
-        rows += n * len(masks) * len(background)
-        v = np.empty((n, 2**m))
-        v[:, 0], v[:, -1], v[:, 1:-1] = base, f_x, v_mid
-        size = masks.sum(axis=1)
-        sizes = np.concatenate([[0], size, [m]])
-        weight_of = np.array([math.factorial(s) * math.factorial(m - s - 1) / math.factorial(m) for s in range(m)])
-        phi = np.zeros((n, m))
-        allc = np.arange(2**m)
-        for i in range(m):
-            without = allc[(allc >> i) & 1 == 0]
-            phi[:, i] = (v[:, without | (1 << i)] - v[:, without]) @ weight_of[sizes[without]]
-        return ShapleyValues(phi, base, f_x, list(feature_names), "exact", len(background), 0, rows)
+        phi, evaluated = _exact(predict, X, background, w, base, f_x, batch_rows)
+        return ShapleyValues(phi, base, f_x, list(feature_names), "exact", len(background), 0, rows + evaluated)
 
-    rng = as_generator(random_state)
+    phi, evaluated, n_orders = _permutation(predict, X, background, w, base, f_x, batch_rows, n_permutations,
+                                            as_generator(random_state))  # fmt: skip
+    rows += evaluated
+    return ShapleyValues(phi, base, f_x, list(feature_names), "permutation", len(background), n_orders, rows)
+
+
+def _exact(predict, X, background, w, base: float, f_x, batch_rows: int) -> tuple[np.ndarray, int]:
+    """Exact Shapley values over every coalition, and the rows the model scored for them."""
+    n, m = X.shape
+    codes = np.arange(1, 2**m - 1)  # every coalition but the empty and the full one
+    masks = ((codes[:, None] >> np.arange(m)[None, :]) & 1).astype(bool)
+    v_mid = _coalition_values(predict, X, background, w, masks, batch_rows)
+    v = np.empty((n, 2**m))
+    v[:, 0], v[:, -1], v[:, 1:-1] = base, f_x, v_mid
+    size = masks.sum(axis=1)
+    sizes = np.concatenate([[0], size, [m]])
+    weight_of = np.array([math.factorial(s) * math.factorial(m - s - 1) / math.factorial(m) for s in range(m)])
+    phi = np.zeros((n, m))
+    allc = np.arange(2**m)
+    for i in range(m):
+        without = allc[(allc >> i) & 1 == 0]
+        phi[:, i] = (v[:, without | (1 << i)] - v[:, without]) @ weight_of[sizes[without]]
+    return phi, n * len(masks) * len(background)
+
+
+def _permutation(predict, X, background, w, base: float, f_x, batch_rows: int, n_permutations: int, rng):
+    """Shapley values from antithetic pairs of feature orders (each coalition scored once), the rows the model
+    scored for them and the number of orders."""
+    n, m = X.shape
     orders = []
     for _ in range(n_permutations):
         o = rng.permutation(m)
@@ -248,7 +263,6 @@ def shapley_values(
     interior = prefix[:, 1:m, :].reshape(-1, m)
     unique, inverse = np.unique(interior, axis=0, return_inverse=True)  # repeated coalitions are scored once
     v_mid = _coalition_values(predict, X, background, w, unique, batch_rows)
-    rows += n * len(unique) * len(background)
     v = np.empty((n, len(orders), m + 1))
     v[:, :, 0], v[:, :, m] = base, f_x[:, None]
     v[:, :, 1:m] = v_mid[:, inverse.reshape(-1)].reshape(n, len(orders), m - 1)
@@ -257,7 +271,7 @@ def shapley_values(
     for o, order in enumerate(orders):
         phi[:, order] += gains[:, o, :]
     phi /= len(orders)
-    return ShapleyValues(phi, base, f_x, list(feature_names), "permutation", len(background), len(orders), rows)
+    return phi, n * len(unique) * len(background), len(orders)
 
 
 def shapley_values_shap(

@@ -98,54 +98,10 @@ def weak_segments(
     """Weak segments of the rows ``codes`` with per-row ``errors`` (see the module docstring)."""
     B, preds = predicates(codes, schema, n_bins=n_bins)
     e = np.asarray(errors, dtype=np.float64)
-    n, m = B.shape
+    n = len(B)
     mean = float(e.mean()) if n else float("nan")
-    Bf = B.astype(np.float32)
     feat = np.array([p.feature for p in preds])
-    members: list[tuple[int, ...]] = []
-    sizes: list[np.ndarray] = []
-    sums: list[np.ndarray] = []
-    sq: list[np.ndarray] = []
-    # level 1
-    s1, e1, q1 = Bf.sum(axis=0).astype(np.float64), e @ B, (e * e) @ B
-    keep = np.flatnonzero(s1 >= min_support)
-    members += [(int(i),) for i in keep]
-    sizes.append(s1[keep])
-    sums.append(e1[keep])
-    sq.append(q1[keep])
-    frontier = [(int(i),) for i in keep]  # level 2: every pair of supported predicates (exact)
-    for _level in range(2, max_level + 1):
-        if not frontier:
-            break
-        # rows in each frontier slice, as a (n x F) matrix; extended by every predicate of another feature
-        F = np.column_stack([B[:, list(s)].all(axis=1) for s in frontier]).astype(np.float32)
-        size = F.T @ Bf
-        err = (F * e[:, None].astype(np.float32)).T @ Bf
-        err2 = (F * (e * e)[:, None].astype(np.float32)).T @ Bf
-        new, seen = [], set()
-        for a, s in enumerate(frontier):
-            used = set(feat[list(s)])
-            for k in np.flatnonzero(size[a] >= min_support):
-                if feat[k] in used:
-                    continue
-                key = tuple(sorted((*s, int(k))))  # each conjunction once
-                if key in seen:
-                    continue
-                seen.add(key)
-                new.append((key, float(size[a, k]), float(err[a, k]), float(err2[a, k])))
-        if not new:
-            break
-        members += [k for k, *_ in new]
-        sizes.append(np.array([v[1] for v in new]))
-        sums.append(np.array([v[2] for v in new]))
-        sq.append(np.array([v[3] for v in new]))
-        # level 3 and beyond: only slices whose error is above the overall one are extended (a heuristic bound,
-        # as SliceLine's; the level-2 enumeration above is complete)
-        above = sorted((v for v in new if v[2] / v[1] > mean), key=lambda v: -v[2] / v[1])[:max_extend]
-        frontier = [v[0] for v in above]
-    size = np.concatenate(sizes) if sizes else np.zeros(0)
-    total = np.concatenate(sums) if sums else np.zeros(0)
-    total2 = np.concatenate(sq) if sq else np.zeros(0)
+    members, size, total, total2 = _enumerate(B, feat, e, mean, min_support, max_level, max_extend)
     with np.errstate(invalid="ignore", divide="ignore"):
         avg = total / size
         score = alpha * (avg / mean - 1) - (1 - alpha) * (n / size - 1)
@@ -171,25 +127,82 @@ def weak_segments(
     table["p_adjusted"] = adjust_pvalues(table["p_value"].to_numpy(), correction)
     table["members"] = members
     table = table.sort_values(["excess_errors", "rows"], ascending=[False, False], kind="stable").reset_index(drop=True)
+    weak_rows = _reported(table, B, e, mean, significance, min_effect, min_support, top_k)
+    weak = pd.DataFrame(weak_rows, columns=table.columns).drop(columns=["members", "error_sum"])
+    settings = {"n_bins": n_bins, "max_level": max_level, "min_support": min_support, "alpha": alpha,
+                "significance": significance, "correction": correction, "min_effect": min_effect}  # fmt: skip
+    return SliceResult(table.drop(columns=["members", "error_sum"]), weak, mean, n, len(table), settings)
+
+
+def _enumerate(B: np.ndarray, feat: np.ndarray, e: np.ndarray, mean: float, min_support: int, max_level: int,
+               max_extend: int):  # fmt: skip
+    """Every slice (conjunction of predicates of distinct features) with at least ``min_support`` rows: its members
+    and its rows, error sum and squared-error sum. Level 2 is complete (every pair of supported predicates); level 3
+    and beyond extend only the slices that err more than overall (a heuristic bound, as SliceLine's)."""
+    Bf = B.astype(np.float32)
+    members: list[tuple[int, ...]] = []
+    sizes: list[np.ndarray] = []
+    sums: list[np.ndarray] = []
+    sq: list[np.ndarray] = []
+    s1, e1, q1 = Bf.sum(axis=0).astype(np.float64), e @ B, (e * e) @ B
+    keep = np.flatnonzero(s1 >= min_support)
+    members += [(int(i),) for i in keep]
+    sizes.append(s1[keep])
+    sums.append(e1[keep])
+    sq.append(q1[keep])
+    frontier = [(int(i),) for i in keep]
+    for _level in range(2, max_level + 1):
+        if not frontier:
+            break
+        # rows in each frontier slice, as a (n x F) matrix; extended by every predicate of another feature
+        F = np.column_stack([B[:, list(s)].all(axis=1) for s in frontier]).astype(np.float32)
+        size = F.T @ Bf
+        err = (F * e[:, None].astype(np.float32)).T @ Bf
+        err2 = (F * (e * e)[:, None].astype(np.float32)).T @ Bf
+        new, seen = [], set()
+        for a, s in enumerate(frontier):
+            used = set(feat[list(s)])
+            for k in np.flatnonzero(size[a] >= min_support):
+                if feat[k] in used:
+                    continue
+                key = tuple(sorted((*s, int(k))))  # each conjunction once
+                if key in seen:
+                    continue
+                seen.add(key)
+                new.append((key, float(size[a, k]), float(err[a, k]), float(err2[a, k])))
+        if not new:
+            break
+        members += [k for k, *_ in new]
+        sizes.append(np.array([v[1] for v in new]))
+        sums.append(np.array([v[2] for v in new]))
+        sq.append(np.array([v[3] for v in new]))
+        above = sorted((v for v in new if v[2] / v[1] > mean), key=lambda v: -v[2] / v[1])[:max_extend]
+        frontier = [v[0] for v in above]
+    size = np.concatenate(sizes) if sizes else np.zeros(0)
+    total = np.concatenate(sums) if sums else np.zeros(0)
+    total2 = np.concatenate(sq) if sq else np.zeros(0)
+    return members, size, total, total2
+
+
+def _reported(table: pd.DataFrame, B, e, mean: float, significance: float, min_effect: float, min_support: int,
+              top_k: int) -> list[dict]:  # fmt: skip
+    """The weak slices reported, worst first: significant after adjustment and above the effect, each only if it
+    still errs more than overall without the rows of the slices reported before it (so a parent, child or
+    overlapping sibling of a weak slice is not reported for that slice's errors)."""
     weak_rows = []
-    covered = np.zeros(n, dtype=bool)  # rows of the slices reported so far
+    covered = np.zeros(len(B), dtype=bool)  # rows of the slices reported so far
     for row in table.itertuples(index=False):
         if not (row.p_adjusted < significance and row.effect > min_effect):
             continue
         rows = B[:, list(row.members)].all(axis=1)
         rest = rows & ~covered
-        # reported only if it still errs more than overall without the rows of the slices reported before it (so a
-        # parent, child or overlapping sibling of a weak slice is not reported for that slice's errors)
         if rest.sum() < min_support or e[rest].mean() <= mean + min_effect:
             continue
         covered |= rows
         weak_rows.append(row._asdict())
         if len(weak_rows) >= top_k:
             break
-    weak = pd.DataFrame(weak_rows, columns=table.columns).drop(columns=["members", "error_sum"])
-    settings = {"n_bins": n_bins, "max_level": max_level, "min_support": min_support, "alpha": alpha,
-                "significance": significance, "correction": correction, "min_effect": min_effect}  # fmt: skip
-    return SliceResult(table.drop(columns=["members", "error_sum"]), weak, mean, n, len(table), settings)
+    return weak_rows
 
 
 def _test(size, total, total2, n, e_sum, e2_sum, *, binary: bool):
