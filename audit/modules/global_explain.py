@@ -18,7 +18,7 @@ from audit.explain.interaction import h_statistic
 from audit.explain.partial_dependence import partial_dependence, partial_dependence_2d, quantile_grid
 from audit.explain.permutation import permutation_importance
 from audit.findings import Finding
-from audit.modules._shared import most_important
+from audit.modules._shared import most_important, no_labels_finding
 from audit.modules.base import AuditContext, Figure, ModuleResult, Table
 from audit.plotting import draw, subplots
 from audit.schema import Schema
@@ -80,6 +80,15 @@ def _pages(items: list, levels: list[int], cols: int = 2, max_height: float = 9.
     return groups
 
 
+def _paged_figures(name: str, caption: str, drawer, panels: list, levels: list[int]) -> list[Figure]:
+    """Categorical panels split into figures no taller than a page (:func:`_pages`), named ``name``, ``name_2``..."""
+    groups = _pages(panels, levels)
+    return [
+        Figure(name + (f"_{g + 1}" if len(groups) > 1 else ""), caption, draw(drawer, part))
+        for g, part in enumerate(groups)
+    ]
+
+
 def _panel_grid(count: int, cols: int, *, levels: list[int] | None = None):
     """A figure of ``count`` panels in ``cols`` columns; unused axes are hidden.
 
@@ -125,45 +134,10 @@ class PermutationModule:
     def run(self, ctx: AuditContext) -> ModuleResult:
         cfg = ctx.config.modules.permutation_importance
         schema = ctx.dataset.schema
-        groups = tied_groups(cfg.groups, ctx.dataset.tied)
-        if ctx.population is not None and ctx.population.scored.y is not None:  # every row, permuted in partitions
-            from audit.population import permutation_importance_population
-
-            pop = ctx.population
-            res = permutation_importance_population(
-                pop.population,
-                ctx.predictor,
-                ctx.backend,
-                y=pop.scored.y,
-                proba=pop.scored.proba,
-                groups=groups,
-                metric=cfg.metric,
-                n_repeats=cfg.n_repeats,
-                threshold=ctx.config.model.threshold,
-                random_state=ctx.seed_for(self.name),
-            )
-            rows_note = f"{res.n_rows} population rows (each feature permuted within partitions)"
-        else:
-            res = permutation_importance(
-                ctx.predictor.predict_codes,
-                ctx.codes_audit,
-                ctx.y_audit,
-                feature_names=schema.feature_names,
-                groups=groups,
-                metric=cfg.metric,
-                n_repeats=cfg.n_repeats,
-                max_rows=cfg.max_rows,
-                threshold=ctx.config.model.threshold,
-                chunk_rows=ctx.config.compute.chunk_rows,
-                random_state=ctx.seed_for(self.name),
-                n_bootstrap=cfg.n_bootstrap,
-            )
-            rows_note = f"{res.n_rows} test rows"
+        res, rows_note = self._importance(ctx)
         table = res.to_frame()
         findings = []
         if ctx.population is not None and ctx.population.scored.y is None:
-            from audit.modules._shared import no_labels_finding
-
             findings.append(no_labels_finding(self.name, "permutation importance on the population", "the test split"))
         watch = {s: "sensitive" for s in schema.sensitive} | {p: "proxy" for p in cfg.proxies}
         for _, row in table.iterrows():
@@ -227,6 +201,29 @@ class PermutationModule:
             },
         )
 
+    def _importance(self, ctx: AuditContext):
+        """Permutation importance on every row of a labelled population (permuted within partitions), else on the
+        test rows; with a note on the rows used."""
+        cfg = ctx.config.modules.permutation_importance
+        groups = tied_groups(cfg.groups, ctx.dataset.tied)
+        if ctx.population is not None and ctx.population.scored.y is not None:
+            from audit.population import permutation_importance_population
+
+            pop = ctx.population
+            res = permutation_importance_population(
+                pop.population, ctx.predictor, ctx.backend, y=pop.scored.y, proba=pop.scored.proba, groups=groups,
+                metric=cfg.metric, n_repeats=cfg.n_repeats, threshold=ctx.config.model.threshold,
+                random_state=ctx.seed_for(self.name),
+            )  # fmt: skip
+            return res, f"{res.n_rows} population rows (each feature permuted within partitions)"
+        res = permutation_importance(
+            ctx.predictor.predict_codes, ctx.codes_audit, ctx.y_audit, feature_names=ctx.dataset.schema.feature_names,
+            groups=groups, metric=cfg.metric, n_repeats=cfg.n_repeats, max_rows=cfg.max_rows,
+            threshold=ctx.config.model.threshold, chunk_rows=ctx.config.compute.chunk_rows,
+            random_state=ctx.seed_for(self.name), n_bootstrap=cfg.n_bootstrap,
+        )  # fmt: skip
+        return res, f"{res.n_rows} test rows"
+
     @staticmethod
     def _figure(table: pd.DataFrame, metric: str, flagged: set[str]) -> Figure:
         return Figure(
@@ -254,46 +251,7 @@ class PartialDependenceModule:
         X = ctx.codes_audit[sample]
         ice_rows = _sample(len(X), cfg.ice_curves, seed + 1)
         predict = ctx.predictor.predict_codes
-        results, rows = [], []
-        cols = [schema.feature_names.index(name) for name in names]
-        grids, freqs = [], []
-        for name, j in zip(names, cols, strict=True):
-            if schema.feature(name).is_categorical:
-                grid, freq = np.unique(X[:, j], return_counts=True)
-            else:
-                grid, freq = quantile_grid(X[:, j], cfg.grid_resolution), None
-            grids.append(grid)
-            freqs.append(freq)
-        population_pd = None
-        if ctx.population is not None:  # the average over every row of the population; ICE from the sample
-            from audit.population import partial_dependence_population
-
-            population_pd = partial_dependence_population(
-                ctx.population.population,
-                ctx.predictor,
-                ctx.backend,
-                columns=cols,
-                grids=grids,
-                chunk_rows=ctx.config.compute.chunk_rows,
-            )
-        for i, (name, j) in enumerate(zip(names, cols, strict=True)):
-            feat, grid, freq = schema.feature(name), grids[i], freqs[i]
-            pd_ = partial_dependence(predict, X, j, grid, feature=name)
-            if population_pd is not None:
-                pd_ = replace(pd_, average=population_pd[i])
-            labels, avg, ice = self._display(pd_, feat, freq, cfg.max_levels)
-            het = pd_.heterogeneity()
-            results.append((name, feat, labels, avg, ice[ice_rows], het, pd_))
-            rows.append(
-                {
-                    "feature": name,
-                    "kind": feat.kind,
-                    "grid_points": len(grid),
-                    "pd_min": float(avg.min()),
-                    "pd_max": float(avg.max()),
-                    **het,
-                }
-            )
+        results, rows, population_pd = self._curves(ctx, X, names, ice_rows)
         table = pd.DataFrame(rows).sort_values("pd_range", ascending=False, kind="stable")
         findings = list(cap_notes)
         for r in table.itertuples():
@@ -345,6 +303,42 @@ class PartialDependenceModule:
             data=data,
         )
 
+    def _curves(self, ctx: AuditContext, X: np.ndarray, names: list[str], ice_rows: np.ndarray):
+        """PD and ICE of each feature over its grid (levels seen in the sample, or quantiles); with a population the
+        PD is the average over all its rows. Returns per feature what the figures draw, the table rows, and the
+        population PD (or None)."""
+        cfg = ctx.config.modules.partial_dependence
+        schema = ctx.dataset.schema
+        cols = [schema.feature_names.index(name) for name in names]
+        grids, freqs = [], []
+        for name, j in zip(names, cols, strict=True):
+            if schema.feature(name).is_categorical:
+                grid, freq = np.unique(X[:, j], return_counts=True)
+            else:
+                grid, freq = quantile_grid(X[:, j], cfg.grid_resolution), None
+            grids.append(grid)
+            freqs.append(freq)
+        population_pd = None
+        if ctx.population is not None:  # the average over every row of the population; ICE from the sample
+            from audit.population import partial_dependence_population
+
+            population_pd = partial_dependence_population(
+                ctx.population.population, ctx.predictor, ctx.backend, columns=cols, grids=grids,
+                chunk_rows=ctx.config.compute.chunk_rows,
+            )  # fmt: skip
+        results, rows = [], []
+        for i, (name, j) in enumerate(zip(names, cols, strict=True)):
+            feat, grid, freq = schema.feature(name), grids[i], freqs[i]
+            pd_ = partial_dependence(ctx.predictor.predict_codes, X, j, grid, feature=name)
+            if population_pd is not None:
+                pd_ = replace(pd_, average=population_pd[i])
+            labels, avg, ice = self._display(pd_, feat, freq, cfg.max_levels)
+            het = pd_.heterogeneity()
+            results.append((name, feat, labels, avg, ice[ice_rows], het, pd_))
+            rows.append({"feature": name, "kind": feat.kind, "grid_points": len(grid), "pd_min": float(avg.min()),
+                         "pd_max": float(avg.max()), **het})  # fmt: skip
+        return results, rows, population_pd
+
     @staticmethod
     def _display(pd_, feat, counts: np.ndarray | None, max_levels: int):
         """Labels, PD and ICE for plotting; rare categorical levels beyond ``max_levels`` are pooled by frequency.
@@ -386,17 +380,12 @@ class PartialDependenceModule:
                     draw(_draw_pd_numeric, num, centered),
                 )
             )
-        groups = _pages(cat, [len(p[1]) for p in cat])
-        for g, part in enumerate(groups):
-            figs.append(
-                Figure(
-                    "pd_categorical" + (f"_{g + 1}" if len(groups) > 1 else ""),
-                    "Categorical features: PD per level (red) and the 10–90% range of "
-                    "ICE values (grey); rare levels pooled as 'other'.",
-                    draw(_draw_pd_categorical, part),
-                )
-            )
-        return figs
+        return figs + _paged_figures(
+            "pd_categorical",
+            "Categorical features: PD per level (red) and the 10–90% range of ICE values (grey); rare levels pooled "
+            "as 'other'.",
+            _draw_pd_categorical, cat, [len(p[1]) for p in cat],
+        )  # fmt: skip
 
     @staticmethod
     def _pair(predict, X, schema: Schema, a: str, b: str, res: int, data: dict) -> Figure:
@@ -470,41 +459,18 @@ class AleModule:
                         "not_assessable",
                         "low",
                         {"rows": len(X)},
-                    )
+                    )  # fmt: skip
                 )
                 continue
+            common = dict(min_rows=cfg.min_rows_per_bin, n_bootstrap=cfg.n_bootstrap, random_state=rng, feature=name)
             if mask[j]:
-                a = ale_categorical(
-                    predict,
-                    X,
-                    j,
-                    categorical=mask,
-                    min_rows=cfg.min_rows_per_bin,
-                    n_bootstrap=cfg.n_bootstrap,
-                    random_state=rng,
-                    feature=name,
-                )
+                a = ale_categorical(predict, X, j, categorical=mask, **common)
             else:
-                a = ale_numeric(
-                    predict,
-                    X,
-                    j,
-                    n_bins=cfg.n_bins,
-                    min_rows=cfg.min_rows_per_bin,
-                    n_bootstrap=cfg.n_bootstrap,
-                    random_state=rng,
-                    feature=name,
-                )
+                a = ale_numeric(predict, X, j, n_bins=cfg.n_bins, **common)
             results.append(a)
-            rows.append(
-                {
-                    "feature": name,
-                    "kind": a.kind,
-                    "points": len(a.grid),
-                    "ale_range": float(a.values.max() - a.values.min()),
-                    "low_support_bins": int(a.low_support.sum()),
-                }
-            )
+            rows.append({"feature": name, "kind": a.kind, "points": len(a.grid),
+                         "ale_range": float(a.values.max() - a.values.min()),
+                         "low_support_bins": int(a.low_support.sum())})  # fmt: skip
         table = pd.DataFrame(rows).sort_values("ale_range", ascending=False, kind="stable")
         figures = self._figures(results, schema)
         data = {
@@ -521,23 +487,7 @@ class AleModule:
                 for a in results
             },
         }
-        notes = []
-        for a_name, b_name in cfg.pairs:
-            _check_features([a_name, b_name], schema, "modules.ale.pairs")
-            j, k = schema.feature_names.index(a_name), schema.feature_names.index(b_name)
-            if mask[j] or mask[k]:
-                notes.append(f"2-D ALE of {a_name} x {b_name} skipped: implemented for numeric pairs only")
-                continue
-            if (np.isnan(X[:, j]) | np.isnan(X[:, k])).all():
-                notes.append(f"2-D ALE of {a_name} x {b_name} not assessable: no sampled row has both values")
-                continue
-            a2 = ale_2d(predict, X, j, k, n_bins=min(cfg.n_bins, 10), features=(a_name, b_name))
-            data.setdefault("pairs", {})[f"{a_name} x {b_name}"] = {
-                "edges_1": a2.edges_1,
-                "edges_2": a2.edges_2,
-                "values": a2.values,
-            }
-            figures.append(self._pair(a2))
+        notes = self._pairs(ctx, X, figures, data)
         return ModuleResult(
             findings=findings,
             summary={"features": len(results), "rows": len(X), "bootstrap": cfg.n_bootstrap},
@@ -554,6 +504,30 @@ class AleModule:
             data=data,
         )
 
+    def _pairs(self, ctx: AuditContext, X: np.ndarray, figures: list, data: dict) -> list[str]:
+        """Second-order ALE of the configured numeric pairs (figures and data appended); notes on pairs skipped."""
+        cfg = ctx.config.modules.ale
+        schema = ctx.dataset.schema
+        mask = schema.categorical_mask
+        notes = []
+        for a_name, b_name in cfg.pairs:
+            _check_features([a_name, b_name], schema, "modules.ale.pairs")
+            j, k = schema.feature_names.index(a_name), schema.feature_names.index(b_name)
+            if mask[j] or mask[k]:
+                notes.append(f"2-D ALE of {a_name} x {b_name} skipped: implemented for numeric pairs only")
+                continue
+            if (np.isnan(X[:, j]) | np.isnan(X[:, k])).all():
+                notes.append(f"2-D ALE of {a_name} x {b_name} not assessable: no sampled row has both values")
+                continue
+            a2 = ale_2d(ctx.predictor.predict_codes, X, j, k, n_bins=min(cfg.n_bins, 10), features=(a_name, b_name))
+            data.setdefault("pairs", {})[f"{a_name} x {b_name}"] = {
+                "edges_1": a2.edges_1,
+                "edges_2": a2.edges_2,
+                "values": a2.values,
+            }
+            figures.append(self._pair(a2))
+        return notes
+
     @staticmethod
     def _figures(results, schema: Schema) -> list[Figure]:
         figs = []
@@ -569,23 +543,17 @@ class AleModule:
                 )
             )
         shown = [_most_supported(a, 20) for a in cat]  # at most 20 levels a panel; report.json has them all
-        groups = _pages(list(range(len(cat))), [len(k) for k in shown])
-        for g, part in enumerate(groups):
-            panels = []
-            for i in part:
-                a, keep = cat[i], shown[i]
-                f = schema.feature(a.feature)
-                labels = [_short(f.levels[int(c)] if int(c) < len(f.levels) else "<unknown>") for c in a.grid[keep]]
-                panels.append((a, keep, labels))
-            figs.append(
-                Figure(
-                    "ale_categorical" + (f"_{g + 1}" if len(groups) > 1 else ""),
-                    "Categorical features: ALE per level in similarity order, 95% bootstrap interval; red points: "
-                    "levels with few rows. Features with more than 20 levels show their 20 most frequent.",
-                    draw(_draw_ale_categorical, panels),
-                )
-            )
-        return figs
+        panels = []
+        for a, keep in zip(cat, shown, strict=True):
+            f = schema.feature(a.feature)
+            labels = [_short(f.levels[int(c)] if int(c) < len(f.levels) else "<unknown>") for c in a.grid[keep]]
+            panels.append((a, keep, labels))
+        return figs + _paged_figures(
+            "ale_categorical",
+            "Categorical features: ALE per level in similarity order, 95% bootstrap interval; red points: levels with "
+            "few rows. Features with more than 20 levels show their 20 most frequent.",
+            _draw_ale_categorical, panels, [len(k) for k in shown],
+        )  # fmt: skip
 
     @staticmethod
     def _pair(a2) -> Figure:
