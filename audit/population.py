@@ -149,6 +149,35 @@ class _Derived:
     regex: str
 
 
+def _dictionary_columns(arrow_schema, schema: Schema, others: set, target: str | None) -> tuple[str, ...]:
+    """Text columns that are nothing but categorical features or the labels: read as categoricals (the sensitive,
+    derived and filter columns in ``others`` keep their text: groups and filters read it)."""
+    import pyarrow as pa
+
+    types = {f.name: f.type for f in arrow_schema}
+    as_categories = [f.name for f in schema.features if f.is_categorical] + ([target] if target else [])
+    return tuple(
+        c
+        for c in as_categories
+        if c not in others and (pa.types.is_string(types[c]) or pa.types.is_large_string(types[c]))
+    )
+
+
+def _partitions(md, chunk: int) -> tuple[list[Partition], int]:
+    """Consecutive row groups of at least ``chunk`` rows a partition (the last may be smaller); and the row count."""
+    parts: list[Partition] = []
+    groups: list[int] = []
+    start = rows = 0
+    for rg in range(md.num_row_groups):
+        groups.append(rg)
+        rows += md.row_group(rg).num_rows
+        if rows >= chunk or rg == md.num_row_groups - 1:
+            parts.append(Partition(len(parts), tuple(groups), start, rows))
+            start += rows
+            groups, rows = [], 0
+    return parts, start
+
+
 def open_population(
     cfg: AuditConfig,
     schema: Schema,
@@ -223,30 +252,10 @@ def open_population(
             else "the model's feature columns"
         )
         raise DataError(f"{key}: '{path}' lacks column(s) {missing}; it needs {what}")
-    # text columns that are nothing but categorical features or the labels: read as categoricals (the sensitive,
-    # derived and filter columns keep their text: groups and filters read it)
     others = {*schema.sensitive, *(d.source for d in derived.values()), *filter_columns}
-    types = {f.name: f.type for f in pf.schema_arrow}
-    as_categories = [f.name for f in schema.features if f.is_categorical]
-    if labelled and has_labels:
-        as_categories.append(cfg.dataset.target)
-    dictionary = tuple(
-        c
-        for c in as_categories
-        if c not in others and (pa.types.is_string(types[c]) or pa.types.is_large_string(types[c]))
-    )
-    md = pf.metadata
-    chunk = cfg.compute.chunk_rows
-    parts: list[Partition] = []
-    groups: list[int] = []
-    start = rows = 0
-    for rg in range(md.num_row_groups):
-        groups.append(rg)
-        rows += md.row_group(rg).num_rows
-        if rows >= chunk or rg == md.num_row_groups - 1:
-            parts.append(Partition(len(parts), tuple(groups), start, rows))
-            start += rows
-            groups, rows = [], 0
+    target = cfg.dataset.target if labelled and has_labels else None
+    dictionary = _dictionary_columns(pf.schema_arrow, schema, others, target)
+    parts, start = _partitions(pf.metadata, cfg.compute.chunk_rows)
     if start == 0:
         raise DataError(f"{key}: '{path}' has no rows")
     if cfg.dataset.max_rows is not None and start > cfg.dataset.max_rows:
@@ -484,6 +493,34 @@ def _scores_match(predictor, inputs: list[np.ndarray], base: np.ndarray, rows: i
     return bool(np.array_equal(predictor.predict_inputs(head), base[:rows]))
 
 
+def _gathered(results, offsets: list[int], n_units: int, n_repeats: int, n: int) -> tuple[np.ndarray, int]:
+    """The permuted scores of every partition (``results`` in file order) in one (units, repeats, rows) array,
+    filled partition by partition (no second copy; float32 widened to float64 if a partition needs it), and the
+    rows the model scored."""
+    p = None
+    evaluated = 0
+    for start, (scores, scored) in zip(offsets, results, strict=True):
+        if p is None or (scores.dtype == np.float64 and p.dtype != np.float64):
+            wide = np.empty((n_units, n_repeats, n), dtype=scores.dtype)
+            if p is not None:
+                wide[:, :, :start] = p[:, :, :start]
+            p = wide
+        p[:, :, start : start + scores.shape[-1]] = scores
+        evaluated += scored
+    return p, evaluated
+
+
+def _on_threads(fn, jobs: list, n_threads: int) -> list:
+    """``[fn(job) for job in jobs]``, on up to ``n_threads`` threads of this process."""
+    threads = min(n_threads, len(jobs))
+    if threads <= 1:
+        return [fn(job) for job in jobs]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(fn, jobs))
+
+
 def permutation_importance_population(
     population: Population,
     predictor,
@@ -544,27 +581,12 @@ def permutation_importance_population(
     evaluated = 0
     for first in range(0, len(units), per_pass):
         batch = [(u, [names.index(m) for m in units[u][1]]) for u in range(first, min(first + per_pass, len(units)))]
-        p = None  # (units, repeats, rows), filled partition by partition (no second copy)
-        for start, (scores, scored) in zip(
-            offsets,
-            backend.map(
-                _permute_partition,
-                zip(population.partitions, bases, strict=True),
-                population=population,
-                predictor=shared,
-                units=batch,
-                n_repeats=n_repeats,
-                seed=int(random_state),
-            ),
-            strict=True,
-        ):
-            if p is None or (scores.dtype == np.float64 and p.dtype != np.float64):
-                wide = np.empty((len(batch), n_repeats, n), dtype=scores.dtype)
-                if p is not None:
-                    wide[:, :, :start] = p[:, :, :start]
-                p = wide
-            p[:, :, start : start + scores.shape[-1]] = scores
-            evaluated += scored
+        jobs = backend.map(
+            _permute_partition, zip(population.partitions, bases, strict=True), population=population,
+            predictor=shared, units=batch, n_repeats=n_repeats, seed=int(random_state),
+        )  # fmt: skip
+        p, scored = _gathered(jobs, offsets, len(batch), n_repeats, n)
+        evaluated += scored
         # A rank metric reads the float32 scores as they are (the same order and ties as in float64, so the same
         # value); the row sorts release the GIL, so the units' scores are computed on the local threads.
         jobs = [(k, u, r) for k, (u, _) in enumerate(batch) for r in range(n_repeats)]
@@ -575,15 +597,7 @@ def permutation_importance_population(
                 return baseline - roc_auc_sorted(*sorted_classes(p[k, r], split))
             return baseline - score(y, p[k, r] if rank else p[k, r].astype(np.float64))
 
-        threads = min(getattr(backend, "n_threads", 1), len(jobs))
-        if threads > 1:
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(threads) as pool:
-                drops = list(pool.map(drop, jobs))
-        else:
-            drops = [drop(job) for job in jobs]
-        for (_, u, r), value in zip(jobs, drops, strict=True):
+        for (_, u, r), value in zip(jobs, _on_threads(drop, jobs, getattr(backend, "n_threads", 1)), strict=True):
             imp[u, r] = value
         del p
     return PermutationImportance([u[0] for u in units], [u[1] for u in units], imp, baseline, metric, n, n + evaluated)

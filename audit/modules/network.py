@@ -141,36 +141,7 @@ class GradientsModule:
         }
         data = {"rows": idx, "attributions": res.attributions, "completeness_error": err}
         if gc.lrp:
-            from audit.explain.lrp import lrp
-
-            X = ctx.codes_audit[idx]
-            eps = lrp(ctx.predictor, X, rule="epsilon", epsilon=gc.lrp_epsilon)
-            ab = lrp(ctx.predictor, X, rule="alpha-beta", alpha=1.0, beta=0.0)
-            table["mean |LRP epsilon|"] = np.abs(eps.attributions).mean(axis=0)
-            table["mean |LRP alpha1-beta0|"] = np.abs(ab.attributions).mean(axis=0)
-            absorbed = np.abs(eps.attributions.sum(axis=1) - eps.logits)
-            data |= {"lrp": eps.attributions, "lrp_alpha_beta": ab.attributions, "logits": eps.logits}
-            summary |= {
-                "lrp_alpha_beta_max_conservation_error": float(ab.conservation_error.max()),
-                "lrp_epsilon_median_absorbed": float(np.median(absorbed)),
-            }
-            findings.append(
-                Finding(
-                    self.name,
-                    f"LRP (alpha=1, beta=0) conserves the logit: max relative error "
-                    f"{ab.conservation_error.max():.1e}; epsilon-LRP leaves a median {np.median(absorbed):.3f} of "
-                    "the logit in the biases",
-                    "pass" if ab.conservation_error.max() <= 1e-6 else "fail",
-                    "info",
-                    {
-                        "alpha_beta_max_error": float(ab.conservation_error.max()),
-                        "epsilon_median_absorbed": float(np.median(absorbed)),
-                    },  # fmt: skip
-                    "sum of alpha-beta relevances = logit (relative error <= 1e-6)",
-                    plain="Layer-wise relevance propagation splits each row's logit over the features; the "
-                    "alpha-beta rule keeps all of it, the epsilon rule lets the layers' biases take a share.",
-                )
-            )
+            self._lrp(ctx, ctx.codes_audit[idx], table, summary, data, findings)
         shap_res = ctx.results.get("shap")
         if shap_res is not None and np.array_equal(shap_res.data["rows"], idx):
             phi = np.abs(np.asarray(shap_res.data["values"]))
@@ -209,6 +180,40 @@ class GradientsModule:
             ],
             findings=findings,
             data=data,
+        )
+
+    def _lrp(self, ctx: AuditContext, X, table: pd.DataFrame, summary: dict, data: dict, findings: list) -> None:
+        """LRP with the epsilon and the alpha=1, beta=0 rules: their columns of the table, the summary, the data and
+        a finding on conservation (each added in place)."""
+        from audit.explain.lrp import lrp
+
+        gc = ctx.config.network.gradients
+        eps = lrp(ctx.predictor, X, rule="epsilon", epsilon=gc.lrp_epsilon)
+        ab = lrp(ctx.predictor, X, rule="alpha-beta", alpha=1.0, beta=0.0)
+        table["mean |LRP epsilon|"] = np.abs(eps.attributions).mean(axis=0)
+        table["mean |LRP alpha1-beta0|"] = np.abs(ab.attributions).mean(axis=0)
+        absorbed = np.abs(eps.attributions.sum(axis=1) - eps.logits)
+        data |= {"lrp": eps.attributions, "lrp_alpha_beta": ab.attributions, "logits": eps.logits}
+        summary |= {
+            "lrp_alpha_beta_max_conservation_error": float(ab.conservation_error.max()),
+            "lrp_epsilon_median_absorbed": float(np.median(absorbed)),
+        }
+        findings.append(
+            Finding(
+                self.name,
+                f"LRP (alpha=1, beta=0) conserves the logit: max relative error "
+                f"{ab.conservation_error.max():.1e}; epsilon-LRP leaves a median {np.median(absorbed):.3f} of "
+                "the logit in the biases",
+                "pass" if ab.conservation_error.max() <= 1e-6 else "fail",
+                "info",
+                {
+                    "alpha_beta_max_error": float(ab.conservation_error.max()),
+                    "epsilon_median_absorbed": float(np.median(absorbed)),
+                },  # fmt: skip
+                "sum of alpha-beta relevances = logit (relative error <= 1e-6)",
+                plain="Layer-wise relevance propagation splits each row's logit over the features; the "
+                "alpha-beta rule keeps all of it, the epsilon rule lets the layers' biases take a share.",
+            )
         )
 
 

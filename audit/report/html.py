@@ -245,6 +245,66 @@ def print_warmup_page() -> str:
     )
 
 
+def _section(m, summary: dict, cfg, for_print: bool) -> dict:
+    """What the template shows of one section: its badge, summary, findings, tables and figures (a figure not
+    printed is left out of the print page)."""
+    badge = summary["sections"].get(m.name, {"status": m.status, "label": m.status})
+    sec = {"name": m.name, "title": m.title, "status": m.status, "badge": badge, "duration": m.duration_s,
+           "error": m.error, "traceback": m.traceback, "tables": [], "figures": [], "findings": [], "summary": {}}  # fmt: skip
+    if m.result is None:
+        return sec
+    sec["summary"] = m.result.summary
+    sec["findings"] = sort_findings(m.result.findings)
+    for t in m.result.tables:
+        sec["tables"].append(
+            {
+                "title": t.title,
+                "caption": t.caption,
+                "print": printed(m.name, t.name),
+                "print_rows": 10**9 if printed_whole(m.name, t.name) else cfg.report.max_print_rows,
+                **display_table(t.frame, cfg.report.max_table_rows, t.name),
+            }
+        )
+    for f in m.result.figures:
+        sec["figures"].append(
+            {
+                "caption": f.caption,
+                "name": f.name,
+                "width_in": f.width_in,
+                "print": printed(m.name, f.name),
+                "src": None
+                if for_print and not printed(m.name, f.name)
+                else "data:image/png;base64," + base64.b64encode(f.png).decode("ascii"),
+            }
+        )
+    sec["not_printed"] = sum(not x["print"] for x in sec["figures"] + sec["tables"])
+    return sec
+
+
+def _idcard(prov: dict, cfg) -> dict:
+    """The first screen's "what was audited": the model, the data and its rows, the date, the owner."""
+    model = prov.get("model", {})
+    rows = prov["dataset"]["rows"]
+    if cfg.report.model_card.model_name:
+        what = cfg.report.model_card.model_name
+    elif model.get("source") == "train":
+        what = f"built-in tabular net, hidden layers {model.get('architecture', {}).get('hidden')}"
+    elif model.get("source") == "python":
+        what = f"passed to run_audit in Python ({model.get('kind')})"
+    elif model.get("format") == "http":
+        what = f"scored by the endpoint {model.get('url')}"
+    else:
+        what = f"loaded from {model.get('path')}" + (f" ({model['format']})" if model.get("format") else "")
+    population = f", {rows['population']:,} population rows" if "population" in rows else ""
+    return {
+        "model": what,
+        "data": f"{prov['dataset']['name']} ({rows['train']:,} training rows, {rows['test']:,} audit rows{population})",
+        "date": prov["started"][:16].replace("T", " ") + " UTC",
+        "owner": cfg.report.model_card.owner,
+        "version": cfg.report.model_card.version,
+    }
+
+
 def render_html(report: dict[str, Any], run, *, medium: str = "screen") -> str:
     """One self-contained HTML page: CSS inline, figures as base64 PNG, no external requests.
 
@@ -268,75 +328,9 @@ def render_html(report: dict[str, Any], run, *, medium: str = "screen") -> str:
     findings = sort_findings(run.findings)
     by_key = {f.key: f for f in findings}
     top = [by_key[k] for k in summary["top"] if k in by_key]
-    sections = []
-    for m in run.modules:
-        badge = summary["sections"].get(m.name, {"status": m.status, "label": m.status})
-        sec = {
-            "name": m.name,
-            "title": m.title,
-            "status": m.status,
-            "badge": badge,
-            "duration": m.duration_s,
-            "error": m.error,
-            "traceback": m.traceback,
-            "tables": [],
-            "figures": [],
-            "findings": [],
-            "summary": {},
-        }
-        if m.result is not None:
-            sec["summary"] = m.result.summary
-            sec["findings"] = sort_findings(m.result.findings)
-            for t in m.result.tables:
-                sec["tables"].append(
-                    {
-                        "title": t.title,
-                        "caption": t.caption,
-                        "print": printed(m.name, t.name),
-                        "print_rows": 10**9 if printed_whole(m.name, t.name) else cfg.report.max_print_rows,
-                        **display_table(t.frame, cfg.report.max_table_rows, t.name),
-                    }
-                )
-            for f in m.result.figures:
-                sec["figures"].append(
-                    {
-                        "caption": f.caption,
-                        "name": f.name,
-                        "width_in": f.width_in,
-                        "print": printed(m.name, f.name),
-                        "src": None
-                        if for_print and not printed(m.name, f.name)
-                        else "data:image/png;base64," + base64.b64encode(f.png).decode("ascii"),
-                    }
-                )
-            sec["not_printed"] = sum(not x["print"] for x in sec["figures"] + sec["tables"])
-        sections.append(sec)
+    sections = [_section(m, summary, cfg, for_print) for m in run.modules]
     card = model_card_fields(cfg)
-    prov = report["provenance"]
-    model = prov.get("model", {})
-    idcard = {
-        "model": cfg.report.model_card.model_name
-        or (
-            f"built-in tabular net, hidden layers {model.get('architecture', {}).get('hidden')}"
-            if model.get("source") == "train"
-            else f"passed to run_audit in Python ({model.get('kind')})"
-            if model.get("source") == "python"
-            else f"scored by the endpoint {model.get('url')}"
-            if model.get("format") == "http"
-            else f"loaded from {model.get('path')}" + (f" ({model['format']})" if model.get("format") else "")
-        ),
-        "data": f"{prov['dataset']['name']} ({prov['dataset']['rows']['train']:,} training rows, "
-        f"{prov['dataset']['rows']['test']:,} audit rows"
-        + (
-            f", {prov['dataset']['rows']['population']:,} population rows"
-            if "population" in prov["dataset"]["rows"]
-            else ""
-        )
-        + ")",
-        "date": prov["started"][:16].replace("T", " ") + " UTC",
-        "owner": cfg.report.model_card.owner,
-        "version": cfg.report.model_card.version,
-    }
+    idcard = _idcard(report["provenance"], cfg)
     template = env.get_template("report.html.j2")
     css_title = re.sub(r"[^\w .,:;()/+-]", "", report["audit"]["title"])[:120]
     return template.render(
