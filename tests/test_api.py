@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from audit.cli import main
-from tests.conftest import base_config, synthetic_frame, write_config
+from tests.conftest import light_config, synthetic_frame, write_config
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def pipeline():
 
 
 def _config():
-    cfg = base_config()
+    cfg = light_config(keep=("partial_dependence", "network"))  # what the tests compare, and the "not applicable"s
     cfg["fairness"] = {"sensitive_features": ["group"]}
     return cfg
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from audit.cli import main
-from tests.conftest import base_config, write_config
+from tests.conftest import light_config, write_config
 
 
 def test_exported_files_score_as_the_net_does(tiny_model, tmp_path):
@@ -50,7 +50,7 @@ def _close(a, b, tol=1e-6):
 
 
 def test_an_audit_of_the_exported_files_matches_the_native_audit(workdir):
-    cfg = base_config()
+    cfg = light_config(keep=("partial_dependence", "network"))  # the sections compared below
     cfg["name"] = "native"
     cfg["fairness"] = {"sensitive_features": ["group"]}
     cfg["model"] = {"export": ["onnx", "torchscript"], "max_epochs": 3}
@@ -63,7 +63,7 @@ def test_an_audit_of_the_exported_files_matches_the_native_audit(workdir):
     for info in exports.values():  # the report records each file's hash
         assert sha256_file(folder / "model" / info["file"]) == info["sha256"]
     for fmt, name in (("onnx", "model.onnx"), ("torchscript", "model.torchscript.pt")):
-        cfg = base_config()
+        cfg = light_config(keep=("partial_dependence", "network"))
         cfg["name"] = fmt
         cfg["fairness"] = {"sensitive_features": ["group"]}
         cfg["model"] = {"source": "load", "path": str(folder / "model" / name)}  # format detected from the name
@@ -86,7 +86,7 @@ def test_an_audit_of_the_exported_files_matches_the_native_audit(workdir):
 
 def test_a_file_whose_format_cannot_be_told_is_bad_config(workdir, capsys):
     (workdir / "model.bin").write_bytes(b"\x00" * 10)
-    cfg = base_config()
+    cfg = light_config()
     cfg["model"] = {"source": "load", "path": "model.bin"}
     assert main(["run", str(write_config(workdir, cfg)), "-q"]) == 2
     assert "set model.format" in capsys.readouterr().err
@@ -143,7 +143,7 @@ def test_a_skops_pipeline_is_audited(workdir):
     import pandas as pd
 
     pipe = _skops_pipeline(workdir, marking=False)
-    cfg = base_config()
+    cfg = light_config()
     cfg["model"] = {"source": "load", "path": "model.skops"}
     assert main(["run", str(write_config(workdir, cfg)), "-q"]) in (0, 1)
     folder = workdir / "reports" / "small" / "latest"
@@ -157,7 +157,7 @@ def test_a_skops_pipeline_is_audited(workdir):
 
 def test_a_skops_file_with_an_untrusted_type_is_refused_unbuilt(workdir, capsys):
     _skops_pipeline(workdir, marking=True)
-    cfg = base_config()
+    cfg = light_config()
     cfg["model"] = {"source": "load", "path": "model.skops"}
     assert main(["run", str(write_config(workdir, cfg)), "-q"]) == 2
     err = capsys.readouterr().err
@@ -203,7 +203,7 @@ def test_an_skl2onnx_graph_with_one_input_per_column_is_audited(workdir, zipmap)
     types += [("colour", StringTensorType([None, 1])), ("group", StringTensorType([None, 1]))]
     onx = convert_sklearn(pipe, initial_types=types, options={id(pipe.steps[-1][1]): {"zipmap": zipmap}})
     (workdir / "sk.onnx").write_bytes(onx.SerializeToString())
-    cfg = base_config()
+    cfg = light_config()
     cfg["name"] = "sk"
     cfg["model"] = {"source": "load", "path": "sk.onnx"}
     assert main(["run", str(write_config(workdir, cfg)), "-q"]) in (0, 1)
@@ -233,7 +233,7 @@ def test_an_onnx_graph_on_one_float_matrix_uses_the_declared_columns(workdir, ca
     model = LogisticRegression(max_iter=500).fit(matrix(frame), frame["y"])
     onx = convert_sklearn(model, initial_types=[("input", FloatTensorType([None, 7]))], options={"zipmap": False})
     (workdir / "m.onnx").write_bytes(onx.SerializeToString())
-    cfg = base_config()
+    cfg = light_config()
     cfg["name"] = "matrix"
     cfg["model"] = {
         "source": "load",
