@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import functools
 import operator
 import re
 from dataclasses import dataclass
@@ -72,8 +73,12 @@ class Filter:
         return out.fillna(False).to_numpy(dtype=bool)
 
 
+@functools.lru_cache(maxsize=64)
 def parse_filter(text: str) -> Filter:
     """Parse and check a filter expression; ValueError names what is not allowed.
+
+    Parsed once per process: the config's check, the columns it reads (the references and what a file reads) and
+    the filtering of every file share the same :class:`Filter`, which nothing changes.
 
     Examples
     --------

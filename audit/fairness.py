@@ -21,7 +21,7 @@ from scipy.stats import chi2_contingency
 
 from audit.config import AuditConfig
 from audit.explain._common import as_generator
-from audit.metrics import percentile_interval, roc_auc_fast, roc_auc_sorted
+from audit.metrics import percentile_interval, quiet_nan, roc_auc_fast, roc_auc_sorted
 
 MEASURES = {
     # name: (kind, description); kind "max": value must stay <= threshold, "min": value must stay >= threshold
@@ -429,7 +429,7 @@ def _measures(r: dict[str, np.ndarray], eligible: np.ndarray) -> dict[str, np.nd
         a = a[..., eligible]
         return np.nanmax(a, axis=-1) - np.nanmin(a, axis=-1)
 
-    with np.errstate(invalid="ignore", divide="ignore"), _quiet_nan():
+    with np.errstate(invalid="ignore", divide="ignore"), quiet_nan():
         sel = r["selection_rate"][..., eligible]
         tpr_gap, fpr_gap = spread(r["tpr"]), spread(r["fpr"])
         return {
@@ -439,18 +439,6 @@ def _measures(r: dict[str, np.ndarray], eligible: np.ndarray) -> dict[str, np.nd
             "equal_opportunity_difference": tpr_gap,
             "calibration_gap": spread(r["ece"]),
         }
-
-
-class _quiet_nan:
-    def __enter__(self):
-        import warnings
-
-        self._w = warnings.catch_warnings()
-        self._w.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc):
-        self._w.__exit__(*exc)
 
 
 @dataclass(frozen=True)
@@ -601,7 +589,7 @@ def group_fairness_many(
         elif boot is not None:
             rates = _rates(boot[i], n_bins)
             alpha = (1 - confidence) / 2
-            with _quiet_nan():
+            with quiet_nan():
                 for m, values in _measures(rates, eligible).items():
                     measures[m][1:] = bias_corrected_interval(measures[m][0], values, confidence)
                 for key in ("selection_rate", "tpr", "fpr"):

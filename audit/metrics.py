@@ -8,7 +8,9 @@ exists (tested).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -402,3 +404,12 @@ def wilson_interval(p, n, *, z: float = 1.96):
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return centre - half, centre + half
+
+
+@contextmanager
+def quiet_nan() -> Iterator[None]:
+    """NumPy's RuntimeWarnings silenced inside the block: the nan-aware reductions over groups or columns that are
+    all missing warn ("All-NaN slice", "Mean of empty slice") where a NaN result is the intended answer."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield

@@ -40,6 +40,7 @@ from typing import Literal
 import numpy as np
 
 from audit.explain._common import PredictFn, as_generator
+from audit.metrics import quiet_nan
 from audit.schema import MISSING_LEVEL, Schema
 
 
@@ -179,7 +180,7 @@ def mad_scale(training: np.ndarray, categorical_mask: np.ndarray) -> np.ndarray:
     """Median absolute deviation per numeric column (standard deviation where it is 0, then 1); 1 for categoricals.
     Missing values are left out; a column with no values gets 1."""
     t = np.asarray(training, dtype=np.float64)
-    with np.errstate(all="ignore"), _quiet():
+    with np.errstate(all="ignore"), quiet_nan():
         med = np.nanmedian(t, axis=0)
         mad = np.nanmedian(np.abs(t - med), axis=0)
         sd = np.nanstd(t, axis=0)
@@ -187,18 +188,6 @@ def mad_scale(training: np.ndarray, categorical_mask: np.ndarray) -> np.ndarray:
     scale[~np.isfinite(scale)] = 1.0
     scale[np.asarray(categorical_mask, dtype=bool)] = 1.0
     return scale
-
-
-class _quiet:
-    def __enter__(self):
-        import warnings
-
-        self._w = warnings.catch_warnings()
-        self._w.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc):
-        self._w.__exit__(*exc)
 
 
 def _numeric_gap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -885,7 +874,7 @@ def constraint_violations(
     names = schema.feature_names
     groups = [[names.index(g) for g in group] for group in constraints.tied]
     seen_combos = [{tuple(row) for row in np.round(training[:, g], 9).tolist()} for g in groups]
-    with np.errstate(invalid="ignore"), _quiet():
+    with np.errstate(invalid="ignore"), quiet_nan():
         t_min, t_max = np.nanmin(training, axis=0), np.nanmax(training, axis=0)
     for i in range(len(result.instances)):
         for r in range(result.counterfactuals.shape[1]):
