@@ -44,6 +44,20 @@ class Dataset:
     """The columns with ``dataset.value_labels`` as the files hold them (codes, not labels), aligned with ``X_train``
     and ``X_test``: what a model from another tool was trained on (see :meth:`raw_frames`)."""
 
+    def label_text(self, y: np.ndarray) -> np.ndarray:
+        """0/1 labels as the data spell them (the positive and the negative label): what to fit a model on that the
+        audit will then match to its classes (a model fitted on the 0/1 labels names its classes 0 and 1, which
+        the audit cannot tell apart without ``model.output_index``).
+
+        Examples
+        --------
+        >>> from audit.schema import Feature, Schema
+        >>> s = Schema((Feature("x", "numeric"),), "y", ">50K", "<=50K")
+        >>> Dataset(s, pd.DataFrame(), np.array([1, 0]), pd.DataFrame(), np.array([0])).label_text(np.array([1, 0]))
+        array(['>50K', '<=50K'], dtype=object)
+        """
+        return np.where(np.asarray(y) == 1, self.schema.positive_label, self.schema.negative_label).astype(object)
+
     def raw_frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """``X_train`` and ``X_test`` with the values as the files hold them (value labels undone)."""
         if not self.raw_columns:
