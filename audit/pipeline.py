@@ -17,13 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from audit.budget import BudgetPlan
 from audit.compute import Backend, ThreadPlan, apply_torch_threads, make_backend, thread_limits
 from audit.config import AuditConfig
 from audit.data import Dataset, load_dataset
 from audit.errors import ModelRuntimeError
 from audit.model.load import prepare_model
-from audit.modules._shared import check_local_config
 from audit.modules.base import AuditContext, AuditModule
 from audit.modules.registry import default_modules
 from audit.output import RunFolder, check_output_root, remove_stale
@@ -159,6 +157,8 @@ class _Stages:
         cfg = self.cfg
         self.step("load data")
         with self.progress.stage("load data"):
+            from audit.modules._shared import check_local_config  # imported here: the sections' code is heavy
+
             ds = load_dataset(cfg)
             check_local_config(cfg, ds)
             if cfg.dataset.population is not None:
@@ -234,6 +234,8 @@ class _Stages:
         budget = None
         rows_left = predictor.rows_left() if hasattr(predictor, "rows_left") else None
         if rows_left is not None:  # a remote model with a request budget: fit the sample sizes to it
+            from audit.budget import BudgetPlan
+
             with self.progress.stage("plan the request budget"):
                 budget = BudgetPlan(ctx, module_list, rows_left)
         for module in module_list:

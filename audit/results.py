@@ -13,7 +13,6 @@ import numpy as np
 from audit.config import AuditConfig
 from audit.data import Dataset
 from audit.errors import EXIT_GATE_FAILED, EXIT_MODULE_ERROR, EXIT_OK
-from audit.modules._shared import audit_groupings
 from audit.modules.base import AuditContext, ModuleResult
 
 
@@ -66,6 +65,8 @@ def scores_frame(ctx: AuditContext):
     decision is favourable, the sensitive group labels (``group:<name>``) and the raw values (``x:<name>``); written
     as ``scores.parquet`` so that anyone can recompute the fairness tables, PD and SHAP from the saved model."""
     import pandas as pd
+
+    from audit.modules._shared import audit_groupings
 
     ds = ctx.dataset
     schema = ds.schema
