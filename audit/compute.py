@@ -15,6 +15,7 @@ task.
 from __future__ import annotations
 
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -217,9 +218,9 @@ class DaskBackend(Backend):
             _preflight(address, timeout)
             try:
                 self.client = Client(address, timeout=f"{timeout}s")
-            except (OSError, TimeoutError) as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever the client met there, the address is what to fix
                 raise ConfigError(
-                    f"compute.address: cannot reach a Dask scheduler at {address!r} ({exc.__class__.__name__}); "
+                    f"compute.address: cannot use the Dask scheduler at {address!r} ({exc.__class__.__name__}); "
                     "start one (dask scheduler) or set compute.address: null for a local cluster"
                 ) from None
         self.address = address
@@ -262,24 +263,54 @@ class DaskBackend(Backend):
 
 
 def _preflight(address: str, timeout: float) -> None:
-    """A Dask scheduler speaks first: on a new TCP connection it sends its handshake at once. Something that accepts
-    the connection and stays silent (a wrong port, a stuck process) would make ``Client`` wait for ever, whatever
-    its timeout (measured: over two minutes), so listen for that first byte, for ``timeout`` seconds at most."""
+    """Check that a Dask scheduler answers at ``address`` before ``Client`` is trusted with it.
+
+    A Dask scheduler speaks first: on a new TCP connection it sends its handshake at once, as one message framed the
+    way ``distributed.comm.tcp`` frames every message (an 8-byte length, then a frame count and the frames' lengths,
+    8 bytes each). Something that accepts the connection and stays silent (a wrong port, a stuck process) would make
+    ``Client`` wait for ever, whatever its timeout (measured: over two minutes), and something that answers with
+    other bytes (a web server, ssh) makes it allocate whatever length those bytes spell (measured: a MemoryError
+    for 3 EiB on an HTTP answer). So read the handshake's frame header here, within ``timeout`` seconds in all, and
+    refuse what is not one.
+    """
     import socket
+    import struct
 
     if not address.startswith("tcp://"):
         return  # tls, inproc, ucx: left to Client's own timeout
     hostport = address[len("tcp://") :].rstrip("/")
     host, _, port = hostport.rpartition(":")
+    deadline = time.monotonic() + timeout
+
+    def read(sock: socket.socket, n: int) -> bytes:
+        got = b""
+        while len(got) < n:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            chunk = sock.recv(n - len(got))
+            if not chunk:
+                raise ConnectionError("closed")
+            got += chunk
+        return got
+
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as sock:
-            sock.settimeout(timeout)
-            if not sock.recv(1):
-                raise ConnectionError("closed")
+            (size,) = struct.unpack("<Q", read(sock, 8))
+            if not 16 <= size <= _HANDSHAKE_MAX:
+                raise _NotDask
+            body = read(sock, size)
+            (n_frames,) = struct.unpack_from("<Q", body)
+            if not 1 <= n_frames <= 64 or 8 + 8 * n_frames > size:
+                raise _NotDask
+    except _NotDask:
+        raise ConfigError(
+            f"compute.address: what answers at {address!r} is not a Dask scheduler (its first bytes are not Dask's "
+            "handshake); fix the address (the scheduler's port, 8786 by default) or set compute.address: null for a "
+            "local cluster"
+        ) from None
     except (OSError, ValueError) as exc:
         what = (
             f"no Dask scheduler answered at {address!r} within {timeout:g} s (it accepted the connection and said "
-            "nothing)"
+            "nothing, or too little)"
             if isinstance(exc, TimeoutError | socket.timeout)
             else f"cannot reach a Dask scheduler at {address!r} ({exc.__class__.__name__})"
         )
@@ -287,6 +318,13 @@ def _preflight(address: str, timeout: float) -> None:
             f"compute.address: {what}; start one (dask scheduler), fix the address, or set compute.address: null for "
             "a local cluster"
         ) from None
+
+
+_HANDSHAKE_MAX = 1 << 20  # a scheduler's handshake is a few hundred bytes; a megabyte is far more than it needs
+
+
+class _NotDask(Exception):
+    """Raised inside :func:`_preflight` when the first bytes are not a Dask handshake."""
 
 
 def _in_worker(fn: Callable[..., Any], item: Any, **shared: Any) -> Any:

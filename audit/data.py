@@ -211,6 +211,12 @@ def load_dataset(cfg: AuditConfig) -> Dataset:
     sensitive = list(dict.fromkeys([*cfg.fairness.sensitive_features, *cfg.fairness.derived]))  # derived: sensitive
     _check_sensitive(cfg, test_df, sensitive)
     _unseen_levels(cfg, test_df, features, notes)
+    for f in features:
+        if test_df[f.name].isna().all():
+            notes.append(
+                f"column '{f.name}': no audit row has a value (every one missing); the model saw it as missing in "
+                "every row, the data quality section names it, and the sections that need its values say so"
+            )
     pos = labels.positive
     schema = Schema(tuple(features), ds.target, pos, labels.negative, tuple(sensitive), labels.favourable)
     check_references(cfg, schema, sensitive)

@@ -237,6 +237,12 @@ def _read_csv(cfg: AuditConfig, spec: DataFile, path: Path, key: str, limit: int
     try:
         with _open_limited(path, limit) as fh:  # the header alone: count the columns before reading rows
             head = pd.read_csv(fh, nrows=0, **kwargs)
+        raw_header = None
+        if opts.header != "none" and not opts.names:  # the names as written: pandas renames repeats ("x.1")
+            with _open_limited(path, limit) as fh:
+                raw = pd.read_csv(fh, nrows=1, header=None, dtype=str, keep_default_na=False, **{
+                    k: v for k, v in kwargs.items() if k not in ("header", "names", "na_values")})  # fmt: skip
+            raw_header = [str(v) for v in raw.iloc[0]] if len(raw) else None
         if head.shape[1] > ds.max_columns:
             raise DataError(
                 f"{key}.path: '{path}' has {head.shape[1]} columns, more than dataset.max_columns={ds.max_columns}; "
@@ -247,6 +253,8 @@ def _read_csv(cfg: AuditConfig, spec: DataFile, path: Path, key: str, limit: int
         with _open_limited(path, limit) as fh:
             df = pd.read_csv(fh, nrows=nrows, usecols=usecols, **kwargs)
         df.attrs["file_columns"] = [str(c) for c in head.columns]
+        if raw_header is not None and len(raw_header) == head.shape[1]:
+            df.attrs["raw_header"] = raw_header
     except _ReadLimit as exc:
         raise DataError(
             f"{key}.path: '{path}' was refused while reading: {exc}; raise dataset.max_file_mb if the file is genuine"
@@ -299,8 +307,16 @@ def _check_headers(cfg: AuditConfig, df: pd.DataFrame, spec: DataFile, path: Pat
     ds = cfg.dataset
     opts = ds.csv
     cols = [str(c) for c in df.columns]
-    dupes = sorted({c for c in cols if cols.count(c) > 1})
-    mangled = [c for c in cols if (m := _MANGLED.match(c)) and m.group(1) in cols and fmt == "csv" and not opts.names]
+    raw = df.attrs.get("raw_header")
+    if raw is not None:  # decided on the header as written: "x1" and "x1.1" may well be two columns
+        written = [c for c in raw if c != ""]
+        dupes = sorted({c for c in written if written.count(c) > 1})
+        mangled = [c for c, r in zip(df.attrs.get("file_columns", cols), raw, strict=False) if c != r and r in dupes]
+    else:
+        dupes = sorted({c for c in cols if cols.count(c) > 1})
+        mangled = [
+            c for c in cols if (m := _MANGLED.match(c)) and m.group(1) in cols and fmt == "csv" and not opts.names
+        ]
     if dupes or mangled:
         repeats = dupes or sorted({_MANGLED.match(c).group(1) for c in mangled})
         note = f" (pandas renamed the repeats to {mangled[:5]})" if mangled else ""

@@ -78,31 +78,62 @@ def _process_start(pid: int) -> str | None:
         return None
 
 
+MAX_PID = 1 << 22  # Linux's largest pid_max
+
+
+def _owner(tmp: Path) -> dict | None:
+    """The ``.pid`` record of a temporary run folder, checked: a mapping with a process id in 1..2^22 and a host name
+    (and a start time, when given, as text). Anything else (a bare number an older version wrote, a record of
+    another program, a damaged or unreadable file) is None: data found on disk is validated, never trusted."""
+    try:
+        path = tmp / ".pid"
+        if not path.is_file() or path.stat().st_size > 4096:
+            return None
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    pid, host, started = record.get("pid"), record.get("host"), record.get("started")
+    if not (isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < MAX_PID and isinstance(host, str)):
+        return None
+    if started is not None and not isinstance(started, str):
+        return None
+    return {"pid": pid, "host": host, "started": started}
+
+
 def _alive(record: dict) -> bool:
-    """Whether the process that wrote a ``.pid`` record still runs (the same process, not a recycled id)."""
-    if record.get("host") != socket.gethostname():
+    """Whether the process that wrote a (checked, see :func:`_owner`) ``.pid`` record still runs: the same process,
+    not a recycled id."""
+    if record["host"] != socket.gethostname():
         return True  # another machine's run on a shared folder: never ours to remove
-    pid = int(record["pid"])
+    pid = record["pid"]
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         pass  # it exists, owned by someone else
-    started = record.get("started")
+    started = record["started"]
     return started is None or _process_start(pid) in (None, started)
 
 
 def remove_stale(out_root: Path) -> list[Path]:
-    """Delete the temporary folders of runs that died; returns what was removed."""
+    """Delete the temporary folders of runs that died; returns what was removed.
+
+    A folder with a valid ``.pid`` record is stale once its process has gone; one without a valid record (none, a
+    foreign or damaged one, one an older version wrote) once it is :data:`STALE_WITHOUT_PID_S` old. Only real
+    folders are touched: a file or a link named like one is left alone."""
     removed = []
     if not out_root.is_dir():
         return removed
     for tmp in out_root.glob(".tmp-*"):
-        try:
-            record = json.loads((tmp / ".pid").read_text())
+        if tmp.is_symlink() or not tmp.is_dir():
+            continue
+        record = _owner(tmp)
+        if record is not None:
             stale = not _alive(record)
-        except (OSError, ValueError, KeyError, TypeError):
+        else:
             try:
                 stale = time.time() - tmp.stat().st_mtime > STALE_WITHOUT_PID_S
             except OSError:

@@ -292,13 +292,19 @@ class ScoredPopulation:
     seconds: float
     unseen: dict[str, int]  # rows with a level never seen in training, per categorical feature
     kept: tuple[int, ...] = ()  # rows per partition (after dataset.filter)
+    present: dict[str, int] | None = None  # rows with a value, per feature
+
+    def empty_features(self) -> list[str]:
+        """The features no row of the population has a value for."""
+        return [name for name, n in (self.present or {}).items() if n == 0]
 
 
 def _score_partition(part: Partition, *, population: Population, predictor) -> tuple:
     frame = population.read(part)
+    present = {name: int(frame[name].notna().sum()) for name in population.schema.feature_names}
     proba, categorical = predictor.predict_frame(frame)
     y, sens, problems = population.outcomes(frame)
-    return y, np.asarray(proba, dtype=np.float64), sens, problems, population.unseen(categorical)
+    return y, np.asarray(proba, dtype=np.float64), sens, problems, population.unseen(categorical), present
 
 
 def score_population(
@@ -318,10 +324,13 @@ def score_population(
     ys, ps, ss = [], [], []
     problems: dict[str, int] = {}
     unseen: dict[str, int] = {}
+    present = dict.fromkeys(population.schema.feature_names, 0)
     results = backend.map(_score_partition, population.partitions, population=population, predictor=shared)
     if progress is not None:
         results = progress.bar(results, total=len(population.partitions), unit="partition")
-    for y, p, s, bad, new in results:
+    for y, p, s, bad, new, seen in results:
+        for k, v in seen.items():
+            present[k] += v
         ys.append(y)
         ps.append(p)
         ss.append(s)
@@ -349,7 +358,7 @@ def score_population(
     sens = pd.concat(ss, ignore_index=True)
     return ScoredPopulation(
         y, proba, sens, len(proba), len(population.partitions), round(time.perf_counter() - t0, 3), unseen,
-        tuple(len(v) for v in ps),
+        tuple(len(v) for v in ps), present,
     )  # fmt: skip
 
 

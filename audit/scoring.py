@@ -42,6 +42,11 @@ def score_population_run(cfg, ds, population, predictor, backend, progress, step
             raise ModelScoringError(f"scoring the population failed: {exc.__class__.__name__}: {exc}") from exc
     population = replace(population, kept=scored.kept)  # rows per partition after dataset.filter
     ds.files[str(cfg.dataset.population.path)] = population.sha256
+    for name in scored.empty_features():
+        ds.notes.append(
+            f"population column '{name}': no row has a value (every one missing); the model saw it as missing in "
+            "every row, and the data quality section names it"
+        )
     for name, n in scored.unseen.items():
         ds.notes.append(
             f"population column '{name}': {n} row(s) with a level never seen in training, scored as unknown"

@@ -11,7 +11,7 @@ import torch
 
 from audit.cli import main
 from audit.model.network import TabularNet
-from tests.conftest import base_config, synthetic_frame, write_config
+from tests.conftest import light_config, synthetic_frame, write_config
 from tests.test_formats import _close
 
 MARKER = "unpickled.marker"
@@ -51,7 +51,7 @@ def native(tmp_path_factory):
     """A native audit of a trained synthetic model, and a real Lightning checkpoint of the same weights beside it."""
     folder = tmp_path_factory.mktemp("ckpt")
     synthetic_frame().to_csv(folder / "data.csv", index=False)
-    cfg = base_config()
+    cfg = light_config(keep=("partial_dependence", "network"))  # the sections compared
     cfg["name"] = "native"
     assert main(["run", str(write_config(folder, cfg)), "-q"]) in (0, 1)
     model_dir = folder / "reports" / "native" / "latest" / "model"
@@ -77,7 +77,7 @@ def native(tmp_path_factory):
 
 
 def _ckpt_config(name: str, path, **model) -> dict:
-    cfg = base_config()
+    cfg = light_config(keep=("partial_dependence", "network"))  # the sections compared
     cfg["name"] = name
     cfg["model"] = {"source": "load", "path": str(path), "module_class": f"{__name__}:UserTabularModule", **model}
     return cfg
@@ -135,7 +135,7 @@ def test_a_malicious_pickle_is_refused_unloaded(tmp_path, capsys):
 
     synthetic_frame().to_csv(tmp_path / "data.csv", index=False)
     (tmp_path / "model.pkl").write_bytes(pickle.dumps(Payload(str(tmp_path))))
-    cfg = base_config()
+    cfg = light_config(keep=("partial_dependence", "network"))  # the sections compared
     cfg["model"] = {"source": "load", "path": "model.pkl"}
     assert main(["run", str(write_config(tmp_path, cfg)), "-q"]) == 2
     assert "model.trust: true" in capsys.readouterr().err

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from audit.cli import main
-from tests.conftest import base_config, synthetic_frame, write_config
+from tests.conftest import light_config, synthetic_frame, write_config
 from tests.test_formats import _close
 
 
@@ -21,7 +21,7 @@ def native(tmp_path_factory):
     """A trained synthetic model's native audit: (folder, report)."""
     folder = tmp_path_factory.mktemp("native")
     synthetic_frame().to_csv(folder / "data.csv", index=False)
-    cfg = base_config()
+    cfg = light_config(keep=("partial_dependence", "network"))  # the sections compared
     cfg["name"] = "native"
     assert main(["run", str(write_config(folder, cfg)), "-q"]) in (0, 1)
     run = folder / "reports" / "native" / "latest"
@@ -49,8 +49,8 @@ def model_server(native):
         yield url
 
 
-def _endpoint_config(name: str, **model) -> dict:
-    cfg = base_config()
+def _endpoint_config(name: str, keep: tuple[str, ...] = (), **model) -> dict:
+    cfg = light_config(keep=("partial_dependence", "network", *keep))  # the sections compared
     cfg["name"] = name
     cfg["model"] = {"source": "load", "timeout_s": 10, "backoff_s": 0.01, **model}
     return cfg
@@ -181,7 +181,7 @@ def test_429_is_retried_and_the_token_is_sent_but_never_written(workdir, monkeyp
 def test_a_request_budget_lowers_the_sample_sizes_and_holds(native, model_server):
     folder, _ = native
     url = model_server + "/v2/models/audit/infer"
-    cfg = _endpoint_config("budget", url=url, predict_batch_size=512, max_rows=30_000)
+    cfg = _endpoint_config("budget", keep=("local",), url=url, predict_batch_size=512, max_rows=30_000)
     assert main(["run", str(write_config(folder, cfg, "budget.yaml")), "-q"]) in (0, 1)
     rep = _report(folder, "budget")
     sent = rep["provenance"]["model"]["requests"]

@@ -13,7 +13,7 @@ from audit.cli import main
 from audit.metrics import adjust_pvalues
 from audit.monitoring import feature_drift, numeric_counts, psi, quantile_edges, score_psi
 from audit.schema import Feature, Schema
-from tests.conftest import base_config, synthetic_frame, write_config
+from tests.conftest import base_config, light_config, synthetic_frame, write_config
 
 SCHEMA = Schema(
     (
@@ -122,7 +122,7 @@ def test_drift_and_data_quality_in_an_audit(workdir):
     frame.loc[:40, "colour"] = "purple"
     frame.loc[41:140, "x2"] = np.nan
     frame.to_csv(workdir / "test.csv", index=False)
-    cfg = base_config()
+    cfg = light_config()
     cfg["dataset"]["test"] = {"path": "test.csv"}
     cfg["local"]["enabled"] = False
     cfg["network"] = {"enabled": False}
@@ -138,7 +138,7 @@ def test_drift_and_data_quality_in_an_audit(workdir):
 
 
 def test_no_drift_between_a_random_split(workdir):
-    cfg = base_config()
+    cfg = light_config()
     cfg["local"]["enabled"] = False
     assert main(["run", str(write_config(workdir, cfg)), "-q"]) in (0, 1)
     rep = json.loads((workdir / "reports" / "small" / "latest" / "report.json").read_text())
@@ -148,12 +148,7 @@ def test_no_drift_between_a_random_split(workdir):
 
 # -------------------------------------------------------------------------------------------------------- history
 def _quick(workdir, **report):
-    cfg = base_config()
-    cfg["local"] = {"enabled": False}
-    cfg["network"] = {"enabled": False}
-    cfg["modules"].update(
-        partial_dependence={"enabled": False}, ale={"enabled": False}, interactions={"enabled": False}
-    )
+    cfg = light_config()
     cfg["report"].update(report)
     return write_config(workdir, cfg)
 
@@ -453,8 +448,7 @@ def test_noise_stability_counts_flips_per_group(workdir):
     assert np.abs(noisy[:, 3] - X[:, 3]).max() <= 0.1 * mad + 1e-12 and (noisy[:, :3] == X[:, :3]).all()
     Cfg.categorical_swap = 1.0  # every categorical moves, always to another level
     assert (perturb(X, X, schema, Cfg, rng)[:, :3] != X[:, :3]).all()
-    cfg = base_config()
-    cfg["local"] = {"enabled": False}
+    cfg = light_config(keep=("stability", "weak_segments"))
     assert main(["run", str(write_config(workdir, cfg)), "-q"]) in (0, 1)
     rep = json.loads((workdir / "reports" / "small" / "latest" / "report.json").read_text())
     flips = rep["modules"]["stability"]["tables"]["flips"]["rows"]

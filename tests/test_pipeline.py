@@ -14,7 +14,7 @@ from audit.config import load_config
 from audit.modules.base import ModuleResult
 from audit.modules.performance import PerformanceModule
 from audit.pipeline import run_audit
-from tests.conftest import ROOT, base_config, write_config
+from tests.conftest import ROOT, base_config, light_config, write_config
 
 
 def test_end_to_end_cli_run_writes_report(workdir, capsys):
@@ -68,7 +68,7 @@ def test_end_to_end_cli_run_writes_report(workdir, capsys):
 
 
 def test_saved_model_is_reused_with_source_load(workdir):
-    cfg = base_config()
+    cfg = light_config()
     first = run_audit(load_config(write_config(workdir, cfg)), quiet=True)
     cfg["model"] = {"source": "load", "path": "reports/small/latest/model"}
     second = run_audit(load_config(write_config(workdir, cfg)), quiet=True)
@@ -81,7 +81,7 @@ def test_saved_model_is_reused_with_source_load(workdir):
 
 
 def test_loaded_model_must_fit_the_data(workdir, capsys):
-    run_audit(load_config(write_config(workdir, base_config())), quiet=True)
+    run_audit(load_config(write_config(workdir, light_config())), quiet=True)
     cfg = base_config()
     cfg["model"] = {"source": "load", "path": "reports/small/latest/model"}
     cfg["dataset"]["drop"] = ["x2"]

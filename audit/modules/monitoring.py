@@ -160,6 +160,23 @@ class DataQualityModule:
                 subject=str(row["feature"]),
                 plain="Rows at a level the model never saw are scored through its 'unknown' slot.",
             )  # fmt: skip
+        empty = table[table["missing_audit"] >= 1.0]["feature"].tolist()
+        findings.append(
+            Finding(
+                self.name,
+                f"{len(empty)} feature(s) without a value in the {where}" + (f": {empty}" if empty else ""),
+                "fail" if empty else "pass",
+                "high",
+                {"features": empty},
+                "every feature has a value in some row",
+                id="data_quality.empty_features",
+                measure="empty_features",
+                value=float(len(empty)),
+                limit=0.0,
+                plain="A feature missing in every row is a broken feed or a renamed column: the model scores every "
+                "row as if the value were unknown, and nothing about that feature can be checked.",
+            )  # fmt: skip
+        )
         check(
             f"Positive rate {pos_audit:.1%} in the {positives_where}, {pos_train:.1%} in training",
             abs(pos_audit - pos_train), cfg.max_class_balance_shift, f"|difference| <= {cfg.max_class_balance_shift}",
