@@ -2,14 +2,16 @@
 ``export MODEL``.
 
 Exit codes: 0 all gates passed, 1 a gating finding failed, 2 bad config or input (nothing written),
-3 a module errored (the report says which), 130 interrupted.
+3 a module errored (the report says which), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 
 from audit.errors import EXIT_BAD_INPUT, AuditInputError
 
@@ -18,7 +20,25 @@ EPILOG = """exit codes:
   1  a gating finding failed (see the report's summary)
   2  bad config or input: one line on stderr says what and how to fix it; nothing is written
   3  a module errored: the report is written and shows which module failed and why
+  130, 143  interrupted (Ctrl-C) or terminated (SIGTERM): the run's temporary folder is removed, earlier runs and
+            `latest` are untouched
 """
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler stopping the job) raised in the main thread, so the run cleans up as for Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def _terminable() -> object | None:
+    """Route SIGTERM through :class:`Terminated` while a command runs; the previous handler, or None where signals
+    cannot be set (not the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -160,6 +180,15 @@ def exit_now(code: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    previous = _terminable()
+    try:
+        return _main(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(args: argparse.Namespace) -> int:
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     import warnings
 
@@ -241,9 +270,10 @@ def main(argv: list[str] | None = None) -> int:
         reason = exc.strerror or exc.__class__.__name__
         print(f"error: {reason}{where}; check the paths in the config and the output folder", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("interrupted: no report was written", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(f"{'terminated' if isinstance(exc, Terminated) else 'interrupted'}: no report was written",
+              file=sys.stderr)  # fmt: skip
+        return 143 if isinstance(exc, Terminated) else 130
     from audit.report.summary import cli_line, summarize
 
     where = (

@@ -93,6 +93,26 @@ def test_killed_process_leaves_no_report_and_latest_unmoved(workdir):
     assert not list(out.glob(".tmp-*"))
 
 
+def test_sigterm_cleans_up_like_ctrl_c(workdir):
+    """A scheduler stops a job with SIGTERM: the run removes its own temporary folder and exits 143 (it used to die
+    at once, leaving the folder for the next run to clear)."""
+    cfg_path = write_config(workdir, light_config() | {"model": {"hidden": [16], "max_epochs": 200, "patience": 200}})
+    out = workdir / "reports" / "small"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "audit", "run", str(cfg_path), "-q"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 60
+    while not list(out.glob(".tmp-*")) and time.time() < deadline:
+        time.sleep(0.05)
+    assert list(out.glob(".tmp-*")), "the run never started"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.strip() == "terminated: no report was written", err
+    assert not out.exists() or not any(out.iterdir())  # nothing left: not even the folders it created
+
+
 def test_results_do_not_depend_on_thread_count(tiny_model):
     import numpy as np
     import torch
