@@ -100,6 +100,25 @@ def derived_id(module: str, title: str) -> str:
     return f"{module}.{slug[:80]}"
 
 
+VERDICTS = ("pass", "review", "fail", "error")
+"""The one verdict vocabulary: report.json's ``audit.verdict``, the headline, the CLI line, the history page."""
+
+
+def verdict_of(findings: list[Finding], modules_failed: list[str]) -> str:
+    """``error`` when a section or the model failed, ``fail`` when a gating finding failed, ``review`` when other
+    checks failed, else ``pass`` (exit codes 3, 1, 0 and 0).
+
+    >>> verdict_of([Finding("fairness", "gap", "fail", "high")], []), verdict_of([], ["explain"])
+    ('review', 'error')
+    """
+    failed = [f for f in findings if f.status == "fail"]
+    if modules_failed:
+        return "error"
+    if any(f.gating for f in failed):
+        return "fail"
+    return "review" if failed else "pass"
+
+
 def sort_findings(findings: list[Finding]) -> list[Finding]:
     """Failed first, gating before not gating, then by severity (high first), then inconclusive, not assessable,
     passed and informational findings."""

@@ -22,7 +22,7 @@ MAX_REPORT_BYTES = 256 << 20
 SEVERITIES = ("high", "medium", "low", "info")
 CACHE = ".history.json"
 """Each run's history row, keyed by run folder with its report.json's size and mtime (see :func:`collect`)."""
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: verdicts of reports before schema 1.3 read from their headline
 
 
 def run_folders(out_root: Path) -> list[Path]:
@@ -42,6 +42,14 @@ def _read(path: Path) -> dict | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):
         return None
+
+
+def _verdict(audit: dict) -> str | None:
+    """The headline in one word; a report before schema 1.3 wrote "pass" beside failed checks that do not gate."""
+    summary = audit.get("summary") or {}
+    if audit.get("verdict") == "pass" and summary.get("headline"):
+        return summary["headline"]
+    return audit.get("verdict")
 
 
 def summarize_run(report: dict) -> dict:
@@ -74,7 +82,7 @@ def summarize_run(report: dict) -> dict:
     return {
         "run_id": audit.get("run_id"),
         "started": (prov.get("started") or "")[:19].replace("T", " "),
-        "verdict": audit.get("verdict"),
+        "verdict": _verdict(audit),
         "exit_code": audit.get("exit_code"),
         "failed": by_sev,
         "checks": audit.get("n_findings"),

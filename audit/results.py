@@ -13,6 +13,7 @@ import numpy as np
 from audit.config import AuditConfig
 from audit.data import Dataset
 from audit.errors import EXIT_GATE_FAILED, EXIT_MODULE_ERROR, EXIT_OK
+from audit.findings import verdict_of
 from audit.modules.base import AuditContext, ModuleResult
 
 
@@ -45,6 +46,11 @@ class AuditRun:
     compute: dict[str, Any] = field(default_factory=dict)  # backend, chunk size, population provenance
     scores: Any = None  # DataFrame written as scores.parquet: every audit row's label, score, decision, groups
     pruned: list[str] = field(default_factory=list)  # run folders removed by report.keep_last after this run
+
+    @property
+    def verdict(self) -> str:
+        """``pass``, ``review``, ``fail`` or ``error``: the report's headline (see :func:`audit.findings.verdict_of`)."""
+        return verdict_of(self.findings, [m.name for m in self.modules if m.status == "error"])
 
     @property
     def findings(self):

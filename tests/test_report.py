@@ -64,7 +64,8 @@ def test_adult_local_and_network_acceptance(adult_run):
 @pytest.mark.slow
 def test_report_json_matches_the_published_schema_and_reads_back(adult_run):
     rep = read_report(adult_run.run_dir)  # validates
-    assert rep.verdict in ("pass", "fail") and rep.exit_code == adult_run.exit_code
+    assert rep.verdict == rep.raw["audit"]["verdict"] == rep.raw["audit"]["summary"]["headline"] == adult_run.verdict
+    assert rep.exit_code == adult_run.exit_code == {"pass": 0, "review": 0, "fail": 1, "error": 3}[rep.verdict]
     assert rep.run_id == adult_run.run_id and len(rep.findings) == rep.raw["audit"]["n_findings"]
     imp = rep.table("permutation_importance", "importance")
     assert list(imp["rank"]) == list(range(1, len(imp) + 1))
@@ -133,24 +134,29 @@ def _small_config():
 
 def test_old_reports_still_read_and_findings_have_stable_ids(adult_run):
     rep = read_report(adult_run.run_dir)
-    assert rep.schema_version == "1.2"
+    assert rep.schema_version == "1.3"
     ids = [f.key for f in rep.findings]
     assert len(ids) == len(set(ids))
     assert "fairness.disparate_impact_ratio.sex" in ids and "performance.roc_auc" in ids
     f = rep.finding("fairness.disparate_impact_ratio.sex")
     assert f.measure == "disparate_impact_ratio" and f.subject == "sex" and f.limit == 0.8
     assert f.ci_low <= f.value <= f.ci_high and "four-fifths" in f.rule and f.plain
-    old = copy.deepcopy(rep.raw)  # the same report as schema 1.1 wrote it
-    old["schema_version"] = "1.1"
+    assert rep.verdict == "review" and rep.exit_code == 0  # Adult: the gates pass, other checks fail
+    from audit.history import summarize_run
+    from audit.report.reader import AuditReport
+
+    old = copy.deepcopy(rep.raw)  # as schema 1.2 wrote it: "pass" beside failed checks; read as what it meant
+    old["schema_version"], old["audit"]["verdict"] = "1.2", "pass"
+    validate_report(old)
+    assert AuditReport(old).verdict == "review" and summarize_run(old)["verdict"] == "review"
+    old["schema_version"] = "1.1"  # and as schema 1.1 wrote it
     old["audit"].pop("summary")
     old["audit"]["run_id"] = old["audit"]["run_id"][:20]
     keep = {"module", "title", "status", "severity", "evidence", "threshold", "gating"}
     old["findings"] = [{k: v for k, v in f.items() if k in keep} for f in old["findings"]]
     validate_report(old)
-    from audit.report.reader import AuditReport
-
     legacy = AuditReport(old)
-    assert legacy.headline == "review" and len(legacy.failed()) == len(rep.failed())
+    assert legacy.headline == legacy.verdict == "review" and len(legacy.failed()) == len(rep.failed())
     assert all(f.key.startswith(f.module + ".") for f in legacy.findings)
 
 

@@ -55,8 +55,10 @@ class AuditReport:
 
     @property
     def verdict(self) -> str:
-        """``pass``, ``fail`` (a gating finding failed) or ``error`` (a module or the model failed)."""
-        return self.raw["audit"]["verdict"]
+        """``pass`` (no check failed), ``review`` (the gates passed, other checks failed), ``fail`` (a gating finding
+        failed) or ``error`` (a module or the model failed): the report's headline, in one word. Reports before
+        schema 1.3 wrote ``pass`` beside failed checks that do not gate; for them it is derived here."""
+        return self.headline
 
     @property
     def exit_code(self) -> int:
@@ -92,13 +94,14 @@ class AuditReport:
 
     @property
     def headline(self) -> str:
-        """``pass``, ``review`` (gates passed, other checks failed), ``fail`` or ``error``; derived for 1.1 reports."""
-        summary = self.raw["audit"].get("summary")
+        """The same as :attr:`verdict` (kept for scripts written against schema 1.2)."""
+        audit = self.raw["audit"]
+        summary = audit.get("summary")
         if summary:
             return summary["headline"]
-        if self.verdict != "pass":
-            return self.verdict
-        return "review" if self.raw["audit"]["n_failed"] else "pass"
+        if audit["verdict"] != "pass":
+            return audit["verdict"]
+        return "review" if audit["n_failed"] else "pass"
 
     @property
     def modules(self) -> list[str]:

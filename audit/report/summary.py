@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from audit.findings import SEVERITY_ORDER, Finding, sort_findings
+from audit.findings import SEVERITY_ORDER, Finding, sort_findings, verdict_of
 
 HEADLINES = {"pass": "PASS", "review": "REVIEW", "fail": "FAIL", "error": "ERROR"}
 
@@ -41,16 +41,8 @@ def summarize(findings: list[Finding], modules: list, exit_code: int, *, top: in
     gating_failed = [f for f in failed if f.gating]
     errored = [m.name for m in modules if m.status == "error"]
     high_not_gated = sum(1 for f in failed if f.severity == "high" and not f.gating)
-    parts = []
-    if errored:
-        headline = "error"
-        parts.append(f"{len(errored)} section(s) failed to run ({', '.join(errored)})")
-    elif gating_failed:
-        headline = "fail"
-    elif failed:
-        headline = "review"
-    else:
-        headline = "pass"
+    headline = verdict_of(findings, errored)
+    parts = [f"{len(errored)} section(s) failed to run ({', '.join(errored)})"] if errored else []
     parts.insert(1 if errored else 0, f"Gates failed ({len(gating_failed)})" if gating_failed else "Gates passed")
     if high_not_gated:
         parts.append(f"{high_not_gated} high-severity issue{'s' if high_not_gated != 1 else ''} not gated")

@@ -15,7 +15,7 @@ from audit._version import __version__
 from audit.data import Dataset
 from audit.report.card import model_card_fields
 
-SCHEMA_VERSION = "1.2"  # 1.1: model_card; 1.2: audit.summary, structured findings with ids; see report.schema.json
+SCHEMA_VERSION = "1.3"  # 1.1: model_card; 1.2: audit.summary, structured findings with ids; 1.3: verdict = headline
 _PACKAGES = (
     "numpy",
     "pandas",
@@ -77,8 +77,8 @@ def build_report_json(run, ds: Dataset, fingerprint: str, folder: Path | None = 
     cfg = run.config
     findings = [f.to_json() for f in sort_findings(run.findings)]
     failed = [f for f in run.findings if f.status == "fail"]
-    verdict = {0: "pass", 1: "fail", 3: "error"}.get(run.exit_code, "error")
     summary = summarize(run.findings, run.modules, run.exit_code)
+    verdict = summary["headline"]  # one word, the same everywhere: pass, review, fail or error
     modules = {}
     for m in run.modules:
         entry: dict[str, Any] = {"title": m.title, "status": m.status, "duration_s": round(m.duration_s, 3)}
