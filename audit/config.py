@@ -615,6 +615,7 @@ class FairnessConfig(_Section):
     quantiles: Bounded(2, 100) = 4
     intersections: list[Annotated[list[SensitiveRef], Field(max_length=4)]] = Field(default_factory=list, max_length=20)
     min_group_size: PosInt = 30
+    min_events: Bounded(1, 100_000) = 10
     n_bootstrap: Bounded(0, 10_000) = 200
     confidence: Fraction = 0.95
     thresholds: FairnessThresholds = FairnessThresholds()

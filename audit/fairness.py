@@ -424,21 +424,51 @@ def _rates(sums: np.ndarray, n_bins: int) -> dict[str, np.ndarray]:
         }
 
 
-def _measures(r: dict[str, np.ndarray], eligible: np.ndarray) -> dict[str, np.ndarray]:
-    def spread(a):
-        a = a[..., eligible]
+def _measures(
+    r: dict[str, np.ndarray], eligible: np.ndarray, support: dict[str, np.ndarray] | None = None
+) -> dict[str, np.ndarray]:
+    """The headline measures over the groups each may use: ``eligible`` (enough rows) for selection rates and
+    calibration, ``support[key]`` (enough events too, see :func:`_support`) for ``tpr`` and ``fpr``. A measure with
+    fewer than two such groups is NaN; equalized odds needs both of its gaps."""
+    support = support or {}
+
+    def spread(a, mask):
+        if mask.sum() < 2:
+            return np.full(a.shape[:-1], np.nan)
+        a = a[..., mask]
         return np.nanmax(a, axis=-1) - np.nanmin(a, axis=-1)
 
     with np.errstate(invalid="ignore", divide="ignore"), quiet_nan():
         sel = r["selection_rate"][..., eligible]
-        tpr_gap, fpr_gap = spread(r["tpr"]), spread(r["fpr"])
+        tpr_gap = spread(r["tpr"], support.get("tpr", eligible))
+        fpr_gap = spread(r["fpr"], support.get("fpr", eligible))
+        eo = np.fmax(tpr_gap, fpr_gap) if not support else np.maximum(tpr_gap, fpr_gap)  # both gaps, or none
         return {
-            "demographic_parity_difference": spread(r["selection_rate"]),
-            "disparate_impact_ratio": np.nanmin(sel, axis=-1) / np.nanmax(sel, axis=-1),
-            "equalized_odds_difference": np.fmax(tpr_gap, fpr_gap),
+            "demographic_parity_difference": spread(r["selection_rate"], eligible),
+            "disparate_impact_ratio": np.nanmin(sel, axis=-1) / np.nanmax(sel, axis=-1) if eligible.sum() else
+            np.full(sel.shape[:-1], np.nan),
+            "equalized_odds_difference": eo,
             "equal_opportunity_difference": tpr_gap,
-            "calibration_gap": spread(r["ece"]),
-        }
+            "calibration_gap": spread(r["ece"], eligible),
+        }  # fmt: skip
+
+
+_EVENTS = {"tpr": ("pos", "rows with the favourable true outcome"), "fpr": ("neg", "rows with the unfavourable "
+           "true outcome")}  # fmt: skip
+
+
+def _support(count: np.ndarray, pos: np.ndarray, eligible: np.ndarray, min_events: int) -> dict[str, np.ndarray]:
+    """Per rate conditioned on the label, the groups with enough rows *and* events to estimate it: ``tpr`` needs
+    ``min_events`` rows with the favourable true outcome in a group, ``fpr`` as many with the unfavourable one. A
+    true positive rate from 3 such rows (0, 1/3, 2/3 or 1) is no evidence of anything, and its bootstrap interval
+    collapses to a point.
+
+    >>> m = _support(np.array([100, 66]), np.array([40, 3]), np.array([True, True]), 10)
+    >>> m["tpr"].tolist(), m["fpr"].tolist()
+    ([True, False], [True, True])
+    """
+    neg = count - pos
+    return {"tpr": eligible & (pos >= min_events), "fpr": eligible & (neg >= min_events)}
 
 
 @dataclass(frozen=True)
@@ -475,6 +505,7 @@ def group_fairness(
     name: str = "",
     threshold: float = 0.5,
     min_group_size: int = 30,
+    min_events: int = 10,
     n_bootstrap: int = 200,
     confidence: float = 0.95,
     n_bins: int = 10,
@@ -494,6 +525,9 @@ def group_fairness(
         Group label per row.
     min_group_size : int
         Groups with fewer rows are reported as insufficient and left out of every measure.
+    min_events : int
+        A rate conditioned on the label (TPR, FPR) is compared only over groups with at least this many rows of that
+        label (see :func:`_support`); the measure is not assessable when fewer than two groups have them.
     n_bootstrap : int
         Poisson-bootstrap replicates (0: no intervals); see :func:`bootstrap_sums`.
     random_state : int, Generator or None
@@ -513,6 +547,7 @@ def group_fairness(
         {name: groups},
         threshold=threshold,
         min_group_size=min_group_size,
+        min_events=min_events,
         n_bootstrap=n_bootstrap,
         confidence=confidence,
         n_bins=n_bins,
@@ -529,6 +564,7 @@ def group_fairness_many(
     *,
     threshold: float = 0.5,
     min_group_size: int = 30,
+    min_events: int = 10,
     n_bootstrap: int = 200,
     confidence: float = 0.95,
     n_bins: int = 10,
@@ -583,23 +619,25 @@ def group_fairness_many(
         table["count"] = table["count"].astype(int)
         table.insert(2, "eligible", eligible)
         table["roc_auc"] = _group_aucs(y_sorted, p_sorted, codes[by_score], G)
-        measures = {m: [float(v), np.nan, np.nan] for m, v in _measures(point, eligible).items()}
+        pos = point_sums[i][:, _P]
+        support = _support(point["count"], pos, eligible, min_events)
+        measures = {m: [float(v), np.nan, np.nan] for m, v in _measures(point, eligible, support).items()}
         if eligible.sum() < 2:
             measures = {m: [np.nan, np.nan, np.nan] for m in measures}
         elif boot is not None:
             rates = _rates(boot[i], n_bins)
             alpha = (1 - confidence) / 2
             with quiet_nan():
-                for m, values in _measures(rates, eligible).items():
+                for m, values in _measures(rates, eligible, support).items():
                     measures[m][1:] = bias_corrected_interval(measures[m][0], values, confidence)
                 for key in ("selection_rate", "tpr", "fpr"):
                     lo, hi = np.nanquantile(rates[key], [alpha, 1 - alpha], axis=0)
                     table[f"{key}_low"], table[f"{key}_high"] = lo, hi
-        who = _who(point, eligible, levels, min_group_size)
+        who = _who(point, eligible, levels, min_group_size, support, pos, min_events)
         mframe = pd.DataFrame(
             [(m, *v, MEASURES[m][0], MEASURES[m][1], *who[m]) for m, v in measures.items()],
             columns=["measure", "value", "ci_low", "ci_high", "kind", "definition", "rate", "disadvantaged",
-                     "disadvantaged_value", "advantaged", "advantaged_value", "not_assessable"],
+                     "disadvantaged_value", "advantaged", "advantaged_value", "not_assessable", "left_out"],
         )  # fmt: skip
         overall = {k: float(v[0]) for k, v in _rates(point_sums[i].sum(axis=0)[None, :], n_bins).items()}
         overall["roc_auc"] = overall_auc
@@ -607,10 +645,19 @@ def group_fairness_many(
     return out
 
 
-def _who(point: dict, eligible: np.ndarray, levels: np.ndarray, min_group_size: int) -> dict[str, tuple]:
-    """Per measure: the per-group rate behind it, the disadvantaged and advantaged groups with their rates, and why
-    it cannot be assessed (None when it can)."""
+def _who(
+    point: dict,
+    eligible: np.ndarray,
+    levels: np.ndarray,
+    min_group_size: int,
+    support: dict[str, np.ndarray],
+    pos: np.ndarray,
+    min_events: int,
+) -> dict[str, tuple]:
+    """Per measure: the per-group rate behind it, the disadvantaged and advantaged groups with their rates, why it
+    cannot be assessed (None when it can), and the groups left out for too few events (None when none were)."""
     counts = point["count"]
+    events = {"pos": pos, "neg": counts - pos}
     out = {}
     small = [f"'{g}' ({int(c)} rows)" for g, c in zip(levels, counts, strict=True) if c < min_group_size]
     for m in MEASURES:
@@ -618,26 +665,44 @@ def _who(point: dict, eligible: np.ndarray, levels: np.ndarray, min_group_size: 
             why = f"only {int(eligible.sum())} group(s) have at least min_group_size {min_group_size} rows" + (
                 f"; smaller: {', '.join(small[:4])}" if small else ""
             )
-            out[m] = (None, None, np.nan, None, np.nan, why)
+            out[m] = (None, None, np.nan, None, np.nan, why, None)
+            continue
+        keys = ("tpr", "fpr") if m == "equalized_odds_difference" else (_DRIVER[m][0],)
+        left_out, short = [], None
+        for key in keys:
+            if key not in support:
+                continue
+            count_key, what = _EVENTS[key]
+            lacking = eligible & ~support[key]
+            left_out += [f"'{g}' ({int(n)} {what})" for g, n, x in
+                         zip(levels, events[count_key], lacking, strict=True) if x]  # fmt: skip
+            if support[key].sum() < 2 and short is None:
+                short = (
+                    f"only {int(support[key].sum())} group(s) have at least fairness.min_events {min_events} {what} "
+                    f"(for {key}); fewer: {', '.join(left_out[:4])}"
+                )
+        if short:
+            out[m] = (None, None, np.nan, None, np.nan, short, None)
             continue
         if m == "equalized_odds_difference":  # the larger of the two gaps decides
             gaps = {}
             for key in ("tpr", "fpr"):
-                v = np.where(eligible, point[key], np.nan)
+                v = np.where(support[key], point[key], np.nan)
                 gaps[key] = np.nanmax(v) - np.nanmin(v) if np.isfinite(v).any() else -1.0
             key, low_is_bad = ("tpr" if gaps["tpr"] >= gaps["fpr"] else "fpr"), True
         else:
             key, low_is_bad = _DRIVER[m]
-        v = np.where(eligible, point[key], np.nan)
-        undefined = [str(g) for g, ok, x in zip(levels, eligible, v, strict=True) if ok and not np.isfinite(x)]
+        v = np.where(support.get(key, eligible), point[key], np.nan)
+        undefined = [str(g) for g, ok, x in zip(levels, support.get(key, eligible), v, strict=True)
+                     if ok and not np.isfinite(x)]  # fmt: skip
         if not np.isfinite(v).any() or undefined:
             need = {"tpr": "the favourable true outcome", "fpr": "the unfavourable true outcome"}.get(key, "rows")
             why = f"{key} is undefined in group(s) {undefined[:4]} (no rows with {need})"
-            out[m] = (key, None, np.nan, None, np.nan, why)
+            out[m] = (key, None, np.nan, None, np.nan, why, None)
             continue
         lo, hi = int(np.nanargmin(v)), int(np.nanargmax(v))
         bad, good = (lo, hi) if low_is_bad else (hi, lo)
-        out[m] = (key, str(levels[bad]), float(v[bad]), str(levels[good]), float(v[good]), None)
+        out[m] = (key, str(levels[bad]), float(v[bad]), str(levels[good]), float(v[good]), None, left_out or None)
     return out
 
 
@@ -651,6 +716,7 @@ def paired_measure_changes(
     n_replicates: int,
     seed: int,
     favourable_positive: bool = True,
+    min_events: int = 10,
 ) -> dict[tuple[str, str], tuple[float, float]]:
     """The 95% interval of each headline measure's change between two runs that scored the same rows: ``before`` and
     ``after`` are (scores, threshold). A paired bootstrap: each replicate weights the same rows in both runs (the same
@@ -659,7 +725,10 @@ def paired_measure_changes(
     out: dict[tuple[str, str], tuple[float, float]] = {}
     for name, labels in groupings.items():
         levels, codes = encode_groups(labels)
-        eligible = np.bincount(codes, minlength=len(levels)) >= min_group_size
+        count = np.bincount(codes, minlength=len(levels))
+        eligible = count >= min_group_size
+        fav = np.asarray(y).astype(bool) if favourable_positive else ~np.asarray(y).astype(bool)
+        support = _support(count, np.bincount(codes, weights=fav, minlength=len(levels)), eligible, min_events)
         reps = []
         for p, thr in (before, after):
             sums = bootstrap_sums(
@@ -667,7 +736,7 @@ def paired_measure_changes(
                 favourable_positive=favourable_positive,
             )[0]  # fmt: skip
             with np.errstate(all="ignore"):
-                reps.append(_measures(_rates(sums, 10), eligible))
+                reps.append(_measures(_rates(sums, 10), eligible, support))
         for m in reps[0]:
             lo, hi = percentile_interval(reps[1][m] - reps[0][m], 0.025)
             if np.isfinite(lo):

@@ -165,6 +165,62 @@ def test_fewer_than_two_eligible_groups_gives_no_measure():
     assert res.measures["value"].isna().all()
 
 
+def _events_case(with_b: bool = True):
+    """A: 300 rows, 120 with the favourable outcome; B: 300 rows, 100; C: 200 rows, only 3."""
+    rng = np.random.default_rng(5)
+    sizes = {"A": (300, 120), "B": (300, 100), "C": (200, 3)} if with_b else {"A": (300, 120), "C": (200, 3)}
+    y = np.concatenate([np.r_[np.ones(k), np.zeros(n - k)] for n, k in sizes.values()]).astype(int)
+    g = np.concatenate([[name] * n for name, (n, _) in sizes.items()])
+    p = np.clip(0.35 * y + rng.uniform(0.1, 0.6, size=len(y)), 0, 1)
+    return y, p, g
+
+
+def test_rates_on_the_label_are_compared_only_over_groups_with_enough_events():
+    """Support before verdicts (issue 23): C has 200 rows (enough for selection rates) but 3 positives, so its true
+    positive rate (0, 1/3, 2/3 or 1) stays out of equal opportunity and equalized odds, and says so."""
+    y, p, g = _events_case()
+    res = group_fairness(y, p, g, n_bootstrap=50, random_state=0, min_group_size=30, min_events=10)
+    m = res.measures.set_index("measure")
+    ab = g != "C"
+    d = (p >= 0.5).astype(int)
+    assert m.loc["equal_opportunity_difference", "value"] == pytest.approx(
+        equal_opportunity_by_hand(y[ab], d[ab], g[ab])
+    )
+    expected_eo = equalized_odds_difference(y[ab], d[ab], sensitive_features=g[ab])
+    assert m.loc["equalized_odds_difference", "value"] == pytest.approx(expected_eo)
+    assert m.loc["equal_opportunity_difference", "left_out"] == ["'C' (3 rows with the favourable true outcome)"]
+    # rates not conditioned on the favourable label still use C (200 rows, 197 unfavourable)
+    expected_dp = demographic_parity_difference(y, d, sensitive_features=g)
+    assert m.loc["demographic_parity_difference", "value"] == pytest.approx(expected_dp)
+    assert m.loc["demographic_parity_difference", "left_out"] is None
+    # min_events 1 keeps C: the measure then differs (the check can fail)
+    loose = group_fairness(y, p, g, n_bootstrap=0, min_events=1).measures.set_index("measure")
+    assert loose.loc["equal_opportunity_difference", "value"] != m.loc["equal_opportunity_difference", "value"]
+    # with one group left, not assessable, with the counts
+    y, p, g = _events_case(with_b=False)
+    m = group_fairness(y, p, g, n_bootstrap=0, min_events=10).measures.set_index("measure")
+    assert np.isnan(m.loc["equal_opportunity_difference", "value"])
+    why = m.loc["equal_opportunity_difference", "not_assessable"]
+    assert "fairness.min_events 10" in why and "'C' (3 rows with the favourable true outcome)" in why, why
+    assert np.isnan(m.loc["equalized_odds_difference", "value"])  # needs both gaps
+    assert not np.isnan(m.loc["disparate_impact_ratio", "value"])
+
+
+def equal_opportunity_by_hand(y, d, g):
+    tpr = [d[(g == k) & (y == 1)].mean() for k in np.unique(g)]
+    return max(tpr) - min(tpr)
+
+
+def test_no_verdict_rests_on_a_zero_width_interval():
+    from collections import namedtuple
+
+    from audit.modules.fairness import _zero_width
+
+    M = namedtuple("M", "ci_low ci_high")
+    assert _zero_width(M(0.0, 0.0), 200) and not _zero_width(M(0.0, 0.1), 200)
+    assert not _zero_width(M(np.nan, np.nan), 200) and not _zero_width(M(0.2, 0.2), 0)
+
+
 @pytest.mark.parametrize(
     ("value", "low", "high", "threshold", "kind", "expected"),
     [

@@ -36,6 +36,12 @@ def _num(v) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
+def _zero_width(m, n_bootstrap: int) -> bool:
+    """A bootstrap interval that collapsed to a point (every replicate gave the same value: a rate of 0 or 1 from a
+    handful of events) measures no uncertainty; no verdict rests on it. Without a bootstrap there is no interval."""
+    return n_bootstrap > 0 and not math.isnan(m.ci_low) and m.ci_low == m.ci_high
+
+
 def _named(grouping: str, label: str | None) -> str:
     """A group as a reader names it: 'Female', but 'age < 25' for a bin or a code."""
     if label is None:
@@ -44,7 +50,13 @@ def _named(grouping: str, label: str | None) -> str:
 
 
 def _plain(m, grouping: str, fav: str) -> str:
-    """What a headline measure means, in one sentence naming the groups."""
+    """What a headline measure means, in one sentence naming the groups (and those left out for too few events)."""
+    text = _plain_gap(m, grouping, fav)
+    left = getattr(m, "left_out", None)
+    return text + (f" Left out for too few events (fairness.min_events): {', '.join(left[:4])}." if left else "")
+
+
+def _plain_gap(m, grouping: str, fav: str) -> str:
     dis, adv = _named(grouping, m.disadvantaged), _named(grouping, m.advantaged)
     dv, av = m.disadvantaged_value, m.advantaged_value
     if m.measure == "disparate_impact_ratio":
@@ -168,7 +180,8 @@ class FairnessModule:
         else:
             groups = audit_groupings(ctx)
         results = group_fairness_many(
-            y, p, groups, threshold=cfg.model.threshold, min_group_size=fc.min_group_size, n_bootstrap=fc.n_bootstrap,
+            y, p, groups, threshold=cfg.model.threshold, min_group_size=fc.min_group_size, min_events=fc.min_events,
+            n_bootstrap=fc.n_bootstrap,
             confidence=fc.confidence, random_state=seed, backend=ctx.backend,
             favourable_positive=ctx.dataset.schema.favourable_is_positive,
         )  # fmt: skip
@@ -181,6 +194,9 @@ class FairnessModule:
         rows = []
         for m in res.measures.itertuples():
             limit = thresholds[m.measure]
+            if m.not_assessable is None and _zero_width(m, fc.n_bootstrap):
+                m = m._replace(not_assessable=f"its {int(fc.confidence * 100)}% bootstrap interval has zero width "
+                               f"([{m.ci_low:.3g}, {m.ci_high:.3g}]): too few events to measure its uncertainty")  # fmt: skip
             assessable = m.not_assessable is None and not math.isnan(m.value)
             if not assessable:
                 status = "not_assessable"
@@ -228,7 +244,12 @@ class FairnessModule:
             title,
             status,
             _SEVERITY[m.measure] if status in ("fail", "inconclusive") else "info",
-            {"insufficient_groups": res.insufficient, "disadvantaged": m.disadvantaged, "advantaged": m.advantaged},
+            {
+                "insufficient_groups": res.insufficient,
+                "disadvantaged": m.disadvantaged,
+                "advantaged": m.advantaged,
+                "left_out_for_too_few_events": m.left_out or [],
+            },  # fmt: skip
             f"{sign} {limit} ({int(fc.confidence * 100)}% bootstrap interval)" if limit is not None else None,
             gating=m.measure in fc.gate,
             id=f"fairness.{m.measure}.{res.name}",
