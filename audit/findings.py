@@ -8,6 +8,7 @@ Every finding has a stable ``id``: the same check on the same subject gets the s
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
@@ -75,8 +76,9 @@ class Finding:
 
     @property
     def key(self) -> str:
-        """The stable id (given, or derived from the module and the title with its numbers taken out)."""
-        return self.id or derived_id(self.module, self.title)
+        """The stable id (given, or derived from the module and the title with its numbers taken out), at most
+        :data:`MAX_ID` characters (a longer one keeps its start and a hash of the whole)."""
+        return short_id(self.id or derived_id(self.module, self.title))
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -85,6 +87,21 @@ class Finding:
 
     def with_notes(self, owner: str | None, remediation: str | None) -> Finding:
         return replace(self, owner=owner or self.owner, remediation=remediation or self.remediation)
+
+
+MAX_ID = 80
+
+
+def short_id(key: str) -> str:
+    """``key`` itself when it has at most :data:`MAX_ID` characters; else its start, "~" and 8 hex digits of its
+    SHA-256, so two long ids that share a start stay apart and the same id is the same in every run.
+
+    >>> short_id("fairness.disparate_impact_ratio.sex"), len(short_id("weak_segments.slice." + "x" * 100))
+    ('fairness.disparate_impact_ratio.sex', 80)
+    """
+    if len(key) <= MAX_ID:
+        return key
+    return f"{key[: MAX_ID - 9]}~{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 
 
 def derived_id(module: str, title: str) -> str:

@@ -203,7 +203,7 @@ def test_keep_last_prunes_but_never_latest_nor_its_baseline(workdir):
 def test_history_cache_gives_the_rows_of_the_reports(workdir):
     import json
 
-    from audit.history import CACHE, collect, run_folders, summarize_run
+    from audit.history import CACHE, CACHE_VERSION, collect, run_folders, summarize_run
 
     out = workdir / "reports" / "small"
     path = _quick(workdir)
@@ -222,7 +222,7 @@ def test_history_cache_gives_the_rows_of_the_reports(workdir):
     # an unreadable cache is ignored and rewritten
     (out / CACHE).write_text("{not json")
     assert [r["run_id"] for r in collect(out)] == [r["run_id"] for r in direct]
-    assert json.loads((out / CACHE).read_text())["version"] == 1
+    assert json.loads((out / CACHE).read_text())["version"] == CACHE_VERSION
 
 
 # ------------------------------------------------------------------------------------------------------------ CBPE

@@ -33,6 +33,7 @@ from audit.metrics import adjust_pvalues, wilson_interval
 class Predicate:
     feature: str
     text: str  # "age in (38, 47]", "workclass = Private", "capital-gain missing"
+    key: str = ""  # the same, in names that do not move with the data: "age=q3-4", "workclass=Private"
 
 
 @dataclass
@@ -61,19 +62,24 @@ def predicates(
             for k in np.argsort(-counts, kind="stable")[:max_levels]:
                 if counts[k]:
                     cols.append(v == k)
-                    preds.append(Predicate(f.name, f"{f.name} = {names[k]}"))
+                    preds.append(Predicate(f.name, f"{f.name} = {names[k]}", f"{f.name}={names[k]}"))
         else:
             finite = np.isfinite(v)
             edges = np.unique(np.quantile(v[finite], np.linspace(0, 1, n_bins + 1))) if finite.any() else np.zeros(0)
+            n_finite = max(int(finite.sum()), 1)
             for lo, hi in zip(edges[:-1], edges[1:], strict=True):
                 first = lo == edges[0]
                 m = finite & (v >= lo if first else v > lo) & (v <= hi)
                 if m.any():
                     cols.append(m)
-                    preds.append(Predicate(f.name, f"{f.name} in {'[' if first else '('}{lo:.4g}, {hi:.4g}]"))
+                    # the quantile bins it spans, 1 to n_bins (edges merge on ties): stable where the edges are not
+                    a = 1 if first else int(round(np.sum(v[finite] <= lo) / n_finite * n_bins)) + 1
+                    b = int(round(np.sum(v[finite] <= hi) / n_finite * n_bins))
+                    key = f"{f.name}=q{a}" if a >= b else f"{f.name}=q{a}-{b}"
+                    preds.append(Predicate(f.name, f"{f.name} in {'[' if first else '('}{lo:.4g}, {hi:.4g}]", key))
             if (~finite).any():
                 cols.append(~finite)
-                preds.append(Predicate(f.name, f"{f.name} missing"))
+                preds.append(Predicate(f.name, f"{f.name} missing", f"{f.name}=missing"))
     # a predicate true for (almost) every row says nothing: "capital-gain in [0, 99999]" when 92% are 0
     keep = [k for k, c in enumerate(cols) if c.mean() < 0.99]
     cols, preds = [cols[k] for k in keep], [preds[k] for k in keep]
@@ -111,6 +117,7 @@ def weak_segments(
     table = pd.DataFrame(
         {
             "slice": [" and ".join(preds[i].text for i in s) for s in members],
+            "key": ["&".join(sorted(preds[i].key for i in s)) for s in members],
             "level": [len(s) for s in members],
             "rows": size.astype(int),
             "support": size / max(n, 1),

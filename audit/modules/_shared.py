@@ -31,7 +31,7 @@ def no_labels_finding(module: str, what: str, instead: str) -> Finding:
     return Finding(
         module, f"{what[0].upper()}{what[1:]}: not assessable: no labels (shown on {instead})", "not_assessable",
         "info", {}, plain=f"The population has no labels, so {what} cannot be measured; the figures are those of "
-        f"{instead}, the last labelled data.",
+        f"{instead}, the last labelled data.", id=f"{module}.no_labels"
     )  # fmt: skip
 
 

@@ -196,6 +196,7 @@ class ComparisonModule:
                     "info",
                     "info",
                     {"keys": [c["key"] for c in changed]},
+                    id="comparison.config_changed",
                 )  # fmt: skip
             )
         return changed

@@ -279,6 +279,7 @@ class FairnessModule:
                     "importance_rank": r.importance_rank,
                 },
                 f"bias-corrected Cramér's V < {fc.proxy_association} or permutation p >= {fc.proxy_alpha}",
+                id=f"fairness.proxy.{r.feature}.{r.sensitive}",
             )  # fmt: skip
             for r in proxies.itertuples()
             if r.flagged

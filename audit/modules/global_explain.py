@@ -59,6 +59,7 @@ def _capped(ctx: AuditContext, module: str, names: list[str] | None, cap: int, k
         "info",
         "low",
         {"features": len(chosen), "of": len(schema.feature_names)},
+        id=f"{module}.features_capped",
     )
     return chosen, [note]
 
@@ -159,6 +160,7 @@ class PermutationModule:
                         "rank": int(row["rank"]),
                     },
                     f"sensitive/proxy feature not in the top {cfg.top_k}",
+                    id=f"permutation_importance.{watch[hits[0]]}_rank.{hits[0]}",
                 )
             )
         return ModuleResult(
@@ -264,6 +266,7 @@ class PartialDependenceModule:
                         "info",
                         "low",
                         {"opposite_share": r.opposite_share, "ice_spread": r.ice_spread, "pd_range": r.pd_range},
+                        id=f"partial_dependence.opposite_effects.{r.feature}",
                     )
                 )
         figures = self._figures(results, cfg.centered)
@@ -459,6 +462,7 @@ class AleModule:
                         "not_assessable",
                         "low",
                         {"rows": len(X)},
+                        id=f"ale.empty_feature.{name}",
                     )  # fmt: skip
                 )
                 continue
@@ -602,6 +606,7 @@ class InteractionModule:
                 "low",
                 {"H": h},
                 f"H > {cfg.flag_above} flagged",
+                id=f"interactions.strong.{a}.{b}",
             )
             for a, b, h in res.pairs()
             if h > cfg.flag_above

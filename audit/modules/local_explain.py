@@ -148,6 +148,7 @@ class ShapModule:
                 "info" if err.max() <= sc.additivity_tolerance else "medium",
                 {"max_additivity_error": float(err.max()), "rows": len(err)},
                 f"additivity error <= {sc.additivity_tolerance:g}",
+                id="shap.additivity",
             )
         ]
         thr = ctx.config.model.threshold
@@ -421,6 +422,7 @@ class LimeModule:
                 "info" if low_fid <= 0.5 else "low",
                 {"mean_fidelity": float(np.mean(main.score)), "share_low_fidelity": low_fid},
                 f"at most half the rows with surrogate R^2 < {lc.min_fidelity:g}",
+                id="lime.fidelity",
             )
         )
         if not assessable:
@@ -433,6 +435,7 @@ class LimeModule:
                     "not_assessable",
                     "low",
                     {"top_k": lc.top_k, "features": n_features},
+                    id="lime.stability",
                 )
             )
         if reruns:
@@ -446,6 +449,7 @@ class LimeModule:
                     "info" if unstable <= 0.2 else "low",
                     {"mean_stability": float(np.mean(stability)), "share_unstable": unstable},
                     f"at most 20% of rows with top-{k} Jaccard < {lc.min_stability:g} across seeds",
+                    id="lime.stability",
                 )
             )
         if not np.isnan(agreement).all():
@@ -598,6 +602,7 @@ class CounterfactualModule:
                     "rejected_as_implausible": implausible,
                 },
                 f"share without a counterfactual <= {cc.max_not_found:g}",
+                id="counterfactuals.found",
             ),  # fmt: skip
             Finding(
                 self.name,
@@ -619,6 +624,7 @@ class CounterfactualModule:
                 "info" if n_viol == 0 else "high",
                 {**violations, "rescored_flip_rate": flipped},
                 "0 violations; every counterfactual re-scored through predict_proba flips the decision",
+                id="counterfactuals.constraint_violations",
             ),
         ]
 
@@ -656,6 +662,7 @@ class CounterfactualModule:
                         f"{sub['mean cost'].max():.2f}",
                         "info",
                         evidence={"gap": float(sub["mean cost"].max() - sub["mean cost"].min())},
+                        id=f"counterfactuals.recourse_gap.{name}",
                     )
                 )
 

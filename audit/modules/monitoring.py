@@ -104,6 +104,7 @@ class DataQualityModule:
                     value=float(value),
                     limit=float(limit),
                     plain=plain,
+                    id=f"data_quality.{measure}",
                 )  # fmt: skip
             )
 
@@ -134,6 +135,7 @@ class DataQualityModule:
                 value=float(len(constant)),
                 limit=0.0,
                 plain="A feature that hardly varies carries no information and often means a feed stuck on a default.",
+                id="data_quality.near_constant",
             )  # fmt: skip
         )
         check(

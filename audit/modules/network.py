@@ -30,7 +30,14 @@ def _not_applicable(name: str, ctx: AuditContext) -> ModuleResult | None:
     why = getattr(pred, "gradient_handle", "the model is not a network this audit can open")
     return ModuleResult(
         summary={"applicable": False},
-        findings=[Finding(name, f"not applicable to this model format ({fmt}): gradient handle {why}", "info")],
+        findings=[
+            Finding(
+                name,
+                f"not applicable to this model format ({fmt}): gradient handle {why}",
+                "info",
+                id=f"{name}.not_applicable",
+            )
+        ],
     )
 
 
@@ -92,6 +99,7 @@ class ArchitectureModule:
                     f"{total:,} parameters; trained {len(history)} epochs, best validation loss at epoch {best}",
                     "info",
                     evidence={"parameters": total, "epochs": int(len(history)), "best_epoch": best},
+                    id="architecture.training",
                 )
             )
         tables = [Table("layers", "Layers", pd.DataFrame(rows), f"{total:,} trainable parameters in all.")]
@@ -131,6 +139,7 @@ class GradientsModule:
                 "info" if err.max() <= gc.max_completeness_error else "medium",
                 {"max_completeness_error": float(err.max()), "median": float(np.median(err))},
                 f"|sum(IG) - (f(x) - f(baseline))| / |f(x) - f(baseline)| <= {gc.max_completeness_error:g}",
+                id="gradients.ig_completeness",
             )
         ]
         summary = {
@@ -155,6 +164,7 @@ class GradientsModule:
                     f"IG and SHAP rank features alike: mean per-row Spearman correlation {rho.mean():.2f}",
                     "info",
                     evidence={"mean_spearman": float(rho.mean()) if len(rho) else None},
+                    id="gradients.ig_shap_agreement",
                 )
             )
         table = table.sort_values("mean |IG|", ascending=False, kind="stable")
@@ -213,6 +223,7 @@ class GradientsModule:
                 "sum of alpha-beta relevances = logit (relative error <= 1e-6)",
                 plain="Layer-wise relevance propagation splits each row's logit over the features; the "
                 "alpha-beta rule keeps all of it, the epsilon rule lets the layers' biases take a share.",
+                id="gradients.lrp_conservation",
             )
         )
 
@@ -255,6 +266,7 @@ class ActivationsModule:
                 "info" if dead_share <= ac.max_dead_share else "low",
                 {"dead_share": float(dead_share)},
                 f"dead share <= {ac.max_dead_share:g}",
+                id="activations.dead_units",
             )
         ]
         figures = [self._distributions(layers)]
@@ -272,6 +284,7 @@ class ActivationsModule:
                         f"{feat} is linearly decodable from the last hidden layer with ROC AUC {auc:.2f}",
                         "info",
                         evidence={"probe_auc": auc},
+                        id=f"activations.decodable.{feat}",
                     )
                     for feat, auc in probe.items()
                 ]
@@ -367,6 +380,7 @@ class UncertaintyModule:
                     self.name,
                     "the network has no dropout, so Monte Carlo dropout shows no spread; train with model.dropout > 0",
                     "info",
+                    id="uncertainty.no_dropout",
                 )
             )
         findings.append(
@@ -376,6 +390,7 @@ class UncertaintyModule:
                 f"threshold {thr:g}",
                 "info",
                 evidence={"straddle_share": float(straddle.mean()), "mean_std": float(u.std.mean())},
+                id="uncertainty.straddling",
             )
         )
         rows = []
@@ -412,6 +427,7 @@ class UncertaintyModule:
                             "info" if ratio <= uc.max_group_ratio else "low",
                             {"ratio": ratio},
                             f"max/min mean std across groups <= {uc.max_group_ratio:g}",
+                            id=f"uncertainty.by_group.{s}",
                         )
                     )
         tables = []

@@ -160,7 +160,16 @@ class PerformanceModule:
             )
         )
         on = " on the population" if population else ""
-        findings.append(Finding(self.name, f"Expected calibration error {ece:.3f}{on}", "info", "info", {"ece": ece}))
+        findings.append(
+            Finding(
+                self.name,
+                f"Expected calibration error {ece:.3f}{on}",
+                "info",
+                "info",
+                {"ece": ece},
+                id="performance.ece",
+            )
+        )
         return findings
 
     def _estimate(self, ctx: AuditContext, test: dict, population: dict | None, thr: float):
@@ -207,6 +216,7 @@ class PerformanceModule:
                     "info",
                     {},
                     plain="The population has no labels; the estimate below stands in for its ROC AUC and accuracy.",
+                    id="performance.population_no_labels",
                 )  # fmt: skip
             )
             findings.append(
@@ -224,6 +234,7 @@ class PerformanceModule:
                     plain=f"Without labels, the model's ROC AUC on the population is estimated at {interval} from "
                     f"its calibrated scores; the last labelled figure (test split) is {test['roc_auc']:.3f}. The "
                     "estimate holds only while the model stays calibrated.",
+                    id="performance.population_roc_auc_estimate",
                 )  # fmt: skip
             )
         else:

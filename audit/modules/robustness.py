@@ -73,7 +73,7 @@ class WeakSegmentsModule:
                     },
                     f"{what} not above overall by more than {cfg.min_effect} ({cfg.correction}-adjusted p < "
                     f"{cfg.significance})",
-                    id=f"weak_segments.{row.slice}",
+                    id=f"weak_segments.slice.{row.key}",
                     measure=cfg.metric,
                     subject=row.slice,
                     value=float(row.error),
@@ -93,6 +93,7 @@ class WeakSegmentsModule:
                     "info",
                     "info",
                     {"weak_segments": len(res.weak)},
+                    id="weak_segments.more",
                 )  # fmt: skip
             )
         if not len(res.weak):
@@ -292,7 +293,7 @@ class FaithfulnessModule:
             return ModuleResult(
                 summary={"applicable": False},
                 findings=[Finding(self.name, "not assessable: no attribution method ran (SHAP, LIME, IG)",
-                                  "not_assessable", "info", {})],
+                                  "not_assessable", "info", {}, id="faithfulness.no_attributions")],
             )  # fmt: skip
         rows = sorted(set.intersection(*(set(r.tolist()) for r, _ in methods.values())))[: cfg.max_rows]
         rows = np.asarray(rows, dtype=np.int64)
@@ -404,6 +405,7 @@ class FaithfulnessModule:
                     measure="kendall_tau",
                     subject=row["methods"],
                     value=row["median_tau"],
+                    id=f"faithfulness.rank_agreement.{row['methods'].replace(' / ', '_')}",
                 )  # fmt: skip
             )
         return agreement
@@ -549,6 +551,7 @@ class ContrastiveModule:
                 {"median_pp_size": float(np.median(sizes)), "pn_found": int(found.sum())},
                 plain="For each explained row: the fewest of its values that, with everything else at a typical "
                 "applicant's, still give the same decision; and the smallest allowed change that reverses it.",
+                id="contrastive.pertinent",
             )  # fmt: skip
         ]
         groups = share_by_group(ctx, idx, fragile, "fragile", "all explained rows")
