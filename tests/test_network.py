@@ -91,6 +91,26 @@ def test_mc_dropout_has_zero_spread_without_dropout_and_is_seeded():
     assert not pred1.net.training  # the audited net is left in eval mode
 
 
+def test_uncertainty_by_group_is_compared_at_matched_scores():
+    """Issue 23, point 6: a probability's spread shrinks near 0, so a group with low scores looked most certain. At
+    matched scores, two groups that differ only in their scores compare as equal (ratio ~1, was 5x on raw spreads),
+    and a group planted with twice the spread at the same scores still shows 2x (the check can fail)."""
+    from audit.modules.network import _matched_spread
+
+    rng = np.random.default_rng(0)
+    n = 4000
+    score = np.r_[rng.uniform(0.01, 0.1, n), rng.uniform(0.3, 0.7, n)]  # group A low scores, B middling
+    group = np.r_[np.zeros(n), np.ones(n)].astype(bool)
+    std = 0.5 * score * (1 - score) * rng.uniform(0.8, 1.2, 2 * n)  # the same model noise, squashed by the sigmoid
+    raw = std[group].mean() / std[~group].mean()
+    rel = _matched_spread(std, score)
+    assert raw > 3 and abs(rel[group].mean() / rel[~group].mean() - 1) < 0.05
+    mixed = rng.uniform(size=2 * n) < 0.5  # a group spread over all scores, with twice the spread
+    std2 = np.where(mixed, 2 * std, std)
+    rel2 = _matched_spread(std2, score)
+    assert 1.6 < rel2[mixed].mean() / rel2[~mixed].mean() < 2.4
+
+
 def test_network_modules_say_not_applicable_for_other_models(tiny_model):
     from audit.model.adapter import CallablePredictor
     from audit.modules.base import AuditContext

@@ -352,6 +352,25 @@ class ActivationsModule:
         )
 
 
+def _matched_spread(std: np.ndarray, score: np.ndarray, n_bins: int = 20) -> np.ndarray:
+    """Each row's MC-dropout spread over the mean spread of rows with a similar score (the same of ``n_bins``
+    quantile bins of the mean score): 1 where a row is as uncertain as others scored alike. Groups compared on it
+    differ only where the model is less certain about them at the same score.
+
+    >>> s = np.array([0.01, 0.01, 0.2, 0.2]); p = np.array([0.02, 0.03, 0.5, 0.51])
+    >>> _matched_spread(s, p, n_bins=2).tolist()
+    [1.0, 1.0, 1.0, 1.0]
+    """
+    edges = np.unique(np.quantile(score, np.linspace(0, 1, n_bins + 1)[1:-1]))
+    b = np.searchsorted(edges, score, side="right")
+    total = np.bincount(b, weights=std, minlength=len(edges) + 1)
+    count = np.bincount(b, minlength=len(edges) + 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        bin_mean = total / count
+        out = std / bin_mean[b]
+    return np.where(np.isfinite(out), out, 1.0)
+
+
 class UncertaintyModule:
     name = "uncertainty"
     title = "Predictive uncertainty (Monte Carlo dropout)"
@@ -394,6 +413,7 @@ class UncertaintyModule:
             )
         )
         rows = []
+        matched = _matched_spread(u.std, u.mean)
         sens = list(ctx.dataset.schema.sensitive)
         if sens:
             groups = audit_groupings(ctx)
@@ -410,23 +430,33 @@ class UncertaintyModule:
                             "group": g,
                             "rows": int(m.sum()),
                             "mean std": float(u.std[m].mean()),
+                            "spread at matched scores": float(matched[m].mean()),
                             "mean interval width": float((u.high - u.low)[m].mean()),
                             "straddling share": float(straddle[m].mean()),
                         }
                     )
                 rows += sub
                 if len(sub) >= 2 and u.dropout > 0:
-                    stds = [r["mean std"] for r in sub]
+                    # compared at matched scores: a probability's spread shrinks towards 0 and 1 (and a logit's grows
+                    # with its size) whatever the model knows, so a group was flagged for the level of its scores
+                    stds = [r["spread at matched scores"] for r in sub]
                     ratio = max(stds) / max(min(stds), 1e-12)
                     hi = sub[int(np.argmax(stds))]["group"]
+                    lo_group = sub[int(np.argmin(stds))]["group"]
                     findings.append(
                         Finding(
                             self.name,
-                            f"uncertainty by {s}: group {hi} has {ratio:.2f}x the mean spread of the least uncertain group",
+                            f"uncertainty by {s}: group {hi} has {ratio:.2f}x the spread of group {lo_group} at matched scores",
                             "pass" if ratio <= uc.max_group_ratio else "fail",
                             "info" if ratio <= uc.max_group_ratio else "low",
-                            {"ratio": ratio},
-                            f"max/min mean std across groups <= {uc.max_group_ratio:g}",
+                            {
+                                "ratio": ratio,
+                                "most_uncertain": hi,
+                                "least_uncertain": lo_group,
+                                "ratio_on_probability_scale": max(r["mean std"] for r in sub)
+                                / max(min(r["mean std"] for r in sub), 1e-12),
+                            },
+                            f"max/min mean MC-dropout spread at matched scores across groups <= {uc.max_group_ratio:g}",
                             id=f"uncertainty.by_group.{s}",
                         )
                     )
