@@ -140,29 +140,7 @@ class PermutationModule:
         findings = []
         if ctx.population is not None and ctx.population.scored.y is None:
             findings.append(no_labels_finding(self.name, "permutation importance on the population", "the test split"))
-        watch = {s: "sensitive" for s in schema.sensitive} | {p: "proxy" for p in cfg.proxies}
-        for _, row in table.iterrows():
-            hits = [m for m in row["members"].split(", ") if m in watch]
-            if not hits:
-                continue
-            top = row["rank"] <= cfg.top_k
-            what = ", ".join(f"{h} ({watch[h]})" for h in hits)
-            findings.append(
-                Finding(
-                    self.name,
-                    f"{what} ranks #{row['rank']} of {len(table)} in importance",
-                    "fail" if top else "pass",
-                    "medium" if top else "info",
-                    {
-                        "importance": row["importance"],
-                        "ci_low": row["ci_low"],
-                        "ci_high": row["ci_high"],
-                        "rank": int(row["rank"]),
-                    },
-                    f"sensitive/proxy feature not in the top {cfg.top_k}",
-                    id=f"permutation_importance.{watch[hits[0]]}_rank.{hits[0]}",
-                )
-            )
+        findings += self._input_findings(table, list(schema.sensitive), cfg)
         return ModuleResult(
             summary={
                 "metric": cfg.metric,
@@ -190,7 +168,7 @@ class PermutationModule:
                     ),
                 )
             ],
-            figures=[self._figure(table, cfg.metric, set(watch))],
+            figures=[self._figure(table, cfg.metric, {*schema.sensitive, *cfg.proxies})],
             findings=findings,
             data={
                 "rank_by_feature": {m: int(r.rank) for r in table.itertuples() for m in r.members.split(", ")},
@@ -202,6 +180,52 @@ class PermutationModule:
                 "metric": res.metric,
             },
         )
+
+    @staticmethod
+    def _input_findings(table: pd.DataFrame, sensitive: list[str], cfg) -> list[Finding]:
+        """One finding per sensitive attribute: is it a model input, and how important (issue 23, point 9); declared
+        proxies get their rank as a note, since the fairness section's proxy finding is the one verdict on each
+        (feature, sensitive attribute) pair."""
+        rank = {}
+        for _, row in table.iterrows():
+            for m in row["members"].split(", "):
+                rank[m] = row
+        out = []
+        for s in sensitive:
+            row = rank.get(s)
+            if row is None:
+                out.append(Finding(
+                    "permutation_importance", f"{s} (sensitive) is not a model input", "pass", "info", {"input": False},
+                    "a sensitive attribute is not a model input", id=f"permutation_importance.sensitive_input.{s}",
+                    subject=s, plain=f"The model does not read {s}; it may still learn it from proxies (see the "
+                    "fairness section's proxy screening).",
+                ))  # fmt: skip
+                continue
+            top = row["rank"] <= cfg.top_k
+            out.append(Finding(
+                "permutation_importance",
+                f"{s} (sensitive) is a model input, ranked #{row['rank']} of {len(table)} in importance",
+                "fail", "high" if top else "medium",
+                {"input": True, "importance": row["importance"], "ci_low": row["ci_low"], "ci_high": row["ci_high"],
+                 "rank": int(row["rank"])},
+                "a sensitive attribute is not a model input", id=f"permutation_importance.sensitive_input.{s}",
+                subject=s, measure="importance_rank", value=float(row["rank"]),
+                plain=f"The model reads {s} directly (rank {row['rank']} of {len(table)} by permutation importance"
+                f"{', in the top ' + str(cfg.top_k) if top else ''}): its decisions can differ for two applicants who "
+                "differ only in it, which rules such as ECOA's prohibit for a protected attribute.",
+            ))  # fmt: skip
+        for p in cfg.proxies:
+            row = rank.get(p)
+            if row is None:
+                continue
+            out.append(Finding(
+                "permutation_importance", f"{p} (declared proxy) ranks #{row['rank']} of {len(table)} in importance",
+                "info", "info", {"importance": row["importance"], "rank": int(row["rank"])},
+                id=f"permutation_importance.proxy_rank.{p}", subject=p,
+                plain="Its association with a sensitive attribute is judged once, by the fairness section's proxy "
+                "screening (fairness.proxy.*); this note gives its weight in the model.",
+            ))  # fmt: skip
+        return out
 
     def _importance(self, ctx: AuditContext):
         """Permutation importance on every row of a labelled population (permuted within partitions), else on the

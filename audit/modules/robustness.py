@@ -508,8 +508,11 @@ class ContrastiveModule:
 
         cfg = ctx.config.modules.contrastive
         schema = ctx.dataset.schema
-        idx, _ = select_instances(ctx)
+        idx, reasons = select_instances(ctx)
         idx = np.asarray(idx)[: cfg.max_rows]
+        # rows picked for being close to the threshold (or by id) are fragile by choice: the verdict is on the rows
+        # drawn at random (declined, per group, random), the chosen ones are reported apart
+        chosen = np.array([bool({"borderline", "requested"} & set(reasons[int(i)])) for i in idx], dtype=bool)
         train = ctx.train_codes()
         ref = reference_row(train, schema.categorical_mask)
         res = contrastive(
@@ -554,34 +557,66 @@ class ContrastiveModule:
                 id="contrastive.pertinent",
             )  # fmt: skip
         ]
-        groups = share_by_group(ctx, idx, fragile, "fragile", "all explained rows")
-        sizable = groups.iloc[1:][groups["rows"].iloc[1:] >= cfg.min_group_rows]  # a share of 2 rows is noise
-        worst = sizable.sort_values("fragile", ascending=False).head(1)
-        worst_share = float(worst["fragile"].iloc[0]) if len(worst) else float(fragile.mean())
-        findings.append(
-            Finding(
-                self.name,
-                f"{fragile.mean():.0%} of the explained decisions are fragile (reversed by an allowed change of at most "
-                f"{cfg.fragile_distance:g} MAD)"
-                + (f"; most in {worst['group'].iloc[0]} ({worst_share:.0%})" if len(worst) else ""),
-                "pass" if worst_share <= cfg.max_fragile_share else "fail",
-                "medium",
-                {"fragile_share": float(fragile.mean()), "worst_group_share": worst_share},
-                f"fragile share <= {cfg.max_fragile_share} in every group",
-                id="contrastive.fragile",
-                measure="fragile_share",
-                value=worst_share,
-                limit=cfg.max_fragile_share,
-                plain="A decision is fragile when the smallest change the constraints allow (the pertinent "
-                "negative) is tiny: a measurement error could reverse it.",
-            )  # fmt: skip
+        drawn = ~chosen
+        groups = share_by_group(ctx, idx[drawn], fragile[drawn], "fragile", "rows drawn at random")
+        chosen_share = float(fragile[chosen].mean()) if chosen.any() else None
+        apart = (
+            f"; the {int(chosen.sum())} rows chosen near the threshold or by id, reported apart: {chosen_share:.0%}"
+            if chosen_share is not None
+            else ""
         )
+        if not drawn.any():
+            findings.append(
+                Finding(
+                    self.name,
+                    "fragile decisions: not assessable, no explained row was drawn at random (only borderline or "
+                    "requested rows)" + apart,
+                    "not_assessable",
+                    "info",
+                    {"chosen_rows": int(chosen.sum()), "chosen_fragile_share": chosen_share},
+                    id="contrastive.fragile",
+                    plain="Rows chosen because they sit at the threshold are fragile by construction; set "
+                    "local.instances.random (or declined, per_group) so the share is measured on drawn rows.",
+                )  # fmt: skip
+            )
+        else:
+            share = float(fragile[drawn].mean())
+            sizable = groups.iloc[1:][groups["rows"].iloc[1:] >= cfg.min_group_rows]  # a share of 2 rows is noise
+            worst = sizable.sort_values("fragile", ascending=False).head(1)
+            worst_share = float(worst["fragile"].iloc[0]) if len(worst) else share
+            findings.append(
+                Finding(
+                    self.name,
+                    f"{share:.0%} of {int(drawn.sum())} decisions drawn at random are fragile (reversed by an allowed "
+                    f"change of at most {cfg.fragile_distance:g} MAD)"
+                    + (f"; most in {worst['group'].iloc[0]} ({worst_share:.0%})" if len(worst) else "")
+                    + apart,
+                    "pass" if worst_share <= cfg.max_fragile_share else "fail",
+                    "medium",
+                    {
+                        "fragile_share": share,
+                        "worst_group_share": worst_share,
+                        "drawn_rows": int(drawn.sum()),
+                        "chosen_rows": int(chosen.sum()),
+                        "chosen_fragile_share": chosen_share,
+                    },
+                    f"fragile share <= {cfg.max_fragile_share} in every group, over rows drawn at random",
+                    id="contrastive.fragile",
+                    measure="fragile_share",
+                    value=worst_share,
+                    limit=cfg.max_fragile_share,
+                    plain="A decision is fragile when the smallest change the constraints allow (the pertinent "
+                    "negative) is tiny: a measurement error could reverse it. Measured on rows drawn at random; rows "
+                    "picked because they sit at the threshold are fragile by choice and are counted apart.",
+                )  # fmt: skip
+            )
         return ModuleResult(
             summary={
                 "rows": len(idx),
                 "median_pp_size": float(np.median(sizes)),
                 "pn_found": int(found.sum()),
-                "fragile_share": float(fragile.mean()),
+                "fragile_share": float(fragile[drawn].mean()) if drawn.any() else None,
+                "fragile_share_chosen_rows": chosen_share,
                 "rows_evaluated": res.rows_evaluated,
             },  # fmt: skip
             tables=[
