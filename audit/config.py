@@ -380,6 +380,9 @@ class WeakSegmentsConfig(_Section):
 
     enabled: bool = True
     metric: Literal["error", "log_loss", "brier"] = "error"  # per-row error: misclassified at the threshold, or a loss
+    # "expected": a slice is weak when it errs more than the model's own scores predict there (so a slice near 50/50
+    # is not weak for being hard); "overall": more than all rows do (SliceLine's original question)
+    against: Literal["expected", "overall"] = "expected"
     n_bins: Bounded(2, 50) = 5
     max_level: Bounded(1, 3) = 2
     min_support: Bounded(5, 10_000_000) = 100

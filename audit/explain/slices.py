@@ -100,8 +100,11 @@ def weak_segments(
     min_effect: float = 0.0,
     top_k: int = 10,
     max_extend: int = 400,
+    parts: dict[str, np.ndarray] | None = None,
 ) -> SliceResult:
-    """Weak segments of the rows ``codes`` with per-row ``errors`` (see the module docstring)."""
+    """Weak segments of the rows ``codes`` with per-row ``errors`` (see the module docstring); ``parts``: more
+    per-row values whose mean over each weak slice is added to ``weak`` as a column (e.g. observed and expected
+    error, when ``errors`` is their difference)."""
     B, preds = predicates(codes, schema, n_bins=n_bins)
     e = np.asarray(errors, dtype=np.float64)
     n = len(B)
@@ -135,7 +138,10 @@ def weak_segments(
     table["members"] = members
     table = table.sort_values(["excess_errors", "rows"], ascending=[False, False], kind="stable").reset_index(drop=True)
     weak_rows = _reported(table, B, e, mean, significance, min_effect, min_support, top_k)
-    weak = pd.DataFrame(weak_rows, columns=table.columns).drop(columns=["members", "error_sum"])
+    weak = pd.DataFrame(weak_rows, columns=table.columns)
+    for name, values in (parts or {}).items():
+        weak[name] = [float(np.asarray(values)[B[:, list(m)].all(axis=1)].mean()) for m in weak["members"]]
+    weak = weak.drop(columns=["members", "error_sum"])
     settings = {"n_bins": n_bins, "max_level": max_level, "min_support": min_support, "alpha": alpha,
                 "significance": significance, "correction": correction, "min_effect": min_effect}  # fmt: skip
     return SliceResult(table.drop(columns=["members", "error_sum"]), weak, mean, n, len(table), settings)

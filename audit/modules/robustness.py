@@ -23,6 +23,23 @@ def row_errors(y: np.ndarray, p: np.ndarray, metric: str, threshold: float) -> n
     return -(y * np.log(q) + (1 - y) * np.log(1 - q))
 
 
+def expected_errors(p: np.ndarray, metric: str, threshold: float) -> np.ndarray:
+    """Each row's error as its own score predicts it (the row's label drawn with probability ``p``): the chance the
+    decision is wrong (``1 - p`` when decided positive, else ``p``), ``p(1 - p)`` for Brier, the entropy for log loss.
+    A calibrated model's observed errors average to these in every slice.
+
+    >>> expected_errors(np.array([0.9, 0.5, 0.2]), "error", 0.5).round(3).tolist()
+    [0.1, 0.5, 0.2]
+    """
+    p = np.asarray(p, dtype=np.float64)
+    if metric == "error":
+        return np.where(p >= threshold, 1 - p, p)
+    if metric == "brier":
+        return p * (1 - p)
+    q = np.clip(p, 1e-15, 1 - 1e-15)
+    return -(q * np.log(q) + (1 - q) * np.log(1 - q))
+
+
 def share_by_group(ctx: AuditContext, idx: np.ndarray, values: np.ndarray, column: str, everyone: str) -> pd.DataFrame:
     """The mean of per-row ``values`` (audit rows ``idx``) over all of them, then per group of every sensitive
     grouping: columns group, grouping ("" for all rows), rows, ``column``."""
@@ -49,42 +66,60 @@ class WeakSegmentsModule:
         from audit.explain.slices import weak_segments
 
         cfg = ctx.config.modules.weak_segments
-        e = row_errors(ctx.y_audit, ctx.proba_audit, cfg.metric, ctx.config.model.threshold)
+        thr = ctx.config.model.threshold
+        observed = row_errors(ctx.y_audit, ctx.proba_audit, cfg.metric, thr)
+        expected = expected_errors(ctx.proba_audit, cfg.metric, thr)
+        # against the model's own scores: each row's error less what its score predicts, plus the overall expected
+        # error (so the overall mean stays the observed one); a slice near 50/50 is hard, not weak
+        e = observed - expected + expected.mean() if cfg.against == "expected" else observed
         res = weak_segments(
             ctx.codes_audit, e, ctx.dataset.schema, n_bins=cfg.n_bins, max_level=cfg.max_level,
             min_support=cfg.min_support, alpha=cfg.alpha, significance=cfg.significance, correction=cfg.correction,
-            min_effect=cfg.min_effect, top_k=cfg.top_k,
+            min_effect=cfg.min_effect, top_k=cfg.top_k, parts={"observed": observed, "expected": expected},
         )  # fmt: skip
         what = {"error": "error rate", "log_loss": "mean log loss", "brier": "mean Brier score"}[cfg.metric]
         findings = []
+        vs = cfg.against == "expected"
         for row in res.weak.head(cfg.max_findings).itertuples(index=False):
+            if vs:
+                title = (
+                    f"Weak segment: {row.slice} ({row.rows} rows): {what} {row.observed:.3f} where its scores "
+                    f"predict {row.expected:.3f} ({row.effect:+.3f} beyond the rest's)"
+                )
+                plain = (
+                    f"On the {row.rows} audit rows where {row.slice}, the model's {what} is {row.observed:.3f} "
+                    f"while its own scores there predict {row.expected:.3f}: it errs {row.effect:+.3f} more than "
+                    f"its scores admit, compared with the other rows; more than chance explains among the "
+                    f"{res.evaluated} slices examined."
+                )
+            else:
+                title = (
+                    f"Weak segment: {row.slice} ({row.rows} rows): {what} {row.error:.3f} "
+                    f"[{row.error_low:.3f}, {row.error_high:.3f}] against {res.overall_error:.3f} overall"
+                )
+                plain = (
+                    f"On the {row.rows} audit rows where {row.slice}, the model's {what} is {row.error:.3f}, "
+                    f"{row.effect:+.3f} against all rows; more than chance explains among the {res.evaluated} "
+                    "slices examined."
+                )
             findings.append(
                 Finding(
-                    self.name,
-                    f"Weak segment: {row.slice} ({row.rows} rows): {what} {row.error:.3f} "
-                    f"[{row.error_low:.3f}, {row.error_high:.3f}] against {res.overall_error:.3f} overall",
-                    "fail",
-                    "high" if row.effect >= 0.1 else "medium",
-                    {
-                        "rows": int(row.rows),
-                        "error": row.error,
-                        "overall": res.overall_error,
-                        "p_adjusted": row.p_adjusted,
-                    },
-                    f"{what} not above overall by more than {cfg.min_effect} ({cfg.correction}-adjusted p < "
-                    f"{cfg.significance})",
+                    self.name, title, "fail", "high" if row.effect >= 0.1 else "medium",
+                    {"rows": int(row.rows), "error": row.observed, "expected": row.expected, "effect": row.effect,
+                     "overall": res.overall_error, "p_adjusted": row.p_adjusted},
+                    (f"{what} beyond what the scores predict, not above the rest's by more than {cfg.min_effect}" if vs
+                     else f"{what} not above overall by more than {cfg.min_effect}")
+                    + f" ({cfg.correction}-adjusted p < {cfg.significance})",
                     id=f"weak_segments.slice.{row.key}",
-                    measure=cfg.metric,
+                    measure=f"{cfg.metric}_beyond_expected" if vs else cfg.metric,
                     subject=row.slice,
                     value=float(row.error),
                     ci_low=float(row.error_low),
                     ci_high=float(row.error_high),
                     limit=res.overall_error + cfg.min_effect,
-                    plain=f"On the {row.rows} audit rows where {row.slice}, the model's {what} is {row.error:.3f}, "
-                    f"{row.effect:+.3f} against all rows; more than chance explains among the {res.evaluated} "
-                    "slices examined.",
-                )  # fmt: skip
-            )
+                    plain=plain,
+                )
+            )  # fmt: skip
         if len(res.weak) > cfg.max_findings:
             findings.append(
                 Finding(
@@ -122,7 +157,13 @@ class WeakSegmentsModule:
                     "weak",
                     "Weak segments",
                     res.weak,
-                    f"Slices whose {what} exceeds the rest's (one-sided test, {cfg.correction}-adjusted over all "
+                    (
+                        f"Slices whose {what} beyond what the model's own scores predict there (observed less "
+                        "expected, plus the overall expected: the error column) exceeds the rest's"
+                        if vs
+                        else f"Slices whose {what} exceeds the rest's"
+                    )
+                    + f" (one-sided test, {cfg.correction}-adjusted over all "
                     f"{res.evaluated} slices), ranked by excess errors (rows x effect); a slice is listed only if, "
                     "without the rows of the slices above it, it still errs more than overall. Intervals: Wilson "
                     "(0/1 errors) or t.",
