@@ -25,11 +25,11 @@ from audit.metrics import percentile_interval, quiet_nan, roc_auc_fast, roc_auc_
 
 MEASURES = {
     # name: (kind, description); kind "max": value must stay <= threshold, "min": value must stay >= threshold
-    "demographic_parity_difference": ("max", "largest gap in selection rate between groups"),
+    "demographic_parity_difference": ("max", "largest gap in selection rate from the reference group"),
     "disparate_impact_ratio": ("min", "lowest selection rate / highest selection rate (four-fifths rule at 0.8)"),
-    "equalized_odds_difference": ("max", "larger of the TPR gap and the FPR gap between groups"),
-    "equal_opportunity_difference": ("max", "largest gap in true positive rate between groups"),
-    "calibration_gap": ("max", "largest gap in expected calibration error between groups"),
+    "equalized_odds_difference": ("max", "larger of the TPR gap and the FPR gap from the reference group"),
+    "equal_opportunity_difference": ("max", "largest gap in true positive rate from the reference group"),
+    "calibration_gap": ("max", "largest gap in expected calibration error from the reference group"),
 }
 RULES = {
     "demographic_parity_difference": "demographic parity",
@@ -425,16 +425,26 @@ def _rates(sums: np.ndarray, n_bins: int) -> dict[str, np.ndarray]:
 
 
 def _measures(
-    r: dict[str, np.ndarray], eligible: np.ndarray, support: dict[str, np.ndarray] | None = None
+    r: dict[str, np.ndarray],
+    eligible: np.ndarray,
+    support: dict[str, np.ndarray] | None = None,
+    ref: int | None = None,
 ) -> dict[str, np.ndarray]:
     """The headline measures over the groups each may use: ``eligible`` (enough rows) for selection rates and
     calibration, ``support[key]`` (enough events too, see :func:`_support`) for ``tpr`` and ``fpr``. A measure with
-    fewer than two such groups is NaN; equalized odds needs both of its gaps."""
+    fewer than two such groups is NaN; equalized odds needs both of its gaps.
+
+    With ``ref`` (a group's index), the differences are each group's largest distance from that reference group
+    (NaN when the reference itself cannot be used); without, the widest pair of groups. The disparate impact ratio
+    is always the lowest selection rate over the highest: the four-fifths rule compares with the most-selected group.
+    """
     support = support or {}
 
     def spread(a, mask):
-        if mask.sum() < 2:
+        if mask.sum() < 2 or (ref is not None and not mask[ref]):
             return np.full(a.shape[:-1], np.nan)
+        if ref is not None:
+            return np.nanmax(np.abs(a[..., mask] - a[..., ref : ref + 1]), axis=-1)
         a = a[..., mask]
         return np.nanmax(a, axis=-1) - np.nanmin(a, axis=-1)
 
@@ -451,6 +461,22 @@ def _measures(
             "equal_opportunity_difference": tpr_gap,
             "calibration_gap": spread(r["ece"], eligible),
         }  # fmt: skip
+
+
+def reference_index(levels: np.ndarray, counts: np.ndarray, eligible: np.ndarray, configured: str | None) -> int | None:
+    """The reference group of a grouping: the configured one (``fairness.reference_groups``) when it has enough
+    rows, else the largest group with enough rows; None when no group has.
+
+    >>> reference_index(np.array(["A", "B", "C"]), np.array([50, 400, 300]), np.array([True] * 3), None)
+    1
+    """
+    if configured is not None:
+        hit = np.flatnonzero(levels.astype(str) == str(configured))
+        if len(hit) and eligible[hit[0]]:
+            return int(hit[0])
+    if not eligible.any():
+        return None
+    return int(np.argmax(np.where(eligible, counts, -1)))
 
 
 _EVENTS = {"tpr": ("pos", "rows with the favourable true outcome"), "fpr": ("neg", "rows with the unfavourable "
@@ -512,6 +538,7 @@ def group_fairness(
     random_state: int | np.random.Generator | None = None,
     backend=None,
     favourable_positive: bool = True,
+    reference: str | None = None,
 ) -> GroupFairness:
     """Group metrics and headline fairness measures with percentile-bootstrap intervals.
 
@@ -554,6 +581,7 @@ def group_fairness(
         random_state=random_state,
         backend=backend,
         favourable_positive=favourable_positive,
+        references={name: reference} if reference is not None else None,
     )[0]
 
 
@@ -571,6 +599,7 @@ def group_fairness_many(
     random_state: int | np.random.Generator | None = None,
     backend=None,
     favourable_positive: bool = True,
+    references: dict[str, str] | None = None,
 ) -> list[GroupFairness]:
     """:func:`group_fairness` for several groupings of the same rows, with one shared bootstrap resample.
 
@@ -621,24 +650,28 @@ def group_fairness_many(
         table["roc_auc"] = _group_aucs(y_sorted, p_sorted, codes[by_score], G)
         pos = point_sums[i][:, _P]
         support = _support(point["count"], pos, eligible, min_events)
-        measures = {m: [float(v), np.nan, np.nan] for m, v in _measures(point, eligible, support).items()}
+        ref = reference_index(levels, point["count"], eligible, (references or {}).get(name))
+        measures = {m: [float(v), np.nan, np.nan] for m, v in _measures(point, eligible, support, ref).items()}
+        widest = _measures(point, eligible, support)  # the widest pair of groups, shown beside when it differs
         if eligible.sum() < 2:
             measures = {m: [np.nan, np.nan, np.nan] for m in measures}
         elif boot is not None:
             rates = _rates(boot[i], n_bins)
             alpha = (1 - confidence) / 2
             with quiet_nan():
-                for m, values in _measures(rates, eligible, support).items():
+                for m, values in _measures(rates, eligible, support, ref).items():
                     measures[m][1:] = bias_corrected_interval(measures[m][0], values, confidence)
                 for key in ("selection_rate", "tpr", "fpr"):
                     lo, hi = np.nanquantile(rates[key], [alpha, 1 - alpha], axis=0)
                     table[f"{key}_low"], table[f"{key}_high"] = lo, hi
-        who = _who(point, eligible, levels, min_group_size, support, pos, min_events)
+        who = _who(point, eligible, levels, min_group_size, support, pos, min_events, ref)
         mframe = pd.DataFrame(
-            [(m, *v, MEASURES[m][0], MEASURES[m][1], *who[m]) for m, v in measures.items()],
+            [(m, *v, MEASURES[m][0], MEASURES[m][1], *who[m], float(widest[m])) for m, v in measures.items()],
             columns=["measure", "value", "ci_low", "ci_high", "kind", "definition", "rate", "disadvantaged",
-                     "disadvantaged_value", "advantaged", "advantaged_value", "not_assessable", "left_out"],
+                     "disadvantaged_value", "advantaged", "advantaged_value", "not_assessable", "left_out",
+                     "widest_pair", "widest_value"],
         )  # fmt: skip
+        mframe.insert(2, "reference", None if ref is None else str(levels[ref]))
         overall = {k: float(v[0]) for k, v in _rates(point_sums[i].sum(axis=0)[None, :], n_bins).items()}
         overall["roc_auc"] = overall_auc
         out.append(GroupFairness(name, table, mframe, [str(g) for g in levels[~eligible]], n_bootstrap, overall))
@@ -653,9 +686,12 @@ def _who(
     support: dict[str, np.ndarray],
     pos: np.ndarray,
     min_events: int,
+    ref: int | None = None,
 ) -> dict[str, tuple]:
-    """Per measure: the per-group rate behind it, the disadvantaged and advantaged groups with their rates, why it
-    cannot be assessed (None when it can), and the groups left out for too few events (None when none were)."""
+    """Per measure: the per-group rate behind it, the disadvantaged and advantaged groups with their rates (the pair
+    the measure compares: a group and the reference group ``ref``, or the widest pair without one; for the
+    disparate impact ratio, the least and the most selected), why it cannot be assessed (None when it can), the
+    groups left out for too few events (None when none were), and the widest pair ("A vs B")."""
     counts = point["count"]
     events = {"pos": pos, "neg": counts - pos}
     out = {}
@@ -665,7 +701,7 @@ def _who(
             why = f"only {int(eligible.sum())} group(s) have at least min_group_size {min_group_size} rows" + (
                 f"; smaller: {', '.join(small[:4])}" if small else ""
             )
-            out[m] = (None, None, np.nan, None, np.nan, why, None)
+            out[m] = (None, None, np.nan, None, np.nan, why, None, None)
             continue
         keys = ("tpr", "fpr") if m == "equalized_odds_difference" else (_DRIVER[m][0],)
         left_out, short = [], None
@@ -681,14 +717,15 @@ def _who(
                     f"only {int(support[key].sum())} group(s) have at least fairness.min_events {min_events} {what} "
                     f"(for {key}); fewer: {', '.join(left_out[:4])}"
                 )
+        use_ref = ref is not None and m != "disparate_impact_ratio"
+        if use_ref and not all(support.get(k, eligible)[ref] for k in keys):
+            count_key, what = _EVENTS[keys[0]] if keys[0] in _EVENTS else ("pos", "rows")
+            short = f"the reference group '{levels[ref]}' has too few {what} (fairness.min_events {min_events})"
         if short:
-            out[m] = (None, None, np.nan, None, np.nan, short, None)
+            out[m] = (None, None, np.nan, None, np.nan, short, None, None)
             continue
         if m == "equalized_odds_difference":  # the larger of the two gaps decides
-            gaps = {}
-            for key in ("tpr", "fpr"):
-                v = np.where(support[key], point[key], np.nan)
-                gaps[key] = np.nanmax(v) - np.nanmin(v) if np.isfinite(v).any() else -1.0
+            gaps = {k: _gap(np.where(support[k], point[k], np.nan), ref if use_ref else None) for k in ("tpr", "fpr")}
             key, low_is_bad = ("tpr" if gaps["tpr"] >= gaps["fpr"] else "fpr"), True
         else:
             key, low_is_bad = _DRIVER[m]
@@ -698,12 +735,27 @@ def _who(
         if not np.isfinite(v).any() or undefined:
             need = {"tpr": "the favourable true outcome", "fpr": "the unfavourable true outcome"}.get(key, "rows")
             why = f"{key} is undefined in group(s) {undefined[:4]} (no rows with {need})"
-            out[m] = (key, None, np.nan, None, np.nan, why, None)
+            out[m] = (key, None, np.nan, None, np.nan, why, None, None)
             continue
         lo, hi = int(np.nanargmin(v)), int(np.nanargmax(v))
-        bad, good = (lo, hi) if low_is_bad else (hi, lo)
-        out[m] = (key, str(levels[bad]), float(v[bad]), str(levels[good]), float(v[good]), None, left_out or None)
+        widest = f"{levels[lo if low_is_bad else hi]} vs {levels[hi if low_is_bad else lo]}"
+        if use_ref:  # the group farthest from the reference, and which of the two fares worse
+            g = int(np.nanargmax(np.abs(v - v[ref])))
+            worse = (v[g] < v[ref]) if low_is_bad else (v[g] > v[ref])
+            bad, good = (g, ref) if worse else (ref, g)
+        else:
+            bad, good = (lo, hi) if low_is_bad else (hi, lo)
+        pair = f"{levels[bad]} vs {levels[good]}"
+        out[m] = (key, str(levels[bad]), float(v[bad]), str(levels[good]), float(v[good]), None, left_out or None,
+                  None if widest == pair else widest)  # fmt: skip
     return out
+
+
+def _gap(v: np.ndarray, ref: int | None) -> float:
+    """The largest distance from group ``ref``'s value, or (None) the widest spread; -1 when nothing is defined."""
+    if not np.isfinite(v).any():
+        return -1.0
+    return float(np.nanmax(np.abs(v - v[ref]))) if ref is not None else float(np.nanmax(v) - np.nanmin(v))
 
 
 def paired_measure_changes(
@@ -717,6 +769,7 @@ def paired_measure_changes(
     seed: int,
     favourable_positive: bool = True,
     min_events: int = 10,
+    references: dict[str, str] | None = None,
 ) -> dict[tuple[str, str], tuple[float, float]]:
     """The 95% interval of each headline measure's change between two runs that scored the same rows: ``before`` and
     ``after`` are (scores, threshold). A paired bootstrap: each replicate weights the same rows in both runs (the same
@@ -729,6 +782,7 @@ def paired_measure_changes(
         eligible = count >= min_group_size
         fav = np.asarray(y).astype(bool) if favourable_positive else ~np.asarray(y).astype(bool)
         support = _support(count, np.bincount(codes, weights=fav, minlength=len(levels)), eligible, min_events)
+        ref = reference_index(levels, count, eligible, (references or {}).get(name))
         reps = []
         for p, thr in (before, after):
             sums = bootstrap_sums(
@@ -736,7 +790,7 @@ def paired_measure_changes(
                 favourable_positive=favourable_positive,
             )[0]  # fmt: skip
             with np.errstate(all="ignore"):
-                reps.append(_measures(_rates(sums, 10), eligible, support))
+                reps.append(_measures(_rates(sums, 10), eligible, support, ref))
         for m in reps[0]:
             lo, hi = percentile_interval(reps[1][m] - reps[0][m], 0.025)
             if np.isfinite(lo):

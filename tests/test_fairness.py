@@ -206,6 +206,29 @@ def test_rates_on_the_label_are_compared_only_over_groups_with_enough_events():
     assert not np.isnan(m.loc["disparate_impact_ratio", "value"])
 
 
+def test_one_comparison_convention_the_reference_group_with_the_widest_pair_beside():
+    """Issue 23, point 4: differences are taken against the reference group (the largest, or the configured one),
+    the finding names that pair, and the widest pair is shown beside it; the four-fifths rule stays against the
+    most-selected group, as the EEOC guideline defines it."""
+    sizes = {"A": (1000, 0.50), "B": (400, 0.35), "C": (300, 0.60)}
+    g = np.concatenate([[k] * n for k, (n, _) in sizes.items()])
+    p = np.concatenate([np.where(np.arange(n) < round(n * r), 0.9, 0.1) for n, r in sizes.values()])
+    y = (np.arange(len(g)) % 2).astype(int)
+    m = group_fairness(y, p, g, n_bootstrap=0).measures.set_index("measure")
+    dp = m.loc["demographic_parity_difference"]
+    assert dp["reference"] == "A" and dp["value"] == pytest.approx(0.15)  # B is 0.15 below A; C 0.10 above
+    assert (dp["disadvantaged"], dp["advantaged"]) == ("B", "A") and dp["widest_pair"] == "B vs C"
+    assert dp["widest_value"] == pytest.approx(0.25)
+    di = m.loc["disparate_impact_ratio"]
+    assert di["value"] == pytest.approx(0.35 / 0.60) and (di["disadvantaged"], di["advantaged"]) == ("B", "C")
+    configured = group_fairness(y, p, g, n_bootstrap=0, reference="C").measures.set_index("measure")
+    assert configured.loc["demographic_parity_difference", "value"] == pytest.approx(0.25)
+    assert configured.loc["demographic_parity_difference", "widest_pair"] is None  # the same pair
+    # a configured reference below min_group_size falls back to the largest group
+    small = group_fairness(y, p, g, n_bootstrap=0, reference="C", min_group_size=350).measures
+    assert small["reference"].iloc[0] == "A"
+
+
 def equal_opportunity_by_hand(y, d, g):
     tpr = [d[(g == k) & (y == 1)].mean() for k in np.unique(g)]
     return max(tpr) - min(tpr)

@@ -122,7 +122,7 @@ def paired_changes(ctx: AuditContext, base: dict[str, Any]) -> dict[str, Any] | 
     metrics = {m: percentile_interval(b[m] - a[m], 0.025) for m in a}
     fairness = paired_measure_changes(
         y, (p_old, thr_old), (p_new, thr_new), audit_groupings(ctx), min_group_size=ctx.config.fairness.min_group_size,
-        min_events=ctx.config.fairness.min_events,
+        min_events=ctx.config.fairness.min_events, references=ctx.config.fairness.reference_groups,
         n_replicates=PAIRED_REPLICATES, seed=seed, favourable_positive=ctx.dataset.schema.favourable_is_positive,
     )  # fmt: skip
     return {"metrics": {m: ci for m, ci in metrics.items() if np.isfinite(ci[0])}, "fairness": fairness}

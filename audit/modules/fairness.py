@@ -52,6 +52,10 @@ def _named(grouping: str, label: str | None) -> str:
 def _plain(m, grouping: str, fav: str) -> str:
     """What a headline measure means, in one sentence naming the groups (and those left out for too few events)."""
     text = _plain_gap(m, grouping, fav)
+    ref, widest = getattr(m, "reference", None), getattr(m, "widest_pair", None)
+    if ref is not None and m.measure != "disparate_impact_ratio":
+        text += f" Compared with the reference group, {_named(grouping, ref)}"
+        text += f"; the widest pair is {widest} ({m.widest_value:.3f})." if widest else "."
     left = getattr(m, "left_out", None)
     return text + (f" Left out for too few events (fairness.min_events): {', '.join(left[:4])}." if left else "")
 
@@ -86,12 +90,10 @@ def _plain_gap(m, grouping: str, fav: str) -> str:
 
 
 def _reference(res, configured: str | None) -> str | None:
-    """The reference group of a grouping: the configured one, else the largest group with enough rows."""
-    t = res.table
-    if configured is not None:
-        return configured
-    ok = t[t["eligible"]]
-    return str(ok.loc[ok["count"].idxmax(), "group"]) if len(ok) else None
+    """The reference group of a grouping, as its measures used it (:func:`audit.fairness.reference_index`): the
+    configured one when it has enough rows, else the largest group with enough rows."""
+    used = res.measures["reference"].iloc[0] if len(res.measures) else None
+    return configured if used is None else used
 
 
 def _group_table(res, ref: str | None, min_group_size: int) -> Table:
@@ -183,7 +185,7 @@ class FairnessModule:
             y, p, groups, threshold=cfg.model.threshold, min_group_size=fc.min_group_size, min_events=fc.min_events,
             n_bootstrap=fc.n_bootstrap,
             confidence=fc.confidence, random_state=seed, backend=ctx.backend,
-            favourable_positive=ctx.dataset.schema.favourable_is_positive,
+            favourable_positive=ctx.dataset.schema.favourable_is_positive, references=fc.reference_groups,
         )  # fmt: skip
         return groups, results
 
@@ -248,8 +250,11 @@ class FairnessModule:
                 "insufficient_groups": res.insufficient,
                 "disadvantaged": m.disadvantaged,
                 "advantaged": m.advantaged,
+                "reference": m.reference,
+                "widest_pair": m.widest_pair,
+                "widest_value": _num(m.widest_value),
                 "left_out_for_too_few_events": m.left_out or [],
-            },  # fmt: skip
+            },
             f"{sign} {limit} ({int(fc.confidence * 100)}% bootstrap interval)" if limit is not None else None,
             gating=m.measure in fc.gate,
             id=f"fairness.{m.measure}.{res.name}",
