@@ -108,10 +108,3 @@ def tiny_model(tmp_path_factory):
     ds = load_dataset(cfg)
     res = train_model(ds.schema, ds.schema.to_codes(ds.X_train), ds.y_train, cfg.model, validation_size=0.2, seed=0)
     return cfg, ds, NetPredictor(res.net, res.preprocessing, ds.schema), res
-
-
-def pytest_collection_modifyitems(session, config, items):
-    """The soak (20 audits in subprocesses, about two minutes, most of it waiting) first: with tests spread over the
-    cores a file at a time, a long file started last is the suite's tail; started first, the other files run
-    beside it."""
-    items.sort(key=lambda item: 0 if item.nodeid.startswith("tests/test_soak.py") else 1)
