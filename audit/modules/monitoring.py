@@ -122,22 +122,22 @@ class DataQualityModule:
             float(increase[k]), cfg.max_missing_increase, f"rise <= {cfg.max_missing_increase}", "missing_increase",
             subject=names[k], plain="A feature missing more often than in training points to a broken data feed.",
         )  # fmt: skip
-        constant = table[table["top_value_share_audit"] >= cfg.near_constant]["feature"].tolist()
-        findings.append(
-            Finding(
-                self.name,
-                f"{len(constant)} near-constant feature(s) in the {where}" + (f": {constant}" if constant else ""),
-                "fail" if constant else "pass",
-                "low",
-                {"features": constant},
-                f"no feature with one value in >= {cfg.near_constant:.0%} of rows",
-                measure="near_constant",
-                value=float(len(constant)),
-                limit=0.0,
-                plain="A feature that hardly varies carries no information and often means a feed stuck on a default.",
-                id="data_quality.near_constant",
+
+        def no_feature(features: list, what: str, severity: str, rule: str, measure: str, plain: str) -> None:
+            """A check that passes when no feature is in ``features`` (near-constant ones, empty ones)."""
+            findings.append(
+                Finding(
+                    self.name, f"{len(features)} {what} in the {where}" + (f": {features}" if features else ""),
+                    "fail" if features else "pass", severity, {"features": features}, rule,
+                    id=f"data_quality.{measure}", measure=measure, value=float(len(features)), limit=0.0, plain=plain,
+                )
             )  # fmt: skip
-        )
+
+        no_feature(
+            table[table["top_value_share_audit"] >= cfg.near_constant]["feature"].tolist(), "near-constant feature(s)",
+            "low", f"no feature with one value in >= {cfg.near_constant:.0%} of rows", "near_constant",
+            "A feature that hardly varies carries no information and often means a feed stuck on a default.",
+        )  # fmt: skip
         check(
             f"Duplicate test rows: {dup_audit:.1%} (training {dup_train:.1%})", dup_audit, cfg.max_duplicates,
             f"duplicate share <= {cfg.max_duplicates}", "duplicate_share", severity="low",
@@ -162,23 +162,12 @@ class DataQualityModule:
                 subject=str(row["feature"]),
                 plain="Rows at a level the model never saw are scored through its 'unknown' slot.",
             )  # fmt: skip
-        empty = table[table["missing_audit"] >= 1.0]["feature"].tolist()
-        findings.append(
-            Finding(
-                self.name,
-                f"{len(empty)} feature(s) without a value in the {where}" + (f": {empty}" if empty else ""),
-                "fail" if empty else "pass",
-                "high",
-                {"features": empty},
-                "every feature has a value in some row",
-                id="data_quality.empty_features",
-                measure="empty_features",
-                value=float(len(empty)),
-                limit=0.0,
-                plain="A feature missing in every row is a broken feed or a renamed column: the model scores every "
-                "row as if the value were unknown, and nothing about that feature can be checked.",
-            )  # fmt: skip
-        )
+        no_feature(
+            table[table["missing_audit"] >= 1.0]["feature"].tolist(), "feature(s) without a value", "high",
+            "every feature has a value in some row", "empty_features",
+            "A feature missing in every row is a broken feed or a renamed column: the model scores every row as if the "
+            "value were unknown, and nothing about that feature can be checked.",
+        )  # fmt: skip
         check(
             f"Positive rate {pos_audit:.1%} in the {positives_where}, {pos_train:.1%} in training",
             abs(pos_audit - pos_train), cfg.max_class_balance_shift, f"|difference| <= {cfg.max_class_balance_shift}",
