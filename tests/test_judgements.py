@@ -53,3 +53,17 @@ def test_a_sensitive_attribute_used_as_input_is_a_finding_with_its_rank():
     top = _table([("sex", "sex", 0.2, 0.1, 0.3, 1)])
     (f,) = PermutationModule._input_findings(top, ["sex"], SimpleNamespace(top_k=2, proxies=[]))
     assert f.status == "fail" and f.severity == "high"
+
+
+def test_weak_segment_findings_say_what_they_compare(workdir):
+    """The module's findings, both ways: against all rows the title gives the overall error; against the expected
+    error it gives what the slice's scores predict, with the observed and expected errors in the evidence."""
+    for against, words in (("overall", "overall"), ("expected", "where its scores predict")):
+        cfg = light_config(keep=("weak_segments",))
+        cfg["modules"]["weak_segments"] = {"min_support": 30, "against": against, "significance": 0.5, "min_effect": 0}
+        run = run_audit(load_config(write_config(workdir, cfg)), quiet=True)
+        rep = json.loads((run.run_dir / "report.json").read_text())
+        slices = [f for f in rep["findings"] if f["id"].startswith("weak_segments.slice.")]
+        assert slices, [f["id"] for f in rep["findings"] if f["module"] == "weak_segments"]
+        f = slices[0]
+        assert words in f["title"] and {"error", "expected", "effect"} <= set(f["evidence"]), f

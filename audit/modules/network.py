@@ -382,7 +382,6 @@ class UncertaintyModule:
         na = _not_applicable(self.name, ctx)
         if na:
             return na
-        from audit.modules._shared import audit_groupings
 
         uc = ctx.config.network.uncertainty
         thr = ctx.config.model.threshold
@@ -412,54 +411,7 @@ class UncertaintyModule:
                 id="uncertainty.straddling",
             )
         )
-        rows = []
-        matched = _matched_spread(u.std, u.mean)
-        sens = list(ctx.dataset.schema.sensitive)
-        if sens:
-            groups = audit_groupings(ctx)
-            for s in sens:
-                lab = groups[s]
-                sub = []
-                for g in sorted(set(lab.tolist())):
-                    m = lab == g
-                    if m.sum() < ctx.config.fairness.min_group_size:
-                        continue
-                    sub.append(
-                        {
-                            "feature": s,
-                            "group": g,
-                            "rows": int(m.sum()),
-                            "mean std": float(u.std[m].mean()),
-                            "spread at matched scores": float(matched[m].mean()),
-                            "mean interval width": float((u.high - u.low)[m].mean()),
-                            "straddling share": float(straddle[m].mean()),
-                        }
-                    )
-                rows += sub
-                if len(sub) >= 2 and u.dropout > 0:
-                    # compared at matched scores: a probability's spread shrinks towards 0 and 1 (and a logit's grows
-                    # with its size) whatever the model knows, so a group was flagged for the level of its scores
-                    stds = [r["spread at matched scores"] for r in sub]
-                    ratio = max(stds) / max(min(stds), 1e-12)
-                    hi = sub[int(np.argmax(stds))]["group"]
-                    lo_group = sub[int(np.argmin(stds))]["group"]
-                    findings.append(
-                        Finding(
-                            self.name,
-                            f"uncertainty by {s}: group {hi} has {ratio:.2f}x the spread of group {lo_group} at matched scores",
-                            "pass" if ratio <= uc.max_group_ratio else "fail",
-                            "info" if ratio <= uc.max_group_ratio else "low",
-                            {
-                                "ratio": ratio,
-                                "most_uncertain": hi,
-                                "least_uncertain": lo_group,
-                                "ratio_on_probability_scale": max(r["mean std"] for r in sub)
-                                / max(min(r["mean std"] for r in sub), 1e-12),
-                            },
-                            f"max/min mean MC-dropout spread at matched scores across groups <= {uc.max_group_ratio:g}",
-                            id=f"uncertainty.by_group.{s}",
-                        )
-                    )
+        rows = self._by_group(ctx, u, straddle, findings)
         tables = []
         if rows:
             tables.append(
@@ -487,6 +439,63 @@ class UncertaintyModule:
             findings=findings,
             data={"std": u.std, "low": u.low, "high": u.high},
         )
+
+    def _by_group(self, ctx: AuditContext, u, straddle: np.ndarray, findings: list[Finding]) -> list[dict]:
+        """The spread per sensitive group (a table row each) and, per grouping, its finding (appended), compared at
+        matched scores (see :func:`_matched_spread`)."""
+        from audit.modules._shared import audit_groupings
+
+        rows: list[dict] = []
+        sens = list(ctx.dataset.schema.sensitive)
+        if not sens:
+            return rows
+        uc = ctx.config.network.uncertainty
+        matched = _matched_spread(u.std, u.mean)
+        groups = audit_groupings(ctx)
+        for s in sens:
+            lab = groups[s]
+            sub = []
+            for g in sorted(set(lab.tolist())):
+                m = lab == g
+                if m.sum() < ctx.config.fairness.min_group_size:
+                    continue
+                sub.append(
+                    {
+                        "feature": s,
+                        "group": g,
+                        "rows": int(m.sum()),
+                        "mean std": float(u.std[m].mean()),
+                        "spread at matched scores": float(matched[m].mean()),
+                        "mean interval width": float((u.high - u.low)[m].mean()),
+                        "straddling share": float(straddle[m].mean()),
+                    }
+                )
+            rows += sub
+            if len(sub) >= 2 and u.dropout > 0:
+                # compared at matched scores: a probability's spread shrinks towards 0 and 1 (and a logit's grows
+                # with its size) whatever the model knows, so a group was flagged for the level of its scores
+                stds = [r["spread at matched scores"] for r in sub]
+                ratio = max(stds) / max(min(stds), 1e-12)
+                hi = sub[int(np.argmax(stds))]["group"]
+                lo_group = sub[int(np.argmin(stds))]["group"]
+                findings.append(
+                    Finding(
+                        self.name,
+                        f"uncertainty by {s}: group {hi} has {ratio:.2f}x the spread of group {lo_group} at matched scores",
+                        "pass" if ratio <= uc.max_group_ratio else "fail",
+                        "info" if ratio <= uc.max_group_ratio else "low",
+                        {
+                            "ratio": ratio,
+                            "most_uncertain": hi,
+                            "least_uncertain": lo_group,
+                            "ratio_on_probability_scale": max(r["mean std"] for r in sub)
+                            / max(min(r["mean std"] for r in sub), 1e-12),
+                        },
+                        f"max/min mean MC-dropout spread at matched scores across groups <= {uc.max_group_ratio:g}",
+                        id=f"uncertainty.by_group.{s}",
+                    )
+                )
+        return rows
 
 
 # ------------------------------------------------------------------------------------ figures (see plotting.draw)

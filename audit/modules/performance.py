@@ -184,16 +184,9 @@ class PerformanceModule:
         )  # fmt: skip
         rows = []
         for m in ("roc_auc", "accuracy", "positive_rate"):
-            rows.append(
-                {
-                    "metric": m,
-                    "estimate": getattr(est, m),
-                    "low": getattr(est, f"{m}_low"),
-                    "high": getattr(est, f"{m}_high"),
-                    "realised_on_population": population[m] if population else None,
-                    "test_split (last labelled)": test[m],
-                }
-            )
+            rows.append({"metric": m, "estimate": getattr(est, m), "low": getattr(est, f"{m}_low"),
+                         "high": getattr(est, f"{m}_high"), "realised_on_population": population[m] if population
+                         else None, "test_split (last labelled)": test[m]})  # fmt: skip
         frame = pd.DataFrame(rows)
         table = Table(
             "estimate",

@@ -78,48 +78,10 @@ class WeakSegmentsModule:
             min_effect=cfg.min_effect, top_k=cfg.top_k, parts={"observed": observed, "expected": expected},
         )  # fmt: skip
         what = {"error": "error rate", "log_loss": "mean log loss", "brier": "mean Brier score"}[cfg.metric]
-        findings = []
         vs = cfg.against == "expected"
-        for row in res.weak.head(cfg.max_findings).itertuples(index=False):
-            if vs:
-                title = (
-                    f"Weak segment: {row.slice} ({row.rows} rows): {what} {row.observed:.3f} where its scores "
-                    f"predict {row.expected:.3f} ({row.effect:+.3f} beyond the rest's)"
-                )
-                plain = (
-                    f"On the {row.rows} audit rows where {row.slice}, the model's {what} is {row.observed:.3f} "
-                    f"while its own scores there predict {row.expected:.3f}: it errs {row.effect:+.3f} more than "
-                    f"its scores admit, compared with the other rows; more than chance explains among the "
-                    f"{res.evaluated} slices examined."
-                )
-            else:
-                title = (
-                    f"Weak segment: {row.slice} ({row.rows} rows): {what} {row.error:.3f} "
-                    f"[{row.error_low:.3f}, {row.error_high:.3f}] against {res.overall_error:.3f} overall"
-                )
-                plain = (
-                    f"On the {row.rows} audit rows where {row.slice}, the model's {what} is {row.error:.3f}, "
-                    f"{row.effect:+.3f} against all rows; more than chance explains among the {res.evaluated} "
-                    "slices examined."
-                )
-            findings.append(
-                Finding(
-                    self.name, title, "fail", "high" if row.effect >= 0.1 else "medium",
-                    {"rows": int(row.rows), "error": row.observed, "expected": row.expected, "effect": row.effect,
-                     "overall": res.overall_error, "p_adjusted": row.p_adjusted},
-                    (f"{what} beyond what the scores predict, not above the rest's by more than {cfg.min_effect}" if vs
-                     else f"{what} not above overall by more than {cfg.min_effect}")
-                    + f" ({cfg.correction}-adjusted p < {cfg.significance})",
-                    id=f"weak_segments.slice.{row.key}",
-                    measure=f"{cfg.metric}_beyond_expected" if vs else cfg.metric,
-                    subject=row.slice,
-                    value=float(row.error),
-                    ci_low=float(row.error_low),
-                    ci_high=float(row.error_high),
-                    limit=res.overall_error + cfg.min_effect,
-                    plain=plain,
-                )
-            )  # fmt: skip
+        findings = [
+            self._slice_finding(row, res, cfg, what) for row in res.weak.head(cfg.max_findings).itertuples(index=False)
+        ]
         if len(res.weak) > cfg.max_findings:
             findings.append(
                 Finding(
@@ -191,6 +153,47 @@ class WeakSegmentsModule:
         return Figure(
             "weak_segments", f"{what.capitalize()} of each weak segment with its 95% interval; dashed: all audit rows.",
             draw(_draw_weak_segments, res.weak, res.overall_error, what),
+        )  # fmt: skip
+
+    def _slice_finding(self, row, res, cfg, what: str) -> Finding:
+        """One weak slice's finding, against the expected error (``against: expected``) or against all rows."""
+        vs = cfg.against == "expected"
+        if vs:
+            title = (
+                f"Weak segment: {row.slice} ({row.rows} rows): {what} {row.observed:.3f} where its scores "
+                f"predict {row.expected:.3f} ({row.effect:+.3f} beyond the rest's)"
+            )
+            plain = (
+                f"On the {row.rows} audit rows where {row.slice}, the model's {what} is {row.observed:.3f} "
+                f"while its own scores there predict {row.expected:.3f}: it errs {row.effect:+.3f} more than "
+                f"its scores admit, compared with the other rows; more than chance explains among the "
+                f"{res.evaluated} slices examined."
+            )
+        else:
+            title = (
+                f"Weak segment: {row.slice} ({row.rows} rows): {what} {row.error:.3f} "
+                f"[{row.error_low:.3f}, {row.error_high:.3f}] against {res.overall_error:.3f} overall"
+            )
+            plain = (
+                f"On the {row.rows} audit rows where {row.slice}, the model's {what} is {row.error:.3f}, "
+                f"{row.effect:+.3f} against all rows; more than chance explains among the {res.evaluated} "
+                "slices examined."
+            )
+        return Finding(
+                self.name, title, "fail", "high" if row.effect >= 0.1 else "medium",
+                {"rows": int(row.rows), "error": row.observed, "expected": row.expected, "effect": row.effect,
+                 "overall": res.overall_error, "p_adjusted": row.p_adjusted},
+                (f"{what} beyond what the scores predict, not above the rest's by more than {cfg.min_effect}" if vs
+                 else f"{what} not above overall by more than {cfg.min_effect}")
+                + f" ({cfg.correction}-adjusted p < {cfg.significance})",
+                id=f"weak_segments.slice.{row.key}",
+                measure=f"{cfg.metric}_beyond_expected" if vs else cfg.metric,
+                subject=row.slice,
+                value=float(row.error),
+                ci_low=float(row.error_low),
+                ci_high=float(row.error_high),
+                limit=res.overall_error + cfg.min_effect,
+                plain=plain,
         )  # fmt: skip
 
 
@@ -599,58 +602,9 @@ class ContrastiveModule:
             )  # fmt: skip
         ]
         drawn = ~chosen
-        groups = share_by_group(ctx, idx[drawn], fragile[drawn], "fragile", "rows drawn at random")
         chosen_share = float(fragile[chosen].mean()) if chosen.any() else None
-        apart = (
-            f"; the {int(chosen.sum())} rows chosen near the threshold or by id, reported apart: {chosen_share:.0%}"
-            if chosen_share is not None
-            else ""
-        )
-        if not drawn.any():
-            findings.append(
-                Finding(
-                    self.name,
-                    "fragile decisions: not assessable, no explained row was drawn at random (only borderline or "
-                    "requested rows)" + apart,
-                    "not_assessable",
-                    "info",
-                    {"chosen_rows": int(chosen.sum()), "chosen_fragile_share": chosen_share},
-                    id="contrastive.fragile",
-                    plain="Rows chosen because they sit at the threshold are fragile by construction; set "
-                    "local.instances.random (or declined, per_group) so the share is measured on drawn rows.",
-                )  # fmt: skip
-            )
-        else:
-            share = float(fragile[drawn].mean())
-            sizable = groups.iloc[1:][groups["rows"].iloc[1:] >= cfg.min_group_rows]  # a share of 2 rows is noise
-            worst = sizable.sort_values("fragile", ascending=False).head(1)
-            worst_share = float(worst["fragile"].iloc[0]) if len(worst) else share
-            findings.append(
-                Finding(
-                    self.name,
-                    f"{share:.0%} of {int(drawn.sum())} decisions drawn at random are fragile (reversed by an allowed "
-                    f"change of at most {cfg.fragile_distance:g} MAD)"
-                    + (f"; most in {worst['group'].iloc[0]} ({worst_share:.0%})" if len(worst) else "")
-                    + apart,
-                    "pass" if worst_share <= cfg.max_fragile_share else "fail",
-                    "medium",
-                    {
-                        "fragile_share": share,
-                        "worst_group_share": worst_share,
-                        "drawn_rows": int(drawn.sum()),
-                        "chosen_rows": int(chosen.sum()),
-                        "chosen_fragile_share": chosen_share,
-                    },
-                    f"fragile share <= {cfg.max_fragile_share} in every group, over rows drawn at random",
-                    id="contrastive.fragile",
-                    measure="fragile_share",
-                    value=worst_share,
-                    limit=cfg.max_fragile_share,
-                    plain="A decision is fragile when the smallest change the constraints allow (the pertinent "
-                    "negative) is tiny: a measurement error could reverse it. Measured on rows drawn at random; rows "
-                    "picked because they sit at the threshold are fragile by choice and are counted apart.",
-                )  # fmt: skip
-            )
+        groups, finding = self._fragile(ctx, idx, fragile, chosen)
+        findings.append(finding)
         return ModuleResult(
             summary={
                 "rows": len(idx),
@@ -675,6 +629,59 @@ class ContrastiveModule:
             ],
             findings=findings,
             data={"rows": idx, "pn_distance": res.pn_distance, "pp_size": sizes},
+        )
+
+    def _fragile(self, ctx: AuditContext, idx: np.ndarray, fragile: np.ndarray, chosen: np.ndarray):
+        """The fragile share per group over the rows drawn at random, and its finding (the rows chosen near the
+        threshold or by id reported apart)."""
+        drawn = ~chosen
+        groups = share_by_group(ctx, idx[drawn], fragile[drawn], "fragile", "rows drawn at random")
+        cfg = ctx.config.modules.contrastive
+        chosen_share = float(fragile[chosen].mean()) if chosen.any() else None
+        apart = (
+            f"; the {int(chosen.sum())} rows chosen near the threshold or by id, reported apart: {chosen_share:.0%}"
+            if chosen_share is not None
+            else ""
+        )
+        if not drawn.any():
+            return groups, Finding(
+                self.name,
+                "fragile decisions: not assessable, no explained row was drawn at random (only borderline or "
+                "requested rows)" + apart,
+                "not_assessable",
+                "info",
+                {"chosen_rows": int(chosen.sum()), "chosen_fragile_share": chosen_share},
+                id="contrastive.fragile",
+                plain="Rows chosen because they sit at the threshold are fragile by construction; set "
+                "local.instances.random (or declined, per_group) so the share is measured on drawn rows.",
+            )
+        share = float(fragile[drawn].mean())
+        sizable = groups.iloc[1:][groups["rows"].iloc[1:] >= cfg.min_group_rows]  # a share of 2 rows is noise
+        worst = sizable.sort_values("fragile", ascending=False).head(1)
+        worst_share = float(worst["fragile"].iloc[0]) if len(worst) else share
+        return groups, Finding(
+            self.name,
+            f"{share:.0%} of {int(drawn.sum())} decisions drawn at random are fragile (reversed by an allowed "
+            f"change of at most {cfg.fragile_distance:g} MAD)"
+            + (f"; most in {worst['group'].iloc[0]} ({worst_share:.0%})" if len(worst) else "")
+            + apart,
+            "pass" if worst_share <= cfg.max_fragile_share else "fail",
+            "medium",
+            {
+                "fragile_share": share,
+                "worst_group_share": worst_share,
+                "drawn_rows": int(drawn.sum()),
+                "chosen_rows": int(chosen.sum()),
+                "chosen_fragile_share": chosen_share,
+            },
+            f"fragile share <= {cfg.max_fragile_share} in every group, over rows drawn at random",
+            id="contrastive.fragile",
+            measure="fragile_share",
+            value=worst_share,
+            limit=cfg.max_fragile_share,
+            plain="A decision is fragile when the smallest change the constraints allow (the pertinent "
+            "negative) is tiny: a measurement error could reverse it. Measured on rows drawn at random; rows "
+            "picked because they sit at the threshold are fragile by choice and are counted apart.",
         )
 
 
