@@ -427,7 +427,7 @@ def _rates(sums: np.ndarray, n_bins: int) -> dict[str, np.ndarray]:
 def _measures(
     r: dict[str, np.ndarray],
     eligible: np.ndarray,
-    support: dict[str, np.ndarray] | None = None,
+    support: dict[str, np.ndarray],
     ref: int | None = None,
 ) -> dict[str, np.ndarray]:
     """The headline measures over the groups each may use: ``eligible`` (enough rows) for selection rates and
@@ -438,7 +438,6 @@ def _measures(
     (NaN when the reference itself cannot be used); without, the widest pair of groups. The disparate impact ratio
     is always the lowest selection rate over the highest: the four-fifths rule compares with the most-selected group.
     """
-    support = support or {}
 
     def spread(a, mask):
         if mask.sum() < 2 or (ref is not None and not mask[ref]):
@@ -450,9 +449,9 @@ def _measures(
 
     with np.errstate(invalid="ignore", divide="ignore"), quiet_nan():
         sel = r["selection_rate"][..., eligible]
-        tpr_gap = spread(r["tpr"], support.get("tpr", eligible))
-        fpr_gap = spread(r["fpr"], support.get("fpr", eligible))
-        eo = np.fmax(tpr_gap, fpr_gap) if not support else np.maximum(tpr_gap, fpr_gap)  # both gaps, or none
+        tpr_gap = spread(r["tpr"], support["tpr"])
+        fpr_gap = spread(r["fpr"], support["fpr"])
+        eo = np.maximum(tpr_gap, fpr_gap)  # both gaps, or none
         return {
             "demographic_parity_difference": spread(r["selection_rate"], eligible),
             "disparate_impact_ratio": np.nanmin(sel, axis=-1) / np.nanmax(sel, axis=-1) if eligible.sum() else
@@ -718,8 +717,9 @@ def _who(
                     f"(for {key}); fewer: {', '.join(left_out[:4])}"
                 )
         use_ref = ref is not None and m != "disparate_impact_ratio"
-        if use_ref and not all(support.get(k, eligible)[ref] for k in keys):
-            count_key, what = _EVENTS[keys[0]] if keys[0] in _EVENTS else ("pos", "rows")
+        lacking_ref = [k for k in keys if use_ref and not support.get(k, eligible)[ref]]  # only tpr, fpr can lack
+        if lacking_ref:
+            what = _EVENTS[lacking_ref[0]][1]
             short = f"the reference group '{levels[ref]}' has too few {what} (fairness.min_events {min_events})"
         if short:
             out[m] = (None, None, np.nan, None, np.nan, short, None, None)

@@ -136,6 +136,24 @@ def verdict_of(findings: list[Finding], modules_failed: list[str]) -> str:
     return "review" if failed else "pass"
 
 
+def recorded_verdict(audit: dict[str, Any]) -> Any:
+    """The verdict a report.json's ``audit`` block means. From schema 1.3 it is ``audit.verdict``; before, "pass"
+    could stand beside failed checks that do not gate, so such a report is read by its summary's headline (1.2) or
+    its count of failed checks (1.1). Anything else found there is returned as it is.
+
+    >>> recorded_verdict({"verdict": "pass", "summary": {"headline": "review"}}), recorded_verdict({"verdict": "pass",
+    ...     "n_failed": 3}), recorded_verdict({"verdict": "fail"})
+    ('review', 'review', 'fail')
+    """
+    verdict = audit.get("verdict")
+    if verdict != "pass":
+        return verdict
+    headline = (audit.get("summary") or {}).get("headline")
+    if headline:
+        return headline
+    return "review" if audit.get("n_failed") else "pass"
+
+
 def sort_findings(findings: list[Finding]) -> list[Finding]:
     """Failed first, gating before not gating, then by severity (high first), then inconclusive, not assessable,
     passed and informational findings."""

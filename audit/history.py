@@ -17,6 +17,8 @@ import re
 import shutil
 from pathlib import Path
 
+from audit.findings import recorded_verdict
+
 RUN_ID = re.compile(r"^\d{8}T\d{6}(-\d{3}Z(-[0-9a-f]{4})?)?$")
 MAX_REPORT_BYTES = 256 << 20
 SEVERITIES = ("high", "medium", "low", "info")
@@ -42,14 +44,6 @@ def _read(path: Path) -> dict | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):
         return None
-
-
-def _verdict(audit: dict) -> str | None:
-    """The headline in one word; a report before schema 1.3 wrote "pass" beside failed checks that do not gate."""
-    summary = audit.get("summary") or {}
-    if audit.get("verdict") == "pass" and summary.get("headline"):
-        return summary["headline"]
-    return audit.get("verdict")
 
 
 def summarize_run(report: dict) -> dict:
@@ -82,7 +76,7 @@ def summarize_run(report: dict) -> dict:
     return {
         "run_id": audit.get("run_id"),
         "started": (prov.get("started") or "")[:19].replace("T", " "),
-        "verdict": _verdict(audit),
+        "verdict": recorded_verdict(audit),
         "exit_code": audit.get("exit_code"),
         "failed": by_sev,
         "checks": audit.get("n_findings"),

@@ -40,6 +40,14 @@ def _drift(title: str, evidence: dict[str, Any], rule: str, gate: bool, **fields
     return Finding(ComparisonModule.name, title, "fail", "medium", evidence, rule, gating=gate, **fields)
 
 
+def _moved(title: str, a: float, b: float, noise, tolerance: float, gate: bool, **fields) -> Finding:
+    """A measure that moved from ``a`` (baseline) to ``b`` beyond ``tolerance`` and beyond sampling noise."""
+    return _drift(
+        title, {"baseline": a, "current": b, "beyond_noise": noise},
+        f"|change| <= {tolerance} or within sampling noise", gate, value=float(b - a), limit=tolerance, **fields,
+    )  # fmt: skip
+
+
 def beyond_noise(a: float, b: float, ci_a, ci_b, z: float = 1.96) -> bool | None:
     """Whether ``b - a`` exceeds what sampling noise explains: each run's interval gives a standard error
     (half-width / 1.96), and the change must exceed ``z`` standard errors of the difference. None without intervals.
@@ -223,15 +231,15 @@ class ComparisonModule:
             rows.append({"metric": m, **row, "drift": drift})
             if drift:
                 findings.append(
-                    _drift(
+                    _moved(
                         f"{split.capitalize()} {m} moved {b - a:+.3f} since the baseline ({a:.3f} -> {b:.3f})",
-                        {"baseline": a, "current": b, "beyond_noise": noise},
-                        f"|change| <= {cfg.max_metric_change} or within sampling noise",
+                        a,
+                        b,
+                        noise,
+                        cfg.max_metric_change,
                         cfg.gate,
                         id=f"comparison.{split}.{m}",
                         measure=m,
-                        value=float(b - a),
-                        limit=cfg.max_metric_change,
                     )  # fmt: skip
                 )
         tables.append(
@@ -273,16 +281,16 @@ class ComparisonModule:
                 rows.append({"grouping": grouping, "measure": m, **row, "drift": drift})
                 if drift:
                     findings.append(
-                        _drift(
+                        _moved(
                             f"{m.replace('_', ' ')} by {grouping} moved {v - a:+.3f} since the baseline",
-                            {"baseline": a, "current": v, "beyond_noise": noise},
-                            f"|change| <= {cfg.max_fairness_change} or within sampling noise",
+                            a,
+                            v,
+                            noise,
+                            cfg.max_fairness_change,
                             cfg.gate,
                             id=f"comparison.fairness.{m}.{grouping}",
                             measure=m,
                             subject=grouping,
-                            value=float(v - a),
-                            limit=cfg.max_fairness_change,
                         )  # fmt: skip
                     )
         tables.append(

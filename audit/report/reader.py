@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from audit.findings import Finding
+from audit.findings import Finding, recorded_verdict
 
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
 
@@ -95,13 +95,7 @@ class AuditReport:
     @property
     def headline(self) -> str:
         """The same as :attr:`verdict` (kept for scripts written against schema 1.2)."""
-        audit = self.raw["audit"]
-        summary = audit.get("summary")
-        if summary:
-            return summary["headline"]
-        if audit["verdict"] != "pass":
-            return audit["verdict"]
-        return "review" if audit["n_failed"] else "pass"
+        return recorded_verdict(self.raw["audit"])
 
     @property
     def modules(self) -> list[str]:
