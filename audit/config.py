@@ -352,6 +352,8 @@ class DataQualityConfig(_Section):
     max_out_of_range: Probability = 0.01  # share of audit rows outside a numeric's training range
     max_unseen: Probability = 0.01  # share of audit rows at a level never seen in training
     max_class_balance_shift: Probability = 0.1  # |audit - training| positive rate
+    # the class balance and the out-of-range share fail only beyond their limit *and* beyond chance at this level
+    alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
 
 
 class DriftConfig(_Section):
@@ -427,6 +429,7 @@ class ContrastiveConfig(_Section):
     fragile_distance: Annotated[float, Field(ge=0.0)] = 0.5  # a reversal within this distance (MADs) is fragile
     max_fragile_share: Probability = 0.2
     min_group_rows: Bounded(1, 100_000) = 10  # groups with fewer explained rows are listed, not judged
+    alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05  # a share above the limit fails only beyond chance too
 
 
 class ModulesConfig(_Section):
@@ -554,6 +557,7 @@ class UncertaintyConfig(_Section):
     passes: Bounded(2, 1000) = 30
     level: Fraction = 0.9
     max_group_ratio: Annotated[float, Field(ge=1.0, le=1e6)] = 1.5
+    alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05  # a ratio above the limit fails only beyond chance too
 
 
 class NetworkConfig(_Section):

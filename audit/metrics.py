@@ -8,6 +8,7 @@ exists (tested).
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -413,3 +414,31 @@ def quiet_nan() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         yield
+
+
+def excess_p(share: float, n: int, expected: float) -> float:
+    """One-sided binomial p-value of ``share`` of ``n`` rows (or more) where chance gives ``expected``.
+
+    >>> round(excess_p(1 / 60, 60, 2 / 4001), 3), excess_p(0.0, 60, 0.01)
+    (0.03, 1.0)
+    """
+    from scipy.stats import binom
+
+    k = int(round(share * n))
+    return 1.0 if k <= 0 or n <= 0 else float(binom.sf(k - 1, n, min(max(expected, 0.0), 1.0)))
+
+
+def two_proportion_p(a: float, n_a: int, b: float, n_b: int) -> float:
+    """Two-sided p-value of the pooled two-proportion z-test that shares ``a`` (of ``n_a`` rows) and ``b`` (of
+    ``n_b``) are equal; 1 when either sample is empty or the pooled share is 0 or 1.
+
+    >>> round(two_proportion_p(0.5, 60, 0.4, 4000), 3), two_proportion_p(0.3, 0, 0.4, 10)
+    (0.117, 1.0)
+    """
+    from scipy.stats import norm
+
+    if n_a <= 0 or n_b <= 0:
+        return 1.0
+    pooled = (a * n_a + b * n_b) / (n_a + n_b)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n_a + 1 / n_b))
+    return 1.0 if se == 0 else float(2 * norm.sf(abs(a - b) / se))

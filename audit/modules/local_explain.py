@@ -178,10 +178,12 @@ class ShapModule:
             tables=[
                 Table(
                     "reason_codes",
-                    "Reason codes for declined applicants",
+                    "Reason codes for declined applicants (from SHAP)",
                     rc,
                     f"For each explained row predicted below the threshold {thr:g}: the {sc.reason_codes} features "
-                    "whose values push the score down most, with the value and its SHAP contribution.",
+                    "whose values push the score down most, with the value and its SHAP contribution. The reasons "
+                    "come from SHAP; the faithfulness section says whether SHAP is the most faithful explainer of "
+                    "this model (finding faithfulness.most_faithful).",
                 ),
                 Table(
                     "shap_values",

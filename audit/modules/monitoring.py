@@ -54,11 +54,16 @@ class DataQualityModule:
         dup_audit = duplicate_share(ctx.X_audit[names])
         dup_train = duplicate_share(ctx.dataset.X_train[names])
         pos_train, pos_audit = float(np.mean(ctx.dataset.y_train)), float(np.mean(ctx.y_audit))
+        n_pos = len(ctx.y_audit)
         pop_y = ctx.population.scored.y if ctx.population is not None else None
         if pop_y is not None:
-            pos_audit = float(np.mean(pop_y))
+            pos_audit, n_pos = float(np.mean(pop_y)), len(pop_y)
         positives_where = where if pop_y is not None or ctx.population is None else "test rows"
-        findings = self._findings(ctx, table, where, (dup_audit, dup_train), (pos_audit, pos_train, positives_where))
+        rows = population_profile(ctx)[2] if ctx.population is not None else len(ctx.X_audit)
+        sizes = {"audit": rows, "train": len(ctx.dataset.X_train), "labels": n_pos}
+        findings = self._findings(
+            ctx, table, where, (dup_audit, dup_train), (pos_audit, pos_train, positives_where), sizes
+        )
         constant = findings[2].evidence["features"]
         return ModuleResult(
             summary={
@@ -82,22 +87,29 @@ class DataQualityModule:
             data={"columns": table.to_dict(orient="list"), "duplicates": {"audit": dup_audit, "train": dup_train}},
         )
 
-    def _findings(self, ctx: AuditContext, table: pd.DataFrame, where: str, duplicates, positives) -> list[Finding]:
+    def _findings(
+        self, ctx: AuditContext, table: pd.DataFrame, where: str, duplicates, positives, sizes: dict[str, int]
+    ) -> list[Finding]:
         """Missing values, their rise, near-constant features, duplicates, values out of range, unseen levels and
-        the class balance, each against its limit (the near-constant finding third)."""
+        the class balance, each against its limit (the near-constant finding third). The two that compare the audit
+        rows with the training rows by chance alone (values outside the training range, the class balance) fail
+        only when a test also rejects chance at ``data_quality.alpha`` (see :func:`audit.metrics.excess_p`)."""
+        from audit.metrics import two_proportion_p
+
         cfg = ctx.config.modules.data_quality
         names = ctx.dataset.schema.feature_names
         (dup_audit, dup_train), (pos_audit, pos_train, positives_where) = duplicates, positives
         findings = []
 
-        def check(title, value, limit, rule, measure, subject=None, severity="medium", plain=""):
+        def check(title, value, limit, rule, measure, subject=None, severity="medium", plain="", p_value=None):
+            beyond = value > limit and (p_value is None or p_value < cfg.alpha)
             findings.append(
                 Finding(
                     self.name,
                     title,
-                    "pass" if value <= limit else "fail",
+                    "fail" if beyond else "pass",
                     severity,
-                    {measure: value},
+                    {measure: value} | ({"p_value": p_value} if p_value is not None else {}),
                     rule,
                     measure=measure,
                     subject=subject,
@@ -144,15 +156,7 @@ class DataQualityModule:
             plain="Rows repeating an earlier row in every feature: a double load, or a large share of identical "
             "applicants.",
         )  # fmt: skip
-        numeric = table[table["kind"] == "numeric"]
-        if len(numeric):
-            row = numeric.sort_values("outside_train_range", ascending=False).iloc[0]
-            check(
-                f"Values outside the training range: {row['feature']} ({row['outside_train_range']:.2%} of rows)",
-                float(row["outside_train_range"]), cfg.max_out_of_range, f"share <= {cfg.max_out_of_range}",
-                "out_of_range", subject=str(row["feature"]),
-                plain="The model extrapolates on values it never saw; its scores there are least supported.",
-            )  # fmt: skip
+        self._out_of_range(check, table[table["kind"] == "numeric"], sizes, cfg)
         cat = table[table["kind"] == "categorical"]
         if len(cat):
             row = cat.sort_values("unseen_level", ascending=False).iloc[0]
@@ -168,12 +172,36 @@ class DataQualityModule:
             "A feature missing in every row is a broken feed or a renamed column: the model scores every row as if the "
             "value were unknown, and nothing about that feature can be checked.",
         )  # fmt: skip
+        p = two_proportion_p(pos_audit, sizes["labels"], pos_train, sizes["train"])
         check(
-            f"Positive rate {pos_audit:.1%} in the {positives_where}, {pos_train:.1%} in training",
-            abs(pos_audit - pos_train), cfg.max_class_balance_shift, f"|difference| <= {cfg.max_class_balance_shift}",
-            "class_balance_shift", plain="A different share of positives changes what accuracy and calibration mean.",
+            f"Positive rate {pos_audit:.1%} in the {positives_where}, {pos_train:.1%} in training (p = {p:.2g})",
+            abs(pos_audit - pos_train), cfg.max_class_balance_shift, f"|difference| <= {cfg.max_class_balance_shift}"
+            f", or within chance (two-proportion p >= {cfg.alpha})", "class_balance_shift", p_value=p,
+            plain="A different share of positives changes what accuracy and calibration mean.",
         )  # fmt: skip
         return findings
+
+    @staticmethod
+    def _out_of_range(check, numeric: pd.DataFrame, sizes: dict[str, int], cfg) -> None:
+        """The out-of-range check of the numeric feature with the largest share outside the training range."""
+        from audit.metrics import excess_p
+
+        if not len(numeric):
+            return
+        row = numeric.sort_values("outside_train_range", ascending=False).iloc[0]
+        share = float(row["outside_train_range"])
+        # rows from the training distribution fall outside its range with chance 2 / (n + 1); the worst of k numeric
+        # features is tested at the Bonferroni level
+        p = min(1.0, len(numeric) * excess_p(share, sizes["audit"], 2 / (sizes["train"] + 1)))
+        check(
+            f"Values outside the training range: {row['feature']} ({share:.2%} of rows, p = {p:.2g})",
+            share, cfg.max_out_of_range, f"share <= {cfg.max_out_of_range}, or more than chance explains "
+            f"(binomial p >= {cfg.alpha}, Bonferroni over {len(numeric)} numeric features)", "out_of_range",
+            subject=str(row["feature"]), p_value=p,
+            plain="The model extrapolates on values it never saw; its scores there are least supported. Rows "
+            "drawn from the training distribution land outside its range with chance 2 / (training rows + 1), "
+            "so a few of them are no fault.",
+        )  # fmt: skip
 
 
 class DriftModule:
@@ -184,7 +212,14 @@ class DriftModule:
         return config.modules.drift.enabled
 
     def run(self, ctx: AuditContext) -> ModuleResult:
-        from audit.monitoring import band, drift_from_profile, feature_drift, score_psi
+        from audit.monitoring import (
+            FeatureDrift,
+            decide,
+            drift_from_profile,
+            feature_drift,
+            score_psi,
+            score_shift_test,
+        )
 
         cfg = ctx.config.modules.drift
         schema = ctx.dataset.schema
@@ -196,32 +231,15 @@ class DriftModule:
         current = ctx.proba_audit if ctx.population is None else ctx.population.scored.proba
         if drifts is None:
             drifts = feature_drift(ctx.train_codes(), ctx.codes_audit, schema, n_bins=cfg.n_bins, **opts)
-        table = pd.DataFrame([d.__dict__ for d in drifts]).sort_values("psi", ascending=False, kind="stable")
         s_psi, s_table = score_psi(ctx.proba_train, current, n_bins=cfg.n_bins)
-        s_band = band(s_psi, cfg.psi_moderate, cfg.psi_significant)
+        score = FeatureDrift("model score", "score", s_psi, "KS", *score_shift_test(ctx.proba_train, current))
+        decide([*drifts, score], **{k: opts[k] for k in ("moderate", "significant", "alpha", "correction")})
+        table = pd.DataFrame([d.__dict__ for d in drifts]).sort_values("psi", ascending=False, kind="stable")
         rule = (
             f"PSI < {cfg.psi_moderate}, or the {cfg.correction}-adjusted p-value >= {cfg.alpha} (drifted: both "
             f"PSI >= {cfg.psi_moderate} and adjusted p < {cfg.alpha})"
         )
-        findings = [
-            Finding(
-                self.name,
-                f"Score PSI {s_psi:.3f} ({s_band})",
-                "fail" if s_psi >= cfg.psi_moderate else "pass",
-                "high" if s_band == "significant" else "medium",
-                {"psi": s_psi},
-                f"score PSI < {cfg.psi_moderate}",
-                gating=cfg.gate,
-                id="drift.score_psi",
-                measure="score_psi",
-                subject="score",
-                value=s_psi,
-                limit=cfg.psi_moderate,
-                plain=f"The distribution of the model's scores on the {where} moved from training's by PSI "
-                f"{s_psi:.3f} (bands: < {cfg.psi_moderate} stable, up to {cfg.psi_significant} moderate, above "
-                "significant).",
-            )
-        ]
+        findings = [_score_finding(self.name, cfg, score, where)]
         for d in drifts:
             if not d.drifted:
                 continue
@@ -291,6 +309,30 @@ class DriftModule:
             f"{cfg.psi_significant} (significant). Red: significant, orange: moderate.",
             draw(_draw_csi, top[["feature", "psi", "band"]], cfg.psi_moderate, cfg.psi_significant),
         )
+
+
+def _score_finding(section: str, cfg, score, where: str) -> Finding:
+    """The drift finding of the model's score: its PSI, and the KS test adjusted with the features' tests."""
+    s_psi, s_p, s_band = score.psi, score.p_adjusted, score.band
+    return Finding(
+        section,
+        f"Score PSI {s_psi:.3f} ({s_band}), KS p = {s_p:.2g} adjusted",
+        "fail" if score.drifted else "pass",
+        "high" if s_band == "significant" else "medium",
+        {"psi": s_psi, "p_value": score.p_value, "p_adjusted": s_p},
+        f"score PSI < {cfg.psi_moderate}, or the p-value of a two-sample KS test of the scores >= "
+        f"{cfg.alpha}, {cfg.correction}-adjusted with the features' (drifted: both)",
+        gating=cfg.gate,
+        id="drift.score_psi",
+        measure="score_psi",
+        subject="score",
+        value=s_psi,
+        limit=cfg.psi_moderate,
+        plain=f"The distribution of the model's scores on the {where} moved from training's by PSI "
+        f"{s_psi:.3f} (bands: < {cfg.psi_moderate} stable, up to {cfg.psi_significant} moderate, above "
+        f"significant); a two-sample KS test of the scores, adjusted with the features' tests, gives "
+        f"p = {s_p:.2g}, and the score has drifted only when both say so.",
+    )
 
 
 # ------------------------------------------------------------------------------------ figures (see plotting.draw)

@@ -353,6 +353,8 @@ class FaithfulnessModule:
         agreement = self._agreement(attrs, findings)
         random_rows = self._randomisation(ctx, X, B, attrs, cfg, randomised_copy, randomisation_similarity)
         findings += [self._randomisation_finding(r, cfg) for r in random_rows]
+        if len(table):
+            findings.append(_most_faithful(table, curves, usable, random_rows, cfg.max_similarity))
         evaluated = sum(c.rows_evaluated for c in curves.values()) + sum(c.rows_evaluated for c in rand)
         return ModuleResult(
             summary={"methods": names, "rows": len(rows), "rows_evaluated": int(evaluated)},
@@ -659,22 +661,27 @@ class ContrastiveModule:
         sizable = groups.iloc[1:][groups["rows"].iloc[1:] >= cfg.min_group_rows]  # a share of 2 rows is noise
         worst = sizable.sort_values("fragile", ascending=False).head(1)
         worst_share = float(worst["fragile"].iloc[0]) if len(worst) else share
+        p = _fragile_p(pd.concat([groups.iloc[:1], sizable]), cfg.max_fragile_share)
+        beyond = worst_share > cfg.max_fragile_share and p < cfg.alpha
         return groups, Finding(
             self.name,
             f"{share:.0%} of {int(drawn.sum())} decisions drawn at random are fragile (reversed by an allowed "
             f"change of at most {cfg.fragile_distance:g} MAD)"
             + (f"; most in {worst['group'].iloc[0]} ({worst_share:.0%})" if len(worst) else "")
-            + apart,
-            "pass" if worst_share <= cfg.max_fragile_share else "fail",
+            + apart
+            + f"; binomial p = {p:.2g}",
+            "fail" if beyond else "pass",
             "medium",
             {
+                "p_value": p,
                 "fragile_share": share,
                 "worst_group_share": worst_share,
                 "drawn_rows": int(drawn.sum()),
                 "chosen_rows": int(chosen.sum()),
                 "chosen_fragile_share": chosen_share,
             },
-            f"fragile share <= {cfg.max_fragile_share} in every group, over rows drawn at random",
+            f"fragile share <= {cfg.max_fragile_share} in every group, over rows drawn at random, or within chance "
+            f"(one-sided binomial p >= {cfg.alpha}, Bonferroni over all rows and the groups)",
             id="contrastive.fragile",
             measure="fragile_share",
             value=worst_share,
@@ -683,6 +690,62 @@ class ContrastiveModule:
             "negative) is tiny: a measurement error could reverse it. Measured on rows drawn at random; rows "
             "picked because they sit at the threshold are fragile by choice and are counted apart.",
         )
+
+
+def _most_faithful(
+    table: pd.DataFrame, curves: dict, usable: np.ndarray, random_rows: list[dict], max_similarity: float
+) -> Finding:
+    """The conclusion of the faithfulness section: which explainer's ranking removes the score fastest on deletion
+    (the most negative difference from a random order) among those that passed the randomisation check, and whether
+    the reason codes' explainer (SHAP) is significantly less faithful than it (paired bootstrap over the same rows)."""
+    from audit.explain.faithfulness import paired_interval
+
+    failed_random = {r["method"] for r in random_rows if not r["median_spearman"] < max_similarity}
+    ranked = table.sort_values("deletion_vs_random", kind="stable")
+    trusted = ranked[~ranked["method"].isin(failed_random)]
+    best = str((trusted if len(trusted) else ranked)["method"].iloc[0])
+    order = ", ".join(f"{r.method} {r.deletion_vs_random:+.3f}" for r in ranked.itertuples())
+    evidence = {"most_faithful": best, "order": ranked["method"].tolist(), "reason_codes_from": "SHAP"}
+    status, severity, tail = "info", "info", ""
+    if "SHAP" in curves and best != "SHAP":
+        d, lo, hi = paired_interval(curves["SHAP"].deletion_auc[usable], curves[best].deletion_auc[usable], seed=3)
+        evidence |= {"shap_minus_best": d, "ci_low": lo, "ci_high": hi}
+        worse = lo > 0
+        status, severity = ("fail", "medium") if worse else ("pass", "info")
+        tail = f"; the reason codes rest on SHAP, whose deletion area is larger by {d:.3g} [{lo:.3g}, {hi:.3g}]" + (
+            ": significantly less faithful" if worse else ", within noise of it"
+        )
+    elif "SHAP" in curves:
+        status, tail = "pass", "; the reason codes rest on it"
+    return Finding(
+        "faithfulness",
+        f"Most faithful explainer of this model: {best} (deletion against random: {order}){tail}",
+        status,
+        severity,
+        evidence,
+        "the reason codes' explainer (SHAP) is not significantly less faithful on deletion than the most faithful "
+        "one (paired 95% bootstrap interval)"
+        if status != "info"
+        else None,
+        id="faithfulness.most_faithful",
+        plain=f"Of the explainers compared, {best}'s ranking of the features tracks what drives this model best "
+        "(its top features, removed first, move the score furthest); a method that failed the randomisation check "
+        "is not chosen. The reason codes come from SHAP.",
+    )
+
+
+def _fragile_p(groups: pd.DataFrame, limit: float) -> float:
+    """The Bonferroni-adjusted p-value that some row of ``groups`` (all rows, then each group large enough to judge)
+    has a fragile share above ``limit``: each share's one-sided binomial test against ``limit``. A group of 15 drawn
+    rows with 4 fragile ones (27%) is what a true share of 20% gives one time in three; it is no evidence.
+
+    >>> round(_fragile_p(pd.DataFrame({"rows": [30, 15], "fragile": [0.2, 4 / 15]}), 0.2), 3)
+    0.704
+    """
+    from audit.metrics import excess_p
+
+    k = len(groups)
+    return min(1.0, k * min(excess_p(float(r.fragile), int(r.rows), limit) for r in groups.itertuples()))
 
 
 # ------------------------------------------------------------------------------------ figures (see plotting.draw)
