@@ -515,6 +515,10 @@ class CounterfactualConfig(_Section):
     fragile_margin: Annotated[float, Field(ge=0.0, le=0.5)] = 0.02
     plausibility_quantile: Probability | None = 0.99
     max_not_found: Probability = 0.2
+    # counterfactuals and pertinent negatives stay in the training support: numerics within these training
+    # quantiles (0.01: the 1st to the 99th percentile; 0: minimum to maximum), levels with this many training rows
+    support_quantile: Annotated[float, Field(ge=0.0, lt=0.5)] = 0.01
+    min_level_count: Bounded(1, 10_000_000) = 20
 
 
 class LocalConfig(_Section):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 
 from audit.config import load_config
@@ -67,3 +68,46 @@ def test_weak_segment_findings_say_what_they_compare(workdir):
         assert slices, [f["id"] for f in rep["findings"] if f["module"] == "weak_segments"]
         f = slices[0]
         assert words in f["title"] and {"error", "expected", "effect"} <= set(f["evidence"]), f
+
+
+def _support_case():
+    """Training rows where a top-coded value (capital 99999 in 0.5% of rows, as in Adult) and a level of 5 rows (occupation
+    'rare') each flip the model's decision on their own: the cheapest recourse an unconstrained search finds."""
+    from audit.schema import Feature, Schema
+
+    rng = np.random.default_rng(0)
+    n = 1000
+    capital = np.r_[np.full(5, 99999.0), rng.choice([0.0, 100.0, 500.0, 2000.0], size=n - 5)]
+    occupation = np.r_[np.full(5, 2.0), rng.choice([0.0, 1.0], size=n - 5)]
+    training = np.column_stack([capital, occupation])
+    schema = Schema(
+        (Feature("capital", "numeric"), Feature("occupation", "categorical", ("clerk", "sales", "rare"))),
+        "y", "1", "0", (),
+    )  # fmt: skip
+
+    def predict(X):
+        return np.where((X[:, 0] >= 50000) | (X[:, 1] == 2), 0.9, 0.1)
+
+    return predict, training, schema, np.array([[0.0, 0.0], [100.0, 1.0]])
+
+
+def test_recourse_stays_inside_the_training_support():
+    """Pertinent negatives and counterfactuals never propose a top-coded value or a level of a handful of rows
+    (issue 23, point 9); without the support limits both searches propose exactly those (the test can fail)."""
+    from audit.explain.contrastive import contrastive
+    from audit.explain.counterfactual import Constraints, constraint_violations, counterfactuals
+
+    predict, training, schema, X = _support_case()
+    reference = np.array([0.0, 0.0])
+    loose, strict = Constraints(), Constraints(support_quantile=0.01, min_level_count=20)
+    cem_loose = contrastive(predict, X, reference, training, schema, constraints=loose)
+    assert all(pn is not None for pn in cem_loose.pn)  # an unconstrained PN flips them with 99999 or 'rare'
+    cem = contrastive(predict, X, reference, training, schema, constraints=strict)
+    for pn in cem.pn:
+        assert pn is None or (pn.get(0, 0.0) < 99999 and pn.get(1, 0.0) != 2.0), pn
+    cf_loose = counterfactuals(predict, X, training, schema=schema, constraints=loose, random_state=0)
+    assert cf_loose.found.any()
+    cf = counterfactuals(predict, X, training, schema=schema, constraints=strict, random_state=0)
+    assert not cf.found.any()  # nothing inside the support flips this model
+    assert constraint_violations(cf_loose, training, schema=schema, constraints=strict)["support"] > 0
+    assert constraint_violations(cf, training, schema=schema, constraints=strict)["support"] == 0

@@ -9,8 +9,8 @@ frequent levels, as the attribution baseline) standing for "absent":
   from the threshold. Above ``exact_max_features`` features: greedy, adding the feature that moves the score most
   toward the decision. An empty PP means the reference row already gets this decision.
 - **pertinent negative (PN)**: the smallest change that *flips* the decision: at most ``max_changes`` features moved to
-  candidate values (a numeric to its training quantiles, a categorical to its other levels, a tied group to a
-  combination that occurs in training), every candidate respecting the counterfactual constraints (immutable
+  candidate values (a numeric to its training quantiles within the support, a categorical to its other levels with
+  enough training rows, never "missing", a tied group to a combination that occurs in training), every candidate respecting the counterfactual constraints (immutable
   features, ranges, monotone directions, allowed transitions). All combinations are scored; the fewest changes win,
   then the smallest distance (numerics in units of their training MAD, a categorical change 1).
 
@@ -24,6 +24,8 @@ import itertools
 from dataclasses import dataclass
 
 import numpy as np
+
+from audit.explain._common import supported_levels
 
 
 @dataclass
@@ -71,10 +73,12 @@ def candidate_units(training: np.ndarray, schema, constraints=None, *, n_grid: i
         if j in in_group or f.name in immutable:
             continue
         if f.is_categorical:
-            vals = np.arange(len(f.levels), dtype=np.float64)
+            vals = supported_levels(training[:, j], f, getattr(constraints, "min_level_count", 1)).astype(np.float64)
         else:
             t = training[:, j][np.isfinite(training[:, j])]
-            vals = np.unique(np.quantile(t, np.linspace(0, 1, n_grid), method="nearest")) if len(t) else np.zeros(0)
+            sq = getattr(constraints, "support_quantile", 0.0)
+            grid = np.linspace(sq, 1 - sq, n_grid)
+            vals = np.unique(np.quantile(t, grid, method="nearest")) if len(t) else np.zeros(0)
             lo, hi = (getattr(constraints, "ranges", {}) or {}).get(f.name, (None, None))
             if lo is not None:
                 vals = vals[vals >= lo]

@@ -24,8 +24,9 @@ on the training rows (its standard deviation where the MAD is 0), plus 1 per cha
 Constraints (:class:`Constraints`): immutable features, allowed ranges, monotone directions, allowed category
 transitions, integer features (detected from the training values unless given), tied features (``dataset.tied``:
 features that encode the same thing move together, to values that occur together in training, or not at all), and
-the training support (numerics within the training min/max, categoricals on levels seen in training, never changed
-to the ``missing`` level). :func:`constraint_violations` checks a result against them independently of the search.
+the training support (numerics within the training quantiles ``[support_quantile, 1 - support_quantile]``, the
+minimum and maximum at 0; categoricals on levels with at least ``min_level_count`` training rows, never changed to
+the ``missing`` level). :func:`constraint_violations` checks a result against them independently of the search.
 
 Missing numerics: a missing value is never proposed, but a counterfactual may fill one in (at cost 1, like a changed
 category); two missing values are equal, so an unchanged missing value is not a change. Every distance, scale,
@@ -39,9 +40,9 @@ from typing import Literal
 
 import numpy as np
 
-from audit.explain._common import PredictFn, as_generator
+from audit.explain._common import PredictFn, as_generator, support_range, supported_levels
 from audit.metrics import quiet_nan
-from audit.schema import MISSING_LEVEL, Schema
+from audit.schema import Schema
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,12 @@ class Constraints:
     tied : tuple of tuple of str
         Groups of features that encode the same thing (education and education-num): a group changes together, to
         a combination that occurs in training, or not at all.
+    support_quantile : float, default 0.0
+        A changed numeric stays within the training quantiles ``[q, 1 - q]`` (0: the training minimum and maximum).
+        A top-coded value (capital-gain 99999) is an edge of the data, not a recourse.
+    min_level_count : int, default 1
+        A categorical changes only to a level with at least this many training rows (1: any level seen in
+        training); a level of 9 rows (occupation Armed-Forces) is no plausible change.
     """
 
     immutable: tuple[str, ...] = ()
@@ -72,6 +79,8 @@ class Constraints:
     transitions: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     integer: tuple[str, ...] | None = None
     tied: tuple[tuple[str, ...], ...] = ()
+    support_quantile: float = 0.0
+    min_level_count: int = 1
 
     def validate(self, schema: Schema) -> None:
         """Raise ValueError naming any unknown feature or level, or a constraint on the wrong kind of feature."""
@@ -245,9 +254,7 @@ class _Space:
             col = training[:, j]
             x = X[:, j]
             if f.is_categorical:
-                vals = np.unique(col[col < len(f.levels)])  # levels seen in training, but never "missing":
-                if MISSING_LEVEL in f.levels:  # "stop reporting your occupation" is no recourse
-                    vals = vals[vals != f.levels.index(MISSING_LEVEL)]
+                vals = supported_levels(col, f, constraints.min_level_count)
                 ok = vals[None, :] != x[:, None]
                 if f.name in constraints.transitions:
                     table = constraints.transitions[f.name]
@@ -258,9 +265,10 @@ class _Space:
                     ok &= allow[x.astype(np.int64)]
             else:
                 present = col[~np.isnan(col)]
-                q = np.quantile(present, np.linspace(0, 1, grid_size)) if present.size else np.empty(0)
+                sq = constraints.support_quantile
+                q = np.quantile(present, np.linspace(sq, 1 - sq, grid_size)) if present.size else np.empty(0)
                 vals = np.unique(np.round(q) if integer[j] else q)
-                lo, hi = (present.min(), present.max()) if present.size else (np.inf, -np.inf)
+                lo, hi = support_range(present, sq)
                 rlo, rhi = constraints.ranges.get(f.name, (None, None))
                 lo = lo if rlo is None else max(lo, rlo)
                 hi = hi if rhi is None else min(hi, rhi)
@@ -874,8 +882,8 @@ def constraint_violations(
     names = schema.feature_names
     groups = [[names.index(g) for g in group] for group in constraints.tied]
     seen_combos = [{tuple(row) for row in np.round(training[:, g], 9).tolist()} for g in groups]
-    with np.errstate(invalid="ignore"), quiet_nan():
-        t_min, t_max = np.nanmin(training, axis=0), np.nanmax(training, axis=0)
+    bounds = [support_range(training[:, j][~np.isnan(training[:, j])], constraints.support_quantile)
+              for j in range(training.shape[1])]  # fmt: skip
     for i in range(len(result.instances)):
         for r in range(result.counterfactuals.shape[1]):
             if np.isnan(result.cost[i, r]):
@@ -891,9 +899,7 @@ def constraint_violations(
                     continue
                 counts["immutable"] += f.name in constraints.immutable
                 if f.is_categorical:
-                    seen = set(np.unique(training[:, j]).tolist())
-                    to_missing = MISSING_LEVEL in f.levels and b == f.levels.index(MISSING_LEVEL)
-                    counts["support"] += b not in seen or b >= len(f.levels) or to_missing
+                    counts["support"] += b not in supported_levels(training[:, j], f, constraints.min_level_count)
                     if f.name in constraints.transitions:
                         targets = constraints.transitions[f.name].get(f.levels[int(a)] if a < len(f.levels) else "", [])
                         counts["transition"] += f.levels[int(b)] not in targets
@@ -903,7 +909,7 @@ def constraint_violations(
                     continue
                 lo, hi = constraints.ranges.get(f.name, (None, None))
                 counts["range"] += (lo is not None and b < lo) or (hi is not None and b > hi)
-                counts["support"] += b < t_min[j] or b > t_max[j]
+                counts["support"] += b < bounds[j][0] or b > bounds[j][1]
                 d = constraints.monotone.get(f.name)
                 counts["monotone"] += (d == "increase" and not b > a) or (d == "decrease" and not b < a)
                 counts["integer"] += f.name in integer and b != round(b)

@@ -113,6 +113,8 @@ def constraints_from_config(cfg: AuditConfig, schema):
         transitions={k: dict(v) for k, v in cc.transitions.items()},
         integer=tuple(cc.integer) if cc.integer is not None else None,
         tied=tuple(tuple(g) for g in cfg.dataset.tied),
+        support_quantile=cc.support_quantile,
+        min_level_count=cc.min_level_count,
     )
 
 
