@@ -272,6 +272,11 @@ class ModelConfig(_Section):
             raise ValueError(f"model.url is set but model.format is {self.format!r}; set model.format: http")
         elif self.source == "load" and not self.path:
             raise ValueError("model.source is 'load' but model.path is missing; set model.path to a saved model folder")
+        elif self.source == "train" and self.path:
+            raise ValueError(
+                f"model.path is '{self.path}' but model.source is 'train' (the default), which trains the built-in "
+                "net and would ignore the path; add model.source: load to audit that model, or remove model.path"
+            )
         if self.payload == "template" and http:
             if not self.template:
                 raise ValueError("model.payload is 'template' but model.template is missing; give the JSON request")

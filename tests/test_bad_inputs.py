@@ -181,6 +181,12 @@ LOAD = {"source": "load", "path": "reports/small/latest/model"}
 CASES = [
     # (id, setup(folder) or None, config (dict) or raw YAML text, expected substring)
     ("malformed YAML", None, "seed: [1, 2\n", "not valid YAML at line 2"),
+    (
+        "model path that would be ignored",
+        None,
+        _cfg(**{"model.path": "model.skops"}),
+        "model.path is 'model.skops' but model.source is 'train' (the default)",
+    ),
     ("empty config", None, "", "is empty"),
     ("unknown key", None, _cfg(sead=1), "sead: unknown key 'sead'; did you mean 'seed'?"),
     ("misspelt nested key", None, _cfg(**{"modules.ale.n_bin": 3}), "did you mean 'n_bins'?"),

@@ -147,6 +147,24 @@ def assert_exact(folder, name: str, want: np.ndarray) -> dict:
 
 
 # ------------------------------------------------------------------------------------ scikit-learn objects
+def test_value_labels_that_merge_codes_are_refused_for_a_model_from_another_tool(case, capsys):
+    """Codes 3 and 4 of race both labelled "C": the label cannot say which code a row had, so the model could not
+    receive it. Refused before anything is scored, with exit 2 and the fix (it used to end at load with exit 3, "the
+    audit would send column 'race' ... as 3 where the data has 4"); nothing is written."""
+    import skops.io as sio
+
+    folder, pipe, positive = case
+    sio.dump(pipe, folder / "merged.skops")
+    trusted = [t for t in sio.get_untrusted_types(file=folder / "merged.skops")]
+    cfg = audit_config("merged", positive, {"path": "merged.skops", "trusted_types": trusted})
+    cfg["dataset"]["value_labels"] = {"race": {1: "A", 2: "B", 3: "C", 4: "C"}}
+    capsys.readouterr()
+    assert run(folder, cfg) == 2
+    err = capsys.readouterr().err
+    assert "dataset.value_labels.race: codes 3 and 4 share the label 'C'" in err and "own label" in err, err
+    assert not (folder / "reports" / "merged").exists()
+
+
 def test_skops_file(case):
     import skops.io as sio
 

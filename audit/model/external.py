@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from audit.data import Dataset
-from audit.errors import ModelRuntimeError
+from audit.errors import ConfigError, ModelRuntimeError
 from audit.model.adapter import RawPredictor
 from audit.schema import raw_values, widen_levels
 
@@ -32,7 +32,14 @@ def adopt_raw_inputs(predictor: RawPredictor, ds: Dataset) -> dict:
     """Give ``predictor`` the raw values of ``ds`` and every level of its audit rows; returns provenance.
 
     The notes that said such rows were "scored as unknown" are restated: this model received them as they are.
+
+    Raises
+    ------
+    ConfigError
+        When ``dataset.value_labels`` gives two codes of a column one label: the label cannot say which code a row
+        had, so the model could not receive it (exit code 2, naming the codes and the fix).
     """
+    merged_labels(ds.schema)
     ds.schema, added = widen_levels(ds.schema, ds.X_test)
     predictor.schema = ds.schema
     predictor.raw = raw_values(ds.schema, list(ds.raw_frames()))
@@ -47,6 +54,29 @@ def adopt_raw_inputs(predictor: RawPredictor, ds: Dataset) -> dict:
     if added:
         info["levels_only_in_audit_rows"] = {name: levels[:20] for name, levels in added.items()}
     return info
+
+
+def merged_labels(schema) -> None:
+    """Refuse ``dataset.value_labels`` that give two codes of a column the same label, for a model that receives raw
+    values (see :func:`adopt_raw_inputs`).
+
+    Raises
+    ------
+    ConfigError
+        Naming the column, the codes, their label and the two ways out.
+    """
+    for f in schema.features:
+        codes: dict[str, list[str]] = {}
+        for code, label in f.labels:
+            codes.setdefault(label, []).append(code)
+        shared = {label: c for label, c in codes.items() if len(c) > 1}
+        if shared:
+            label, c = next(iter(shared.items()))
+            raise ConfigError(
+                f"dataset.value_labels.{f.name}: codes {' and '.join(c)} share the label {label!r}, but a model from "
+                f"another tool receives each row's own code, which the label cannot give back; give each code its "
+                f"own label, or remove {f.name} from dataset.value_labels when auditing this model"
+            )
 
 
 def check_scoring(predictor: RawPredictor, ds: Dataset, own: Callable[[pd.DataFrame], np.ndarray] | None) -> dict:
