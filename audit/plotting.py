@@ -52,6 +52,10 @@ def pyplot():
                 "ytick.labelsize": 8.5,
                 "legend.fontsize": 8,
                 "figure.titlesize": 10,
+                # ticks of 10,000 and more as short numbers with the power of ten at the axis end: six-digit tick
+                # labels (capital-gain, fnlwgt) overlapped on a printed panel
+                "axes.formatter.limits": (-4, 4),
+                "axes.formatter.use_mathtext": True,
             }
         )
         _PLT = plt

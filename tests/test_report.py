@@ -219,10 +219,78 @@ def test_pdf_is_worth_printing(adult_run):
         info = png_info(png)
         assert info["min_font_pt"] >= 8.0, info
         assert Image.open(io.BytesIO(png)).width == round(info["width_in"] * DPI)
+    report = json.loads((adult_run.run_dir / "report.json").read_text())
+    _pdf_text_is_clean(pdf, {f["id"] for f in report["findings"]})
     text = " ".join(p.extract_text() or "" for p in pdf.pages)
     for needle in (title, "All findings", "Reason codes for declined applicants", "Model card", "Provenance",
                    "Counterfactuals and recourse", "Glossary", "Most severe failed checks"):  # fmt: skip
         assert needle in text, needle
+
+
+def _printed_ids(pdf) -> set[str]:
+    """The findings' ids as printed in the Id column of the findings table: the column cropped from each page that
+    has the table's header, its lines joined without a space after a dot or an underscore (where an id may break)
+    and with one otherwise ('sex x' + 'race'); each id starts with a section's name and a dot."""
+    found: set[str] = set()
+    for page in pdf.pages:
+        words = page.extract_words()
+        head = [w for w in words if w["text"] == "Id" and any(v["text"] == "Severity" and abs(v["top"] - w["top"]) < 2
+                                                             for v in words)]  # fmt: skip
+        if not head:
+            continue
+        column = page.crop((head[0]["x0"] - 2, head[0]["bottom"] + 1, page.width, page.height - 45))
+        current = ""
+        for line in (column.extract_text() or "").split("\n"):
+            line = line.strip()
+            if re.match(r"^[a-z_]+\.", line) and (not current or current[-1] not in "._"):
+                if current:
+                    found.add(current)
+                current = line
+            elif current:
+                current += line if current[-1] in "._" else " " + line
+        if current:
+            found.add(current)
+    return found
+
+
+def _pdf_text_is_clean(pdf, ids: set[str]) -> None:
+    """The PDF defects a reviewer found (issue 23, point 11): Python list reprs in tiles and captions, two row notes
+    that contradict each other, the findings' Id column dropped, measure names and ids broken mid-word, a badge
+    printed over the next column."""
+    from audit.fairness import MEASURES
+
+    text = "\n".join(p.extract_text() or "" for p in pdf.pages)
+    assert not re.search(r"\[\]|\['|\[\[", text), re.search(r".{40}(\[\]|\['|\[\[).{40}", text, re.S)
+    assert "Showing " not in text  # the screen's row note; the printed one says how many rows are printed
+    assert "The printed report shows the first" in text
+    joined = re.sub(r"\s+", "", text)
+    soft = re.sub(r"(?<=[_.])\n|\n(?=[_.])", "", text)  # a line break at an underscore or a dot is allowed
+    for name in MEASURES:
+        assert soft.count(name) == joined.count(name), name  # every other break would be mid-word
+    printed_ids = _printed_ids(pdf)
+    assert "fairness.disparate_impact_ratio.sex" in printed_ids, printed_ids  # the findings' Id column
+    assert printed_ids <= ids, sorted(printed_ids - ids)  # an id broken mid-word would not be an id
+    for i, page in enumerate(pdf.pages, start=1):
+        lines: dict[int, list] = {}
+        for w in page.extract_words():
+            lines.setdefault(round(w["top"]), []).append(w)
+        for words in lines.values():
+            words.sort(key=lambda w: w["x0"])
+            for a, b in zip(words, words[1:], strict=False):
+                assert b["x0"] >= a["x1"] - 1.0, (i, a["text"], b["text"])  # no word printed over another
+
+
+def test_large_tick_values_print_short():
+    """Six-digit tick labels (capital-gain, fnlwgt) overlapped on printed panels: values of 10,000 and more are
+    ticked as short numbers with the power of ten at the axis end."""
+    from audit.plotting import subplots
+
+    fig, ax = subplots(figsize=(2.5, 2))
+    ax.plot([0, 99999], [1_500_000, 12_000])
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax.get_xticklabels() + ax.get_yticklabels() if t.get_text()]
+    assert labels and max(len(re.sub(r"[$\\{}]|mathdefault", "", t)) for t in labels) <= 5, labels
+    assert ax.xaxis.get_offset_text().get_text() and ax.yaxis.get_offset_text().get_text()
 
 
 @pytest.mark.slow

@@ -162,7 +162,9 @@ class PermutationModule:
                         else "."
                     )
                     + (
-                        f" Tied features (dataset.tied) are permuted together: {[list(g) for g in ctx.dataset.tied]}."
+                        " Tied features (dataset.tied) are permuted together: "
+                        + "; ".join(" + ".join(g) for g in ctx.dataset.tied)
+                        + "."
                         if ctx.dataset.tied
                         else ""
                     ),

@@ -92,9 +92,17 @@ class Glossary:
 
 
 def fmt(v: Any) -> str:
-    """A number for people: 16,281; 0.3034; 1.2e-08; 'yes'/'no'; '–' for missing."""
+    """A number for people: 16,281; 0.3034; 1.2e-08; 'yes'/'no'; '–' for missing; a list as its items ('none' when
+    empty), never Python's ``['a', 'b']``.
+
+    >>> fmt([]), fmt(["SHAP", "LIME"]), fmt([["education", "education-num"]]), fmt(1234567.0)
+    ('none', 'SHAP, LIME', 'education + education-num', '1,234,567')
+    """
     if v is None:
         return "–"
+    if isinstance(v, (list, tuple, set)):
+        items = [" + ".join(fmt(x) for x in i) if isinstance(i, (list, tuple)) else fmt(i) for i in v]
+        return ", ".join(items) if items else "none"
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, int):
@@ -112,6 +120,13 @@ def fmt(v: Any) -> str:
             return f"{v:.1e}"
         return f"{v:.4g}"
     return str(v)
+
+
+def wbr(text: Any) -> Markup:
+    """Text, escaped, that may break after ``_`` and ``.`` (``<wbr>``): a narrow printed column breaks
+    ``demographic_parity_difference`` or a finding id between its parts, never in the middle of a word."""
+    escaped = _html.escape(str(text), quote=False)
+    return Markup(re.sub(r"([_.])(?=\w)", r"\1<wbr>", escaped))
 
 
 def duration(seconds: float | None) -> str:
@@ -321,6 +336,7 @@ def render_html(report: dict[str, Any], run, *, medium: str = "screen") -> str:
     env = Environment(loader=PackageLoader("audit", "report/templates"), autoescape=select_autoescape(["html", "j2"]))
     gloss = Glossary()
     env.filters["fmt"] = fmt
+    env.filters["wbr"] = wbr
     env.filters["duration"] = duration
     env.filters["gloss"] = gloss
     cfg = run.config
