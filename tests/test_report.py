@@ -408,3 +408,16 @@ def test_report_renders_in_headless_chromium_without_errors_or_requests(adult_ru
     img = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert img.shape[0] >= 2000 and img.std() > 10  # not blank
     shutil.copy(shot, adult_run.run_dir / "screenshot.png")  # kept beside the report for a human look
+
+
+def test_one_fact_one_finding_the_others_point_to_it(adult_run):
+    """Reason codes that cite a sensitive input or a flagged proxy point to the findings that judge those facts
+    (issue 23, point 8), and every id they point to is a finding of the same report."""
+    report = json.loads((adult_run.run_dir / "report.json").read_text())
+    ids = {f["id"] for f in report["findings"]}
+    rc = next(f for f in report["findings"] if f["id"] == "shap.reason_codes_cite_sensitive")
+    related = rc["evidence"]["related"]
+    assert "permutation_importance.sensitive_input.age" in related, related
+    assert any(r.startswith("fairness.proxy.") for r in related), related
+    assert set(related) <= ids, sorted(set(related) - ids)
+    assert "See also:" in (adult_run.run_dir / "report.html").read_text()

@@ -35,19 +35,19 @@ def _allowed(n: int, rate: float = 0.05, level: float = 0.01) -> int:
 
 
 def test_null_audits_raise_no_more_false_alarms_than_nominal(sim):
-    """Eight null audits end to end, at the smallest groups (where the old rules raised the most alarms: the score
-    PSI of 60 rows failed in 5 of 8); each family stays within what a 5% rate allows."""
-    res = sim.run_null(8, (30, 100), seed=0, log=lambda s: None)
-    assert res["audits"] == 8 and sum(res["n_size"].values()) == 8
+    """Six null audits end to end, at the smallest groups (30 rows each), where the old rules raised the most
+    alarms (with the score PSI alone, drift failed in 3 of these 6); each family stays within what a 5% rate allows."""
+    res = sim.run_null(6, (30,), seed=0, log=lambda s: None)
+    assert res["audits"] == 6 and res["n_size"][30] == 6
     worst = max(res["alarms"].values(), default=0)
-    assert worst <= _allowed(8), dict(res["alarms"])
+    assert worst <= _allowed(6), dict(res["alarms"])
 
 
 def test_planted_effects_are_found(sim):
-    """Each planted effect of the README's table, three times: the family that should see it fails."""
+    """Each planted effect of the README's table, twice: the family that should see it fails."""
     for plant, m in (("disparate_impact", 1000), ("weak_segment", 3000), ("drift", 1000)):
-        hits = [sim.PLANT_FAMILY[plant] in sim.simulate(m, 300 + i, plant=plant) for i in range(3)]
-        assert sum(hits) >= 2, (plant, hits)
+        hits = [sim.PLANT_FAMILY[plant] in sim.simulate(m, 300 + i, plant=plant) for i in range(2)]
+        assert all(hits), (plant, hits)
 
 
 def test_the_planted_sizes_are_what_the_readme_says(sim):

@@ -170,7 +170,10 @@ class FairnessModule:
                 }
                 for res in results
             }
-            | {"flagged_proxies": sorted({r.feature for r in proxies.itertuples() if r.flagged})},
+            | {
+                "flagged_proxies": sorted({r.feature for r in proxies.itertuples() if r.flagged}),
+                "flagged_proxy_pairs": [[r.feature, r.sensitive] for r in proxies.itertuples() if r.flagged],
+            },
         )
 
     @staticmethod

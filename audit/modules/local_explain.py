@@ -270,6 +270,10 @@ class ShapModule:
                 citing[f] = citing.get(f, 0) + 1
             rc_rows.append(row)
         n_citing = sum(r["cites sensitive or proxy"] != "no" for r in rc_rows)
+        # one fact, one finding: the reasons cite what other sections judge, and the finding points to those ids
+        pairs = fair.data.get("flagged_proxy_pairs", []) if fair is not None else []
+        related = [f"permutation_importance.sensitive_input.{f}" for f in sorted(citing) if f in schema.sensitive]
+        related += [f"fairness.proxy.{f}.{s}" for f, s in pairs if f in citing]
         if rc_rows:
             findings.append(
                 Finding(
@@ -279,7 +283,7 @@ class ShapModule:
                     + (f" ({', '.join(f'{f} {n}x' for f, n in sorted(citing.items()))})" if citing else ""),
                     "fail" if n_citing else "pass",
                     "medium" if n_citing else "info",
-                    {"rows": len(rc_rows), "citing": n_citing, "features": citing},
+                    {"rows": len(rc_rows), "citing": n_citing, "features": citing, "related": related},
                     "no adverse-action reason names a sensitive feature or a likely proxy of one",
                     id="shap.reason_codes_cite_sensitive",
                     value=n_citing / len(rc_rows),
