@@ -89,6 +89,27 @@ def _plain_gap(m, grouping: str, fav: str) -> str:
     )
 
 
+def _calibration_null(p: np.ndarray, groups: dict[str, np.ndarray], ctx: AuditContext, seed: int):
+    """``calibrated(grouping, reference, gap)``: :func:`audit.fairness.calibration_gap_null_p` on the rows the
+    numbers were computed on, over the groups with enough rows; only called for a gap that would fail."""
+    from audit.fairness import calibration_gap_null_p, encode_groups
+
+    fc = ctx.config.fairness
+
+    def calibrated(name: str, reference: str | None, gap: float) -> float:
+        levels, codes = encode_groups(np.asarray(groups[name]))
+        hit = np.flatnonzero(levels.astype(str) == str(reference))
+        if not len(hit):
+            return float("nan")
+        eligible = np.bincount(codes, minlength=len(levels)) >= fc.min_group_size
+        return calibration_gap_null_p(
+            p, codes, eligible, int(hit[0]), gap, n_sim=max(fc.n_bootstrap, 199), seed=seed,
+            favourable_positive=ctx.dataset.schema.favourable_is_positive,
+        )  # fmt: skip
+
+    return calibrated
+
+
 def _reference(res, configured: str | None) -> str | None:
     """The reference group of a grouping, as its measures used it (:func:`audit.fairness.reference_index`): the
     configured one when it has enough rows, else the largest group with enough rows."""
@@ -140,8 +161,9 @@ class FairnessModule:
             findings.append(no_labels_finding(self.name, "fairness on the population", "the test split"))
         fav = f"'{schema.favourable_label or schema.positive_label}' decision"
         rows = []
+        calibrated = _calibration_null(p, groups, ctx, seed)
         for res in results:
-            rows += self._judge(ctx, res, fav, findings)
+            rows += self._judge(ctx, res, fav, findings, calibrated)
         proxies = self._proxies(ctx, sensitive, seed)
         findings += self._proxy_findings(fc, proxies)
         tables, references = self._tables(ctx, results, rows, proxies, audited, fav)
@@ -192,12 +214,14 @@ class FairnessModule:
         )  # fmt: skip
         return groups, results
 
-    def _judge(self, ctx: AuditContext, res, fav: str, findings: list[Finding]) -> list[dict]:
-        """A grouping's measures against their thresholds: a table row each, and the findings (appended)."""
+    def _judge(self, ctx: AuditContext, res, fav: str, findings: list[Finding], calibrated) -> list[dict]:
+        """A grouping's measures against their thresholds: a table row each, and the findings (appended). A
+        calibration gap beyond its limit fails only when ``calibrated(grouping, reference, gap)``, the chance that a
+        perfectly calibrated model reaches it on these groups, is below ``1 - fairness.confidence``."""
         fc = ctx.config.fairness
         thresholds = fc.thresholds.model_dump()
         rows = []
-        for m in res.measures.itertuples():
+        for m in res.measures.assign(calibrated_null_p=None).itertuples():
             limit = thresholds[m.measure]
             if m.not_assessable is None and _zero_width(m, fc.n_bootstrap):
                 m = m._replace(not_assessable=f"its {int(fc.confidence * 100)}% bootstrap interval has zero width "
@@ -209,6 +233,11 @@ class FairnessModule:
                 status = "info"
             else:
                 status = verdict(m.value, m.ci_low, m.ci_high, limit, m.kind)
+                if status == "fail" and m.measure == "calibration_gap":
+                    null_p = calibrated(res.name, m.reference, float(m.value))
+                    m = m._replace(calibrated_null_p=null_p)
+                    if null_p >= 1 - fc.confidence:
+                        status = "inconclusive"  # a perfectly calibrated model reaches this gap on these groups
             rule = RULES[m.measure]
             rows.append(
                 {"grouping": res.name, "measure": m.measure, "value": m.value, "ci_low": m.ci_low,
@@ -257,7 +286,8 @@ class FairnessModule:
                 "widest_pair": m.widest_pair,
                 "widest_value": _num(m.widest_value),
                 "left_out_for_too_few_events": m.left_out or [],
-            },
+            }
+            | ({"calibrated_null_p": m.calibrated_null_p} if getattr(m, "calibrated_null_p", None) is not None else {}),
             f"{sign} {limit} ({int(fc.confidence * 100)}% bootstrap interval)" if limit is not None else None,
             gating=m.measure in fc.gate,
             id=f"fairness.{m.measure}.{res.name}",
