@@ -530,7 +530,7 @@ def test_local_and_dask_backends_give_identical_numbers(files):
     perf = local.modules[0].result.data
     assert perf["population"]["rows"] == 40_000
     fair = local.modules[3].result.data
-    assert set(fair) - {"flagged_proxies"} == {"sex", "ethnicity", "age", "sex x ethnicity"}
+    assert set(fair) - {"flagged_proxies", "flagged_proxy_pairs"} == {"sex", "ethnicity", "age", "sex x ethnicity"}
     assert "60 Poisson resamples of the population (40000 rows)" in local.modules[3].result.tables[0].caption
     assert local.modules[0].result.tables[0].title.startswith("Metrics on the population, test and training")
     assert "population (40000 rows)" in local.modules[0].result.tables[1].title  # confusion matrix
