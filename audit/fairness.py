@@ -660,10 +660,13 @@ def group_fairness_many(
             with quiet_nan():
                 for m, values in _measures(rates, eligible, support, ref).items():
                     measures[m][1:] = bias_corrected_interval(measures[m][0], values, confidence)
+                    both = [np.nan, np.nan]
                     if m == "disparate_impact_ratio" and np.isfinite(measures[m][0]):
-                        measures[m][1:] = simultaneous_ratio_interval(point, rates, eligible, confidence)
+                        both = simultaneous_ratio_interval(point, rates, eligible, confidence)
                     elif ref is not None and m in _PAIR_KEYS and np.isfinite(measures[m][0]):
-                        measures[m][1:] = simultaneous_gap_interval(point, rates, m, eligible, support, ref, confidence)
+                        both = simultaneous_gap_interval(point, rates, m, eligible, support, ref, confidence)
+                    if np.isfinite(both).all():  # else (a rate of 0 in a ratio, too few replicates) the plain one
+                        measures[m][1:] = both
                 for key in ("selection_rate", "tpr", "fpr"):
                     lo, hi = np.nanquantile(rates[key], [alpha, 1 - alpha], axis=0)
                     table[f"{key}_low"], table[f"{key}_high"] = lo, hi
@@ -675,7 +678,6 @@ def group_fairness_many(
                      "widest_pair", "widest_value"],
         )  # fmt: skip
         mframe.insert(2, "reference", None if ref is None else str(levels[ref]))
-
         overall = {k: float(v[0]) for k, v in _rates(point_sums[i].sum(axis=0)[None, :], n_bins).items()}
         overall["roc_auc"] = overall_auc
         out.append(GroupFairness(name, table, mframe, [str(g) for g in levels[~eligible]], n_bootstrap, overall))

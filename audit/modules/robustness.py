@@ -730,7 +730,7 @@ def _most_faithful(
         id="faithfulness.most_faithful",
         plain=f"Of the explainers compared, {best}'s ranking of the features tracks what drives this model best "
         "(its top features, removed first, move the score furthest); a method that failed the randomisation check "
-        "is not chosen. The reason codes come from SHAP.",
+        "is not chosen." + (" The reason codes come from SHAP." if "SHAP" in curves else ""),
     )
 
 
