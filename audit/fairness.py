@@ -890,8 +890,8 @@ def calibration_gap_null_p(
     True
     """
     p = np.asarray(p, dtype=np.float64)
-    q = p if favourable_positive else 1.0 - p
-    b = np.clip((q * n_bins).astype(int), 0, n_bins - 1)
+    # the score bins and the favourable class's probability exactly as the measure's ECE has them
+    _, b, q = _row_cells(np.zeros(len(p), dtype=bool), p, 0.5, n_bins, favourable_positive=favourable_positive)
     G = int(codes.max()) + 1 if len(codes) else 0
     cell = codes.astype(np.int64) * n_bins + b
     psum = np.bincount(cell, weights=q, minlength=G * n_bins).reshape(G, n_bins)

@@ -417,13 +417,16 @@ def quiet_nan() -> Iterator[None]:
 
 
 def excess_p(share: float, n: int, expected: float) -> float:
-    """One-sided binomial p-value of ``share`` of ``n`` rows (or more) where chance gives ``expected``.
+    """One-sided binomial p-value of ``share`` of ``n`` rows (or more) where chance gives ``expected``; NaN for a
+    share that is not a number (a feature with no values to compare), which a multiple-testing adjustment skips.
 
-    >>> round(excess_p(1 / 60, 60, 2 / 4001), 3), excess_p(0.0, 60, 0.01)
-    (0.03, 1.0)
+    >>> round(excess_p(1 / 60, 60, 2 / 4001), 3), excess_p(0.0, 60, 0.01), excess_p(float("nan"), 60, 0.01)
+    (0.03, 1.0, nan)
     """
     from scipy.stats import binom
 
+    if not math.isfinite(share):
+        return float("nan")
     k = int(round(share * n))
     return 1.0 if k <= 0 or n <= 0 else float(binom.sf(k - 1, n, min(max(expected, 0.0), 1.0)))
 

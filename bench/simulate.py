@@ -244,8 +244,6 @@ def run_power(runs: int, seed: int, log=print) -> dict[tuple[str, int], int]:
 
 def _check_plants(n: int = 2_000_000) -> dict[str, float]:
     """The planted effects' true sizes, on a large sample (what the constants above were solved for)."""
-    from audit.monitoring import Reference  # noqa: F401  (the same binning as the drift section)
-
     rng = np.random.default_rng(0)
     a = _rows(rng, n, np.repeat("A", n))
     b = _rows(rng, n, np.repeat("B", n), -DI_SHIFT)

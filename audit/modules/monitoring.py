@@ -184,15 +184,17 @@ class DataQualityModule:
     @staticmethod
     def _out_of_range(check, numeric: pd.DataFrame, sizes: dict[str, int], cfg) -> None:
         """The out-of-range check of the numeric feature with the largest share outside the training range."""
-        from audit.metrics import excess_p
+        from audit.metrics import adjust_pvalues, excess_p
 
         if not len(numeric):
             return
         row = numeric.sort_values("outside_train_range", ascending=False).iloc[0]
         share = float(row["outside_train_range"])
-        # rows from the training distribution fall outside its range with chance 2 / (n + 1); the worst of k numeric
-        # features is tested at the Bonferroni level
-        p = min(1.0, len(numeric) * excess_p(share, sizes["audit"], 2 / (sizes["train"] + 1)))
+        # rows from the training distribution fall outside its range with chance 2 / (n + 1); the worst of the k
+        # numeric features is judged by the smallest Bonferroni-adjusted p-value
+        chance = 2 / (sizes["train"] + 1)
+        ps = [excess_p(float(v), sizes["audit"], chance) for v in numeric["outside_train_range"]]
+        p = float(np.nanmin(adjust_pvalues(ps, "bonferroni"))) if np.isfinite(ps).any() else 1.0
         check(
             f"Values outside the training range: {row['feature']} ({share:.2%} of rows, p = {p:.2g})",
             share, cfg.max_out_of_range, f"share <= {cfg.max_out_of_range}, or more than chance explains "

@@ -742,10 +742,10 @@ def _fragile_p(groups: pd.DataFrame, limit: float) -> float:
     >>> round(_fragile_p(pd.DataFrame({"rows": [30, 15], "fragile": [0.2, 4 / 15]}), 0.2), 3)
     0.704
     """
-    from audit.metrics import excess_p
+    from audit.metrics import adjust_pvalues, excess_p
 
-    k = len(groups)
-    return min(1.0, k * min(excess_p(float(r.fragile), int(r.rows), limit) for r in groups.itertuples()))
+    p = [excess_p(float(r.fragile), int(r.rows), limit) for r in groups.itertuples()]
+    return float(np.nanmin(adjust_pvalues(p, "bonferroni")))
 
 
 # ------------------------------------------------------------------------------------ figures (see plotting.draw)
