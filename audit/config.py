@@ -145,6 +145,7 @@ class DatasetConfig(_Section):
     label_map: dict[Text, Text] = Field(default_factory=dict)
     columns: ColumnList | None = None
     index_col: Column | None = None
+    weight: Column | None = None  # a sample-weight column: weights every estimate, never a model input
     filter: str | None = Field(default=None, max_length=2000)
     value_labels: dict[Column, dict[Text, Text]] = Field(default_factory=dict, max_length=10_000)
     features: FeatureTypes = FeatureTypes()
@@ -176,6 +177,11 @@ class DatasetConfig(_Section):
             raise ValueError(
                 f"dataset.population: '{pop.path}' must be a Parquet file (it is read in row groups, never whole); "
                 "convert it, e.g. pandas.read_csv(...).to_parquet(path, row_group_size=65536)"
+            )
+        if self.weight is not None and pop is not None:
+            raise ValueError(
+                f"dataset.weight: '{self.weight}' cannot be used with dataset.population (a population's rows are "
+                "scored in partitions that carry no weights); remove dataset.weight or dataset.population"
             )
         for name, labels in self.value_labels.items():
             clash = [k for k, v in labels.items() if v in labels and v != k]
@@ -754,6 +760,15 @@ class AuditConfig(_Section):
     @classmethod
     def _abs(cls, v: str) -> str:
         return str(Path(v).resolve())
+
+    @model_validator(mode="after")
+    def _weighted_engines(self) -> AuditConfig:
+        if self.dataset.weight is not None and self.local.enabled and self.local.shap.engine == "shap":
+            raise ValueError(
+                f"local.shap.engine: 'shap' cannot weight the background by dataset.weight '{self.dataset.weight}' "
+                "(shap's Independent masker has no weights); set local.shap.engine: audit"
+            )
+        return self
 
     def resolve(self, path: str, *, key: str = "path") -> Path:
         """Resolve a path from the config against the config file's folder.

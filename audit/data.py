@@ -27,7 +27,8 @@ class Dataset:
     """A loaded dataset: raw feature frames, 0/1 labels, the schema, and provenance.
 
     ``ids_test``: the ``dataset.index_col`` value of each audit row (None without one); ``tied``: groups of features
-    that encode the same thing (``dataset.tied``).
+    that encode the same thing (``dataset.tied``); ``w_train`` / ``w_test``: each row's ``dataset.weight`` (None
+    without one), never among the features.
     """
 
     schema: Schema
@@ -43,6 +44,8 @@ class Dataset:
     raw_columns: dict[str, tuple[pd.Series, pd.Series]] = field(default_factory=dict)
     """The columns with ``dataset.value_labels`` as the files hold them (codes, not labels), aligned with ``X_train``
     and ``X_test``: what a model from another tool was trained on (see :meth:`raw_frames`)."""
+    w_train: np.ndarray | None = None
+    w_test: np.ndarray | None = None
 
     def label_text(self, y: np.ndarray) -> np.ndarray:
         """0/1 labels as the data spell them (the positive and the negative label): what to fit a model on that the
@@ -128,7 +131,7 @@ def _rows_text(index: pd.Index, mask: np.ndarray, values: pd.Series, k: int = 4)
 
 
 def _short(value, limit: int = 40) -> str:
-    text = repr(value)
+    text = repr(value.item() if isinstance(value, np.generic) else value)  # -2.0, not np.float64(-2.0)
     return text if len(text) <= limit else text[: limit - 5] + "...'"
 
 
@@ -202,6 +205,7 @@ def load_dataset(cfg: AuditConfig) -> Dataset:
     columns = list(train_df.columns)
     raw_labelled = _labelled_and_derived(cfg, train_df, test_df)
     labels = _Labels.of(cfg, train_df, notes)
+    _check_weight_key(cfg)
     feature_cols = _feature_columns(cfg, columns)
     kinds = _infer_kinds(cfg, train_df, feature_cols, "training", notes)
     if test_df is not None:
@@ -225,6 +229,8 @@ def load_dataset(cfg: AuditConfig) -> Dataset:
     _check_audit_rows(train_df, test_df, y_test, features, labels)
     if ds.filter:
         notes.append(f"dataset.filter {ds.filter!r} kept {n_read} training-file rows")
+    if ds.weight:
+        notes.append(WEIGHT_NOTE.format(name=ds.weight))
     return Dataset(
         schema=schema,
         X_train=train_df[keep].reset_index(drop=True),
@@ -237,6 +243,8 @@ def load_dataset(cfg: AuditConfig) -> Dataset:
         tied=tuple(tuple(g) for g in ds.tied),
         test_rows=test_df.index.to_numpy(dtype=np.int64),
         raw_columns=_aligned_raw(raw_labelled, train_df.index, test_df.index, split=ds.test is None, keep=keep),
+        w_train=_weights(cfg, train_df, "training") if ds.weight else None,
+        w_test=_weights(cfg, test_df, "audit") if ds.weight else None,
     )
 
 
@@ -355,6 +363,7 @@ def _feature_columns(cfg: AuditConfig, columns: list[str]) -> list[str]:
     those outside ``dataset.columns``)."""
     ds, derived = cfg.dataset, cfg.fairness.derived
     non_features = {ds.target, *ds.drop, *derived, *([ds.index_col] if ds.index_col else [])}
+    non_features |= {ds.weight} if ds.weight else set()
     selected = [c for c in columns if c not in derived]
     if ds.columns is not None:
         keep = set(ds.columns)
@@ -427,7 +436,7 @@ def _features(cfg: AuditConfig, train_df, feature_cols, kinds) -> list[Feature]:
             raise DataError(f"column '{c}': every value is missing in the training data; add it to dataset.drop")
         if col.nunique(dropna=True) < 2:
             raise DataError(
-                f"column '{c}': constant in the training data (every value is {col.dropna().iloc[0]!r}); "
+                f"column '{c}': constant in the training data (every value is {_short(col.dropna().iloc[0])}); "
                 "it carries no information, add it to dataset.drop"
             )
         labels = tuple((str(k), str(v)) for k, v in ds.value_labels.get(c, {}).items())
@@ -486,6 +495,55 @@ def _unseen_levels(cfg: AuditConfig, test_df, features: list[Feature], notes: li
             notes.append(
                 f"column '{f.name}': {n_rows} audit row(s) with unseen level(s) {unseen[:5]} scored as unknown"
             )
+
+
+WEIGHT_NOTE = (
+    "dataset.weight '{name}' weights the performance metrics, the fairness rates and their intervals, permutation "
+    "importance, partial dependence and the SHAP background; group sizes and the events behind the support rules "
+    "count rows, and so do training (the model is audited as it was fitted), ALE, interactions, weak segments, "
+    "drift, data quality, stability, the local explanations' instance selection and the network sections"
+)
+
+
+def _check_weight_key(cfg: AuditConfig) -> None:
+    """``dataset.weight`` names a column that is nothing else: not the target, an id, a sensitive feature, a
+    declared feature or a tied one."""
+    ds, w = cfg.dataset, cfg.dataset.weight
+    if w is None:
+        return
+    roles = {
+        "the target column (dataset.target)": w == ds.target,
+        "the row-id column (dataset.index_col)": w == ds.index_col,
+        "a sensitive feature (fairness.sensitive_features)": w in cfg.fairness.sensitive_features,
+        "declared a feature (dataset.features)": w in ds.features.numeric or w in ds.features.categorical,
+        "value-labelled (dataset.value_labels)": w in ds.value_labels,
+        "tied to features (dataset.tied)": any(w in g for g in ds.tied),
+    }
+    clash = next((role for role, hit in roles.items() if hit), None)
+    if clash:
+        raise DataError(f"dataset.weight: '{w}' is {clash}; a weight column is never a feature, pick another column")
+
+
+def _weights(cfg: AuditConfig, frame: pd.DataFrame, where: str) -> np.ndarray:
+    """The ``dataset.weight`` column of ``frame`` as float64: numbers, none missing, none negative or infinite, and
+    not all zero."""
+    name = cfg.dataset.weight
+    col = frame[name]
+    w = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    checks = (
+        (col.notna().to_numpy() & np.isnan(w), "are not numbers", "fix them in the file"),
+        (col.isna().to_numpy(), "are missing", "fill them or drop the rows with dataset.filter"),
+        (np.isinf(w) | (w < 0), "are negative or infinite", "a weight counts a row that many times: fix them"),
+    )
+    for bad, what, fix in checks:
+        if bad.any():
+            raise DataError(
+                f"dataset.weight: {int(bad.sum())} value(s) of column '{name}' in the {where} rows {what}: "
+                f"{_rows_text(frame.index, bad, col)}; {fix}"
+            )
+    if not w.sum() > 0:
+        raise DataError(f"dataset.weight: every weight of column '{name}' in the {where} rows is 0; nothing is counted")
+    return w
 
 
 def _check_audit_rows(train_df, test_df, y_test: np.ndarray, features: list[Feature], labels: _Labels) -> None:

@@ -21,7 +21,7 @@ from scipy.stats import chi2_contingency
 
 from audit.config import AuditConfig
 from audit.explain._common import as_generator
-from audit.metrics import percentile_interval, quiet_nan, roc_auc_fast, roc_auc_sorted
+from audit.metrics import percentile_interval, quiet_nan, roc_auc_fast, roc_auc_sorted, weighted_auc
 
 MEASURES = {
     # name: (kind, description); kind "max": value must stay <= threshold, "min": value must stay >= threshold
@@ -194,17 +194,20 @@ def _row_cells(
     return (yf * 2 + d) * n_bins + b, b, p
 
 
-def _cell_sums(cells: tuple, codes: np.ndarray, n_groups: int, n_bins: int) -> np.ndarray:
+def _cell_sums(
+    cells: tuple, codes: np.ndarray, n_groups: int, n_bins: int, weight: np.ndarray | None = None
+) -> np.ndarray:
     """The per-group column sums of :func:`_row_stats` (n_groups, 5 + 2 * n_bins) from :func:`_row_cells`, the same
     bits as one ``np.bincount`` per statistic (tested), with two ``np.bincount`` calls.
 
     The 0/1 statistics are counts of cells (whole numbers, exact); a bin's score mass is ``np.bincount`` of the
     scores over (group, bin), which adds a group's scores in the bin in row order, as the per-column sum does (its
-    zeros for rows in other bins leave a sum of non-negative scores unchanged).
+    zeros for rows in other bins leave a sum of non-negative scores unchanged). With ``weight`` each row counts its
+    weight: the sums of :func:`_row_stats` times the weights.
     """
     cell, b, mass = cells
     codes = codes.astype(np.int64)
-    count = np.bincount(codes * (4 * n_bins) + cell, minlength=n_groups * 4 * n_bins)
+    count = np.bincount(codes * (4 * n_bins) + cell, weights=weight, minlength=n_groups * 4 * n_bins)
     count = count.reshape(n_groups, 2, 2, n_bins).astype(np.float64)  # (group, label, decision, bin)
     out = np.empty((n_groups, 5 + 2 * n_bins))
     out[:, _N] = count.sum(axis=(1, 2, 3))
@@ -213,6 +216,7 @@ def _cell_sums(cells: tuple, codes: np.ndarray, n_groups: int, n_bins: int) -> n
     out[:, _TP] = count[:, 1, 1].sum(axis=1)
     out[:, _FP] = count[:, 0, 1].sum(axis=1)
     out[:, 5 : 5 + n_bins] = count[:, 1].sum(axis=1)
+    mass = mass if weight is None else mass * weight
     out[:, 5 + n_bins :] = np.bincount(codes * n_bins + b, weights=mass, minlength=n_groups * n_bins).reshape(
         n_groups, n_bins
     )
@@ -305,7 +309,9 @@ def _bootstrap_task(
 
     Every product and sum here is exact in float64: the weights are small integers, the statistics are 0/1 or
     (calibration) scores rounded to multiples of 2**-24, so sums stay exact up to 2**29 in weighted score mass
-    (some 500 million rows). Exact sums do not depend on the order of addition, so the result is the same bit for
+    (some 500 million rows). (Row weights from ``dataset.weight``, the fifth item, multiply the statistics: the sums
+    are then ordinary float sums, reproducible for the same rows in the same tasks.) Exact sums do not depend on the
+    order of addition, so the result is the same bit for
     bit whatever BLAS does with threads and memory alignment, and however rows are split into tasks. (Rounding the
     scores moves a calibration interval by less than 1e-7.)
 
@@ -314,7 +320,7 @@ def _bootstrap_task(
     sums are the sum of its cells' sums, the same numbers as summing the group's rows directly (tested). With one
     grouping, or more cells than :func:`max` (256, 4 x the groups) in a block, each grouping is summed on its own.
     """
-    start, y, p, codes = item
+    start, y, p, codes, row_weight = item
     out = [np.zeros((n_replicates, g, 5 + 2 * n_bins)) for g in sizes]
     radix = _joint_radix(sizes) if len(sizes) > 1 else None
     # the weights as float64, gathered into one buffer for the task: a fresh 50 MB array per block costs more in
@@ -324,6 +330,8 @@ def _bootstrap_task(
         e = min(s + BOOTSTRAP_BLOCK, len(y))
         counts = poisson_counts(seed, (start + s) // BOOTSTRAP_BLOCK, n_replicates, e - s)
         stats = _row_stats(y[s:e], p[s:e], threshold, n_bins, quantize=True, favourable_positive=favourable_positive)
+        if row_weight is not None:
+            stats *= row_weight[s:e, None]
         block_codes = [c[s:e] for c in codes]
         if radix is not None:  # one sort into the cells every grouping is made of (sex x ethnicity x age band ...)
             key = np.zeros(e - s, dtype=np.int64)
@@ -371,8 +379,10 @@ def bootstrap_sums(
     rows_per_task: int = 8 * BOOTSTRAP_BLOCK,
     backend=None,
     favourable_positive: bool = True,
+    sample_weight: np.ndarray | None = None,
 ) -> list[np.ndarray]:
-    """Poisson-bootstrap per-group sums for several groupings of the same rows, in bounded memory.
+    """Poisson-bootstrap per-group sums for several groupings of the same rows, in bounded memory (with
+    ``sample_weight``, a row's replicate weight is its Poisson count times its weight).
 
     Every replicate weights each row by an independent Poisson(1) count (the streaming form of the bootstrap), so
     rows are processed in blocks of :data:`BOOTSTRAP_BLOCK` and memory is about ``n_replicates * block * 16`` bytes
@@ -388,7 +398,11 @@ def bootstrap_sums(
 
     backend = backend or Backend()
     step = max(BOOTSTRAP_BLOCK, rows_per_task // BOOTSTRAP_BLOCK * BOOTSTRAP_BLOCK)
-    items = ((s, y[s : s + step], p[s : s + step], [c[s : s + step] for c in codes]) for s in range(0, len(y), step))
+    w = sample_weight
+    items = (
+        (s, y[s : s + step], p[s : s + step], [c[s : s + step] for c in codes], None if w is None else w[s : s + step])
+        for s in range(0, len(y), step)
+    )
     total = None
     for part in backend.map(
         _bootstrap_task,
@@ -538,6 +552,7 @@ def group_fairness(
     backend=None,
     favourable_positive: bool = True,
     reference: str | None = None,
+    sample_weight: np.ndarray | None = None,
 ) -> GroupFairness:
     """Group metrics and headline fairness measures with percentile-bootstrap intervals.
 
@@ -562,6 +577,11 @@ def group_fairness(
     favourable_positive : bool, default True
         False when the favourable outcome is the negative class (a model of default): selection means
         ``p < threshold``, and base rate, TPR and FPR refer to the favourable class.
+    reference : str, optional
+        The group each measure compares with (default: the largest group with enough rows).
+    sample_weight : ndarray of shape (n,), optional
+        Row weights (``dataset.weight``): every rate, ROC AUC and interval is weighted; the group sizes, the events
+        behind the support rules and ``count`` stay row counts, and the table gains each group's ``weight``.
 
     Returns
     -------
@@ -581,6 +601,7 @@ def group_fairness(
         backend=backend,
         favourable_positive=favourable_positive,
         references={name: reference} if reference is not None else None,
+        sample_weight=sample_weight,
     )[0]
 
 
@@ -599,6 +620,7 @@ def group_fairness_many(
     backend=None,
     favourable_positive: bool = True,
     references: dict[str, str] | None = None,
+    sample_weight: np.ndarray | None = None,
 ) -> list[GroupFairness]:
     """:func:`group_fairness` for several groupings of the same rows, with one shared bootstrap resample.
 
@@ -613,12 +635,16 @@ def group_fairness_many(
         levels, codes = encode_groups(np.asarray(groups))
         coded.append((name, levels, codes))
     k = 5 + 2 * n_bins
-    point_sums = [np.zeros((len(levels), k)) for _, levels, _ in coded]
+    w = None if sample_weight is None else np.asarray(sample_weight, dtype=float)
+    point_sums = [np.zeros((len(levels), k)) for _, levels, _ in coded]  # row counts: sizes and events
+    weighted_sums = [np.zeros((len(levels), k)) for _, levels, _ in coded] if w is not None else point_sums
     step = BOOTSTRAP_BLOCK * 8  # per-group sums block by block: memory bounded by the block
     for s in range(0, len(y), step):
         cells = _row_cells(y[s : s + step], p[s : s + step], threshold, n_bins, favourable_positive=favourable_positive)
-        for acc, (_, levels, codes) in zip(point_sums, coded, strict=True):
-            acc += _cell_sums(cells, codes[s : s + step], len(levels), n_bins)
+        for i, (_, levels, codes) in enumerate(coded):
+            point_sums[i] += _cell_sums(cells, codes[s : s + step], len(levels), n_bins)
+            if w is not None:
+                weighted_sums[i] += _cell_sums(cells, codes[s : s + step], len(levels), n_bins, w[s : s + step])
     boot = None
     if n_bootstrap > 0:
         rng = as_generator(random_state)
@@ -634,19 +660,27 @@ def group_fairness_many(
             seed=seed,
             backend=backend,
             favourable_positive=favourable_positive,
+            sample_weight=w,
         )
     out = []
-    overall_auc = _auc(y, p)  # the same rows in every grouping
+    overall_auc = _auc(y, p) if w is None else float(weighted_auc(y, p, w[:, None])[0])  # the same in every grouping
     by_score = np.argsort(p)  # one sort of the scores serves every group's ROC AUC (the order of ties is immaterial)
     y_sorted, p_sorted = y[by_score].astype(bool), p[by_score]
     for i, (name, levels, codes) in enumerate(coded):
         G = len(levels)
-        point = _rates(point_sums[i], n_bins)
+        point = _rates(weighted_sums[i], n_bins)
+        point["count"] = point_sums[i][:, _N]  # group sizes are row counts, weighted or not
         eligible = point["count"] >= min_group_size
         table = pd.DataFrame({"group": levels, **{m: v for m, v in point.items()}})
         table["count"] = table["count"].astype(int)
         table.insert(2, "eligible", eligible)
-        table["roc_auc"] = _group_aucs(y_sorted, p_sorted, codes[by_score], G)
+        if w is not None:
+            table.insert(2, "weight", weighted_sums[i][:, _N])
+            table["roc_auc"] = [
+                float(weighted_auc(y[codes == g], p[codes == g], w[codes == g, None])[0]) for g in range(G)
+            ]
+        else:
+            table["roc_auc"] = _group_aucs(y_sorted, p_sorted, codes[by_score], G)
         pos = point_sums[i][:, _P]
         support = _support(point["count"], pos, eligible, min_events)
         ref = reference_index(levels, point["count"], eligible, (references or {}).get(name))
@@ -678,7 +712,8 @@ def group_fairness_many(
                      "widest_pair", "widest_value"],
         )  # fmt: skip
         mframe.insert(2, "reference", None if ref is None else str(levels[ref]))
-        overall = {k: float(v[0]) for k, v in _rates(point_sums[i].sum(axis=0)[None, :], n_bins).items()}
+        overall = {k: float(v[0]) for k, v in _rates(weighted_sums[i].sum(axis=0)[None, :], n_bins).items()}
+        overall["count"] = float(len(y))
         overall["roc_auc"] = overall_auc
         out.append(GroupFairness(name, table, mframe, [str(g) for g in levels[~eligible]], n_bootstrap, overall))
     return out
@@ -875,8 +910,10 @@ def calibration_gap_null_p(
     n_sim: int = 200,
     seed: int = 0,
     favourable_positive: bool = True,
+    sample_weight: np.ndarray | None = None,
 ) -> float:
-    """How often a perfectly calibrated model gives a calibration gap of at least ``observed`` on these rows: labels
+    """How often a perfectly calibrated model gives a calibration gap of at least ``observed`` on these rows (each
+    group's ECE weighted by ``sample_weight`` when given, as the measure's was): labels
     drawn from the scores themselves (``y ~ Bernoulli(p)``), ``n_sim`` times, each group's expected calibration error
     and the largest distance from the reference group's recomputed (a parametric bootstrap under calibration).
 
@@ -894,8 +931,9 @@ def calibration_gap_null_p(
     _, b, q = _row_cells(np.zeros(len(p), dtype=bool), p, 0.5, n_bins, favourable_positive=favourable_positive)
     G = int(codes.max()) + 1 if len(codes) else 0
     cell = codes.astype(np.int64) * n_bins + b
-    psum = np.bincount(cell, weights=q, minlength=G * n_bins).reshape(G, n_bins)
-    n = np.bincount(codes, minlength=G).astype(np.float64)
+    w = np.ones(len(p)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    psum = np.bincount(cell, weights=q * w, minlength=G * n_bins).reshape(G, n_bins)
+    n = np.bincount(codes, weights=w, minlength=G).astype(np.float64)
     use = np.flatnonzero(eligible)
     use = use[use != ref]
     if not len(use):
@@ -904,7 +942,7 @@ def calibration_gap_null_p(
     hits = 0
     for _ in range(n_sim):
         y = rng.uniform(size=len(q)) < q
-        ysum = np.bincount(cell, weights=y, minlength=G * n_bins).reshape(G, n_bins)
+        ysum = np.bincount(cell, weights=y * w, minlength=G * n_bins).reshape(G, n_bins)
         with np.errstate(invalid="ignore", divide="ignore"):
             ece = np.abs(ysum - psum).sum(axis=1) / n
         hits += np.max(np.abs(ece[use] - ece[ref])) >= observed - 1e-12

@@ -208,11 +208,11 @@ def _read_parquet(cfg: AuditConfig, path: Path, key: str) -> pd.DataFrame:
 
 
 def _needed_columns(cfg: AuditConfig, have: list[str]) -> list[str]:
-    """With ``dataset.columns``: those, the target, the index column and what the filter and the fairness config read."""
+    """With ``dataset.columns``: those, the target, the index and weight columns and what the filter and the fairness
+    config read."""
     ds = cfg.dataset
     want = [*ds.columns, ds.target]
-    if ds.index_col:
-        want.append(ds.index_col)
+    want += [c for c in (ds.index_col, ds.weight) if c]
     if ds.filter:
         from audit.expr import parse_filter
 
@@ -329,7 +329,7 @@ def _check_headers(cfg: AuditConfig, df: pd.DataFrame, spec: DataFile, path: Pat
             f"{key}.path: '{path}' parsed into a single column with dataset.csv.sep={opts.sep!r}; "
             "set the right separator (e.g. ';')"
         )
-    referenced = {ds.index_col, *ds.drop, *(ds.columns or ())}
+    referenced = {ds.index_col, ds.weight, *ds.drop, *(ds.columns or ())}
     for c in cols:
         if _UNNAMED.match(c) and c not in referenced and (ds.columns is None):
             v = pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)

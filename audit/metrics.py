@@ -79,8 +79,9 @@ def weighted_auc(y: np.ndarray, p: np.ndarray, W: np.ndarray) -> np.ndarray:
     """
     W = np.asarray(W)
     if W.dtype.kind in "iu" or (W.dtype.kind == "f" and np.array_equal(W, np.floor(W))):
-        if W.size == 0 or (W.min() >= 0 and float(W.max()) * len(W) < 2**40):  # far from float64's exact range
-            return _weighted_auc_counts(y, p, W)
+        top = float(W.max()) * len(W) if W.size else 0.0
+        if W.size == 0 or (W.min() >= 0 and top < 2**40 and top * top < 2**62):  # far from float64's exact range,
+            return _weighted_auc_counts(y, p, W)  # and the products of weight sums far from int64's
     return _weighted_auc_grouped(y, p, W)
 
 
@@ -116,32 +117,43 @@ def _weighted_auc_grouped(y: np.ndarray, p: np.ndarray, W: np.ndarray) -> np.nda
         return (pos * (below + 0.5 * neg)).sum(axis=0) / (pos.sum(axis=0) * neg.sum(axis=0))
 
 
-def make_scorer(metric: str, *, threshold: float = 0.5) -> Callable[[np.ndarray, np.ndarray], float]:
-    """A greater-is-better score ``f(y_true, p)`` for a metric name.
+def make_scorer(metric: str, *, threshold: float = 0.5) -> Callable[..., float]:
+    """A greater-is-better score ``f(y_true, p, sample_weight=None)`` for a metric name.
 
     Built in: ``roc_auc``, ``average_precision``, ``accuracy``, ``f1``, ``log_loss``, ``brier`` (losses are negated),
     ``neg_mean_squared_error``, ``r2``. Any other scikit-learn scorer name is applied through a thin estimator
-    wrapper around the predictions.
+    wrapper around the predictions. With ``sample_weight`` each is scikit-learn's weighted metric (ROC AUC: ties
+    share their weight half-and-half, as scikit-learn's).
     """
     from sklearn import metrics as m
 
     def clip(p):
         return np.clip(p, 1e-15, 1 - 1e-15)
 
+    def auc(y, p, w=None):
+        return roc_auc_fast(y, p) if w is None else float(weighted_auc(y, p, np.asarray(w, dtype=float)[:, None])[0])
+
+    def log_loss(y, p, w=None):
+        return -m.log_loss(y, clip(p), labels=[0, 1], sample_weight=w)
+
+    def brier(y, p, w=None):
+        return -m.brier_score_loss(y, p, sample_weight=w)
+
     builtin = {
-        "roc_auc": roc_auc_fast,
-        "average_precision": m.average_precision_score,
-        "accuracy": lambda y, p: float(np.mean((p >= threshold) == y)),
-        "f1": lambda y, p: m.f1_score(y, (p >= threshold).astype(int), zero_division=0),
-        "log_loss": lambda y, p: -m.log_loss(y, clip(p), labels=[0, 1]),
-        "neg_log_loss": lambda y, p: -m.log_loss(y, clip(p), labels=[0, 1]),
-        "brier": lambda y, p: -m.brier_score_loss(y, p),
-        "neg_brier_score": lambda y, p: -m.brier_score_loss(y, p),
-        "neg_mean_squared_error": lambda y, p: -float(np.mean((y - p) ** 2)),
-        "r2": m.r2_score,
+        "roc_auc": auc,
+        "average_precision": lambda y, p, w=None: m.average_precision_score(y, p, sample_weight=w),
+        "accuracy": lambda y, p, w=None: float(np.average((p >= threshold) == y, weights=w)),
+        "f1": lambda y, p, w=None: m.f1_score(y, (p >= threshold).astype(int), zero_division=0, sample_weight=w),
+        "log_loss": log_loss,
+        "neg_log_loss": log_loss,
+        "brier": brier,
+        "neg_brier_score": brier,
+        "neg_mean_squared_error": lambda y, p, w=None: -float(np.average((y - p) ** 2, weights=w)),
+        "r2": lambda y, p, w=None: m.r2_score(y, p, sample_weight=w),
     }
     if metric in builtin:
-        return builtin[metric]
+        fn = builtin[metric]
+        return lambda y, p, sample_weight=None: fn(y, p, sample_weight)
     try:
         scorer = m.get_scorer(metric)
     except ValueError:
@@ -149,7 +161,12 @@ def make_scorer(metric: str, *, threshold: float = 0.5) -> Callable[[np.ndarray,
             f"unknown metric {metric!r}; use one of {sorted(builtin)} or a scikit-learn scorer name"
         ) from None
     est = _PrecomputedClassifier(threshold)
-    return lambda y, p: float(scorer(est, np.asarray(p).reshape(-1, 1), y))
+
+    def custom(y, p, sample_weight=None):
+        extra = {} if sample_weight is None else {"sample_weight": sample_weight}
+        return float(scorer(est, np.asarray(p).reshape(-1, 1), y, **extra))
+
+    return custom
 
 
 class _PrecomputedClassifier:
@@ -182,10 +199,13 @@ class _PrecomputedClassifier:
         return (np.asarray(X)[:, 0] >= self.threshold).astype(int)
 
 
-def expected_calibration_error(y: np.ndarray, p: np.ndarray, *, n_bins: int = 10) -> tuple[float, pd.DataFrame]:
+def expected_calibration_error(
+    y: np.ndarray, p: np.ndarray, *, n_bins: int = 10, sample_weight: np.ndarray | None = None
+) -> tuple[float, pd.DataFrame]:
     """Expected calibration error over equal-width probability bins, and the per-bin table.
 
-    ECE = sum_b (n_b / n) * |mean(y in b) - mean(p in b)|.
+    ECE = sum_b (n_b / n) * |mean(y in b) - mean(p in b)|, with ``sample_weight`` weighted means and shares (the
+    table's ``rows`` stay row counts, its ``weight`` column holds each bin's weight).
 
     Examples
     --------
@@ -194,14 +214,17 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, *, n_bins: int = 10
     0.0
     """
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    b = np.clip((np.asarray(p, dtype=float) * n_bins).astype(int), 0, n_bins - 1)  # as the fairness module bins
+    p = np.asarray(p, dtype=float)
+    b = np.clip((p * n_bins).astype(int), 0, n_bins - 1)  # as the fairness module bins
     counts = np.bincount(b, minlength=n_bins)
-    sum_p = np.bincount(b, weights=p, minlength=n_bins)
-    sum_y = np.bincount(b, weights=y, minlength=n_bins)
+    w = np.ones(len(p)) if sample_weight is None else np.asarray(sample_weight, dtype=float)
+    mass = np.bincount(b, weights=w, minlength=n_bins)
+    sum_p = np.bincount(b, weights=w * p, minlength=n_bins)
+    sum_y = np.bincount(b, weights=w * np.asarray(y, dtype=float), minlength=n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean_p, mean_y = sum_p / counts, sum_y / counts
-    gap = np.where(counts > 0, np.abs(mean_y - mean_p), 0.0)
-    ece = float((counts * gap).sum() / max(len(y), 1))
+        mean_p, mean_y = sum_p / mass, sum_y / mass
+    gap = np.where(mass > 0, np.abs(mean_y - mean_p), 0.0)
+    ece = float((mass * gap).sum() / max(mass.sum(), 1e-300)) if len(p) else 0.0
     table = pd.DataFrame(
         {
             "bin_low": edges[:-1],
@@ -211,11 +234,17 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, *, n_bins: int = 10
             "observed_rate": mean_y,
         }
     )
+    if sample_weight is not None:
+        table.insert(3, "weight", mass)
     return ece, table
 
 
-def classification_metrics(y: np.ndarray, p: np.ndarray, *, threshold: float, n_bins: int = 10) -> dict[str, float]:
+def classification_metrics(
+    y: np.ndarray, p: np.ndarray, *, threshold: float, n_bins: int = 10, sample_weight: np.ndarray | None = None
+) -> dict[str, float]:
     """The headline metrics of a probabilistic binary classifier (labels 0/1).
+
+    With ``sample_weight`` every metric but ``rows`` is weighted (see :func:`_weighted_classification_metrics`).
 
     Computed from two sorts, counts and sums; each equals scikit-learn's ``roc_auc_score``,
     ``average_precision_score``, ``accuracy_score``, ``f1_score``, ``log_loss`` (scores clipped to [1e-15, 1 -
@@ -233,6 +262,8 @@ def classification_metrics(y: np.ndarray, p: np.ndarray, *, threshold: float, n_
     p = np.asarray(p, dtype=np.float64)
     if not np.isfinite(p).all():
         raise ValueError("the scores contain NaN or infinite values; the model must return probabilities")
+    if sample_weight is not None:
+        return _weighted_classification_metrics(y, p, np.asarray(sample_weight, dtype=float), threshold, n_bins)
     positive = y.astype(bool)
     n, n_pos = len(y), int(np.count_nonzero(positive))
     pred = p >= threshold
@@ -255,6 +286,25 @@ def classification_metrics(y: np.ndarray, p: np.ndarray, *, threshold: float, n_
         "log_loss": float(loss.mean()),
         "brier": float(np.mean((positive - p) ** 2)),
         "ece": expected_calibration_error(y, p, n_bins=n_bins)[0],
+    }
+
+
+def _weighted_classification_metrics(
+    y: np.ndarray, p: np.ndarray, w: np.ndarray, threshold: float, n_bins: int
+) -> dict[str, float]:
+    """:func:`classification_metrics` with row weights: each metric as scikit-learn's with ``sample_weight`` (tested),
+    the ROC AUC with ties sharing their weight half-and-half, the average precision from scikit-learn."""
+    from sklearn.metrics import average_precision_score
+
+    y = np.asarray(y).astype(float)
+    one = weighted_metrics(y, p, w[:, None], threshold=threshold, n_bins=n_bins)
+    both = 0 < np.sum(w * y) < np.sum(w)
+    return {
+        "rows": int(len(y)),
+        "positive_rate": float(np.sum(w * y) / np.sum(w)),
+        "roc_auc": float(one["roc_auc"][0]) if both else float("nan"),
+        "pr_auc": float(average_precision_score(y, p, sample_weight=w)) if both else float("nan"),
+        **{k: float(one[k][0]) for k in ("accuracy", "f1", "log_loss", "brier", "ece")},
     }
 
 
@@ -283,8 +333,10 @@ def bootstrap_intervals(
     n_bootstrap: int = 200,
     confidence: float = 0.95,
     random_state: int | None = 0,
+    sample_weight: np.ndarray | None = None,
 ) -> dict[str, tuple[float, float]]:
-    """Percentile intervals of the headline metrics from a Poisson(1) bootstrap of the rows.
+    """Percentile intervals of the headline metrics from a Poisson(1) bootstrap of the rows (with ``sample_weight``,
+    a replicate's row weight is the Poisson count times the row's weight).
 
     Every metric is a weighted sum over rows, so a replicate is a column of row weights and all replicates are a
     few matrix products: ROC AUC from one sort (ties share their weight half-and-half, as in the Mann-Whitney
@@ -301,6 +353,8 @@ def bootstrap_intervals(
     """
     y = np.asarray(y).astype(float)
     W = poisson_weights(len(y), n_bootstrap, random_state)
+    if sample_weight is not None:
+        W *= np.asarray(sample_weight, dtype=float)[:, None]
     reps = weighted_metrics(y, np.asarray(p, dtype=float), W, threshold=threshold, n_bins=n_bins)
     alpha = (1 - confidence) / 2
     return {k: percentile_interval(v, alpha) for k, v in reps.items()}

@@ -86,6 +86,8 @@ def scores_frame(ctx: AuditContext):
     cols["score"] = ctx.proba_audit
     cols["decision"] = (ctx.proba_audit >= thr).astype(np.int8)
     cols["favourable"] = ~schema.declined(ctx.proba_audit, thr)
+    if ds.w_test is not None:
+        cols["weight"] = ds.w_test
     for name, labels in audit_groupings(ctx).items():
         cols[f"group:{name}"] = np.asarray(labels, dtype=object).astype(str)
     for c in ctx.X_audit.columns:

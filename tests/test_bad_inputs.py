@@ -449,6 +449,51 @@ CASES = [
         _cfg(model=LOAD),
         "describe different features",
     ),  # fmt: skip
+    # ---- dataset.weight (issue 23)
+    ("weight column missing", _data(F()), _cfg(**{"dataset.weight": "wt"}), "dataset.weight: column 'wt' not found"),
+    ("weight is the target", _data(F()), _cfg(**{"dataset.weight": "y"}), "dataset.weight: 'y' is the target column"),
+    (
+        "weight is a sensitive feature",
+        _data(F().assign(wt=1.0)),
+        _cfg(**{"dataset.weight": "group"}),
+        "dataset.weight: 'group' is a sensitive feature",
+    ),  # fmt: skip
+    (
+        "weight with text",
+        _data(F().assign(wt=["1.5"] * 799 + ["heavy"])),
+        _cfg(**{"dataset.weight": "wt"}),
+        "value(s) of column 'wt' in the training rows are not numbers: 'heavy'",
+    ),  # fmt: skip
+    (
+        "negative weight",
+        _data(F().assign(wt=np.r_[np.ones(799), -2.0])),
+        _cfg(**{"dataset.weight": "wt"}),
+        "are negative or infinite: -2.0 (data row 800)",
+    ),  # fmt: skip
+    (
+        "missing weight",
+        _data(F().assign(wt=np.r_[np.ones(799), np.nan])),
+        _cfg(**{"dataset.weight": "wt"}),
+        "of column 'wt' in the training rows are missing",
+    ),  # fmt: skip
+    (
+        "weights all zero",
+        _data(F().assign(wt=0.0)),
+        _cfg(**{"dataset.weight": "wt"}),
+        "every weight of column 'wt' in the training rows is 0",
+    ),  # fmt: skip
+    (
+        "weight with a population",
+        None,
+        _cfg(**{"dataset.weight": "wt", "dataset.population": {"path": "pop.parquet"}}),
+        "dataset.weight: 'wt' cannot be used with dataset.population",
+    ),  # fmt: skip
+    (
+        "weight with shap's own engine",
+        None,
+        _cfg(**{"dataset.weight": "wt", "local.shap": {"engine": "shap"}}),
+        "local.shap.engine: 'shap' cannot weight the background",
+    ),  # fmt: skip
 ]
 
 # Resource cases: each runs in a child process whose own wall time and peak memory are measured (os.wait4).

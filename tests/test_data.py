@@ -18,7 +18,7 @@ from tests.conftest import ROOT, base_config, synthetic_frame
 @pytest.mark.parametrize(
     ("name", "n_train", "n_test", "n_features", "pos_rate"),
     [
-        ("adult", 32561, 16281, 14, 0.2408),
+        ("adult", 32561, 16281, 13, 0.2408),  # fnlwgt is dataset.weight, not a feature
         ("german_credit", 700, 300, 20, 0.70),
         ("bank_marketing", 33908, 11303, 15, 0.117),
     ],

@@ -22,6 +22,7 @@ def _valid() -> dict:
     ds.update(
         columns=["x1", "x2", "colour", "group"],
         index_col="id",
+        weight="wt",
         value_labels={"group": {"A": "group A", "B": "group B"}},
         features={"numeric": ["x1"], "categorical": ["colour"]},
         filter="x1 > -10",
@@ -63,6 +64,7 @@ CASES = {
         _set("dataset.index_col", "idd"),
         "dataset.index_col: column 'idd' not found (did you mean 'id'?)",
     ),
+    "dataset.weight": (_set("dataset.weight", "wgt"), "dataset.weight: column 'wgt' not found (did you mean 'wt'?)"),
     "dataset.value_labels{}": (
         _set("dataset.value_labels", {"grup": {"A": "a"}}),
         "dataset.value_labels.grup: column 'grup' not found (did you mean 'group'?)",
@@ -157,7 +159,8 @@ CASES = {
 
 @pytest.fixture
 def folder(tmp_path):
-    synthetic_frame().assign(id=lambda d: [f"a{i}" for i in range(len(d))]).to_csv(tmp_path / "data.csv", index=False)
+    frame = synthetic_frame().assign(id=lambda d: [f"a{i}" for i in range(len(d))], wt=1.0)
+    frame.to_csv(tmp_path / "data.csv", index=False)
     return tmp_path
 
 

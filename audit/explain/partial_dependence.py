@@ -73,7 +73,13 @@ class PartialDependence:
 
 
 def partial_dependence(
-    predict: PredictFn, X: np.ndarray, j: int, grid: np.ndarray, *, feature: str = ""
+    predict: PredictFn,
+    X: np.ndarray,
+    j: int,
+    grid: np.ndarray,
+    *,
+    feature: str = "",
+    sample_weight: np.ndarray | None = None,
 ) -> PartialDependence:
     """PD and ICE of column ``j`` over ``grid``: for every grid value, set column ``j`` of every row to it.
 
@@ -87,6 +93,8 @@ def partial_dependence(
     grid : ndarray of shape (n_grid,)
     feature : str
         Name carried in the result.
+    sample_weight : ndarray of shape (n_rows,), optional
+        Row weights of the average (as ``sklearn.inspection.partial_dependence``'s, tested); ICE curves are per row.
 
     Examples
     --------
@@ -101,7 +109,8 @@ def partial_dependence(
     batch = np.repeat(X[None, :, :], g, axis=0)  # (g, n, p)
     batch[:, :, j] = grid[:, None]
     out = np.asarray(predict(batch.reshape(g * n, -1)), dtype=np.float64).reshape(g, n)
-    return PartialDependence(feature, grid, out.mean(axis=1), out.T.copy())
+    average = out.mean(axis=1) if sample_weight is None else out @ (sample_weight / np.sum(sample_weight))
+    return PartialDependence(feature, grid, average, out.T.copy())
 
 
 @dataclass(frozen=True)
@@ -123,8 +132,10 @@ def partial_dependence_2d(
     grid_2: np.ndarray,
     *,
     features: tuple[str, str] = ("", ""),
+    sample_weight: np.ndarray | None = None,
 ) -> PartialDependence2D:
-    """Two-way PD of columns ``j`` and ``k`` on the product grid, in one batch of ``n * len(grid_1) * len(grid_2)``."""
+    """Two-way PD of columns ``j`` and ``k`` on the product grid, in one batch of ``n * len(grid_1) * len(grid_2)``
+    (a weighted average over rows with ``sample_weight``)."""
     X = np.asarray(X, dtype=np.float64)
     g1, g2 = np.asarray(grid_1, dtype=np.float64), np.asarray(grid_2, dtype=np.float64)
     n = len(X)
@@ -133,5 +144,6 @@ def partial_dependence_2d(
     batch = np.repeat(X[None, :, :], cells, axis=0)
     batch[:, :, j] = a.reshape(-1)[:, None]
     batch[:, :, k] = b.reshape(-1)[:, None]
-    out = np.asarray(predict(batch.reshape(cells * n, -1)), dtype=np.float64).reshape(cells, n).mean(axis=1)
+    out = np.asarray(predict(batch.reshape(cells * n, -1)), dtype=np.float64).reshape(cells, n)
+    out = out.mean(axis=1) if sample_weight is None else out @ (sample_weight / np.sum(sample_weight))
     return PartialDependence2D(features, g1, g2, out.reshape(len(g1), len(g2)))

@@ -146,6 +146,7 @@ def permutation_importance(
     chunk_rows: int = 1 << 20,
     random_state: int | np.random.Generator | None = None,
     n_bootstrap: int = 0,
+    sample_weight: np.ndarray | None = None,
 ) -> PermutationImportance:
     """Score drop when each feature (or group of features) is shuffled.
 
@@ -179,6 +180,9 @@ def permutation_importance(
     n_bootstrap : int, default 0
         With ``metric="roc_auc"``: Poisson bootstrap resamples of the rows for :attr:`PermutationImportance.
         sampling_interval` (the permuted scores are reused, nothing is re-evaluated).
+    sample_weight : ndarray of shape (n_rows,), optional
+        Row weights of the score (as ``sklearn.inspection.permutation_importance``'s: the shuffles stay uniform over
+        rows; tested against it); a bootstrap replicate's row weight is its Poisson count times the row's weight.
 
     Returns
     -------
@@ -197,22 +201,25 @@ def permutation_importance(
         raise ValueError(f"n_repeats must be >= 1, got {n_repeats}")
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y)
+    w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
     rng = as_generator(random_state)
     if max_rows is not None and max_rows < len(X):
         idx = np.sort(rng.choice(len(X), size=max_rows, replace=False))
         X, y = X[idx], y[idx]
+        w = None if w is None else w[idx]
     n = len(X)
     score = make_scorer(metric, threshold=threshold)
     col = {name: j for j, name in enumerate(feature_names)}
     units = permutation_units(feature_names, groups or {})
 
     p_base = predict(X)
-    baseline = score(y, p_base)
+    baseline = score(y, p_base, sample_weight=w)
     rows = n
     imp = np.empty((len(units), n_repeats))
     boot = None
     if n_bootstrap > 0 and metric == "roc_auc":
         W = np.random.default_rng(rng.integers(2**63 - 1)).poisson(1.0, size=(n, n_bootstrap)).astype(np.int32)
+        W = W if w is None else W * w[:, None]
         auc_base = weighted_auc(y, p_base, W)
         boot = np.zeros((len(units), n_bootstrap))
     stack_all = n * n_repeats <= chunk_rows  # small data: all repeats in one array and one call
@@ -221,7 +228,7 @@ def permutation_importance(
         cols = [col[m] for m in members]
         perms = np.stack([rng.permutation(n) for _ in range(n_repeats)])  # (n_repeats, n), shared by the group
         for r, p in enumerate(_permuted_scores(predict, X, cols, perms, stacked, chunk_rows)):
-            imp[u, r] = baseline - score(y, p)
+            imp[u, r] = baseline - score(y, p, sample_weight=w)
             if boot is not None:
                 boot[u] += (auc_base - weighted_auc(y, p, W)) / n_repeats
         rows += n * n_repeats

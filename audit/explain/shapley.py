@@ -70,13 +70,16 @@ def summarize_background(
     categorical_mask: np.ndarray | None = None,
     random_state: int | np.random.Generator | None = None,
     return_index: bool = False,
+    sample_weight: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A background set of at most ``size`` real rows, with weights summing to 1 (and, with ``return_index``, the
     rows' positions in ``X``).
 
     ``"sample"``: a seeded sample without replacement, equal weights. ``"kmeans"``: k-means on standardised numerics
     and one-hot categoricals, then for each cluster the real row nearest its centre (a medoid, so category codes stay
-    valid), weighted by the cluster's share of rows.
+    valid), weighted by the cluster's share of rows. With ``sample_weight`` (``dataset.weight``) a sampled row's
+    weight is its own and a cluster's the sum of its rows' (the rows chosen are the same): the background's weighted
+    average estimates the weighted average over ``X``.
 
     Examples
     --------
@@ -86,13 +89,20 @@ def summarize_background(
     """
     X = np.asarray(X, dtype=np.float64)
     rng = as_generator(random_state)
+    sw = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+
+    def normalised(idx: np.ndarray) -> np.ndarray:
+        if sw is None or not sw[idx].sum() > 0:
+            return np.full(len(idx), 1.0 / len(idx))
+        return sw[idx] / sw[idx].sum()
+
     if size >= len(X):
         idx = np.arange(len(X))
-        out = X.copy(), np.full(len(X), 1.0 / len(X))
+        out = X.copy(), normalised(idx)
         return (*out, idx) if return_index else out
     if method == "sample":
         idx = np.sort(rng.choice(len(X), size=size, replace=False))
-        out = X[idx], np.full(size, 1.0 / size)
+        out = X[idx], normalised(idx)
         return (*out, idx) if return_index else out
     if method != "kmeans":
         raise ValueError(f"background method must be 'sample' or 'kmeans', got {method!r}")
@@ -117,7 +127,7 @@ def summarize_background(
         medoids = np.array([int(np.argmin(((E - c) ** 2).sum(axis=1))) for c in km.cluster_centers_])
     else:
         medoids = d.argmin(axis=0)
-    weights = np.bincount(km.labels_, minlength=size).astype(np.float64)
+    weights = np.bincount(km.labels_, weights=sw, minlength=size).astype(np.float64)
     out = X[medoids], weights / weights.sum()
     return (*out, np.asarray(medoids)) if return_index else out
 

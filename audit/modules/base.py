@@ -103,6 +103,11 @@ class AuditContext:
     population: Any = None  # audit.population.PopulationRun when dataset.population is set
     backend: Any = None  # audit.compute.Backend: where per-partition and per-block work runs (None: this process)
 
+    @property
+    def w_audit(self) -> np.ndarray | None:
+        """Each audit row's ``dataset.weight`` (None without one): the weight of every estimate over audit rows."""
+        return self.dataset.w_test
+
     def seed_for(self, name: str) -> int:
         """A child seed, stable per module name, derived from the config's seed."""
         key = [ord(c) for c in name]

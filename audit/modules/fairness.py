@@ -89,12 +89,18 @@ def _plain_gap(m, grouping: str, fav: str) -> str:
     )
 
 
+def _weights(ctx: AuditContext) -> np.ndarray | None:
+    """The row weights of the rows the numbers are computed on (``dataset.weight``; a population has none)."""
+    return None if labelled_population(ctx) else ctx.w_audit
+
+
 def _calibration_null(p: np.ndarray, groups: dict[str, np.ndarray], ctx: AuditContext, seed: int):
     """``calibrated(grouping, reference, gap)``: :func:`audit.fairness.calibration_gap_null_p` on the rows the
     numbers were computed on, over the groups with enough rows; only called for a gap that would fail."""
     from audit.fairness import calibration_gap_null_p, encode_groups
 
     fc = ctx.config.fairness
+    weight = _weights(ctx)
 
     def calibrated(name: str, reference: str | None, gap: float) -> float:
         levels, codes = encode_groups(np.asarray(groups[name]))
@@ -104,7 +110,7 @@ def _calibration_null(p: np.ndarray, groups: dict[str, np.ndarray], ctx: AuditCo
         eligible = np.bincount(codes, minlength=len(levels)) >= fc.min_group_size
         return calibration_gap_null_p(
             p, codes, eligible, int(hit[0]), gap, n_sim=max(fc.n_bootstrap, 199), seed=seed,
-            favourable_positive=ctx.dataset.schema.favourable_is_positive,
+            favourable_positive=ctx.dataset.schema.favourable_is_positive, sample_weight=weight,
         )  # fmt: skip
 
     return calibrated
@@ -122,12 +128,14 @@ def _group_table(res, ref: str | None, min_group_size: int) -> Table:
     t = res.table.copy()
     overall = {"group": "overall (all rows)", "eligible": True, **res.overall}
     overall["count"] = int(t["count"].sum())
+    if "weight" in t:
+        overall["weight"] = float(t["weight"].sum())
     t = pd.concat([pd.DataFrame([overall]), t], ignore_index=True)
     if ref is not None and ref in set(t["group"]):
         sr_ref = float(t.loc[t["group"] == ref, "selection_rate"].iloc[0])
         t["selection_ratio_vs_ref"] = t["selection_rate"] / sr_ref if sr_ref > 0 else np.nan
         t["selection_diff_vs_ref"] = t["selection_rate"] - sr_ref
-    cols = ["group", "count", "eligible", "base_rate", "selection_rate", "selection_rate_low", "selection_rate_high",
+    cols = ["group", "count", "weight", "eligible", "base_rate", "selection_rate", "selection_rate_low", "selection_rate_high",
             "selection_ratio_vs_ref", "selection_diff_vs_ref", "tpr", "tpr_low", "tpr_high", "fpr", "fpr_low",
             "fpr_high", "accuracy", "precision", "roc_auc", "ece"]  # fmt: skip
     t = t[[c for c in cols if c in t.columns]]
@@ -170,7 +178,7 @@ class FairnessModule:
         single = [r for r in results if " x " not in r.name]
         figures = [self._rates_figure(single, "fairness_rates")] if single else []
         figures += [self._rates_figure([r], f"fairness_{r.name}") for r in results if " x " in r.name]
-        figures.append(self._roc_figure(y, p, sensitive, groups, ctx.config))
+        figures.append(self._roc_figure(y, p, sensitive, groups, ctx.config, _weights(ctx)))
         return ModuleResult(
             summary={
                 "groupings": len(results),
@@ -211,6 +219,7 @@ class FairnessModule:
             n_bootstrap=fc.n_bootstrap,
             confidence=fc.confidence, random_state=seed, backend=ctx.backend,
             favourable_positive=ctx.dataset.schema.favourable_is_positive, references=fc.reference_groups,
+            sample_weight=_weights(ctx),
         )  # fmt: skip
         return groups, results
 
@@ -340,7 +349,13 @@ class FairnessModule:
                 f"intervals from {fc.n_bootstrap} Poisson resamples of the {audited}, shifted by the bootstrap "
                 "estimate of bias (gaps over groups are biased upward by resampling); 'inconclusive' when the interval "
                 "straddles the threshold. Disadvantaged / advantaged: the groups with the lowest and highest rate "
-                f"behind the measure (selection: the {fav}).",
+                f"behind the measure (selection: the {fav})."
+                + (
+                    f" Rates weighted by dataset.weight '{cfg.dataset.weight}'; group sizes and the events behind "
+                    "the support rules are row counts."
+                    if _weights(ctx) is not None
+                    else ""
+                ),
             )
         ]
         references = {}
@@ -424,7 +439,12 @@ class FairnessModule:
 
     @staticmethod
     def _roc_figure(
-        y: np.ndarray, p: np.ndarray, sensitive: list[str], groups: dict[str, np.ndarray], cfg: AuditConfig
+        y: np.ndarray,
+        p: np.ndarray,
+        sensitive: list[str],
+        groups: dict[str, np.ndarray],
+        cfg: AuditConfig,
+        w: np.ndarray | None = None,
     ) -> Figure:
         from sklearn.metrics import roc_curve
 
@@ -437,7 +457,7 @@ class FairnessModule:
                 yg = y[m]
                 if m.sum() < cfg.fairness.min_group_size or yg.min() == yg.max():
                     continue
-                fpr, tpr, _ = roc_curve(yg, p[m])
+                fpr, tpr, _ = roc_curve(yg, p[m], sample_weight=None if w is None else w[m])
                 curves.append((str(g)[:20], fpr, tpr))
             panels.append((s, curves))
         return Figure(

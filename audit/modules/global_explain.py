@@ -248,9 +248,10 @@ class PermutationModule:
             ctx.predictor.predict_codes, ctx.codes_audit, ctx.y_audit, feature_names=ctx.dataset.schema.feature_names,
             groups=groups, metric=cfg.metric, n_repeats=cfg.n_repeats, max_rows=cfg.max_rows,
             threshold=ctx.config.model.threshold, chunk_rows=ctx.config.compute.chunk_rows,
-            random_state=ctx.seed_for(self.name), n_bootstrap=cfg.n_bootstrap,
+            random_state=ctx.seed_for(self.name), n_bootstrap=cfg.n_bootstrap, sample_weight=ctx.w_audit,
         )  # fmt: skip
-        return res, f"{res.n_rows} test rows"
+        weighted = f", weighted by dataset.weight '{ctx.config.dataset.weight}'" if ctx.w_audit is not None else ""
+        return res, f"{res.n_rows} test rows{weighted}"
 
     @staticmethod
     def _figure(table: pd.DataFrame, metric: str, flagged: set[str]) -> Figure:
@@ -279,7 +280,8 @@ class PartialDependenceModule:
         X = ctx.codes_audit[sample]
         ice_rows = _sample(len(X), cfg.ice_curves, seed + 1)
         predict = ctx.predictor.predict_codes
-        results, rows, population_pd = self._curves(ctx, X, names, ice_rows)
+        w = None if ctx.w_audit is None else ctx.w_audit[sample]  # dataset.weight: the PD is a weighted average
+        results, rows, population_pd = self._curves(ctx, X, names, ice_rows, w)
         table = pd.DataFrame(rows).sort_values("pd_range", ascending=False, kind="stable")
         findings = list(cap_notes)
         for r in table.itertuples():
@@ -305,7 +307,7 @@ class PartialDependenceModule:
         }
         for a, b in cfg.pairs:
             _check_features([a, b], schema, "modules.partial_dependence.pairs")
-            figures.append(self._pair(predict, X, schema, a, b, min(cfg.grid_resolution, 12), data))
+            figures.append(self._pair(predict, X, schema, a, b, min(cfg.grid_resolution, 12), data, w))
         return ModuleResult(
             summary={
                 "features": len(names),
@@ -332,9 +334,9 @@ class PartialDependenceModule:
             data=data,
         )
 
-    def _curves(self, ctx: AuditContext, X: np.ndarray, names: list[str], ice_rows: np.ndarray):
+    def _curves(self, ctx: AuditContext, X: np.ndarray, names: list[str], ice_rows: np.ndarray, w=None):
         """PD and ICE of each feature over its grid (levels seen in the sample, or quantiles); with a population the
-        PD is the average over all its rows. Returns per feature what the figures draw, the table rows, and the
+        PD is the average over all its rows, with ``w`` (``dataset.weight``) a weighted average. Returns per feature what the figures draw, the table rows, and the
         population PD (or None)."""
         cfg = ctx.config.modules.partial_dependence
         schema = ctx.dataset.schema
@@ -358,7 +360,7 @@ class PartialDependenceModule:
         results, rows = [], []
         for i, (name, j) in enumerate(zip(names, cols, strict=True)):
             feat, grid, freq = schema.feature(name), grids[i], freqs[i]
-            pd_ = partial_dependence(ctx.predictor.predict_codes, X, j, grid, feature=name)
+            pd_ = partial_dependence(ctx.predictor.predict_codes, X, j, grid, feature=name, sample_weight=w)
             if population_pd is not None:
                 pd_ = replace(pd_, average=population_pd[i])
             labels, avg, ice = self._display(pd_, feat, freq, cfg.max_levels)
@@ -417,7 +419,7 @@ class PartialDependenceModule:
         )  # fmt: skip
 
     @staticmethod
-    def _pair(predict, X, schema: Schema, a: str, b: str, res: int, data: dict) -> Figure:
+    def _pair(predict, X, schema: Schema, a: str, b: str, res: int, data: dict, w=None) -> Figure:
         j, k = schema.feature_names.index(a), schema.feature_names.index(b)
         grids = []
         for c, name in ((j, a), (k, b)):
@@ -425,7 +427,7 @@ class PartialDependenceModule:
             grids.append(
                 np.unique(X[:, c]) if f.is_categorical else quantile_grid(X[:, c], res, include_extremes=False)
             )
-        pd2 = partial_dependence_2d(predict, X, j, k, grids[0], grids[1], features=(a, b))
+        pd2 = partial_dependence_2d(predict, X, j, k, grids[0], grids[1], features=(a, b), sample_weight=w)
         data.setdefault("pairs", {})[f"{a} x {b}"] = {
             "grid_1": _raw_grid(schema.feature(a), pd2.grid_1),
             "grid_2": _raw_grid(schema.feature(b), pd2.grid_2),

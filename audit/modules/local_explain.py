@@ -224,7 +224,7 @@ class ShapModule:
         )  # fmt: skip
         B, w, bg_rows = summarize_background(
             ctx.train_codes(), bg_size, method=lc.background.method, categorical_mask=schema.categorical_mask,
-            random_state=seed, return_index=True,
+            random_state=seed, return_index=True, sample_weight=ctx.dataset.w_train,
         )  # fmt: skip
         common = dict(feature_names=names, method=sc.method, n_permutations=n_perm,
                       exact_max_features=sc.exact_max_features, random_state=seed + 1)  # fmt: skip

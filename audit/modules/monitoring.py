@@ -51,8 +51,10 @@ class DataQualityModule:
         table = audit.rename(columns={"missing": "missing_audit", "top_value_share": "top_value_share_audit"})
         table.insert(3, "missing_train", train["missing"].to_numpy())
         names = schema.feature_names
-        dup_audit = duplicate_share(ctx.X_audit[names])
-        dup_train = duplicate_share(ctx.dataset.X_train[names])
+        # a repeated record repeats its weight too: with dataset.weight, rows alike in every feature but not in the
+        # weight are different people (a census's identical respondents), not a double load
+        dup_audit = duplicate_share(_with_weight(ctx.X_audit[names], ctx.dataset.w_test))
+        dup_train = duplicate_share(_with_weight(ctx.dataset.X_train[names], ctx.dataset.w_train))
         pos_train, pos_audit = float(np.mean(ctx.dataset.y_train)), float(np.mean(ctx.y_audit))
         n_pos = len(ctx.y_audit)
         pop_y = ctx.population.scored.y if ctx.population is not None else None
@@ -153,8 +155,9 @@ class DataQualityModule:
         check(
             f"Duplicate test rows: {dup_audit:.1%} (training {dup_train:.1%})", dup_audit, cfg.max_duplicates,
             f"duplicate share <= {cfg.max_duplicates}", "duplicate_share", severity="low",
-            plain="Rows repeating an earlier row in every feature: a double load, or a large share of identical "
-            "applicants.",
+            plain="Rows repeating an earlier row in every feature"
+            + (" and in the weight" if ctx.dataset.w_test is not None else "")
+            + ": a double load, or a large share of identical applicants.",
         )  # fmt: skip
         self._out_of_range(check, table[table["kind"] == "numeric"], sizes, cfg)
         cat = table[table["kind"] == "categorical"]
@@ -346,3 +349,8 @@ def _draw_csi(top: pd.DataFrame, moderate: float, significant: float):
     ax.axvline(significant, ls=":", color="grey", lw=1)
     ax.set(xlabel="CSI (PSI of the feature)", title="Feature drift since training")
     return fig
+
+
+def _with_weight(frame: pd.DataFrame, weight: np.ndarray | None) -> pd.DataFrame:
+    """``frame`` with the rows' ``dataset.weight`` as one more column (``frame`` itself without one)."""
+    return frame if weight is None else frame.assign(**{"\0weight": weight})

@@ -22,8 +22,11 @@ class PerformanceModule:
     def run(self, ctx: AuditContext) -> ModuleResult:
         cfg = ctx.config.modules.performance
         thr = ctx.config.model.threshold
-        test = classification_metrics(ctx.y_audit, ctx.proba_audit, threshold=thr, n_bins=cfg.n_bins)
-        train = classification_metrics(ctx.dataset.y_train, ctx.proba_train, threshold=thr, n_bins=cfg.n_bins)
+        w = ctx.w_audit  # dataset.weight: every metric weighted (population runs have none, see the config check)
+        test = classification_metrics(ctx.y_audit, ctx.proba_audit, threshold=thr, n_bins=cfg.n_bins, sample_weight=w)
+        train = classification_metrics(
+            ctx.dataset.y_train, ctx.proba_train, threshold=thr, n_bins=cfg.n_bins, sample_weight=ctx.dataset.w_train
+        )
         # With a population, the headline numbers (and the gates) are on every row of it; the test split stays
         # as a column, so a population that drifted away from the model's data shows next to it.
         y_a, p_a, where = ctx.y_audit, ctx.proba_audit, "test split"
@@ -37,11 +40,11 @@ class PerformanceModule:
             where = f"population ({len(y_a)} rows)"
         ci = bootstrap_intervals(
             ctx.y_audit, ctx.proba_audit, threshold=thr, n_bins=cfg.n_bins, n_bootstrap=cfg.n_bootstrap,
-            random_state=ctx.seed_for(self.name),
+            random_state=ctx.seed_for(self.name), sample_weight=w,
         ) if cfg.n_bootstrap else {}  # fmt: skip
         metrics = self._metrics_table(columns, ci)
         cm_frame, cm = self._confusion(ctx, y_a, p_a, thr)
-        ece, bins = expected_calibration_error(y_a, p_a, n_bins=cfg.n_bins)
+        ece, bins = expected_calibration_error(y_a, p_a, n_bins=cfg.n_bins, sample_weight=None if population else w)
         findings = self._findings(ctx, population or test, train, test, ci, population, ece)
         estimate, est_table = None, None
         if ctx.population is not None and cfg.estimate:
@@ -61,11 +64,13 @@ class PerformanceModule:
                     "Metrics on the " + ("population, " if population else "") + "test and training splits",
                     metrics.reset_index(),
                     f"Threshold {thr} for accuracy, F1 and the confusion matrix. Test intervals: 95% percentile "
-                    f"intervals from {cfg.n_bootstrap} Poisson bootstrap resamples of the test rows.",
+                    f"intervals from {cfg.n_bootstrap} Poisson bootstrap resamples of the test rows."
+                    + _weighted_note(ctx),
                 ),
                 Table(
                     "confusion",
-                    f"Confusion matrix on the {where} at threshold {thr}",
+                    f"Confusion matrix on the {where} at threshold {thr}"
+                    + (" (rows, unweighted)" if w is not None else ""),
                     cm_frame.reset_index(names=""),
                 ),
                 Table("calibration", f"Reliability table, {where}", bins),
@@ -279,14 +284,23 @@ class PerformanceModule:
     def _roc(ctx: AuditContext) -> Figure:
         from sklearn.metrics import roc_auc_score, roc_curve
 
-        curves = [("test", ctx.y_audit, ctx.proba_audit), ("train", ctx.dataset.y_train, ctx.proba_train)]
+        curves = [
+            ("test", ctx.y_audit, ctx.proba_audit, ctx.w_audit),
+            ("train", ctx.dataset.y_train, ctx.proba_train, ctx.dataset.w_train),
+        ]
         if ctx.population is not None and ctx.population.scored.y is not None:
-            curves.insert(0, ("population", ctx.population.scored.y, ctx.population.scored.proba))
+            curves.insert(0, ("population", ctx.population.scored.y, ctx.population.scored.proba, None))
         lines = []
-        for name, y, p in curves:
-            fpr, tpr, _ = roc_curve(y, p)
-            lines.append((f"{name} (AUC {roc_auc_score(y, p):.3f})", fpr, tpr))
+        for name, y, p, w in curves:
+            fpr, tpr, _ = roc_curve(y, p, sample_weight=w)
+            lines.append((f"{name} (AUC {roc_auc_score(y, p, sample_weight=w):.3f})", fpr, tpr))
         return Figure("roc", "ROC curves on the " + ", ".join(c[0] for c in curves) + " rows.", draw(_draw_roc, lines))
+
+
+def _weighted_note(ctx: AuditContext) -> str:
+    """The sentence a caption gets when ``dataset.weight`` weights its numbers."""
+    name = ctx.config.dataset.weight
+    return f" Every metric but rows is weighted by dataset.weight '{name}'." if name else ""
 
 
 # ------------------------------------------------------------------------------------ figures (see plotting.draw)
