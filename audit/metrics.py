@@ -82,19 +82,24 @@ def weighted_auc(y: np.ndarray, p: np.ndarray, W: np.ndarray) -> np.ndarray:
         top = float(W.max()) * len(W) if W.size else 0.0
         if W.size == 0 or (W.min() >= 0 and top < 2**40 and top * top < 2**62):  # far from float64's exact range,
             return _weighted_auc_counts(y, p, W)  # and the products of weight sums far from int64's
+    if W.ndim == 2 and W.shape[1] > 1 and W.size and W.min() >= 0:  # other non-negative weights (dataset.weight
+        # times a bootstrap's counts): the same sums in floating point, faster than grouping ties from 50 columns on
+        return _weighted_auc_counts(y, p, W, exact=False)
     return _weighted_auc_grouped(y, p, W)
 
 
-def _weighted_auc_counts(y: np.ndarray, p: np.ndarray, W: np.ndarray) -> np.ndarray:
-    """:func:`weighted_auc` for whole-number weights, in integer arithmetic."""
+def _weighted_auc_counts(y: np.ndarray, p: np.ndarray, W: np.ndarray, *, exact: bool = True) -> np.ndarray:
+    """:func:`weighted_auc` for whole-number weights, in integer arithmetic (``exact``), or for any non-negative
+    weights in float64 (the cumulative weights of the negatives, as for counts; twice as fast as grouping ties)."""
     y = np.asarray(y).astype(bool)
     p = np.asarray(p)
-    W = W.astype(np.int64, copy=False)
+    dtype = np.int64 if exact else np.float64
+    W = W.astype(dtype, copy=False)
     neg_rows = np.flatnonzero(~y)
     order = np.argsort(p[neg_rows], kind="stable")
     neg_scores = p[neg_rows][order]
     Wn = W[neg_rows[order]]
-    C = np.zeros((len(neg_rows) + 1, W.shape[1]), dtype=np.int64)
+    C = np.zeros((len(neg_rows) + 1, W.shape[1]), dtype=dtype)
     np.cumsum(Wn, axis=0, out=C[1:])  # C[k]: weight of the k lowest-scored negatives
     pos_scores, Wp = p[y], W[y]
     left = np.searchsorted(neg_scores, pos_scores, side="left")  # negatives strictly below

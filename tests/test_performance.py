@@ -93,8 +93,8 @@ def test_weighted_metrics_equal_sklearn_with_sample_weight():
 
 def test_whole_number_weight_auc_is_the_general_path_to_the_bit():
     """Issue 17: bootstrap counts take the integer path of weighted_auc; it must equal the general (grouped) path
-    exactly, with ties inside and across classes, and both must equal scikit-learn; fractional weights keep the
-    general path."""
+    exactly, with ties inside and across classes, and both must equal scikit-learn; other weights (dataset.weight
+    times the counts) take the same sums in floating point, equal to the general path to 1e-12."""
     from sklearn.metrics import roc_auc_score
 
     from audit.metrics import _weighted_auc_counts, _weighted_auc_grouped, weighted_auc
@@ -112,5 +112,7 @@ def test_whole_number_weight_auc_is_the_general_path_to_the_bit():
     assert np.isnan(fast[0]) and fast[1] == pytest.approx(roc_auc_score(y, p), abs=1e-15)
     for b in range(2, 6):
         assert fast[b] == pytest.approx(roc_auc_score(y, p, sample_weight=W[:, b]), abs=1e-12)
-    frac = W.astype(float) * 0.5 + 0.25
-    np.testing.assert_array_equal(weighted_auc(y, p, frac), _weighted_auc_grouped(y, p, frac))
+    frac = W.astype(float) * rng.uniform(0.1, 3.0, size=(5000, 1))
+    np.testing.assert_allclose(weighted_auc(y, p, frac), _weighted_auc_grouped(y, p, frac), rtol=0, atol=1e-12)
+    for b in range(2, 6):
+        assert weighted_auc(y, p, frac)[b] == pytest.approx(roc_auc_score(y, p, sample_weight=frac[:, b]), abs=1e-12)
