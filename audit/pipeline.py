@@ -26,7 +26,7 @@ from audit.modules.base import AuditContext, AuditModule
 from audit.modules.registry import default_modules
 from audit.output import RunFolder, check_output_root, remove_stale
 from audit.progress import Progress
-from audit.render import background_rendering
+from audit.render import background_rendering, deferred_figures
 from audit.report.pdf import check_pdf_support
 from audit.report.publish import write_run
 from audit.report.reader import load_baseline
@@ -109,9 +109,15 @@ def run_audit(
         check_output_root(out_root)  # a file in the way, no permission, latest as a real folder: exit 2, first
     baseline = load_baseline(baseline, out_root)
     plan = ThreadPlan.for_threads(cfg.compute.threads)
-
     pdf = write and "pdf" in cfg.report.formats
-    with thread_limits(plan.compute_threads), background_rendering(plan.renderer, pdf=pdf):
+    shown = write and bool({"html", "pdf"} & set(cfg.report.formats))  # else no figure is drawn unless asked for
+    if not shown:  # no renderer process: every thread computes
+        plan = ThreadPlan(plan.threads, plan.threads, False)
+    with (
+        thread_limits(plan.compute_threads),
+        deferred_figures(not shown),
+        background_rendering(plan.renderer, pdf=pdf),
+    ):
         stages = _Stages(cfg, run, folder, progress, step, write, modules, baseline, plan, model)
         return stages.execute()
 

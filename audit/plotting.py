@@ -115,8 +115,16 @@ def draw(fn, /, *args, **kwargs) -> bytes | PendingPNG:
     :func:`audit.render.background_rendering`, ``fn`` and its arguments are handed to the renderer
     process, which builds the figure there, while the audit computes on; ``fn`` must be a module-level function
     (it is pickled by name) taking plain data. Outside, or if the call cannot be pickled or the renderer is gone,
-    the figure is built and drawn here: the bytes are the same either way (tested).
+    the figure is built and drawn here: the bytes are the same either way (tested). Inside
+    :func:`audit.render.deferred_figures` the call is kept (pickled, so later changes to its data do not show) and
+    the figure is built only when its bytes are asked for.
     """
+    if render.deferred():
+        try:
+            blob = pickle.dumps((fn, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:  # noqa: BLE001 - arguments that cannot be pickled: kept as they are
+            return render.DeferredPNG(lambda: to_png(fn(*args, **kwargs)))
+        return render.DeferredPNG(lambda: _render_call(blob))
     renderer = render.active()
     if renderer is not None:
         try:

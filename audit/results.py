@@ -101,10 +101,14 @@ def settle_figures(run: AuditRun) -> None:
     """Wait for every section's figures. A figure that cannot be built or drawn fails its section, as it did when
     figures were built inside the section (:func:`audit.plotting.draw` builds them later, in the renderer process):
     the section is shown as failed with the reason, the exit code says so, and the rest of the report stands."""
+    from audit.render import DeferredPNG
+
     for m in run.modules:
         if m.result is None:
             continue
         for f in m.result.figures:
+            if isinstance(f.data, DeferredPNG):  # a run that shows no figure draws none (see audit.render)
+                continue
             try:
                 f.png  # noqa: B018 - waits for the bytes (built here if the renderer failed)
             except Exception as exc:  # noqa: BLE001 - isolation, as for the section itself

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from audit.cli import main
-from tests.conftest import base_config, synthetic_frame, write_config
+from tests.conftest import base_config, synthetic_frame, with_html, write_config
 
 
 def _cfg(**changes):
@@ -687,7 +687,7 @@ def test_trusted_pickle_is_audited_and_recorded(sklearn_pickle, capsys):
 
 def test_trusted_model_that_fails_to_load_gives_exit_3_and_a_report(workdir):
     (workdir / "model.joblib").write_bytes(b"this is not a pickle")
-    cfg = base_config()
+    cfg = with_html(base_config())
     cfg["model"] = {"source": "load", "path": "model.joblib", "trust": True}
     assert main(["run", str(write_config(workdir, cfg)), "-q"]) == 3
     latest = workdir / "reports" / "small" / "latest"

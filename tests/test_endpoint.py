@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from audit.cli import main
-from tests.conftest import light_config, synthetic_frame, write_config
+from tests.conftest import light_config, synthetic_frame, with_html, write_config
 from tests.test_formats import _close
 
 
@@ -50,7 +50,7 @@ def model_server(native):
 
 
 def _endpoint_config(name: str, keep: tuple[str, ...] = (), **model) -> dict:
-    cfg = light_config(keep=("partial_dependence", "network", *keep))  # the sections compared
+    cfg = with_html(light_config(keep=("partial_dependence", "network", *keep)))  # the sections compared, the page
     cfg["name"] = name
     cfg["model"] = {"source": "load", "timeout_s": 10, "backoff_s": 0.01, **model}
     return cfg

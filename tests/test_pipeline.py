@@ -14,11 +14,11 @@ from audit.config import load_config
 from audit.modules.base import ModuleResult
 from audit.modules.performance import PerformanceModule
 from audit.pipeline import run_audit
-from tests.conftest import ROOT, base_config, light_config, write_config
+from tests.conftest import ROOT, base_config, light_config, with_html, write_config
 
 
 def test_end_to_end_cli_run_writes_report(workdir, capsys):
-    path = write_config(workdir, base_config())
+    path = write_config(workdir, with_html(base_config()))
     code = main(["run", str(path), "--quiet"])
     out = capsys.readouterr()
     assert code == 0, out.err
@@ -104,7 +104,7 @@ class Boom:
 
 
 def test_failing_module_is_isolated_and_exit_code_3(workdir):
-    cfg = load_config(write_config(workdir, base_config()))
+    cfg = load_config(write_config(workdir, with_html(base_config())))
     run = run_audit(cfg, quiet=True, modules=[Boom(), PerformanceModule()])
     assert run.exit_code == 3
     status = {m.name: m.status for m in run.modules}
@@ -134,7 +134,7 @@ class BadFigure:
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_a_figure_that_cannot_be_built_fails_its_section_only(workdir, threads):
-    cfg = base_config()
+    cfg = with_html(base_config())
     cfg["compute"] = {"threads": threads}  # 2: built by the renderer process, after the section returned
     run = run_audit(load_config(write_config(workdir, cfg)), quiet=True, modules=[BadFigure(), PerformanceModule()])
     assert run.exit_code == 3
@@ -143,6 +143,10 @@ def test_a_figure_that_cannot_be_built_fails_its_section_only(workdir, threads):
     assert report["audit"]["modules_failed"] == ["badfig"]
     assert "AttributeError" in report["modules"]["badfig"]["error"]
     assert "This module failed" in (run.run_dir / "report.html").read_text()
+    # a run that writes report.json alone shows no figure, so draws none: the broken one is never built
+    cfg["report"]["formats"] = ["json"]
+    unseen = run_audit(load_config(write_config(workdir, cfg)), quiet=True, modules=[BadFigure(), PerformanceModule()])
+    assert unseen.exit_code == 0 and {m.status for m in unseen.modules} == {"ok"}
 
 
 def test_failed_gate_gives_exit_code_1(workdir):
@@ -246,7 +250,7 @@ def test_strings_from_data_and_config_are_escaped(tmp_path):
     frame = synthetic_frame().rename(columns={"colour": evil + "'col"})
     frame[evil + "'col"] = frame[evil + "'col"].replace({"red": '"><img src=x onerror=alert(1)>'})
     frame.to_csv(tmp_path / "data.csv", index=False)
-    cfg = base_config()
+    cfg = with_html(base_config())
     cfg["report"]["title"] = "<b>title</b>"
     cfg["modules"]["partial_dependence"]["pairs"] = []
     run = run_audit(load_config(write_config(tmp_path, cfg)), quiet=True)

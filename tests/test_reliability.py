@@ -13,7 +13,7 @@ import pytest
 
 from audit.config import load_config
 from audit.pipeline import run_audit
-from tests.conftest import ROOT, base_config, light_config, synthetic_frame, write_config
+from tests.conftest import ROOT, base_config, light_config, synthetic_frame, with_html, write_config
 
 # run identity and timing; a comparison section names its baseline run, which is another run each time
 VOLATILE = {
@@ -148,7 +148,7 @@ def test_second_run_compares_with_the_first(workdir, capsys):
     first = run_audit(load_config(write_config(workdir, light_config())), quiet=True)
     solo = json.loads((first.run_dir / "report.json").read_text())["modules"]["comparison"]
     assert solo["summary"]["baseline"].startswith("none")
-    cfg = light_config() | {"seed": 7}
+    cfg = with_html(light_config()) | {"seed": 7}
     cfg["fairness"] = {"sensitive_features": ["group"], "thresholds": {"demographic_parity_difference": 0.2}}
     second = run_audit(load_config(write_config(workdir, cfg)), quiet=True)
     comp = json.loads((second.run_dir / "report.json").read_text())["modules"]["comparison"]
@@ -304,7 +304,7 @@ def test_wide_data_is_capped_and_says_so(tmp_path):
     frame["group"] = rng.choice(["A", "B"], n)
     frame["y"] = np.where(rng.uniform(size=n) < 1 / (1 + np.exp(-X[:, :3].sum(1))), "yes", "no")
     frame.to_csv(tmp_path / "data.csv", index=False)
-    cfg = base_config()
+    cfg = with_html(base_config())  # the notes on capped sections are read in the page
     cfg["modules"]["partial_dependence"].pop("pairs")
     cfg["modules"]["ale"].pop("pairs")
     cfg["local"]["shap"] = {"max_model_rows": 200_000}

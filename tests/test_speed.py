@@ -162,8 +162,8 @@ import sys
 from pathlib import Path
 from audit.config import config_from_dict
 from audit.pipeline import run_audit
-from tests.conftest import base_config
-cfg = base_config()
+from tests.conftest import base_config, with_html
+cfg = with_html(base_config())
 cfg["compute"] = {{"threads": 2}}
 run = run_audit(config_from_dict(cfg, base_dir=Path({str(workdir)!r}), name="m"), quiet=True)
 figures = sum(len(m.result.figures) for m in run.modules if m.result is not None)
@@ -198,11 +198,11 @@ def test_thread_count_changes_no_number_and_no_figure(workdir):
     torch on one thread): report.json agrees to the bit but for timings and run ids, and every figure is the same."""
     from audit.config import config_from_dict
     from audit.pipeline import run_audit
-    from tests.conftest import base_config
+    from tests.conftest import base_config, with_html
 
     reports, pngs = [], []
     for threads in (1, 2):
-        cfg = base_config()
+        cfg = with_html(base_config())  # figures are drawn only for a page that shows them
         cfg["compute"] = {"threads": threads}
         run = run_audit(config_from_dict(cfg, base_dir=workdir, name=f"t{threads}"), quiet=True)
         rep = json.loads((run.run_dir / "report.json").read_text())
@@ -219,3 +219,76 @@ def test_thread_count_changes_no_number_and_no_figure(workdir):
 
     assert strip(reports[0]) == strip(reports[1])
     assert len(pngs[0]) > 10 and pngs[0] == pngs[1]
+
+
+def test_a_deferred_figure_is_drawn_only_when_asked_and_gives_the_same_bytes():
+    from audit.plotting import draw
+
+    here = draw(_draw_lines, 12, seed=3)
+    calls = []
+
+    def counted(n, seed):
+        calls.append(n)
+        return _draw_lines(n, seed)
+
+    with figure_renderer.deferred_figures():
+        data = np.array([12])
+        later = draw(_draw_lines, int(data[0]), seed=3)
+        unpicklable = draw(lambda: counted(12, 3))  # kept as it is, built when asked
+        assert isinstance(later, figure_renderer.DeferredPNG) and calls == []
+        data[0] = 3  # the call was kept as it was made
+    assert figure_renderer.deferred() is False
+    assert later.result() == here and later.result() is later.result()  # drawn once
+    assert unpicklable.result() == here and calls == [12]
+
+
+def test_a_run_that_writes_no_html_or_pdf_draws_no_figure(workdir, monkeypatch):
+    """report.json alone shows no figure, so none is drawn (the same numbers either way); with HTML every figure
+    is drawn (tests/test_pipeline.py: one that cannot be drawn fails its section there, and only there)."""
+    import audit.plotting as plotting
+    from audit.config import load_config
+    from audit.pipeline import run_audit
+    from tests.conftest import base_config, with_html, write_config
+
+    drawn = []
+    real = plotting._render
+    monkeypatch.setattr(plotting, "_render", lambda fig, smallest: drawn.append(1) or real(fig, smallest))
+    cfg = base_config()
+    cfg["network"] = {"enabled": False}
+    json_only = run_audit(load_config(write_config(workdir, cfg)), quiet=True)
+    assert drawn == [] and json_only.exit_code in (0, 1)
+    assert not (json_only.run_dir / "report.html").exists()
+    figures = [f for m in json_only.modules if m.result for f in m.result.figures]
+    assert figures and all(isinstance(f.data, figure_renderer.DeferredPNG) for f in figures)
+    assert figures[0].png.startswith(b"\x89PNG") and len(drawn) == 1  # still there when asked for
+    with_figures = run_audit(
+        load_config(write_config(workdir, with_html(base_config()) | {"network": cfg["network"]})), quiet=True
+    )
+    assert len(drawn) == 1 + sum(len(m.result.figures) for m in with_figures.modules if m.result)
+    a, b = (json.loads((r.run_dir / "report.json").read_text()) for r in (json_only, with_figures))
+    for name in ("performance", "fairness", "shap", "partial_dependence"):
+        assert a["modules"][name]["data"] == b["modules"][name]["data"], name
+        assert a["modules"][name]["figures"] == b["modules"][name]["figures"], name
+
+
+def test_deferral_is_per_thread():
+    """Two audits side by side in one process (the API, tests/test_reliability.py) each keep their own setting."""
+    import threading
+
+    seen = {}
+    entered, leave = threading.Event(), threading.Event()
+
+    def other():
+        with figure_renderer.deferred_figures():
+            entered.set()
+            leave.wait(5)
+            seen["other"] = figure_renderer.deferred()
+
+    t = threading.Thread(target=other)
+    t.start()
+    entered.wait(5)
+    with figure_renderer.deferred_figures(False):
+        seen["here"] = figure_renderer.deferred()
+    leave.set()
+    t.join()
+    assert seen == {"here": False, "other": True} and figure_renderer.deferred() is False

@@ -14,20 +14,20 @@ from audit.findings import Finding
 
 if TYPE_CHECKING:  # torch is imported when a model is, not when the pipeline is
     from audit.model.adapter import Predictor
-    from audit.render import PendingPNG
+    from audit.render import DeferredPNG, PendingPNG
 
 
 @dataclass
 class Figure:
     """A rendered figure: PNG bytes plus a caption.
 
-    ``data`` is what :func:`audit.plotting.to_png` returned: the bytes, or a pending figure the renderer process is
-    still drawing; :attr:`png` gives the bytes either way.
+    ``data`` is what :func:`audit.plotting.draw` returned: the bytes, a pending figure the renderer process is still
+    drawing, or a deferred one nothing has asked for yet; :attr:`png` gives the bytes in every case.
     """
 
     name: str
     caption: str
-    data: bytes | PendingPNG
+    data: bytes | PendingPNG | DeferredPNG
 
     @property
     def png(self) -> bytes:
