@@ -499,9 +499,10 @@ def _unseen_levels(cfg: AuditConfig, test_df, features: list[Feature], notes: li
 
 WEIGHT_NOTE = (
     "dataset.weight '{name}' weights the performance metrics, the fairness rates and their intervals, permutation "
-    "importance, partial dependence and the SHAP background; group sizes and the events behind the support rules "
-    "count rows, and so do training (the model is audited as it was fitted), ALE, interactions, weak segments, "
-    "drift, data quality, stability, the local explanations' instance selection and the network sections"
+    "importance, partial dependence, the SHAP background and the comparison with the previous run; group sizes and "
+    "the events behind the support rules count rows, and so do training (the model is audited as it was fitted), "
+    "ALE, interactions, weak segments, drift, data quality, stability, the local explanations' instance selection "
+    "and the network sections"
 )
 
 

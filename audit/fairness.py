@@ -812,11 +812,13 @@ def paired_measure_changes(
     favourable_positive: bool = True,
     min_events: int = 10,
     references: dict[str, str] | None = None,
+    sample_weight: np.ndarray | None = None,
 ) -> dict[tuple[str, str], tuple[float, float]]:
     """The 95% interval of each headline measure's change between two runs that scored the same rows: ``before`` and
     ``after`` are (scores, threshold). A paired bootstrap: each replicate weights the same rows in both runs (the same
     ``seed``), so the noise of a difference is the noise of the difference, not of two separate samples. Keys are
-    (grouping, measure); a change with fewer than 10 defined replicates is left out."""
+    (grouping, measure); a change with fewer than 10 defined replicates is left out. With ``sample_weight`` the rates
+    are weighted as :func:`group_fairness_many` weights them (group sizes and events stay row counts)."""
     out: dict[tuple[str, str], tuple[float, float]] = {}
     for name, labels in groupings.items():
         levels, codes = encode_groups(labels)
@@ -829,7 +831,7 @@ def paired_measure_changes(
         for p, thr in (before, after):
             sums = bootstrap_sums(
                 y, p, [codes], [len(levels)], threshold=thr, n_bins=10, n_replicates=n_replicates, seed=seed,
-                favourable_positive=favourable_positive,
+                favourable_positive=favourable_positive, sample_weight=sample_weight,
             )[0]  # fmt: skip
             with np.errstate(all="ignore"):
                 reps.append(_measures(_rates(sums, 10), eligible, support, ref))

@@ -274,3 +274,30 @@ def _close(a, b, where: str) -> None:
         assert a == pytest.approx(b, abs=1e-9, nan_ok=True), where
     else:
         assert a == b, where
+
+
+def test_the_paired_comparison_weighs_rows_as_the_sections_do():
+    """The comparison with the previous run (a paired bootstrap over the same rows) uses the same weights: the
+    weighted change of a measure lies in its weighted interval, and the unweighted interval misses it."""
+    from audit.fairness import paired_measure_changes
+
+    rng = np.random.default_rng(12)
+    n = 6000
+    y = rng.integers(0, 2, n)
+    groups = np.where(rng.uniform(size=n) < 0.5, "a", "b")
+    heavy = rng.uniform(size=n) < 0.2
+    w = np.where(heavy, 20.0, 1.0)
+    p_old = rng.uniform(size=n)
+    p_new = np.where(heavy & (groups == "b"), np.minimum(p_old + 0.4, 1.0), p_old)  # only heavy rows of b move
+
+    def dp(p, weights):
+        res = group_fairness(y, p, groups, threshold=0.5, n_bootstrap=0, sample_weight=weights)
+        return float(res.measures.set_index("measure").loc["demographic_parity_difference", "value"])
+
+    change = dp(p_new, w) - dp(p_old, w)
+    key = ("g", "demographic_parity_difference")
+    kw = dict(min_group_size=30, n_replicates=200, seed=0)
+    weighted = paired_measure_changes(y, (p_old, 0.5), (p_new, 0.5), {"g": groups}, sample_weight=w, **kw)[key]
+    plain = paired_measure_changes(y, (p_old, 0.5), (p_new, 0.5), {"g": groups}, **kw)[key]
+    assert weighted[0] <= change <= weighted[1]
+    assert not plain[0] <= change <= plain[1]

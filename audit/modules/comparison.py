@@ -125,6 +125,8 @@ def paired_changes(ctx: AuditContext, base: dict[str, Any]) -> dict[str, Any] | 
     thr_new = ctx.config.model.threshold
     seed = ctx.seed_for("comparison.paired")
     W = poisson_weights(len(y), PAIRED_REPLICATES, seed)
+    if ctx.w_audit is not None:  # dataset.weight: both runs' figures weighted as the sections weight them
+        W *= ctx.w_audit[:, None]
     a = weighted_metrics(y, p_old, W, threshold=thr_old)
     b = weighted_metrics(y, p_new, W, threshold=thr_new)
     metrics = {m: percentile_interval(b[m] - a[m], 0.025) for m in a}
@@ -132,6 +134,7 @@ def paired_changes(ctx: AuditContext, base: dict[str, Any]) -> dict[str, Any] | 
         y, (p_old, thr_old), (p_new, thr_new), audit_groupings(ctx), min_group_size=ctx.config.fairness.min_group_size,
         min_events=ctx.config.fairness.min_events, references=ctx.config.fairness.reference_groups,
         n_replicates=PAIRED_REPLICATES, seed=seed, favourable_positive=ctx.dataset.schema.favourable_is_positive,
+        sample_weight=ctx.w_audit,
     )  # fmt: skip
     return {"metrics": {m: ci for m, ci in metrics.items() if np.isfinite(ci[0])}, "fairness": fairness}
 
