@@ -630,25 +630,11 @@ def group_fairness_many(
     """
     y = np.asarray(y).astype(int)
     p = np.asarray(p, dtype=float)
-    coded = []
-    for name, groups in groupings.items():
-        levels, codes = encode_groups(np.asarray(groups))
-        coded.append((name, levels, codes))
-    k = 5 + 2 * n_bins
+    coded = [(name, *encode_groups(np.asarray(groups))) for name, groups in groupings.items()]
     w = None if sample_weight is None else np.asarray(sample_weight, dtype=float)
-    point_sums = [np.zeros((len(levels), k)) for _, levels, _ in coded]  # row counts: sizes and events
-    weighted_sums = [np.zeros((len(levels), k)) for _, levels, _ in coded] if w is not None else point_sums
-    step = BOOTSTRAP_BLOCK * 8  # per-group sums block by block: memory bounded by the block
-    for s in range(0, len(y), step):
-        cells = _row_cells(y[s : s + step], p[s : s + step], threshold, n_bins, favourable_positive=favourable_positive)
-        for i, (_, levels, codes) in enumerate(coded):
-            point_sums[i] += _cell_sums(cells, codes[s : s + step], len(levels), n_bins)
-            if w is not None:
-                weighted_sums[i] += _cell_sums(cells, codes[s : s + step], len(levels), n_bins, w[s : s + step])
+    point_sums, weighted_sums = _point_sums(y, p, coded, threshold, n_bins, favourable_positive, w)
     boot = None
     if n_bootstrap > 0:
-        rng = as_generator(random_state)
-        seed = int(rng.integers(2**63 - 1))
         boot = bootstrap_sums(
             y,
             p,
@@ -657,7 +643,7 @@ def group_fairness_many(
             threshold=threshold,
             n_bins=n_bins,
             n_replicates=n_bootstrap,
-            seed=seed,
+            seed=int(as_generator(random_state).integers(2**63 - 1)),
             backend=backend,
             favourable_positive=favourable_positive,
             sample_weight=w,
@@ -676,11 +662,11 @@ def group_fairness_many(
         table.insert(2, "eligible", eligible)
         if w is not None:
             table.insert(2, "weight", weighted_sums[i][:, _N])
-            table["roc_auc"] = [
-                float(weighted_auc(y[codes == g], p[codes == g], w[codes == g, None])[0]) for g in range(G)
-            ]
-        else:
-            table["roc_auc"] = _group_aucs(y_sorted, p_sorted, codes[by_score], G)
+        table["roc_auc"] = (
+            _group_aucs(y_sorted, p_sorted, codes[by_score], G)
+            if w is None
+            else [float(weighted_auc(y[codes == g], p[codes == g], w[codes == g, None])[0]) for g in range(G)]
+        )
         pos = point_sums[i][:, _P]
         support = _support(point["count"], pos, eligible, min_events)
         ref = reference_index(levels, point["count"], eligible, (references or {}).get(name))
@@ -717,6 +703,22 @@ def group_fairness_many(
         overall["roc_auc"] = overall_auc
         out.append(GroupFairness(name, table, mframe, [str(g) for g in levels[~eligible]], n_bootstrap, overall))
     return out
+
+
+def _point_sums(y, p, coded, threshold: float, n_bins: int, favourable_positive: bool, w):
+    """Per grouping, the per-group sums of :func:`_row_stats` as row counts (group sizes, events) and weighted by
+    ``w`` (the same list when ``w`` is None), block by block: memory bounded by the block."""
+    k = 5 + 2 * n_bins
+    point_sums = [np.zeros((len(levels), k)) for _, levels, _ in coded]
+    weighted_sums = [np.zeros((len(levels), k)) for _, levels, _ in coded] if w is not None else point_sums
+    step = BOOTSTRAP_BLOCK * 8
+    for s in range(0, len(y), step):
+        cells = _row_cells(y[s : s + step], p[s : s + step], threshold, n_bins, favourable_positive=favourable_positive)
+        for i, (_, levels, codes) in enumerate(coded):
+            point_sums[i] += _cell_sums(cells, codes[s : s + step], len(levels), n_bins)
+            if w is not None:
+                weighted_sums[i] += _cell_sums(cells, codes[s : s + step], len(levels), n_bins, w[s : s + step])
+    return point_sums, weighted_sums
 
 
 def _who(

@@ -132,6 +132,23 @@ def _permuted_scores(predict: PredictFn, X: np.ndarray, cols: list[int], perms: 
         yield p
 
 
+def _sample_rows(X, y, w, max_rows: int | None, rng):
+    """``X`` (float64), ``y`` and the weights ``w`` as arrays: a seeded sample of ``max_rows`` rows in their order, or
+    all of them without a cap."""
+    X, y = np.asarray(X, dtype=np.float64), np.asarray(y)
+    w = None if w is None else np.asarray(w, dtype=np.float64)
+    if max_rows is None or max_rows >= len(X):
+        return X, y, w
+    idx = np.sort(rng.choice(len(X), size=max_rows, replace=False))
+    return X[idx], y[idx], None if w is None else w[idx]
+
+
+def _replicate_weights(n: int, replicates: int, w: np.ndarray | None, rng) -> np.ndarray:
+    """Poisson(1) bootstrap counts of ``n`` rows (int32), times the row weights ``w`` when given."""
+    W = np.random.default_rng(rng.integers(2**63 - 1)).poisson(1.0, size=(n, replicates)).astype(np.int32)
+    return W if w is None else W * w[:, None]
+
+
 def permutation_importance(
     predict: PredictFn,
     X: np.ndarray,
@@ -199,14 +216,8 @@ def permutation_importance(
     """
     if n_repeats < 1:
         raise ValueError(f"n_repeats must be >= 1, got {n_repeats}")
-    X = np.asarray(X, dtype=np.float64)
-    y = np.asarray(y)
-    w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
     rng = as_generator(random_state)
-    if max_rows is not None and max_rows < len(X):
-        idx = np.sort(rng.choice(len(X), size=max_rows, replace=False))
-        X, y = X[idx], y[idx]
-        w = None if w is None else w[idx]
+    X, y, w = _sample_rows(X, y, sample_weight, max_rows, rng)
     n = len(X)
     score = make_scorer(metric, threshold=threshold)
     col = {name: j for j, name in enumerate(feature_names)}
@@ -216,12 +227,10 @@ def permutation_importance(
     baseline = score(y, p_base, sample_weight=w)
     rows = n
     imp = np.empty((len(units), n_repeats))
-    boot = None
-    if n_bootstrap > 0 and metric == "roc_auc":
-        W = np.random.default_rng(rng.integers(2**63 - 1)).poisson(1.0, size=(n, n_bootstrap)).astype(np.int32)
-        W = W if w is None else W * w[:, None]
+    boot = np.zeros((len(units), n_bootstrap)) if n_bootstrap > 0 and metric == "roc_auc" else None
+    if boot is not None:
+        W = _replicate_weights(n, n_bootstrap, w, rng)
         auc_base = weighted_auc(y, p_base, W)
-        boot = np.zeros((len(units), n_bootstrap))
     stack_all = n * n_repeats <= chunk_rows  # small data: all repeats in one array and one call
     stacked = np.tile(X, (n_repeats, 1)) if stack_all else None  # reused: columns shuffled, then restored
     for u, (_, members) in enumerate(units):
