@@ -36,17 +36,20 @@ def available_cpus() -> int:
 
 @dataclass(frozen=True)
 class ThreadPlan:
-    """How an audit spends its ``threads``: a figure renderer process when there are two or more, the rest for
-    torch and BLAS in this process, and partitions side by side in the local backend."""
+    """How an audit spends its ``threads``: a figure renderer process when there are two or more and figures to
+    draw, the rest for torch and BLAS in this process, and partitions side by side in the local backend."""
 
     threads: int
     compute_threads: int
     renderer: bool
 
     @classmethod
-    def for_threads(cls, threads: int | None) -> ThreadPlan:
+    def for_threads(cls, threads: int | None, *, figures: bool = True) -> ThreadPlan:
+        """``figures``: whether the run draws figures (a run that writes report.json alone does not, and then every
+        thread computes)."""
         n = threads or available_cpus()
-        return cls(n, max(1, n - 1) if n >= 2 else 1, n >= 2)
+        renderer = figures and n >= 2
+        return cls(n, n - 1 if renderer else n, renderer)
 
     def describe(self) -> dict[str, Any]:
         return {"threads": self.threads, "torch_threads": self.compute_threads, "figure_renderer": self.renderer}

@@ -649,7 +649,7 @@ def group_fairness_many(
             sample_weight=w,
         )
     out = []
-    overall_auc = _auc(y, p) if w is None else float(weighted_auc(y, p, w[:, None])[0])  # the same in every grouping
+    overall_auc = _auc(y, p, w)  # the same rows in every grouping
     by_score = np.argsort(p)  # one sort of the scores serves every group's ROC AUC (the order of ties is immaterial)
     y_sorted, p_sorted = y[by_score].astype(bool), p[by_score]
     for i, (name, levels, codes) in enumerate(coded):
@@ -665,7 +665,7 @@ def group_fairness_many(
         table["roc_auc"] = (
             _group_aucs(y_sorted, p_sorted, codes[by_score], G)
             if w is None
-            else [float(weighted_auc(y[codes == g], p[codes == g], w[codes == g, None])[0]) for g in range(G)]
+            else [_auc(y[m], p[m], w[m]) for m in (codes == g for g in range(G))]
         )
         pos = point_sums[i][:, _P]
         support = _support(point["count"], pos, eligible, min_events)
@@ -1033,8 +1033,11 @@ def _group_aucs(y_sorted: np.ndarray, p_sorted: np.ndarray, codes: np.ndarray, n
     return out
 
 
-def _auc(y: np.ndarray, p: np.ndarray) -> float:
-    return roc_auc_fast(y, p) if 0 < y.sum() < len(y) else np.nan
+def _auc(y: np.ndarray, p: np.ndarray, w: np.ndarray | None = None) -> float:
+    """ROC AUC (weighted by ``w`` when given); NaN without both classes."""
+    if not 0 < y.sum() < len(y):
+        return np.nan
+    return roc_auc_fast(y, p) if w is None else float(weighted_auc(y, p, w[:, None])[0])
 
 
 def verdict(value: float, low: float, high: float, threshold: float, kind: str) -> str:

@@ -357,23 +357,25 @@ def bootstrap_intervals(
     True
     """
     y = np.asarray(y).astype(float)
-    W = poisson_weights(len(y), n_bootstrap, random_state)
-    if sample_weight is not None:
-        W *= np.asarray(sample_weight, dtype=float)[:, None]
+    W = poisson_weights(len(y), n_bootstrap, random_state, sample_weight)
     reps = weighted_metrics(y, np.asarray(p, dtype=float), W, threshold=threshold, n_bins=n_bins)
     alpha = (1 - confidence) / 2
     return {k: percentile_interval(v, alpha) for k, v in reps.items()}
 
 
-def poisson_weights(n: int, replicates: int, random_state: int | np.random.Generator | None) -> np.ndarray:
-    """Row weights of a Poisson(1) bootstrap, shape (n, replicates), float: a weight counts a row that many times.
+def poisson_weights(
+    n: int, replicates: int, random_state: int | np.random.Generator | None, row_weight: np.ndarray | None = None
+) -> np.ndarray:
+    """Row weights of a Poisson(1) bootstrap, shape (n, replicates), float: a weight counts a row that many times;
+    with ``row_weight`` (``dataset.weight``) each row's counts times its weight.
 
     Examples
     --------
     >>> poisson_weights(3, 2, 0).shape
     (3, 2)
     """
-    return np.random.default_rng(random_state).poisson(1.0, size=(n, replicates)).astype(float)
+    W = np.random.default_rng(random_state).poisson(1.0, size=(n, replicates)).astype(float)
+    return W if row_weight is None else W * np.asarray(row_weight, dtype=float)[:, None]
 
 
 def percentile_interval(replicates, alpha: float, *, min_count: int = 10) -> tuple[float, float]:

@@ -108,11 +108,9 @@ def run_audit(
     if write:
         check_output_root(out_root)  # a file in the way, no permission, latest as a real folder: exit 2, first
     baseline = load_baseline(baseline, out_root)
-    plan = ThreadPlan.for_threads(cfg.compute.threads)
     pdf = write and "pdf" in cfg.report.formats
     shown = write and bool({"html", "pdf"} & set(cfg.report.formats))  # else no figure is drawn unless asked for
-    if not shown:  # no renderer process: every thread computes
-        plan = ThreadPlan(plan.threads, plan.threads, False)
+    plan = ThreadPlan.for_threads(cfg.compute.threads, figures=shown)
     with (
         thread_limits(plan.compute_threads),
         deferred_figures(not shown),

@@ -185,6 +185,7 @@ def test_thread_plan_and_limits_are_restored():
     assert ThreadPlan.for_threads(None).threads == available_cpus()
     assert ThreadPlan.for_threads(1) == ThreadPlan(1, 1, False)
     assert ThreadPlan.for_threads(4) == ThreadPlan(4, 3, True)
+    assert ThreadPlan.for_threads(4, figures=False) == ThreadPlan(4, 4, False)  # report.json alone: no renderer
     before = torch.get_num_threads()
     with thread_limits(1):
         apply_torch_threads()

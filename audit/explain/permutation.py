@@ -9,7 +9,7 @@ import pandas as pd
 from scipy import stats
 
 from audit.explain._common import PredictFn, as_generator
-from audit.metrics import make_scorer, weighted_auc
+from audit.metrics import make_scorer, poisson_weights, weighted_auc
 
 
 @dataclass(frozen=True)
@@ -143,12 +143,6 @@ def _sample_rows(X, y, w, max_rows: int | None, rng):
     return X[idx], y[idx], None if w is None else w[idx]
 
 
-def _replicate_weights(n: int, replicates: int, w: np.ndarray | None, rng) -> np.ndarray:
-    """Poisson(1) bootstrap counts of ``n`` rows (int32), times the row weights ``w`` when given."""
-    W = np.random.default_rng(rng.integers(2**63 - 1)).poisson(1.0, size=(n, replicates)).astype(np.int32)
-    return W if w is None else W * w[:, None]
-
-
 def permutation_importance(
     predict: PredictFn,
     X: np.ndarray,
@@ -229,7 +223,7 @@ def permutation_importance(
     imp = np.empty((len(units), n_repeats))
     boot = np.zeros((len(units), n_bootstrap)) if n_bootstrap > 0 and metric == "roc_auc" else None
     if boot is not None:
-        W = _replicate_weights(n, n_bootstrap, w, rng)
+        W = poisson_weights(n, n_bootstrap, rng.integers(2**63 - 1), w)
         auc_base = weighted_auc(y, p_base, W)
     stack_all = n * n_repeats <= chunk_rows  # small data: all repeats in one array and one call
     stacked = np.tile(X, (n_repeats, 1)) if stack_all else None  # reused: columns shuffled, then restored

@@ -124,9 +124,7 @@ def paired_changes(ctx: AuditContext, base: dict[str, Any]) -> dict[str, Any] | 
     thr_old = float(base["provenance"]["config"].get("model", {}).get("threshold", 0.5))
     thr_new = ctx.config.model.threshold
     seed = ctx.seed_for("comparison.paired")
-    W = poisson_weights(len(y), PAIRED_REPLICATES, seed)
-    if ctx.w_audit is not None:  # dataset.weight: both runs' figures weighted as the sections weight them
-        W *= ctx.w_audit[:, None]
+    W = poisson_weights(len(y), PAIRED_REPLICATES, seed, ctx.w_audit)  # weighted as the sections weigh rows
     a = weighted_metrics(y, p_old, W, threshold=thr_old)
     b = weighted_metrics(y, p_new, W, threshold=thr_new)
     metrics = {m: percentile_interval(b[m] - a[m], 0.025) for m in a}
